@@ -1,0 +1,44 @@
+# hsm-ocsp: the two commands of README.md and the checks CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo
+DEBIAN_PACKAGES := softhsm2 openssl gnutls-bin p11-kit python3-venv python3-dev gcc \
+	prometheus nginx wrk hey procps
+
+.PHONY: demo test lint deps system-deps clean
+
+## Start a responder on a demo SoftHSM token and demo CA (Ctrl-C stops it).
+demo: deps
+	HSM_OCSP_PIN=$${HSM_OCSP_PIN:-1234} $(VENV)/bin/hsm-ocsp demo --dir $(DEMO_DIR)
+
+## Run lint, types and the whole test suite.
+test: deps lint
+	$(PY) -m pytest
+
+lint: deps
+	$(VENV)/bin/ruff check hsm_ocsp tests
+	$(VENV)/bin/ruff format --check hsm_ocsp tests
+	$(VENV)/bin/mypy
+
+deps: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""One error hierarchy; each message says what went wrong and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "HsmOcspError",
+    "IndexFormatError",
+    "MalformedRequestError",
+    "TokenError",
+]
+
+
+class HsmOcspError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(HsmOcspError):
+    """The configuration is wrong; the message names the file and the key."""
+
+    def __init__(self, path: object, key: str, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.path}: {key}: {problem}")
+
+
+class IndexFormatError(HsmOcspError):
+    """An OpenSSL index file could not be read or parsed."""
+
+    def __init__(self, path: object, line: int | None, problem: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class TokenError(HsmOcspError):
+    """The PKCS#11 module, token, session or key is not usable."""
+
+
+class MalformedRequestError(HsmOcspError):
+    """The bytes are not an OCSP request this responder accepts."""

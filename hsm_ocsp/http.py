@@ -1,0 +1,278 @@
+"""The HTTP face: aiohttp application factory, OCSP GET/POST, health, caching headers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from email.utils import format_datetime
+from urllib.parse import unquote
+
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+
+from .config import Config, read_pin
+from .errors import HsmOcspError, TokenError
+from .index_source import IndexSource
+from .responder import Issuer
+from .service import OCSPService, Reply
+from .signing import scheme_for_public_key, verify
+from .token import KeySpec, Token
+
+__all__ = ["SERVICE", "SOURCES", "TOKEN", "build_token", "create_app"]
+
+log = logging.getLogger("hsm_ocsp.http")
+
+SERVICE = web.AppKey("service", OCSPService)
+SOURCES = web.AppKey("sources", dict[str, IndexSource])
+TOKEN = web.AppKey("token", Token)
+CONFIG = web.AppKey("config", Config)
+
+OCSP_RESPONSE = "application/ocsp-response"
+_ERROR_HEADERS = {"Cache-Control": "no-cache"}
+_PROBE = b"hsm-ocsp key check"
+WATCH_INTERVAL = 1.0
+PROBE_INTERVAL = 10.0
+
+
+def build_token(config: Config) -> Token:
+    """A Token with one key a CA, PIN read as the config says (not yet opened)."""
+    keys = []
+    for ca in config.cas:
+        cert = ca.responder_certificate or ca.certificate
+        try:
+            scheme = scheme_for_public_key(
+                cert.public_key(), signature_hash=ca.signature_hash, rsa_padding=ca.rsa_padding
+            )
+        except ValueError as exc:
+            from .errors import ConfigError
+
+            raise ConfigError(config.path, f"ca {ca.name}", str(exc)) from None
+        keys.append(KeySpec(ca.name, ca.key, scheme))
+    return Token(
+        config.token.module,
+        read_pin(config.token, config.path),
+        keys,
+        sign_timeout=config.token.sign_timeout,
+    )
+
+
+async def prove_keys(token: Token, config: Config) -> None:
+    """Sign a probe with every key and verify it against the certificate."""
+    await token.open()
+    for ca in config.cas:
+        cert = ca.responder_certificate or ca.certificate
+        signature = await token.sign(ca.name, _PROBE)
+        try:
+            verify(cert.public_key(), token.keys[ca.name].scheme, _PROBE, signature)
+        except InvalidSignature:
+            which = "responder_certificate" if ca.responder_certificate else "certificate"
+            raise TokenError(
+                f"CA {ca.name}: key {ca.key} does not belong to {which} "
+                f"{ca.responder_certificate_path or ca.certificate_path}"
+            ) from None
+
+
+def http_date(when: dt.datetime) -> str:
+    return format_datetime(when.astimezone(dt.UTC), usegmt=True)
+
+
+def _headers(reply: Reply, now: dt.datetime, *, cacheable: bool) -> dict[str, str]:
+    if not reply.successful:
+        return dict(_ERROR_HEADERS)
+    assert reply.produced_at is not None and reply.next_update is not None
+    assert reply.etag is not None
+    headers = {
+        "ETag": reply.etag,
+        "Last-Modified": http_date(reply.produced_at),
+        "Expires": http_date(reply.next_update),
+    }
+    if cacheable:
+        max_age = max(0, int((reply.next_update - now).total_seconds()))
+        headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
+    return headers
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _split_path(raw_path: str, names: frozenset[str]) -> tuple[str | None, str]:
+    """``/root/MEow...`` -> ("root", "MEow..."); ``//MEow`` -> (None, "MEow")."""
+    path = raw_path.split("?", 1)[0].lstrip("/")
+    first, slash, rest = path.partition("/")
+    if slash and first in names:
+        return first, rest.lstrip("/")
+    if not slash and first in names:
+        return first, ""
+    return None, path
+
+
+def decode_get(encoded: str) -> bytes | None:
+    """The DER of a GET request path: URL-decoded base64 (RFC 6960 A.1)."""
+    text = unquote(encoded).strip()
+    text = text.replace("-", "+").replace("_", "/").replace(" ", "+")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+class OCSPHandler:
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    def _reply(self, request: web.Request, reply: Reply, *, cacheable: bool) -> web.Response:
+        now = dt.datetime.now(dt.UTC)
+        headers = _headers(reply, now, cacheable=cacheable)
+        request["ocsp_reply"] = reply
+        if reply.successful and _etag_matches(
+            request.headers.get("If-None-Match"), reply.etag or ""
+        ):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=reply.body, content_type=OCSP_RESPONSE, headers=headers)
+
+    async def get(self, request: web.Request) -> web.Response:
+        service = self.app[SERVICE]
+        ca_name, encoded = _split_path(request.raw_path, service.issuer_names)
+        request["ca"] = ca_name
+        data = decode_get(encoded) if encoded else None
+        if data is None:
+            reply = await service.respond(b"", ca_name)  # malformedRequest
+        else:
+            reply = await service.respond(data, ca_name)
+        return self._reply(request, reply, cacheable=True)
+
+    async def post(self, request: web.Request) -> web.Response:
+        service = self.app[SERVICE]
+        ca_name, rest = _split_path(request.raw_path, service.issuer_names)
+        if rest:
+            raise web.HTTPNotFound()
+        request["ca"] = ca_name
+        limit = self.app[CONFIG].server.max_request_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        data = await request.read()  # client_max_size turns a larger body into 413
+        reply = await service.respond(data, ca_name)
+        return self._reply(request, reply, cacheable=False)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    problems = [
+        f"index {name}: not loaded"
+        for name, source in app[SOURCES].items()
+        if source.snapshot is None
+    ]
+    token = app[TOKEN]
+    if not token.up:
+        problems.append(f"token: {token.last_error or 'not connected'}")
+    if problems:
+        return web.Response(status=503, text="\n".join(problems) + "\n")
+    return web.Response(text="ready\n")
+
+
+async def _watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), WATCH_INTERVAL)
+        force = wake.is_set()
+        wake.clear()
+        for source in app[SOURCES].values():
+            try:
+                await loop.run_in_executor(None, functools.partial(source.check, force=force))
+            except Exception:  # keep watching whatever one check did
+                log.exception("index check for %s failed", source.path)
+
+
+async def _watch_token(app: web.Application) -> None:
+    token = app[TOKEN]
+    name = next(iter(token.keys))
+    while True:
+        await asyncio.sleep(1.0 if not token.up else PROBE_INTERVAL)
+        with contextlib.suppress(HsmOcspError):
+            await token.sign(name, _PROBE)
+
+
+def create_app(
+    config: Config,
+    *,
+    token: Token | None = None,
+    handle_signals: bool = False,
+) -> web.Application:
+    """The application for one process; the token opens when the app starts."""
+    app = web.Application(client_max_size=config.server.max_request_bytes)
+    app[CONFIG] = config
+    app[SOURCES] = {ca.name: IndexSource(ca.name, ca.index) for ca in config.cas}
+    app[TOKEN] = token if token is not None else build_token(config)
+    issuers = [
+        Issuer.from_certificates(
+            ca.name,
+            ca.certificate,
+            ca.responder_certificate,
+            ca.validity,
+            unknown_as_revoked=ca.unknown_serials == "revoked",
+        )
+        for ca in config.cas
+    ]
+    sources = app[SOURCES]
+    app[SERVICE] = OCSPService(
+        issuers,
+        lambda name: sources[name].snapshot,
+        app[TOKEN],
+        max_cert_ids=config.server.max_cert_ids,
+        nonce=config.server.nonce,
+        cache_entries=config.server.cache_entries,
+        max_pending_signatures=config.server.max_pending_signatures,
+    )
+    app.cleanup_ctx.append(_lifecycle(handle_signals))
+    handler = OCSPHandler(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/{tail:.*}", handler.get)
+    app.router.add_post("/{tail:.*}", handler.post)
+    return app
+
+
+def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        for source in app[SOURCES].values():
+            await loop.run_in_executor(None, source.load)
+        token = app[TOKEN]
+        await prove_keys(token, app[CONFIG])
+        wake = asyncio.Event()
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGHUP, wake.set)
+        tasks = [
+            asyncio.create_task(_watch_indexes(app, wake)),
+            asyncio.create_task(_watch_token(app)),
+        ]
+        log.info("worker %d ready", os.getpid())
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if handle_signals:
+                loop.remove_signal_handler(signal.SIGHUP)
+            await loop.run_in_executor(None, token.close)
+
+    return lifecycle

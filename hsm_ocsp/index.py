@@ -1,0 +1,188 @@
+"""The OpenSSL CA database (``index.txt``) as an immutable status snapshot.
+
+Format (FACTS.md): one record a line, six TAB-separated fields: status
+(V/R/E), expiry, revocation info, serial (hex), file name, subject. A
+backslash before a TAB keeps the TAB inside a field. Like OpenSSL we refuse
+the whole file when one line is wrong, so that a half-written or damaged file
+never replaces a good snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from .errors import IndexFormatError
+from .model import Revocation, RevocationReason
+
+__all__ = ["IndexSnapshot", "parse_index", "parse_time"]
+
+_UTC = dt.UTC
+_REASONS = {
+    "unspecified": RevocationReason.UNSPECIFIED,
+    "keycompromise": RevocationReason.KEY_COMPROMISE,
+    "cacompromise": RevocationReason.CA_COMPROMISE,
+    "affiliationchanged": RevocationReason.AFFILIATION_CHANGED,
+    "superseded": RevocationReason.SUPERSEDED,
+    "cessationofoperation": RevocationReason.CESSATION_OF_OPERATION,
+    "certificatehold": RevocationReason.CERTIFICATE_HOLD,
+    "removefromcrl": RevocationReason.REMOVE_FROM_CRL,
+}
+_HOLD_INSTRUCTIONS = {
+    "holdinstructionnone": "1.2.840.10040.2.1",
+    "holdinstructioncallissuer": "1.2.840.10040.2.2",
+    "holdinstructionreject": "1.2.840.10040.2.3",
+}
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
+_TIME = re.compile(r"(\d{12}|\d{14})Z")
+# The expiry is checked, not kept (status does not depend on it); a bytes
+# pattern keeps a million-line load fast while still refusing bad dates.
+_EXPIRY = re.compile(
+    rb"(\d\d)?\d\d(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])([01]\d|2[0-3])[0-5]\d[0-5]\dZ"
+)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """UTCTime ``YYMMDDHHMMSSZ`` or GeneralizedTime ``YYYYMMDDHHMMSSZ``."""
+    if not _TIME.fullmatch(text):
+        raise ValueError(f"{text!r} is not YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ")
+    if len(text) == 13:
+        year = int(text[:2])
+        year += 2000 if year < 50 else 1900  # RFC 5280 4.1.2.5.1
+        rest = text[2:]
+    else:
+        year = int(text[:4])
+        rest = text[4:]
+    return dt.datetime(
+        year,
+        int(rest[0:2]),
+        int(rest[2:4]),
+        int(rest[4:6]),
+        int(rest[6:8]),
+        int(rest[8:10]),
+        tzinfo=_UTC,
+    )
+
+
+def parse_revocation(field: str) -> Revocation:
+    """``revtime[,reason[,extra]]`` as ``openssl ca`` writes it."""
+    parts = field.split(",")
+    if len(parts) > 3:
+        raise ValueError(f"revocation field {field!r} has more than three parts")
+    revocation_time = parse_time(parts[0])
+    if len(parts) == 1:
+        return Revocation(revocation_time)
+    name = parts[1].lower()
+    extra = parts[2] if len(parts) == 3 else None
+    if name == "holdinstruction":
+        if extra is None:
+            raise ValueError("holdInstruction needs an instruction")
+        oid = _HOLD_INSTRUCTIONS.get(extra.lower(), extra)
+        if not _OID.fullmatch(oid):
+            raise ValueError(f"unknown hold instruction {extra!r}")
+        return Revocation(revocation_time, RevocationReason.CERTIFICATE_HOLD, None, oid)
+    if name in ("keytime", "cakeytime"):
+        if extra is None:
+            raise ValueError(f"{parts[1]} needs a time")
+        reason = (
+            RevocationReason.KEY_COMPROMISE if name == "keytime" else RevocationReason.CA_COMPROMISE
+        )
+        return Revocation(revocation_time, reason, parse_time(extra))
+    if name not in _REASONS:
+        raise ValueError(f"unknown revocation reason {parts[1]!r}")
+    if extra is not None:
+        raise ValueError(f"reason {parts[1]} takes no third part")
+    return Revocation(revocation_time, _REASONS[name])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IndexSnapshot:
+    """Status of every serial in one version of the index.
+
+    ``entries`` maps the serial (an int) to None for an issued, unrevoked
+    certificate (V or E) and to its Revocation for R. A serial that is not a
+    key was never issued by this CA as far as the index knows.
+    """
+
+    entries: Mapping[int, Revocation | None]
+    counts: Mapping[str, int]
+
+    def __contains__(self, serial: int) -> bool:
+        return serial in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _split_escaped(line: str) -> list[str]:
+    fields, current, i = [], [], 0
+    while i < len(line):
+        ch = line[i]
+        if ch == "\\" and i + 1 < len(line) and line[i + 1] == "\t":
+            current.append("\t")
+            i += 2
+            continue
+        if ch == "\t":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    fields.append("".join(current))
+    return fields
+
+
+def parse_index(data: bytes, path: object = "index.txt") -> IndexSnapshot:
+    """Parse a whole index file; IndexFormatError names the line and the fault."""
+    entries: dict[int, Revocation | None] = {}
+    counts = {"V": 0, "R": 0, "E": 0}
+    if data and not data.endswith(b"\n"):
+        raise IndexFormatError(
+            path, data.count(b"\n") + 1, "last line does not end in a newline (truncated?)"
+        )
+    if b"\0" in data:
+        line_no = data[: data.index(b"\0")].count(b"\n") + 1
+        raise IndexFormatError(path, line_no, "NUL byte: this is not a text index")
+    lines = data.split(b"\n")
+    lines.pop()  # the empty piece after the final newline
+    for number, raw in enumerate(lines, 1):
+        if not raw or raw[:1] == b"#":
+            if not raw:
+                raise IndexFormatError(path, number, "empty line")
+            continue
+        fields = raw.split(b"\t")
+        if len(fields) != 6 or b"\\" in raw:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise IndexFormatError(path, number, "not UTF-8 text") from None
+            fields = [f.encode() for f in _split_escaped(text)]
+            if len(fields) != 6:
+                raise IndexFormatError(
+                    path, number, f"{len(fields)} TAB-separated fields, 6 expected"
+                )
+        status, expiry, revinfo, serial_hex = fields[0], fields[1], fields[2], fields[3]
+        if not _HEX.fullmatch(serial_hex):
+            raise IndexFormatError(path, number, f"serial {serial_hex!r} is not hexadecimal")
+        serial = int(serial_hex, 16)
+        if serial in entries:
+            raise IndexFormatError(path, number, f"serial {serial_hex.decode()} appears twice")
+        try:
+            if not _EXPIRY.fullmatch(expiry):
+                raise ValueError(f"expiry {expiry!r} is not YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ")
+            if status == b"R":
+                entries[serial] = parse_revocation(revinfo.decode("ascii"))
+            elif status in (b"V", b"E"):
+                if revinfo:
+                    raise ValueError(f"status {status.decode()} with a revocation field")
+                entries[serial] = None
+            else:
+                raise ValueError(f"status {status!r} is not V, R or E")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IndexFormatError(path, number, str(exc)) from None
+        counts[status.decode()] += 1
+    return IndexSnapshot(entries=entries, counts=MappingProxyType(counts))

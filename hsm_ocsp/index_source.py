@@ -1,0 +1,86 @@
+"""An index file on disk, watched, with the last good snapshot kept in service."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import IndexFormatError
+from .index import IndexSnapshot, parse_index
+
+__all__ = ["IndexSource"]
+
+log = logging.getLogger("hsm_ocsp.index")
+
+StatKey = tuple[int, int, int, int]
+
+
+class IndexSource:
+    """One CA's ``index.txt``: loads it, notices changes, keeps the last good one.
+
+    ``check()`` is blocking (it reads and parses the file): call it off the
+    event loop. The snapshot is replaced by one attribute assignment, so a
+    reader sees either the old or the new one, never a mix.
+    """
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self.snapshot: IndexSnapshot | None = None
+        self.last_error: str | None = None
+        self._seen: StatKey | None = None
+        self.on_reload: Callable[[IndexSnapshot], None] | None = None
+        self.on_error: Callable[[IndexFormatError], None] | None = None
+
+    def _stat(self) -> StatKey:
+        st = os.stat(self.path)
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def load(self) -> IndexSnapshot:
+        """Read and parse now; IndexFormatError if the file is unusable."""
+        try:
+            key = self._stat()
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise IndexFormatError(self.path, None, f"cannot read: {exc.strerror}") from None
+        self._seen = key
+        snapshot = parse_index(data, self.path)
+        self.snapshot = snapshot
+        self.last_error = None
+        if self.on_reload is not None:
+            self.on_reload(snapshot)
+        return snapshot
+
+    def check(self, *, force: bool = False) -> bool:
+        """Reload if the file changed (or ``force``); True if a new snapshot is in."""
+        try:
+            key = self._stat()
+        except OSError as exc:
+            key = None
+            problem = IndexFormatError(self.path, None, f"cannot stat: {exc.strerror}")
+            if self.last_error != str(problem):
+                self._report(problem)
+            return False
+        if key == self._seen and not force:
+            return False
+        try:
+            self.load()
+        except IndexFormatError as exc:
+            self._seen = key  # do not re-parse the same broken file every second
+            self._report(exc)
+            return False
+        log.info(
+            "index %s reloaded for CA %s: %d entries",
+            self.path,
+            self.name,
+            len(self.snapshot or ()),
+        )
+        return True
+
+    def _report(self, exc: IndexFormatError) -> None:
+        self.last_error = str(exc)
+        log.error("index for CA %s not reloaded, keeping the last good one: %s", self.name, exc)
+        if self.on_error is not None:
+            self.on_error(exc)

@@ -1,0 +1,233 @@
+"""RFC 6960 messages: decode a request, encode responses.
+
+Pure functions over bytes. Requests are decoded with asn1crypto (several
+CertIDs per request, which cryptography refuses); responses are encoded here
+so that each CertID is echoed byte for byte and every field is as the RFCs
+and the Baseline Requirements want it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+from asn1crypto import core as asn1_core
+from asn1crypto import ocsp as asn1_ocsp
+
+from . import der
+from .errors import MalformedRequestError
+from .model import CertStatus, OCSPResponseStatus, Revocation
+
+__all__ = [
+    "CertID",
+    "OCSPRequest",
+    "SingleResponse",
+    "decode_request",
+    "encode_basic_response",
+    "encode_response_data",
+    "encode_successful",
+    "encode_unsuccessful",
+]
+
+OID_NONCE = "1.3.6.1.5.5.7.48.1.2"
+OID_EXTENDED_REVOKE = "1.3.6.1.5.5.7.48.1.9"
+OID_BASIC = "1.3.6.1.5.5.7.48.1.1"
+OID_INVALIDITY_DATE = "2.5.29.24"
+OID_HOLD_INSTRUCTION = "2.5.29.23"
+# Request extensions we know, so a critical one does not fail the request.
+_KNOWN_REQUEST_EXTENSIONS = {
+    OID_NONCE,
+    "1.3.6.1.5.5.7.48.1.4",  # acceptable responses
+    "1.3.6.1.5.5.7.48.1.7",  # service locator
+    "1.3.6.1.5.5.7.48.1.8",  # preferred signature algorithms
+}
+HASH_ALGORITHMS = {
+    "1.3.14.3.2.26": "sha1",
+    "2.16.840.1.101.3.4.2.1": "sha256",
+    "2.16.840.1.101.3.4.2.2": "sha384",
+    "2.16.840.1.101.3.4.2.3": "sha512",
+}
+MAX_NONCE = 128
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertID:
+    """One CertID as the client sent it; ``der`` is echoed in the response."""
+
+    hash_algorithm: str | None  # None: an algorithm we do not support
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial_number: int
+    der: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OCSPRequest:
+    cert_ids: tuple[CertID, ...]
+    nonce: bytes | None  # the extnValue content: the DER of the Nonce OCTET STRING
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SingleResponse:
+    cert_id: CertID
+    status: CertStatus
+    revocation: Revocation | None = None
+
+
+def decode_request(data: bytes, *, max_cert_ids: int = 64) -> OCSPRequest:
+    """Decode a DER OCSPRequest; MalformedRequestError for anything else."""
+    if not data:
+        raise MalformedRequestError("empty request")
+    try:
+        request = asn1_ocsp.OCSPRequest.load(data, strict=True)
+        tbs = request["tbs_request"]
+        if tbs["version"].native != "v1":
+            raise MalformedRequestError("version is not v1")
+        items = tbs["request_list"]
+        count = len(items)
+        if count == 0:
+            raise MalformedRequestError("no CertID in the request")
+        if count > max_cert_ids:
+            raise MalformedRequestError(f"{count} CertIDs, at most {max_cert_ids} accepted")
+        cert_ids = tuple(_cert_id(item) for item in items)
+        nonce = _extensions(tbs["request_extensions"])
+        for item in items:
+            _extensions(item["single_request_extensions"])
+        request.native  # noqa: B018  # decode the rest: signature, certs
+    except MalformedRequestError:
+        raise
+    except Exception as exc:  # asn1crypto raises many types on bad input
+        raise MalformedRequestError(f"not a DER OCSPRequest ({type(exc).__name__})") from None
+    return OCSPRequest(cert_ids=cert_ids, nonce=nonce)
+
+
+def _cert_id(item: asn1_ocsp.Request) -> CertID:
+    cid = item["req_cert"]
+    algorithm = cid["hash_algorithm"]
+    params = algorithm["parameters"]
+    if params.native is not None:
+        raise MalformedRequestError("hash algorithm parameters must be absent or NULL")
+    name_hash = cid["issuer_name_hash"].native
+    key_hash = cid["issuer_key_hash"].native
+    serial = cid["serial_number"].native
+    if not isinstance(serial, int) or not name_hash or not key_hash:
+        raise MalformedRequestError("incomplete CertID")
+    return CertID(
+        hash_algorithm=HASH_ALGORITHMS.get(algorithm["algorithm"].dotted),
+        issuer_name_hash=name_hash,
+        issuer_key_hash=key_hash,
+        serial_number=serial,
+        der=cid.dump(),
+    )
+
+
+def _extensions(extensions: asn1_core.Sequence) -> bytes | None:
+    """Check request extensions; return the nonce's extnValue content, if any."""
+    nonce = None
+    if not extensions:
+        return None
+    seen = set()
+    for ext in extensions:
+        oid = ext["extn_id"].dotted
+        if oid in seen:
+            raise MalformedRequestError(f"extension {oid} appears twice")
+        seen.add(oid)
+        if oid == OID_NONCE:
+            value = ext["extn_value"].contents
+            inner = asn1_core.OctetString.load(value, strict=True).native
+            if not 1 <= len(inner) <= MAX_NONCE:
+                raise MalformedRequestError(f"nonce of {len(inner)} octets; 1 to 128 accepted")
+            nonce = value
+        elif ext["critical"].native and oid not in _KNOWN_REQUEST_EXTENSIONS:
+            raise MalformedRequestError(f"unsupported critical extension {oid}")
+    return nonce
+
+
+def _extension(oid: str, value: bytes) -> bytes:
+    return der.sequence(der.oid(oid), der.octet_string(value))
+
+
+def _cert_status(single: SingleResponse) -> bytes:
+    if single.status is CertStatus.GOOD:
+        return b"\x80\x00"
+    if single.status is CertStatus.UNKNOWN:
+        return b"\x82\x00"
+    revocation = single.revocation
+    assert revocation is not None
+    revoked_info = der.generalized_time(revocation.revocation_time)
+    if revocation.reason is not None:
+        revoked_info += der.explicit(0, der.enumerated(int(revocation.reason)))
+    return der.tlv(0xA1, revoked_info)
+
+
+def _single_response(single: SingleResponse, this_update: bytes, next_update: bytes) -> bytes:
+    extensions = b""
+    revocation = single.revocation
+    if single.status is CertStatus.REVOKED and revocation is not None:
+        if revocation.invalidity_date is not None:
+            extensions += _extension(
+                OID_INVALIDITY_DATE, der.generalized_time(revocation.invalidity_date)
+            )
+        if revocation.hold_instruction is not None:
+            extensions += _extension(OID_HOLD_INSTRUCTION, der.oid(revocation.hold_instruction))
+    return der.sequence(
+        single.cert_id.der,
+        _cert_status(single),
+        this_update,
+        der.explicit(0, next_update),
+        der.explicit(1, der.sequence(extensions)) if extensions else b"",
+    )
+
+
+def encode_response_data(
+    *,
+    responder_key_hash: bytes,
+    produced_at: dt.datetime,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+    responses: Sequence[SingleResponse],
+    nonce: bytes | None = None,
+    extended_revoke: bool = False,
+) -> bytes:
+    """The DER of ResponseData (what the token signs)."""
+    this_der = der.generalized_time(this_update)
+    next_der = der.generalized_time(next_update)
+    extensions = b""
+    if nonce is not None:
+        extensions += _extension(OID_NONCE, nonce)
+    if extended_revoke:
+        extensions += _extension(OID_EXTENDED_REVOKE, der.null())
+    return der.sequence(
+        der.explicit(2, der.octet_string(responder_key_hash)),  # responderID byKey
+        der.generalized_time(produced_at),
+        der.sequence(*(_single_response(s, this_der, next_der) for s in responses)),
+        der.explicit(1, der.sequence(extensions)) if extensions else b"",
+    )
+
+
+def encode_basic_response(
+    response_data: bytes, signature_algorithm: bytes, signature: bytes, certs: Sequence[bytes]
+) -> bytes:
+    """BasicOCSPResponse from signed ResponseData; ``certs`` are DER certificates."""
+    return der.sequence(
+        response_data,
+        signature_algorithm,
+        der.bit_string(signature),
+        der.explicit(0, der.sequence(*certs)) if certs else b"",
+    )
+
+
+def encode_successful(basic_response: bytes) -> bytes:
+    """OCSPResponse with status successful around a BasicOCSPResponse."""
+    return der.sequence(
+        der.enumerated(OCSPResponseStatus.SUCCESSFUL),
+        der.explicit(0, der.sequence(der.oid(OID_BASIC), der.octet_string(basic_response))),
+    )
+
+
+def encode_unsuccessful(status: OCSPResponseStatus) -> bytes:
+    """An error OCSPResponse: status only, no responseBytes (RFC 6960 4.2.1)."""
+    if status is OCSPResponseStatus.SUCCESSFUL:
+        raise ValueError("a successful response needs responseBytes")
+    return der.sequence(der.enumerated(status))

@@ -1,0 +1,120 @@
+"""The status rules: which CA a CertID names, and what to answer for it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+from collections.abc import Mapping, Sequence
+
+from asn1crypto import keys as asn1_keys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from .index import IndexSnapshot
+from .model import NON_ISSUED, CertStatus
+from .ocsp import CertID, SingleResponse
+
+__all__ = ["Issuer", "key_hash", "select_issuer", "single_responses"]
+
+_HASHES = ("sha1", "sha256", "sha384", "sha512")
+
+
+def key_hash(certificate: x509.Certificate, algorithm: str = "sha1") -> bytes:
+    """Hash of the subjectPublicKey BIT STRING value (RFC 6960 4.1.1, 4.2.1)."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    bits = asn1_keys.PublicKeyInfo.load(spki)["public_key"].contents[1:]
+    return hashlib.new(algorithm, bits).digest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Issuer:
+    """A CA as the protocol sees it: how its CertIDs look and who signs for it."""
+
+    name: str
+    name_hashes: Mapping[str, bytes]
+    key_hashes: Mapping[str, bytes]
+    responder_key_hash: bytes
+    certs: tuple[bytes, ...]  # DER certificates put into each response
+    validity: dt.timedelta
+    unknown_as_revoked: bool = False
+
+    @classmethod
+    def from_certificates(
+        cls,
+        name: str,
+        ca_certificate: x509.Certificate,
+        responder_certificate: x509.Certificate | None,
+        validity: dt.timedelta,
+        *,
+        unknown_as_revoked: bool = False,
+    ) -> Issuer:
+        subject = ca_certificate.subject.public_bytes()
+        signer = responder_certificate or ca_certificate
+        certs: tuple[bytes, ...] = ()
+        if responder_certificate is not None:
+            certs = (responder_certificate.public_bytes(serialization.Encoding.DER),)
+        return cls(
+            name=name,
+            name_hashes={h: hashlib.new(h, subject).digest() for h in _HASHES},
+            key_hashes={h: key_hash(ca_certificate, h) for h in _HASHES},
+            responder_key_hash=key_hash(signer, "sha1"),
+            certs=certs,
+            validity=validity,
+            unknown_as_revoked=unknown_as_revoked,
+        )
+
+    def matches(self, cert_id: CertID) -> bool:
+        algorithm = cert_id.hash_algorithm
+        return (
+            algorithm is not None
+            and self.key_hashes[algorithm] == cert_id.issuer_key_hash
+            and self.name_hashes[algorithm] == cert_id.issuer_name_hash
+        )
+
+
+def select_issuer(
+    issuers: Sequence[Issuer], cert_ids: Sequence[CertID], ca_name: str | None = None
+) -> Issuer | None:
+    """The issuer that signs the answer: the first one any CertID names.
+
+    With ``ca_name`` (the ``/{ca}/`` URL) only that CA is considered. None
+    means no CertID names a CA served here: the answer is ``unauthorized``.
+    """
+    for cert_id in cert_ids:
+        for issuer in issuers:
+            if (ca_name is None or issuer.name == ca_name) and issuer.matches(cert_id):
+                return issuer
+    return None
+
+
+def single_responses(
+    issuer: Issuer, snapshot: IndexSnapshot, cert_ids: Sequence[CertID]
+) -> tuple[SingleResponse, ...]:
+    """One SingleResponse per CertID, in order (RFC 6960 4.2.1).
+
+    A CertID of another issuer is ``unknown`` (RFC 6960 2.2); a serial the
+    index lacks is ``unknown``, or "revoked" per RFC 6960 2.2 when the CA is
+    configured so; never ``good``.
+    """
+    entries = snapshot.entries
+    out = []
+    for cert_id in cert_ids:
+        if not issuer.matches(cert_id):
+            out.append(SingleResponse(cert_id, CertStatus.UNKNOWN))
+            continue
+        serial = cert_id.serial_number
+        if serial not in entries:
+            if issuer.unknown_as_revoked:
+                out.append(SingleResponse(cert_id, CertStatus.REVOKED, NON_ISSUED))
+            else:
+                out.append(SingleResponse(cert_id, CertStatus.UNKNOWN))
+            continue
+        revocation = entries[serial]
+        if revocation is None:
+            out.append(SingleResponse(cert_id, CertStatus.GOOD))
+        else:
+            out.append(SingleResponse(cert_id, CertStatus.REVOKED, revocation))
+    return tuple(out)

@@ -1,0 +1,147 @@
+"""``hsm-ocsp serve``: run the responder in one or several worker processes.
+
+Workers share the port through the kernel (``SO_REUSEPORT``): each worker
+binds its own socket and the kernel spreads new connections over them, so no
+process sits in the data path and a worker's death touches only its own
+connections. The parent only forks, watches and replaces workers; it never
+opens the token, because a PKCS#11 module must be initialised after fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from .config import Config
+from .errors import ConfigError, HsmOcspError, IndexFormatError
+from .http import create_app
+
+__all__ = ["EXIT_CONFIG", "run_server"]
+
+log = logging.getLogger("hsm_ocsp.serve")
+EXIT_CONFIG = 2
+_STARTUP_GRACE = 10.0
+
+
+async def _serve(config: Config, reuse_port: bool) -> None:
+    app = create_app(config, handle_signals=True)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        config.server.listen_host,
+        config.server.listen_port,
+        reuse_port=reuse_port,
+        backlog=1024,
+    )
+    await site.start()
+    log.info(
+        "listening on %s:%d (pid %d)",
+        config.server.listen_host,
+        config.server.listen_port,
+        os.getpid(),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_worker(config: Config, *, reuse_port: bool) -> int:
+    """Run one worker until SIGTERM; the exit code says why it ended."""
+    try:
+        asyncio.run(_serve(config, reuse_port))
+    except (ConfigError, IndexFormatError) as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    except HsmOcspError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
+    except OSError as exc:
+        log.error(
+            "cannot listen on %s:%d: %s",
+            config.server.listen_host,
+            config.server.listen_port,
+            exc.strerror,
+        )
+        return EXIT_CONFIG
+    return 0
+
+
+def _fork_worker(config: Config) -> int:
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = run_worker(config, reuse_port=True)
+        except BaseException:
+            log.exception("worker crashed")
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def run_server(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    workers = config.server.workers
+    if workers == 1:
+        return run_worker(config, reuse_port=False)
+    stopping = False
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    started = time.monotonic()
+    children = {_fork_worker(config): time.monotonic() for _ in range(workers)}
+    exit_code = 0
+    while children:
+        while received:
+            signum = received.pop()
+            if signum == signal.SIGHUP:
+                for pid in children:
+                    os.kill(pid, signal.SIGHUP)
+            elif not stopping:
+                stopping = True
+                for pid in children:
+                    os.kill(pid, signal.SIGTERM)
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.05)
+            continue
+        born = children.pop(pid, None)
+        if born is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        if code == EXIT_CONFIG and time.monotonic() - started < _STARTUP_GRACE:
+            log.error("worker %d could not start; stopping", pid)
+            stopping = True
+            exit_code = EXIT_CONFIG
+            for other in children:
+                os.kill(other, signal.SIGTERM)
+            continue
+        log.error("worker %d ended (exit %s); starting another", pid, code)
+        if time.monotonic() - born < 1.0:
+            time.sleep(1.0)  # a worker that dies at once must not spin the CPU
+        children[_fork_worker(config)] = time.monotonic()
+    return exit_code

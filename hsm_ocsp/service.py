@@ -1,0 +1,257 @@
+"""From request bytes to response bytes: decode, status, cache, sign.
+
+No HTTP here and no PKCS#11: the signer and the index snapshots come in from
+outside, so the whole path is tested with a software signer too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from .errors import HsmOcspError, MalformedRequestError
+from .index import IndexSnapshot
+from .model import NON_ISSUED, CertStatus, OCSPResponseStatus
+from .ocsp import (
+    CertID,
+    decode_request,
+    encode_basic_response,
+    encode_response_data,
+    encode_successful,
+    encode_unsuccessful,
+)
+from .responder import Issuer, select_issuer, single_responses
+
+__all__ = ["Events", "OCSPService", "Reply", "Signer"]
+
+log = logging.getLogger("hsm_ocsp.service")
+_MISSING = object()
+
+
+class Signer(Protocol):
+    """Signs ResponseData for a CA; raises HsmOcspError (TokenError) on failure."""
+
+    def algorithm_identifier(self, name: str) -> bytes: ...
+
+    async def sign(self, name: str, data: bytes) -> bytes: ...
+
+
+class Events:
+    """What the service reports as it works; metrics subclass it."""
+
+    def cache_lookup(self, result: str) -> None:
+        """``result`` is hit, miss or stale."""
+
+    def signed(self, seconds: float) -> None:
+        """A signature was made in ``seconds``."""
+
+    def sign_failed(self) -> None:
+        """A signature could not be made."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """An encoded OCSPResponse and what the HTTP layer needs to know of it."""
+
+    body: bytes
+    status: OCSPResponseStatus
+    ca: str | None = None
+    cert_statuses: tuple[CertStatus, ...] = ()
+    produced_at: dt.datetime | None = None
+    next_update: dt.datetime | None = None
+    etag: str | None = None
+    cached: bool = False
+
+    @property
+    def successful(self) -> bool:
+        return self.status is OCSPResponseStatus.SUCCESSFUL
+
+
+_UNSUCCESSFUL = {s: Reply(encode_unsuccessful(s), s) for s in OCSPResponseStatus if s != 0}
+
+
+@dataclasses.dataclass(slots=True)
+class _CacheEntry:
+    reply: Reply
+    refresh_at: dt.datetime
+    snapshot: IndexSnapshot
+    serials: tuple[int, ...]
+    values: tuple[object, ...]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+class OCSPService:
+    def __init__(
+        self,
+        issuers: Sequence[Issuer],
+        snapshots: Callable[[str], IndexSnapshot | None],
+        signer: Signer,
+        *,
+        max_cert_ids: int = 64,
+        nonce: str = "echo",
+        cache_entries: int = 20_000,
+        max_pending_signatures: int = 256,
+        events: Events | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.issuers = tuple(issuers)
+        self.issuer_names = frozenset(i.name for i in issuers)
+        self._snapshots = snapshots
+        self._signer = signer
+        self.max_cert_ids = max_cert_ids
+        self.echo_nonce = nonce == "echo"
+        self.cache_entries = cache_entries
+        self.max_pending = max_pending_signatures
+        self.events = events or Events()
+        self._clock = clock
+        self._cache: collections.OrderedDict[tuple[str, tuple[bytes, ...]], _CacheEntry] = (
+            collections.OrderedDict()
+        )
+        self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}
+        self._pending = 0
+
+    async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
+        """Answer one DER request; never raises for bad input or a failed token."""
+        try:
+            request = decode_request(data, max_cert_ids=self.max_cert_ids)
+        except MalformedRequestError as exc:
+            log.debug("malformed request: %s", exc)
+            return _UNSUCCESSFUL[OCSPResponseStatus.MALFORMED_REQUEST]
+        issuer = select_issuer(self.issuers, request.cert_ids, ca_name)
+        if issuer is None:
+            return _UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
+        snapshot = self._snapshots(issuer.name)
+        if snapshot is None:
+            return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        nonce = request.nonce if self.echo_nonce else None
+        if nonce is not None:
+            return await self._sign(issuer, snapshot, request.cert_ids, nonce)
+        key = (issuer.name, tuple(c.der for c in request.cert_ids))
+        now = self._clock()
+        entry = self._cache.get(key)
+        if entry is not None:
+            if entry.refresh_at > now and self._unchanged(entry, snapshot):
+                self.events.cache_lookup("hit")
+                return entry.reply
+            self.events.cache_lookup("stale")
+        else:
+            self.events.cache_lookup("miss")
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            reply = await self._sign(issuer, snapshot, request.cert_ids, None)
+            if reply.successful:
+                self._store(key, reply, issuer, snapshot, request.cert_ids)
+            future.set_result(reply)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved when nobody else waits
+            raise
+        finally:
+            del self._inflight[key]
+        return reply
+
+    @staticmethod
+    def _unchanged(entry: _CacheEntry, snapshot: IndexSnapshot) -> bool:
+        if entry.snapshot is snapshot:
+            return True
+        entries = snapshot.entries
+        for serial, value in zip(entry.serials, entry.values, strict=True):
+            if entries.get(serial, _MISSING) != value:
+                return False
+        entry.snapshot = snapshot
+        return True
+
+    def _store(
+        self,
+        key: tuple[str, tuple[bytes, ...]],
+        reply: Reply,
+        issuer: Issuer,
+        snapshot: IndexSnapshot,
+        cert_ids: Sequence[CertID],
+    ) -> None:
+        assert reply.produced_at is not None
+        serials = tuple(c.serial_number for c in cert_ids)
+        self._cache[key] = _CacheEntry(
+            reply=dataclasses.replace(reply, cached=True),
+            refresh_at=reply.produced_at + issuer.validity / 2,
+            snapshot=snapshot,
+            serials=serials,
+            values=tuple(snapshot.entries.get(s, _MISSING) for s in serials),
+        )
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_entries:
+            self._cache.popitem(last=False)
+
+    async def _sign(
+        self,
+        issuer: Issuer,
+        snapshot: IndexSnapshot,
+        cert_ids: Sequence[CertID],
+        nonce: bytes | None,
+    ) -> Reply:
+        if self._pending >= self.max_pending:
+            self.events.sign_failed()
+            return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        singles = single_responses(issuer, snapshot, cert_ids)
+        now = self._clock()
+        next_update = now + issuer.validity
+        tbs = encode_response_data(
+            responder_key_hash=issuer.responder_key_hash,
+            produced_at=now,
+            this_update=now,
+            next_update=next_update,
+            responses=singles,
+            nonce=nonce,
+            extended_revoke=any(s.revocation is NON_ISSUED for s in singles),
+        )
+        self._pending += 1
+        started = time.perf_counter()
+        try:
+            signature = await self._signer.sign(issuer.name, tbs)
+        except HsmOcspError as exc:
+            self.events.sign_failed()
+            log.warning("cannot sign for CA %s: %s", issuer.name, exc)
+            return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        finally:
+            self._pending -= 1
+        self.events.signed(time.perf_counter() - started)
+        body = encode_successful(
+            encode_basic_response(
+                tbs, self._signer.algorithm_identifier(issuer.name), signature, issuer.certs
+            )
+        )
+        return Reply(
+            body=body,
+            status=OCSPResponseStatus.SUCCESSFUL,
+            ca=issuer.name,
+            cert_statuses=tuple(s.status for s in singles),
+            produced_at=now,
+            next_update=next_update,
+            etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+        )
+
+    def cache_size(self) -> int:
+        return len(self._cache)
+
+
+def snapshot_lookup(sources: Mapping[str, object]) -> Callable[[str], IndexSnapshot | None]:
+    """A ``snapshots`` callable over objects with a ``snapshot`` attribute."""
+
+    def lookup(name: str) -> IndexSnapshot | None:
+        return getattr(sources[name], "snapshot", None)
+
+    return lookup

@@ -1,0 +1,268 @@
+"""The PKCS#11 token: sessions, key look-up, signing, recovery.
+
+Every call into the module runs on one thread that this object owns: python-
+pkcs11 initialises with ``C_Initialize(NULL)``, which turns SoftHSM's locking
+off, so two threads in one process must never call it at once (FACTS.md).
+Failures mark the token down; the next attempt after a growing back-off
+re-initialises the module, opens the sessions and logs in again, so a token
+that comes back is used again without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11e
+from pkcs11.mechanisms import MGF
+
+from .errors import TokenError
+from .pkcs11_uri import Pkcs11Uri
+from .signing import SignatureScheme
+
+__all__ = ["KeySpec", "Token"]
+
+log = logging.getLogger("hsm_ocsp.token")
+T = TypeVar("T")
+
+_PSS_PARAMS = {
+    "sha256": (Mechanism.SHA256, MGF.SHA256),
+    "sha384": (Mechanism.SHA384, MGF.SHA384),
+    "sha512": (Mechanism.SHA512, MGF.SHA512),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySpec:
+    """A key the responder signs with: where it is and how to use it."""
+
+    name: str
+    uri: Pkcs11Uri
+    scheme: SignatureScheme
+
+
+def describe_error(exc: BaseException) -> str:
+    """A PKCS#11 failure in words; never includes the PIN."""
+    if isinstance(exc, p11e.PinIncorrect):
+        return "login failed: the PIN is incorrect"
+    if isinstance(exc, p11e.PinLocked):
+        return "login failed: the PIN is locked"
+    if isinstance(exc, p11e.NoSuchToken):
+        return "no such token"
+    if isinstance(exc, p11e.NoSuchKey):
+        return "no such private key"
+    if isinstance(exc, p11e.MultipleObjectsReturned):
+        return "the URI matches more than one private key; add id= or object="
+    if isinstance(exc, p11e.MultipleTokensReturned):
+        return "several tokens match; add token= to the URI"
+    if isinstance(exc, p11e.PKCS11Error):
+        return f"PKCS#11 error {type(exc).__name__}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Token:
+    """One PKCS#11 module in this process, used from one thread."""
+
+    def __init__(
+        self,
+        module: str,
+        pin: str,
+        keys: list[KeySpec],
+        *,
+        sign_timeout: float = 5.0,
+        min_backoff: float = 0.25,
+        max_backoff: float = 2.0,
+    ) -> None:
+        self.module = module
+        self._pin = pin
+        self.keys = {k.name: k for k in keys}
+        self.sign_timeout = sign_timeout
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="pkcs11"
+        )
+        # State below is touched only on the token thread, except the flags.
+        self._lib: Any = None
+        self._sessions: dict[tuple[str | None, str | None], Any] = {}
+        self._handles: dict[str, Any] = {}
+        self._connected = False
+        self._next_attempt = 0.0
+        self._backoff = min_backoff
+        self._busy_since: float | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self.on_state_change: Callable[[bool], None] | None = None
+
+    def __repr__(self) -> str:  # never show the PIN
+        return f"Token(module={self.module!r}, keys={sorted(self.keys)!r})"
+
+    def algorithm_identifier(self, name: str) -> bytes:
+        return self.keys[name].scheme.algorithm_identifier
+
+    @property
+    def up(self) -> bool:
+        """True while the module is connected and the last call worked."""
+        return self._connected
+
+    # --- token thread ---------------------------------------------------
+
+    def _set_connected(self, value: bool) -> None:
+        changed = value != self._connected
+        self._connected = value
+        if changed and self.on_state_change is not None:
+            self.on_state_change(value)
+
+    def _disconnect(self) -> None:
+        for session in self._sessions.values():
+            try:
+                session.close()
+            except Exception:  # a dead session cannot be closed
+                pass
+        self._sessions.clear()
+        self._handles.clear()
+
+    def _connect(self) -> None:
+        self._disconnect()
+        if self._lib is None:
+            self._lib = pkcs11.lib(self.module)
+        else:
+            try:
+                self._lib.reinitialize()
+            except p11e.PKCS11Error:
+                self._lib.initialize()
+        for spec in self.keys.values():
+            uri = spec.uri
+            where = (uri.token, uri.serial)
+            session = self._sessions.get(where)
+            if session is None:
+                token = self._lib.get_token(token_label=uri.token, token_serial=uri.serial)
+                session = token.open(user_pin=self._pin)
+                self._sessions[where] = session
+            self._handles[spec.name] = session.get_key(
+                object_class=ObjectClass.PRIVATE_KEY, label=uri.object, id=uri.id
+            )
+
+    def _ensure_connected(self) -> None:
+        if self._connected:
+            return
+        now = time.monotonic()
+        if now < self._next_attempt:
+            raise TokenError(f"token unavailable ({self.last_error}); retrying soon")
+        try:
+            self._connect()
+        except Exception as exc:
+            self._failed(exc)
+            raise TokenError(f"cannot open token: {describe_error(exc)}") from None
+        self._backoff = self._min_backoff
+        self.last_error = None
+        self._set_connected(True)
+        log.info("token connected: module %s, %d key(s)", self.module, len(self.keys))
+
+    def _failed(self, exc: BaseException) -> None:
+        self.last_error = describe_error(exc)
+        self._next_attempt = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._max_backoff)
+        if self._connected:
+            log.error("token lost: %s", self.last_error)
+        self._set_connected(False)
+
+    def _sign_raw(self, name: str, data: bytes) -> bytes:
+        spec = self.keys[name]
+        self._ensure_connected()
+        scheme = spec.scheme
+        mechanism = Mechanism[scheme.mechanism]
+        param = None
+        if scheme.kind == "rsa-pss":
+            assert scheme.hash_name is not None
+            hash_mech, mgf = _PSS_PARAMS[scheme.hash_name]
+            param = (hash_mech, mgf, scheme.pss_salt_length)
+        try:
+            raw: bytes = self._handles[name].sign(
+                scheme.prepare(data), mechanism=mechanism, mechanism_param=param
+            )
+        except Exception as exc:
+            self._failed(exc)
+            raise TokenError(f"signing failed: {describe_error(exc)}") from None
+        return scheme.finish(raw)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        self._busy_since = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self._busy_since = None
+
+    def _read_attributes(self, name: str) -> dict[str, Any]:
+        self._ensure_connected()
+        handle = self._handles[name]
+        out = {}
+        for attr in (
+            Attribute.SENSITIVE,
+            Attribute.EXTRACTABLE,
+            Attribute.TOKEN,
+            Attribute.PRIVATE,
+            Attribute.ALWAYS_SENSITIVE,
+            Attribute.NEVER_EXTRACTABLE,
+        ):
+            try:
+                out[attr.name.lower()] = handle[attr]
+            except p11e.PKCS11Error:
+                out[attr.name.lower()] = None
+        return out
+
+    # --- any thread -----------------------------------------------------
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        busy = self._busy_since
+        if busy is not None and time.monotonic() - busy > self.sign_timeout:
+            raise TokenError("token call hung; retrying when it returns")
+        return self._executor.submit(self._call, fn, *args)
+
+    def sign_blocking(self, name: str, data: bytes) -> bytes:
+        """Sign from a thread that is not the event loop (CLI commands)."""
+        try:
+            return self._submit(self._sign_raw, name, data).result(self.sign_timeout)
+        except concurrent.futures.TimeoutError:
+            raise TokenError(f"token did not answer within {self.sign_timeout:g} s") from None
+
+    def open_blocking(self) -> None:
+        """Connect now; TokenError says what failed."""
+        self._next_attempt = 0.0
+        self._submit(self._ensure_connected).result()
+
+    def key_attributes_blocking(self, name: str) -> dict[str, Any]:
+        return self._submit(self._read_attributes, name).result()
+
+    async def sign(self, name: str, data: bytes) -> bytes:
+        """Sign ``data`` with the key ``name``; TokenError if the token fails."""
+        future = asyncio.wrap_future(self._submit(self._sign_raw, name, data))
+        try:
+            return await asyncio.wait_for(future, self.sign_timeout)
+        except TimeoutError:
+            self._connected_timeout()
+            raise TokenError(f"token did not answer within {self.sign_timeout:g} s") from None
+
+    def _connected_timeout(self) -> None:
+        self.last_error = "timeout"
+        self._set_connected(False)
+
+    async def open(self) -> None:
+        self._next_attempt = 0.0
+        await asyncio.wrap_future(self._submit(self._ensure_connected))
+
+    def close(self) -> None:
+        """Close sessions and stop the thread (waits for a running call)."""
+        try:
+            self._executor.submit(self._disconnect).result(self.sign_timeout)
+        except Exception:  # closing is best effort
+            pass
+        self._executor.shutdown(wait=False, cancel_futures=True)

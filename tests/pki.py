@@ -1,0 +1,169 @@
+"""A real CA for tests, run by ``openssl ca`` so the index is OpenSSL's own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+OPENSSL_CNF = """\
+[ ca ]
+default_ca = CA_default
+
+[ CA_default ]
+dir = {dir}
+database = $dir/index.txt
+new_certs_dir = $dir/newcerts
+serial = $dir/serial
+certificate = $dir/ca.pem
+private_key = $dir/ca.key
+default_md = sha256
+default_days = 365
+policy = policy_any
+unique_subject = no
+copy_extensions = none
+default_crl_days = 1
+
+[ policy_any ]
+commonName = supplied
+organizationName = optional
+
+[ leaf ]
+basicConstraints = CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+authorityKeyIdentifier = keyid
+subjectKeyIdentifier = hash
+
+[ ocsp ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = OCSPSigning
+noCheck = ignored
+authorityKeyIdentifier = keyid
+subjectKeyIdentifier = hash
+
+[ req ]
+distinguished_name = dn
+[ dn ]
+"""
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> str:
+    done = subprocess.run(
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"{args} failed ({done.returncode}): {done.stderr}{done.stdout}")
+    return done.stdout
+
+
+class OpenSSLCA:
+    """A CA directory driven by ``openssl ca``; its key is a P-256 file."""
+
+    def __init__(self, directory: Path, common_name: str = "Test Root CA") -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "newcerts").mkdir(exist_ok=True)
+        (directory / "index.txt").write_text("")
+        (directory / "serial").write_text("1000\n")
+        self.cnf = directory / "openssl.cnf"
+        self.cnf.write_text(OPENSSL_CNF.format(dir=directory))
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.key = key
+        self.key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        (directory / "ca.key").write_bytes(self.key_pem)
+        run(
+            "openssl", "req", "-x509", "-new", "-key", directory / "ca.key",
+            "-subj", f"/O=hsm-ocsp tests/CN={common_name}", "-days", "3650",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-out", directory / "ca.pem",
+        )  # fmt: skip
+        self.cert_path = directory / "ca.pem"
+        self.index = directory / "index.txt"
+        self.certificate = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+
+    def issue(self, name: str, *, start: str | None = None, end: str | None = None) -> Path:
+        """Issue a leaf certificate for CN=name; returns its PEM path."""
+        key = self.dir / f"{name}.key"
+        csr = self.dir / f"{name}.csr"
+        pem = self.dir / f"{name}.pem"
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-subj", f"/CN={name}", "-out", csr,
+        )  # fmt: skip
+        dates: list[str] = []
+        if start:
+            dates += ["-startdate", start]
+        if end:
+            dates += ["-enddate", end]
+        run(
+            "openssl", "ca", "-batch", "-config", self.cnf, "-extensions", "leaf",
+            "-notext", "-in", csr, "-out", pem, *dates,
+        )  # fmt: skip
+        return pem
+
+    def revoke(self, pem: Path, *options: str) -> None:
+        """``openssl ca -revoke`` with options like ``-crl_reason keyCompromise``."""
+        run("openssl", "ca", "-config", self.cnf, "-revoke", pem, *options)
+
+    def updatedb(self) -> None:
+        run("openssl", "ca", "-config", self.cnf, "-updatedb")
+
+    def serial_of(self, pem: Path) -> int:
+        return x509.load_pem_x509_certificate(pem.read_bytes()).serial_number
+
+    def sign_responder(
+        self,
+        public_key: object,
+        name: str = "OCSP Responder",
+        *,
+        days: int = 365,
+        eku: bool = True,
+        nocheck: bool = True,
+        issuer_key: object | None = None,
+    ) -> Path:
+        """A delegated responder certificate for a (token) public key."""
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.certificate.subject)
+            .public_key(public_key)  # type: ignore[arg-type]
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+                critical=True,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+                critical=False,
+            )
+        )
+        if eku:
+            builder = builder.add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING]), critical=False
+            )
+        if nocheck:
+            builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
+        cert = builder.sign(issuer_key or self.key, hashes.SHA256())  # type: ignore[arg-type]
+        path = self.dir / f"{name.replace(' ', '_')}.pem"
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
