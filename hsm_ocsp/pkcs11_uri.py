@@ -53,7 +53,7 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
         raise ValueError("a PKCS#11 URI starts with 'pkcs11:'")
     body = text[len("pkcs11:") :]
     path, _, query = body.partition("?")
-    if "pin-value" in query or "pin-source" in query:
+    if "pin-value" in body or "pin-source" in body:
         raise ValueError("the URI must not carry a PIN; use pin_env or pin_file")
     values: dict[str, str | bytes] = {}
     for part in filter(None, path.split(";")):

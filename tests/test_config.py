@@ -1,0 +1,159 @@
+"""Configuration: checked at start, every error names the key and the file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pytest
+
+from hsm_ocsp.cli import main
+from hsm_ocsp.config import TokenConfig, load_config, parse_duration, read_pin
+from hsm_ocsp.errors import ConfigError
+
+from .pki import OpenSSLCA
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> OpenSSLCA:
+    return OpenSSLCA(tmp_path_factory.mktemp("configca"))
+
+
+def write(tmp_path: Path, ca: OpenSSLCA, ca_extra: str = "", top: str = "") -> Path:
+    path = tmp_path / "hsm-ocsp.toml"
+    key = 'key = "pkcs11:token=ocsp;object=responder"'
+    if ca_extra.startswith("key ="):
+        key, ca_extra = ca_extra, ""
+    path.write_text(
+        f"""{top}
+[server]
+listen = "127.0.0.1:8080"
+
+[[ca]]
+name = "root"
+certificate = "{ca.cert_path}"
+index = "{ca.index}"
+{key}
+{ca_extra}
+"""
+    )
+    return path
+
+
+def test_the_design_example_loads(tmp_path: Path, ca: OpenSSLCA) -> None:
+    (tmp_path / "ca.pem").write_bytes(ca.cert_path.read_bytes())
+    (tmp_path / "index.txt").write_text("")
+    (tmp_path / "ocsp.pem").write_bytes(ca.cert_path.read_bytes())
+    path = tmp_path / "c.toml"
+    path.write_text(
+        """
+[server]
+listen = "127.0.0.1:8080"
+workers = 2
+metrics_listen = "127.0.0.1:9102"
+
+[token]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+pin_env = "HSM_OCSP_PIN"
+
+[[ca]]
+name = "root"
+certificate = "ca.pem"
+index = "index.txt"
+responder_certificate = "ocsp.pem"
+key = "pkcs11:token=ocsp;object=responder"
+validity = "1h"
+"""
+    )
+    config = load_config(path)
+    assert config.server.workers == 2
+    assert config.server.metrics_listen == ("127.0.0.1", 9102)
+    (root,) = config.cas
+    assert root.index == tmp_path / "index.txt"  # relative to the config file
+    assert root.validity == dt.timedelta(hours=1)
+    assert root.key.token == "ocsp" and root.key.object == "responder"
+    assert root.responder_certificate is not None
+
+
+@pytest.mark.parametrize(
+    ("ca_extra", "top", "key", "words"),
+    [
+        ("colour = 'blue'", "", "ca[0].colour", "unknown key"),
+        ('validity = "an hour"', "", "ca[0].validity", "not a duration"),
+        ('validity = "0s"', "", "ca[0].validity", "longer than zero"),
+        ('responder_certificate = "missing.pem"', "", "ca[0].responder_certificate", "does not exist"),
+        ('key = "file:///key.pem"', "", "ca[0].key", "pkcs11:"),
+        ('key = "pkcs11:token=x;object=y;pin-value=1234"', "", "ca[0].key", "must not carry a PIN"),
+        ('rsa_padding = "oaep"', "", "ca[0].rsa_padding", "one of"),
+        ("", '[token]\nmodul = "x"', "token.modul", "unknown key"),
+    ],
+)
+def test_a_bad_value_names_the_key_and_the_file(
+    tmp_path: Path, ca: OpenSSLCA, ca_extra: str, top: str, key: str, words: str
+) -> None:
+    path = write(tmp_path, ca, ca_extra, top)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == key
+    assert str(path) in str(info.value)
+    assert words in str(info.value)
+
+
+def test_a_certificate_that_does_not_parse(tmp_path: Path, ca: OpenSSLCA) -> None:
+    bad = tmp_path / "bad.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    path = write(tmp_path, ca, f'responder_certificate = "{bad}"')
+    with pytest.raises(ConfigError, match=r"ca\[0\]\.responder_certificate: .*bad\.pem is not"):
+        load_config(path)
+
+
+def test_a_missing_index_file(tmp_path: Path, ca: OpenSSLCA) -> None:
+    path = write(tmp_path, ca)
+    path.write_text(path.read_text().replace(str(ca.index), str(tmp_path / "nope.txt")))
+    with pytest.raises(ConfigError, match=r"ca\[0\]\.index: file .*nope\.txt does not exist"):
+        load_config(path)
+
+
+def test_serve_with_a_bad_config_prints_one_line_and_exits_2(
+    tmp_path: Path, ca: OpenSSLCA, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, ca, 'validity = "soon"')
+    assert main(["serve", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert str(path) in err[0] and "ca[0].validity" in err[0]
+
+
+def test_serve_with_a_broken_index_exits_2(tmp_path: Path, ca: OpenSSLCA) -> None:
+    index = tmp_path / "index.txt"
+    index.write_text("V\tnot-a-date\t\t01\tunknown\t/CN=x\n")
+    path = write(tmp_path, ca)
+    path.write_text(path.read_text().replace(str(ca.index), str(index)))
+    os.environ.setdefault("HSM_OCSP_PIN", "0000")
+    assert main(["serve", "--config", str(path)]) == 2
+
+
+def test_durations() -> None:
+    assert parse_duration("90s") == dt.timedelta(seconds=90)
+    assert parse_duration("1h30m") == dt.timedelta(minutes=90)
+    assert parse_duration("7d") == dt.timedelta(days=7)
+    with pytest.raises(ValueError):
+        parse_duration("1 hour")
+
+
+def test_pin_file_readable_by_everyone_is_refused(tmp_path: Path) -> None:
+    pin = tmp_path / "pin"
+    pin.write_text("1234\n")
+    pin.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by everyone") as info:
+        read_pin(TokenConfig(pin_env=None, pin_file=pin), tmp_path / "c.toml")
+    assert "1234" not in str(info.value)
+    pin.chmod(0o600)
+    assert read_pin(TokenConfig(pin_env=None, pin_file=pin)) == "1234"
+
+
+def test_pin_env_missing_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_PIN_VAR", raising=False)
+    with pytest.raises(ConfigError, match="NO_SUCH_PIN_VAR is not set"):
+        read_pin(TokenConfig(pin_env="NO_SUCH_PIN_VAR"))

@@ -1,0 +1,130 @@
+"""The OpenSSL index format, every form `openssl ca` writes (FACTS.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from hsm_ocsp.errors import IndexFormatError
+from hsm_ocsp.index import parse_index, parse_time
+from hsm_ocsp.model import RevocationReason
+
+UTC = dt.timezone.utc
+
+
+def line(status: str, revinfo: str, serial: str, subject: str = "/CN=x") -> str:
+    return f"{status}\t301231235959Z\t{revinfo}\t{serial}\tunknown\t{subject}\n"
+
+
+def test_valid_and_expired_rows_are_not_revoked() -> None:
+    snap = parse_index((line("V", "", "01") + line("E", "", "02")).encode())
+    assert snap.entries == {1: None, 2: None}
+    assert dict(snap.counts) == {"V": 1, "R": 0, "E": 1}
+
+
+def test_plain_revocation_has_time_and_no_reason() -> None:
+    snap = parse_index(line("R", "261124011953Z", "03").encode())
+    rev = snap.entries[3]
+    assert rev is not None
+    assert rev.revocation_time == dt.datetime(2026, 11, 24, 1, 19, 53, tzinfo=UTC)
+    assert rev.reason is None
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("unspecified", RevocationReason.UNSPECIFIED),
+        ("keyCompromise", RevocationReason.KEY_COMPROMISE),
+        ("CACompromise", RevocationReason.CA_COMPROMISE),
+        ("affiliationChanged", RevocationReason.AFFILIATION_CHANGED),
+        ("superseded", RevocationReason.SUPERSEDED),
+        ("cessationOfOperation", RevocationReason.CESSATION_OF_OPERATION),
+        ("certificateHold", RevocationReason.CERTIFICATE_HOLD),
+        ("removeFromCRL", RevocationReason.REMOVE_FROM_CRL),
+        ("KEYCOMPROMISE", RevocationReason.KEY_COMPROMISE),
+    ],
+)
+def test_each_reason_is_read_without_regard_to_case(text: str, reason: RevocationReason) -> None:
+    rev = parse_index(line("R", f"261124011953Z,{text}", "0A").encode()).entries[10]
+    assert rev is not None and rev.reason is reason
+
+
+def test_hold_instruction_by_name_and_by_oid() -> None:
+    data = line("R", "261124011953Z,holdInstruction,holdInstructionReject", "01") + line(
+        "R", "261124011953Z,holdInstruction,1.2.840.10040.2.2", "02"
+    )
+    snap = parse_index(data.encode())
+    first, second = snap.entries[1], snap.entries[2]
+    assert first is not None and second is not None
+    assert first.reason is RevocationReason.CERTIFICATE_HOLD
+    assert first.hold_instruction == "1.2.840.10040.2.3"
+    assert second.hold_instruction == "1.2.840.10040.2.2"
+
+
+def test_key_time_and_ca_key_time_carry_an_invalidity_date() -> None:
+    data = line("R", "261124011953Z,keyTime,20260101120000Z", "01") + line(
+        "R", "261124011953Z,CAkeyTime,20251231000000Z", "02"
+    )
+    snap = parse_index(data.encode())
+    key, ca = snap.entries[1], snap.entries[2]
+    assert key is not None and ca is not None
+    assert key.reason is RevocationReason.KEY_COMPROMISE
+    assert key.invalidity_date == dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert ca.reason is RevocationReason.CA_COMPROMISE
+    assert ca.invalidity_date == dt.datetime(2025, 12, 31, tzinfo=UTC)
+
+
+def test_serials_match_as_integers_whatever_case_and_leading_zeros() -> None:
+    snap = parse_index((line("V", "", "00ab") + line("V", "", "0Cd3")).encode())
+    assert 0xAB in snap and 0xCD3 in snap
+    assert len(snap) == 2
+
+
+def test_utc_and_generalized_expiry_both_accepted() -> None:
+    data = "V\t491231235959Z\t\t01\tunknown\t/CN=a\nV\t20501231235959Z\t\t02\tunknown\t/CN=b\n"
+    assert len(parse_index(data.encode())) == 2
+
+
+def test_utctime_years_follow_rfc5280_window() -> None:
+    assert parse_time("491231235959Z").year == 2049
+    assert parse_time("500101000000Z").year == 1950
+    assert parse_time("20500101000000Z").year == 2050
+
+
+def test_subject_with_spaces_commas_and_escaped_tab() -> None:
+    data = "V\t301231235959Z\t\t01\tunknown\t/CN=a b\\\tc/O=Acme, Inc.\n"
+    assert 1 in parse_index(data.encode())
+
+
+def test_comments_are_skipped_and_empty_file_is_empty_index() -> None:
+    assert len(parse_index(b"")) == 0
+    assert len(parse_index(b"# a comment\n" + line("V", "", "01").encode())) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "line_no", "words"),
+    [
+        (line("V", "", "01") + "V\t301231235959Z\t\t02\tunknown\n", 2, "5 TAB-separated fields"),
+        (line("V", "", "01") + line("V", "", "02")[:-1], 2, "does not end in a newline"),
+        (line("V", "", "01").replace("301231235959Z", "301331235959Z"), 1, "expiry"),
+        (line("R", "261124011953Z,lostTheKey", "01"), 1, "unknown revocation reason"),
+        (line("R", "26112401Z", "01"), 1, "not YYMMDDHHMMSSZ"),
+        (line("X", "", "01"), 1, "not V, R or E"),
+        (line("V", "", "0G"), 1, "not hexadecimal"),
+        (line("V", "", "01") + line("R", "261124011953Z", "1"), 2, "appears twice"),
+        (line("V", "261124011953Z", "01"), 1, "with a revocation field"),
+        (line("R", "261124011953Z,holdInstruction,wait", "01"), 1, "hold instruction"),
+    ],
+)
+def test_a_bad_line_refuses_the_file_naming_the_line(data: str, line_no: int, words: str) -> None:
+    with pytest.raises(IndexFormatError) as info:
+        parse_index(data.encode(), "/ca/index.txt")
+    assert info.value.line == line_no
+    assert words in str(info.value)
+    assert str(info.value).startswith(f"/ca/index.txt:{line_no}: ")
+
+
+def test_binary_file_is_refused() -> None:
+    with pytest.raises(IndexFormatError, match="NUL byte"):
+        parse_index(b"\x00\x01\x02binary\n")
