@@ -1,0 +1,337 @@
+"""Issue 6.1: the token goes away or hangs; the responder survives and comes back.
+
+The token is remote: ``p11-kit server`` in front of the session's SoftHSM token,
+and the responder loads ``p11-kit-client.so`` (FACTS.md). Killing the server's
+process group is a real token loss; SIGSTOP is a real hang.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+
+from .conftest import MODULE, CASetup, SoftHSM, build_ca, free_port, write_config
+
+CLIENT_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.path.exists(CLIENT_MODULE) or not os.path.exists("/usr/bin/p11-kit"),
+        reason="p11-kit server and client module (Debian p11-kit) are not installed",
+    ),
+]
+
+
+class P11KitServer:
+    """``p11-kit server`` for one token, in its own process group."""
+
+    def __init__(self, socket_path: Path, provider: str, token_label: str) -> None:
+        self.socket = socket_path
+        self.provider = provider
+        self.token_label = token_label
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"unix:path={self.socket}"
+
+    def start(self) -> None:
+        self.socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [
+                "p11-kit",
+                "server",
+                "-f",
+                "-n",
+                str(self.socket),
+                "--provider",
+                self.provider,
+                f"pkcs11:token={self.token_label}",
+            ],
+            start_new_session=True,  # its own process group: killpg reaches its children
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise AssertionError("p11-kit server did not create its socket")
+            time.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signum)
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGCONT)
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def p11kit(tmp_path: Path, softhsm: SoftHSM) -> Iterator[P11KitServer]:
+    server = P11KitServer(tmp_path / "p11kit.sock", MODULE, softhsm.label)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def _config(tmp_path: Path, setup: CASetup, port: int, sign_timeout: str) -> Path:
+    path = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
+    text = path.read_text().replace(
+        f'module = "{MODULE}"', f'module = "{CLIENT_MODULE}"\nsign_timeout = "{sign_timeout}"'
+    )
+    path.write_text(text)
+    return path
+
+
+def _request(setup: CASetup, name: str, *, nonce: bytes | None = None) -> bytes:
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(Encoding.DER)
+
+
+def _post(url: str, body: bytes, timeout: float = 10) -> tuple[int, bytes, float]:
+    started = time.monotonic()
+    req = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/ocsp-request"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, response.read(), time.monotonic() - started
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), time.monotonic() - started
+
+
+def _signs(url: str, setup: CASetup) -> bool:
+    """A fresh nonce request (never cached) was signed."""
+    http, body, _ = _post(url, _request(setup, "good", nonce=os.urandom(16)))
+    return http == 200 and (
+        ocsp.load_der_ocsp_response(body).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    )
+
+
+def _status(url: str, path: str) -> int:
+    try:
+        with urllib.request.urlopen(url + path, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@dataclass
+class Outcome:
+    at: float
+    kind: str
+    http: int
+    ocsp_status: ocsp.OCSPResponseStatus | None
+    cert_status: ocsp.OCSPCertStatus | None
+    seconds: float
+
+
+@dataclass
+class Load:
+    """A few clients in threads, each sending one kind of request in a loop."""
+
+    url: str
+    bodies: dict[str, bytes]
+    outcomes: list[Outcome] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def _run(self, kind: str) -> None:
+        while not self.stop.is_set():
+            http, body, seconds = _post(self.url, self.bodies[kind])
+            ocsp_status = cert_status = None
+            if http == 200:
+                response = ocsp.load_der_ocsp_response(body)
+                ocsp_status = response.response_status
+                if ocsp_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
+                    cert_status = response.certificate_status
+            self.outcomes.append(
+                Outcome(time.monotonic(), kind, http, ocsp_status, cert_status, seconds)
+            )
+            time.sleep(0.01)  # light load: two shared cores
+
+    def start(self) -> None:
+        for kind in self.bodies:
+            thread = threading.Thread(target=self._run, args=(kind,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def between(self, start: float, end: float, kind: str) -> list[Outcome]:
+        return [o for o in self.outcomes if start <= o.at <= end and o.kind == kind]
+
+
+def _wait_for(predicate: object, timeout: float) -> float | None:
+    """Seconds until ``predicate()`` held, or None."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():  # type: ignore[operator]
+            return time.monotonic() - started
+        time.sleep(0.05)
+    return None
+
+
+def test_token_loss_serves_cached_answers_and_recovers_without_restart(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    p11kit: P11KitServer,
+    serve: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = _config(tmp_path, setup, port, sign_timeout="2s")
+    monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
+    server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
+    url = server.url
+
+    bodies = {
+        "cached-good": _request(setup, "good"),
+        "cached-revoked": _request(setup, "revoked"),
+        "nonce": _request(setup, "good", nonce=os.urandom(16)),
+    }
+    for kind in ("cached-good", "cached-revoked"):  # fill the pre-signed cache
+        http, body, _ = _post(url, bodies[kind])
+        assert http == 200
+        assert ocsp.load_der_ocsp_response(body).response_status.value == 0
+
+    load = Load(url, bodies)
+    load.start()
+    try:
+        time.sleep(1.0)
+        lost_at = time.monotonic()
+        p11kit.kill()
+        not_ready = _wait_for(lambda: _status(url, "readyz") == 503, 5)
+        assert not_ready is not None, "/readyz still 200 five seconds after the token died"
+        time.sleep(2.0)
+        down_until = time.monotonic()
+
+        p11kit.start()
+        restarted_at = time.monotonic()
+        recovered = _wait_for(lambda: _signs(url, setup), 10)
+        ready = _wait_for(lambda: _status(url, "readyz") == 200, 10)
+        time.sleep(0.5)
+    finally:
+        load.finish()
+
+    print(f"signing resumed {recovered} s after the token came back; /readyz after {ready} s")
+    assert recovered is not None and recovered < 5.0, f"signing resumed after {recovered} s"
+    assert ready is not None and ready < 5.0
+    assert server.process.poll() is None, "the responder exited"
+
+    # While the token was gone: every answer an HTTP 200 OCSP response, cached
+    # answers kept flowing, signed-on-demand answers were tryLater, never good.
+    assert all(o.http == 200 for o in load.outcomes), {o.http for o in load.outcomes}
+    outage = (lost_at + 0.5, down_until)
+    cached_good = load.between(*outage, "cached-good")
+    cached_revoked = load.between(*outage, "cached-revoked")
+    nonce = load.between(*outage, "nonce")
+    assert len(cached_good) >= 10 and len(cached_revoked) >= 10 and nonce
+    assert all(o.cert_status is ocsp.OCSPCertStatus.GOOD for o in cached_good)
+    assert all(o.cert_status is ocsp.OCSPCertStatus.REVOKED for o in cached_revoked)
+    assert all(o.ocsp_status is ocsp.OCSPResponseStatus.TRY_LATER for o in nonce)
+    # The revoked certificate was never answered good, at any time.
+    assert not [
+        o
+        for o in load.outcomes
+        if o.kind == "cached-revoked" and o.cert_status is not ocsp.OCSPCertStatus.REVOKED
+    ]
+    # After recovery the nonce requests are signed again.
+    after = load.between(restarted_at + recovered, time.monotonic(), "nonce")
+    assert after and after[-1].ocsp_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    log = server.log.read_text()
+    assert "token lost" in log and "Traceback" not in log
+
+
+def test_hung_token_times_out_and_does_not_block_other_requests(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    p11kit: P11KitServer,
+    serve: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = _config(tmp_path, setup, port, sign_timeout="1s")
+    monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
+    server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
+    url = server.url
+    cached = _request(setup, "revoked")
+    assert _post(url, cached)[0] == 200
+
+    p11kit.signal(signal.SIGSTOP)  # every PKCS#11 call now waits for an answer
+    try:
+        hung: list[tuple[int, bytes, float]] = []
+        threads = [
+            threading.Thread(
+                target=lambda: hung.append(
+                    _post(url, _request(setup, "good", nonce=os.urandom(16)))
+                )
+            )
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.2)
+        # Meanwhile cached answers and health checks are immediate.
+        for _ in range(20):
+            http, body, seconds = _post(url, cached)
+            assert http == 200 and seconds < 0.5, seconds
+            assert ocsp.load_der_ocsp_response(body).certificate_status is (
+                ocsp.OCSPCertStatus.REVOKED
+            )
+        for thread in threads:
+            thread.join(10)
+        assert len(hung) == 3
+        for http, body, seconds in hung:
+            assert http == 200
+            assert ocsp.load_der_ocsp_response(body).response_status is (
+                ocsp.OCSPResponseStatus.TRY_LATER
+            )
+            assert seconds < 1.0 + 1.5, f"a hung signature held a request {seconds:.1f} s"
+        # Later requests fail fast while the call is still stuck.
+        http, body, seconds = _post(url, _request(setup, "good", nonce=b"n" * 16))
+        assert ocsp.load_der_ocsp_response(body).response_status is (
+            ocsp.OCSPResponseStatus.TRY_LATER
+        )
+        assert seconds < 1.5
+        assert _status(url, "readyz") == 503
+    finally:
+        p11kit.signal(signal.SIGCONT)
+
+    resumed = _wait_for(lambda: _signs(url, setup), 10)
+    print(f"signing resumed {resumed} s after SIGCONT")
+    assert resumed is not None and resumed < 5.0
+    assert server.process.poll() is None
