@@ -52,7 +52,7 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
     if not text.startswith("pkcs11:"):
         raise ValueError("a PKCS#11 URI starts with 'pkcs11:'")
     body = text[len("pkcs11:") :]
-    path, _, query = body.partition("?")
+    path = body.partition("?")[0]
     if "pin-value" in body or "pin-source" in body:
         raise ValueError("the URI must not carry a PIN; use pin_env or pin_file")
     values: dict[str, str | bytes] = {}

@@ -38,8 +38,10 @@ class SoftHSM:
     pin: str = PIN
 
     def session(self) -> Any:
-        return pkcs11.lib(self.module).get_token(token_label=self.label).open(
-            user_pin=self.pin, rw=True
+        return (
+            pkcs11.lib(self.module)
+            .get_token(token_label=self.label)
+            .open(user_pin=self.pin, rw=True)
         )
 
     def make_key(self, algorithm: str = "ec-p256", label: str | None = None) -> tuple[str, Any]:

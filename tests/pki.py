@@ -134,7 +134,7 @@ class OpenSSLCA:
         issuer_key: object | None = None,
     ) -> Path:
         """A delegated responder certificate for a (token) public key."""
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))

@@ -82,7 +82,12 @@ validity = "1h"
         ("colour = 'blue'", "", "ca[0].colour", "unknown key"),
         ('validity = "an hour"', "", "ca[0].validity", "not a duration"),
         ('validity = "0s"', "", "ca[0].validity", "longer than zero"),
-        ('responder_certificate = "missing.pem"', "", "ca[0].responder_certificate", "does not exist"),
+        (
+            'responder_certificate = "missing.pem"',
+            "",
+            "ca[0].responder_certificate",
+            "does not exist",
+        ),
         ('key = "file:///key.pem"', "", "ca[0].key", "pkcs11:"),
         ('key = "pkcs11:token=x;object=y;pin-value=1234"', "", "ca[0].key", "must not carry a PIN"),
         ('rsa_padding = "oaep"', "", "ca[0].rsa_padding", "one of"),

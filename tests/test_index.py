@@ -10,7 +10,7 @@ from hsm_ocsp.errors import IndexFormatError
 from hsm_ocsp.index import parse_index, parse_time
 from hsm_ocsp.model import RevocationReason
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def line(status: str, revinfo: str, serial: str, subject: str = "/CN=x") -> str:
