@@ -7,15 +7,31 @@ run this on the thread that owns the module (the CLI's main thread).
 from __future__ import annotations
 
 import os
+import tomllib
+from pathlib import Path
 from typing import Any
 
+import pkcs11
 from asn1crypto import core as asn1_core
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-__all__ = ["ALGORITHMS", "generate_key_pair", "public_key_from_token"]
+from .config import DEFAULT_MODULE, DEFAULT_PIN_ENV, TokenConfig, read_pin
+from .errors import ConfigError, TokenError
+from .pkcs11_uri import Pkcs11Uri
+
+__all__ = [
+    "ALGORITHMS",
+    "existing_objects",
+    "find_private_key",
+    "find_public_key",
+    "generate_key_pair",
+    "module_and_pin",
+    "open_session",
+    "public_key_from_token",
+]
 
 ALGORITHMS = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519")
 _CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
@@ -109,3 +125,85 @@ def public_key_from_token(
 def find_public_key(session: Any, *, label: str | None, key_id: bytes | None) -> Any:
     """The public-key object that pairs with a private key (same label/id)."""
     return session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label, id=key_id)
+
+
+def find_private_key(session: Any, *, label: str | None, key_id: bytes | None) -> Any:
+    """The private-key object a URI names; python-pkcs11's NoSuchKey if none."""
+    return session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label, id=key_id)
+
+
+_CLASS_NAMES = {
+    ObjectClass.PRIVATE_KEY: "private key",
+    ObjectClass.PUBLIC_KEY: "public key",
+    ObjectClass.SECRET_KEY: "secret key",
+    ObjectClass.CERTIFICATE: "certificate",
+}
+
+
+def existing_objects(session: Any, *, label: str | None, key_id: bytes | None) -> list[str]:
+    """Objects that already carry this label or this id, described in words."""
+    found = []
+    for attribute, value, what in (
+        (Attribute.LABEL, label, f"label {label!r}"),
+        (Attribute.ID, key_id, f"id {key_id.hex() if key_id else ''}"),
+    ):
+        if value is None:
+            continue
+        for obj in session.get_objects({attribute: value}):
+            kind = _CLASS_NAMES.get(obj.object_class, "object")
+            found.append(f"a {kind} with {what}")
+    return found
+
+
+def open_session(module: str, pin: str, uri: Pkcs11Uri, *, rw: bool = False) -> Any:
+    """Log in to the token the URI names; TokenError (never with the PIN) if not possible."""
+    from .token import describe_error
+
+    try:
+        lib = pkcs11.lib(module)
+        token = lib.get_token(token_label=uri.token, token_serial=uri.serial)
+        return token.open(user_pin=pin, rw=rw)
+    except pkcs11.PKCS11Error as exc:
+        where = f"token {uri.token!r}" if uri.token else "the token"
+        raise TokenError(
+            f"cannot open {where} with module {module}: {describe_error(exc)}"
+        ) from None
+
+
+def module_and_pin(config_path: str | None, module: str | None) -> tuple[str, str]:
+    """The PKCS#11 module and user PIN for a command-line tool.
+
+    With a config file, its ``[token]`` table gives the module (``--module``
+    wins) and says where the PIN is; only that table is read, so a config whose
+    certificates do not exist yet still works. Without one, ``--module`` is
+    required and the PIN comes from ``HSM_OCSP_PIN``. The PIN is never taken
+    from the command line.
+    """
+    if config_path is None:
+        if module is None:
+            raise ConfigError("(command line)", "--module", "give --module or --config")
+        return module, read_pin(TokenConfig(module=module), "(environment)")
+    path = Path(config_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, "(file)", f"cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "(file)", f"not valid TOML: {exc}") from None
+    table = data.get("token", {})
+    if not isinstance(table, dict):
+        raise ConfigError(path, "token", "must be a table")
+    values: dict[str, str] = {}
+    for key in ("module", "pin_env", "pin_file"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(path, f"token.{key}", "must be a str")
+        if value is not None:
+            values[key] = value
+    pin_file = values.get("pin_file")
+    token_config = TokenConfig(
+        module=module or values.get("module", DEFAULT_MODULE),
+        pin_env=None if pin_file else values.get("pin_env", DEFAULT_PIN_ENV),
+        pin_file=None if pin_file is None else path.parent / pin_file,
+    )
+    return token_config.module, read_pin(token_config, path)
