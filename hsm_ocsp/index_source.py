@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,12 +42,20 @@ class IndexSource:
     def load(self) -> IndexSnapshot:
         """Read and parse now; IndexFormatError if the file is unusable."""
         try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO would block the read
+                raise IndexFormatError(self.path, None, "not a regular file")
             key = self._stat()
             data = self.path.read_bytes()
         except OSError as exc:
             raise IndexFormatError(self.path, None, f"cannot read: {exc.strerror}") from None
         self._seen = key
         snapshot = parse_index(data, self.path)
+        if not snapshot and self.snapshot:  # truncated by a writer that has not written yet
+            raise IndexFormatError(
+                self.path,
+                None,
+                f"empty, but the last good index had {len(self.snapshot)} entries",
+            )
         self.snapshot = snapshot
         self.last_error = None
         if self.on_reload is not None:
