@@ -1,0 +1,193 @@
+"""``hsm-ocsp check``: is this configuration ready to serve?
+
+For every CA: the key is on the token and signs; the certificate that will
+sign responses belongs to that key; a delegated responder certificate is
+issued by the CA, has EKU OCSPSigning and id-pkix-ocsp-nocheck, and is valid
+now (a warning 30 days before it expires); the key is sensitive and not
+extractable (a warning otherwise); the index parses. One line per finding,
+``ok``, ``warning`` or ``error``; exit 1 when there is an error. The PIN is
+read once and never printed (``Token`` and its errors never show it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from .config import CAConfig, Config, load_config, read_pin
+from .errors import IndexFormatError, TokenError
+from .index import parse_index
+from .signing import scheme_for_public_key, verify
+from .token import KeySpec, Token
+
+__all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
+
+EXPIRY_WARNING = dt.timedelta(days=30)
+_PROBE = b"hsm-ocsp check"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    level: str  # "ok", "warning", "error"
+    ca: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level:<7} ca {self.ca}: {self.message}"
+
+
+def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iterator[Finding]:
+    cert = ca.responder_certificate or ca.certificate
+    which = "responder certificate" if ca.responder_certificate else "CA certificate"
+    path = ca.responder_certificate_path or ca.certificate_path
+    try:
+        scheme = scheme_for_public_key(
+            cert.public_key(), signature_hash=ca.signature_hash, rsa_padding=ca.rsa_padding
+        )
+    except ValueError as exc:
+        yield Finding("error", ca.name, f"{which} {path}: {exc}")
+        return
+    token = Token(module, pin, [KeySpec(ca.name, ca.key, scheme)], sign_timeout=sign_timeout)
+    try:
+        try:
+            token.open_blocking()
+        except TokenError as exc:
+            yield Finding("error", ca.name, f"key {ca.key}: {exc}")
+            return
+        yield Finding("ok", ca.name, f"key {ca.key} found")
+        try:
+            signature = token.sign_blocking(ca.name, _PROBE)
+        except TokenError as exc:
+            yield Finding(
+                "error",
+                ca.name,
+                f"key {ca.key} cannot sign as {scheme.kind} ({exc}); "
+                f"is {path} the certificate of this key?",
+            )
+            return
+        try:
+            verify(cert.public_key(), scheme, _PROBE, signature)
+        except InvalidSignature:
+            yield Finding(
+                "error", ca.name, f"{which} {path} does not match key {ca.key} (wrong key)"
+            )
+        else:
+            yield Finding("ok", ca.name, f"key signs and matches {which} {path}")
+        attributes = token.key_attributes_blocking(ca.name)
+        if attributes.get("extractable") is not False:
+            yield Finding(
+                "warning", ca.name, f"key {ca.key} is extractable: it can leave the token"
+            )
+        if attributes.get("sensitive") is not True:
+            yield Finding(
+                "warning", ca.name, f"key {ca.key} is not sensitive: its value can be read"
+            )
+        if attributes.get("extractable") is False and attributes.get("sensitive") is True:
+            yield Finding("ok", ca.name, "key is sensitive and not extractable")
+    finally:
+        token.close()
+
+
+def _check_validity(ca: CAConfig, now: dt.datetime) -> Iterator[Finding]:
+    cert = ca.responder_certificate or ca.certificate
+    path = ca.responder_certificate_path or ca.certificate_path
+    which = "responder certificate" if ca.responder_certificate else "CA certificate"
+    not_after = cert.not_valid_after_utc
+    if now < cert.not_valid_before_utc:
+        yield Finding(
+            "error",
+            ca.name,
+            f"{which} {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+        )
+    elif now > not_after:
+        yield Finding("error", ca.name, f"{which} {path} expired {not_after:%Y-%m-%d %H:%M} UTC")
+    elif not_after - now < EXPIRY_WARNING:
+        days = (not_after - now).days
+        yield Finding(
+            "warning",
+            ca.name,
+            f"{which} {path} expires in {days} days ({not_after:%Y-%m-%d %H:%M} UTC); renew it",
+        )
+    else:
+        yield Finding("ok", ca.name, f"{which} valid until {not_after:%Y-%m-%d} UTC")
+
+
+def _check_delegated(ca: CAConfig) -> Iterator[Finding]:
+    cert = ca.responder_certificate
+    path = ca.responder_certificate_path
+    if cert is None:
+        return
+    try:
+        cert.verify_directly_issued_by(ca.certificate)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        yield Finding(
+            "error",
+            ca.name,
+            f"responder certificate {path} is not issued by CA certificate "
+            f"{ca.certificate_path} ({exc or type(exc).__name__})",
+        )
+    else:
+        yield Finding("ok", ca.name, "responder certificate is issued by the CA")
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+        yield Finding(
+            "error",
+            ca.name,
+            f"responder certificate {path} lacks EKU OCSPSigning (RFC 6960 4.2.2.2)",
+        )
+    else:
+        yield Finding("ok", ca.name, "responder certificate has EKU OCSPSigning")
+    try:
+        cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
+    except x509.ExtensionNotFound:
+        yield Finding(
+            "error",
+            ca.name,
+            f"responder certificate {path} lacks id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1)",
+        )
+    else:
+        yield Finding("ok", ca.name, "responder certificate has id-pkix-ocsp-nocheck")
+
+
+def _check_index(ca: CAConfig) -> Iterator[Finding]:
+    try:
+        snapshot = parse_index(ca.index.read_bytes(), ca.index)
+    except OSError as exc:
+        yield Finding("error", ca.name, f"index {ca.index}: cannot read: {exc.strerror}")
+    except IndexFormatError as exc:
+        yield Finding("error", ca.name, f"index {exc}")
+    else:
+        yield Finding("ok", ca.name, f"index {ca.index} parses ({len(snapshot.entries)} entries)")
+
+
+def check_config(config: Config, *, now: dt.datetime | None = None) -> list[Finding]:
+    """Every finding for every CA, in config order."""
+    now = now or dt.datetime.now(dt.UTC)
+    pin = read_pin(config.token, config.path)
+    findings: list[Finding] = []
+    for ca in config.cas:
+        findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout)
+        findings += _check_delegated(ca)
+        findings += _check_validity(ca, now)
+        findings += _check_index(ca)
+    return findings
+
+
+def run_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    findings = check_config(config)
+    for finding in findings:
+        print(finding)
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    print(f"{errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0
