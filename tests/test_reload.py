@@ -1,0 +1,59 @@
+"""The index is watched: changes are served within about a second, SIGHUP forces a reload."""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+from cryptography.x509 import ocsp as x509_ocsp
+
+from .conftest import CASetup, free_port, write_config
+from .requests import build_request
+
+
+def status(url: str, setup: CASetup, name: str) -> x509_ocsp.OCSPCertStatus:
+    der = build_request([(setup.ca.certificate, setup.serial(name))])
+    req = urllib.request.Request(
+        url, data=der, headers={"Content-Type": "application/ocsp-request"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return x509_ocsp.load_der_ocsp_response(resp.read()).certificate_status
+
+
+def test_revocation_by_openssl_ca_is_served_within_seconds(
+    tmp_path: Path, ca_setup: CASetup, serve: object
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "c.toml", {"root": ca_setup}, port=port)
+    server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
+    fresh = ca_setup.ca.issue("fresh")
+    ca_setup.certs["fresh"] = fresh
+    deadline = time.monotonic() + 5
+    while status(server.url, ca_setup, "fresh") is not x509_ocsp.OCSPCertStatus.GOOD:
+        assert time.monotonic() < deadline, "new certificate not served as good"
+        time.sleep(0.1)
+    # cached as good now; openssl ca rewrites index.txt (new inode) on revoke
+    ca_setup.ca.revoke(fresh, "-crl_reason", "keyCompromise")
+    started = time.monotonic()
+    while status(server.url, ca_setup, "fresh") is not x509_ocsp.OCSPCertStatus.REVOKED:
+        assert time.monotonic() - started < 3, "revocation not served within 3 s"
+        time.sleep(0.05)
+    # other entries were not disturbed
+    assert status(server.url, ca_setup, "good") is x509_ocsp.OCSPCertStatus.GOOD
+
+
+def test_sighup_forces_a_reload(tmp_path: Path, ca_setup: CASetup, serve: object) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "c.toml", {"root": ca_setup}, port=port)
+    log = tmp_path / "server.log"
+    server = serve(config, port, log)  # type: ignore[operator]
+    before = log.read_text().count("reloaded")
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while log.read_text().count("reloaded") == before:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    assert server.process.poll() is None
+    assert status(server.url, ca_setup, "keycompromise") is x509_ocsp.OCSPCertStatus.REVOKED
