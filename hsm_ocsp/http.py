@@ -20,13 +20,15 @@ from cryptography.exceptions import InvalidSignature
 
 from .config import Config, read_pin
 from .errors import HsmOcspError, TokenError
+from .http_keys import CA_NAME, REPLY
 from .index_source import IndexSource
+from .metrics import METRICS_PATH, Metrics
 from .responder import Issuer
 from .service import OCSPService, Reply
 from .signing import scheme_for_public_key, verify
 from .token import KeySpec, Token
 
-__all__ = ["SERVICE", "SOURCES", "TOKEN", "build_token", "create_app"]
+__all__ = ["METRICS", "SERVICE", "SOURCES", "TOKEN", "build_token", "create_app"]
 
 log = logging.getLogger("hsm_ocsp.http")
 
@@ -34,6 +36,7 @@ SERVICE = web.AppKey("service", OCSPService)
 SOURCES = web.AppKey("sources", dict[str, IndexSource])
 TOKEN = web.AppKey("token", Token)
 CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
 
 OCSP_RESPONSE = "application/ocsp-response"
 _ERROR_HEADERS = {"Cache-Control": "no-cache"}
@@ -136,7 +139,7 @@ class OCSPHandler:
     def _reply(self, request: web.Request, reply: Reply, *, cacheable: bool) -> web.Response:
         now = dt.datetime.now(dt.UTC)
         headers = _headers(reply, now, cacheable=cacheable)
-        request["ocsp_reply"] = reply
+        request[REPLY] = reply
         if reply.successful and _etag_matches(
             request.headers.get("If-None-Match"), reply.etag or ""
         ):
@@ -146,7 +149,8 @@ class OCSPHandler:
     async def get(self, request: web.Request) -> web.Response:
         service = self.app[SERVICE]
         ca_name, encoded = _split_path(request.raw_path, service.issuer_names)
-        request["ca"] = ca_name
+        if ca_name is not None:
+            request[CA_NAME] = ca_name
         data = decode_get(encoded) if encoded else None
         if data is None:
             reply = await service.respond(b"", ca_name)  # malformedRequest
@@ -159,7 +163,8 @@ class OCSPHandler:
         ca_name, rest = _split_path(request.raw_path, service.issuer_names)
         if rest:
             raise web.HTTPNotFound()
-        request["ca"] = ca_name
+        if ca_name is not None:
+            request[CA_NAME] = ca_name
         limit = self.app[CONFIG].server.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -232,6 +237,7 @@ def create_app(
         for ca in config.cas
     ]
     sources = app[SOURCES]
+    metrics = app[METRICS] = _metrics(config, sources, app[TOKEN])
     app[SERVICE] = OCSPService(
         issuers,
         lambda name: sources[name].snapshot,
@@ -240,14 +246,34 @@ def create_app(
         nonce=config.server.nonce,
         cache_entries=config.server.cache_entries,
         max_pending_signatures=config.server.max_pending_signatures,
+        events=metrics,
     )
     app.cleanup_ctx.append(_lifecycle(handle_signals))
     handler = OCSPHandler(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    not_ocsp = ["/healthz", "/readyz"]
+    if config.server.metrics_listen is None:  # else serve.py listens there
+        app.router.add_get(METRICS_PATH, metrics.handle)
+        not_ocsp.append(METRICS_PATH)
+    app.middlewares.append(metrics.middleware(not_ocsp))
     app.router.add_get("/{tail:.*}", handler.get)
     app.router.add_post("/{tail:.*}", handler.post)
     return app
+
+
+def _metrics(config: Config, sources: dict[str, IndexSource], token: Token) -> Metrics:
+    """Metrics of this process, fed by the token and index hooks."""
+    metrics = Metrics()
+    for ca in config.cas:
+        signer = ca.responder_certificate or ca.certificate
+        metrics.add_ca(ca.name, signer.not_valid_after_utc)
+        sources[ca.name].on_reload = metrics.index_reloaded(ca.name)
+        sources[ca.name].on_error = metrics.index_failed(ca.name)
+    token.on_state_change = metrics.token_state(token.keys)
+    token.on_sign = metrics.token_signed
+    token.on_state_change(token.up)
+    return metrics
 
 
 def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]

@@ -20,7 +20,14 @@ from aiohttp import web
 
 from .config import Config
 from .errors import ConfigError, HsmOcspError, IndexFormatError
-from .http import create_app
+from .http import METRICS, create_app
+from .metrics import (
+    AccessLogger,
+    create_metrics_app,
+    prepare_multiprocess,
+    process_dead,
+    remove_multiprocess_dir,
+)
 
 __all__ = ["EXIT_CONFIG", "run_server"]
 
@@ -31,7 +38,12 @@ _STARTUP_GRACE = 10.0
 
 async def _serve(config: Config, reuse_port: bool) -> None:
     app = create_app(config, handle_signals=True)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("hsm_ocsp.access"),
+    )
     await runner.setup()
     site = web.TCPSite(
         runner,
@@ -47,6 +59,15 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         config.server.listen_port,
         os.getpid(),
     )
+    metrics_runner = None
+    if config.server.metrics_listen is not None:
+        metrics_runner = web.AppRunner(
+            create_metrics_app(app[METRICS]), handle_signals=False, access_log=None
+        )
+        await metrics_runner.setup()
+        host, port = config.server.metrics_listen
+        await web.TCPSite(metrics_runner, host, port, reuse_port=reuse_port).start()
+        log.info("metrics on %s:%d/metrics", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -54,6 +75,8 @@ async def _serve(config: Config, reuse_port: bool) -> None:
     try:
         await stop.wait()
     finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
 
 
@@ -99,6 +122,14 @@ def run_server(config: Config) -> int:
     workers = config.server.workers
     if workers == 1:
         return run_worker(config, reuse_port=False)
+    metrics_dir = prepare_multiprocess()  # before fork: workers sum their metrics there
+    try:
+        return _supervise(config, workers)
+    finally:
+        remove_multiprocess_dir(metrics_dir)
+
+
+def _supervise(config: Config, workers: int) -> int:
     stopping = False
     received: list[int] = []
 
@@ -130,6 +161,7 @@ def run_server(config: Config) -> int:
         born = children.pop(pid, None)
         if born is None:
             continue
+        process_dead(pid)
         code = os.waitstatus_to_exitcode(status)
         if stopping:
             continue

@@ -101,6 +101,7 @@ class Token:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.on_state_change: Callable[[bool], None] | None = None
+        self.on_sign: Callable[[float], None] | None = None  # seconds of one C_Sign
 
     def __repr__(self) -> str:  # never show the PIN
         return f"Token(module={self.module!r}, keys={sorted(self.keys)!r})"
@@ -185,13 +186,17 @@ class Token:
             assert scheme.hash_name is not None
             hash_mech, mgf = _PSS_PARAMS[scheme.hash_name]
             param = (hash_mech, mgf, scheme.pss_salt_length)
+        prepared = scheme.prepare(data)
+        started = time.perf_counter()
         try:
             raw: bytes = self._handles[name].sign(
-                scheme.prepare(data), mechanism=mechanism, mechanism_param=param
+                prepared, mechanism=mechanism, mechanism_param=param
             )
         except Exception as exc:
             self._failed(exc)
             raise TokenError(f"signing failed: {describe_error(exc)}") from None
+        if self.on_sign is not None:
+            self.on_sign(time.perf_counter() - started)
         return scheme.finish(raw)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:

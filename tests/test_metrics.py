@@ -1,0 +1,345 @@
+"""Prometheus metrics of a real server, with one and with two worker processes."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asn1crypto import ocsp as asn1_ocsp
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from hsm_ocsp import __version__
+
+from .conftest import CASetup, RunningServer, SoftHSM, build_ca, free_port, write_config
+from .requests import build_request
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+UNKNOWN_SERIAL = 0x7E57AB1E
+
+
+def scrape(url: str) -> tuple[str, Samples]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text: str = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name, frozenset(sample.labels.items())] = sample.value
+    return text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def http(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/ocsp-request")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def ocsp_status(body: bytes) -> str:
+    return str(asn1_ocsp.OCSPResponse.load(body)["response_status"].native)
+
+
+def get_path(der: bytes) -> str:
+    return urllib.request.quote(base64.b64encode(der).decode(), safe="")
+
+
+def send_mix(base: str, setup: CASetup) -> None:
+    """The known mix: every request's OCSP outcome is checked as it is sent."""
+    issuer = setup.ca.certificate
+    good = build_request([(issuer, setup.serial("good"))])
+    revoked = build_request([(issuer, setup.serial("revoked"))])
+    unknown = build_request([(issuer, UNKNOWN_SERIAL)])
+    foreign = asn1_ocsp.CertId(
+        {
+            "hash_algorithm": {"algorithm": "sha1"},
+            "issuer_name_hash": b"\x01" * 20,
+            "issuer_key_hash": b"\x02" * 20,
+            "serial_number": 1,
+        }
+    )
+    unauthorized = build_request([foreign])
+    sent = [
+        (http(base, good), "successful"),  # POST good: miss
+        (http(base, revoked), "successful"),  # POST revoked: miss
+        (http(base + get_path(unknown)), "successful"),  # GET unknown: miss
+        (http(base + get_path(good)), "successful"),  # GET good: hit (same CertID)
+        (http(base + "root/" + get_path(good), method="HEAD"), None),  # HEAD good: hit
+        (http(base, b"not DER"), "malformed_request"),  # POST malformed
+        (http(base + "!!!not-base64!!!"), "malformed_request"),  # GET malformed
+        (http(base, unauthorized), "unauthorized"),  # POST unauthorized
+    ]
+    for (status, body), expected in sent:
+        assert status == 200
+        if expected is not None:
+            assert ocsp_status(body) == expected
+    assert http(base + "root/extra", good)[0] == 404  # POST, no OCSP response
+    assert http(base, good, method="PUT")[0] == 405  # other method
+
+
+# (method, ocsp_status) -> count for the mix above
+EXPECTED_REQUESTS = {
+    ("POST", "successful"): 2,
+    ("GET", "successful"): 2,
+    ("HEAD", "successful"): 1,
+    ("POST", "malformedRequest"): 1,
+    ("GET", "malformedRequest"): 1,
+    ("POST", "unauthorized"): 1,
+    ("POST", "http_error"): 1,
+    ("other", "http_error"): 1,
+}
+EXPECTED_CERT_STATUSES = {"good": 3, "revoked": 1, "unknown": 1}
+CACHE_LOOKUPS = 5  # the five requests that reach a CA's index
+
+
+def start(
+    tmp_path: Path, softhsm: SoftHSM, serve: Callable[..., RunningServer], server: str
+) -> tuple[RunningServer, CASetup]:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "hsm-ocsp.toml", {"root": setup}, server=server, port=port)
+    return serve(config, port, tmp_path / "server.log"), setup
+
+
+def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def promtool_check(text: str) -> None:
+    assert shutil.which("promtool"), "promtool (Debian package prometheus) is needed"
+    done = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
+        done.stdout + done.stderr
+    )
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_counters_move_by_exactly_the_requests_sent(
+    tmp_path: Path, softhsm: SoftHSM, serve: Callable[..., RunningServer], workers: int
+) -> None:
+    started = time.time()
+    server, setup = start(tmp_path, softhsm, serve, f"workers = {workers}")
+    metrics_url = server.url + "metrics"
+    _, before = scrape(metrics_url)
+
+    send_mix(server.url, setup)
+    text, after = scrape(metrics_url)
+
+    for (method, status), count in EXPECTED_REQUESTS.items():
+        got = delta(before, after, "hsm_ocsp_requests_total", method=method, ocsp_status=status)
+        assert got == count, (method, status)
+    assert sum(v for (name, _), v in after.items() if name == "hsm_ocsp_requests_total") == sum(
+        EXPECTED_REQUESTS.values()
+    )
+    for status, count in EXPECTED_CERT_STATUSES.items():
+        assert delta(before, after, "hsm_ocsp_cert_status_total", status=status) == count
+    assert delta(before, after, "hsm_ocsp_request_duration_seconds_count") == sum(
+        EXPECTED_REQUESTS.values()
+    )
+    lookups = {
+        r: delta(before, after, "hsm_ocsp_cache_lookups_total", result=r)
+        for r in ("hit", "miss", "stale")
+    }
+    assert sum(lookups.values()) == CACHE_LOOKUPS
+    assert lookups["stale"] == 0
+    if workers == 1:  # one cache: the repeated CertID is a hit; with two it depends
+        assert lookups == {"hit": 2, "miss": 3, "stale": 0}
+    # Three signatures for the misses, plus any key probe the token watcher made.
+    signed = delta(before, after, "hsm_ocsp_sign_duration_seconds_count")
+    assert lookups["miss"] <= signed <= lookups["miss"] + workers
+    assert value(after, "hsm_ocsp_sign_errors_total") == 0
+
+    # Gauges: the same whatever the number of workers.
+    assert value(after, "hsm_ocsp_token_up", ca="root") == 1
+    assert setup.responder_cert is not None
+    signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())
+    assert (
+        value(after, "hsm_ocsp_responder_certificate_expiry_timestamp_seconds", ca="root")
+        == signer.not_valid_after_utc.timestamp()
+    )
+    index = setup.ca.index.read_text().splitlines()
+    for letter in "VRE":
+        assert value(after, "hsm_ocsp_index_entries", ca="root", status=letter) == sum(
+            1 for line in index if line.startswith(letter + "\t")
+        )
+    reloaded = value(after, "hsm_ocsp_index_last_reload_timestamp_seconds", ca="root")
+    assert started <= reloaded <= time.time()
+    assert value(after, "hsm_ocsp_index_reload_errors_total", ca="root") == 0
+    assert value(after, "hsm_ocsp_build_info", version=__version__) == 1
+    assert "serial" not in text and str(UNKNOWN_SERIAL) not in text
+    promtool_check(text)
+
+
+def test_a_dead_worker_does_not_reset_the_counters(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    serve: Callable[..., RunningServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The server makes its metrics directory under TMPDIR: put it where we can look.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    metrics_port = free_port()
+    server, setup = start(
+        tmp_path,
+        softhsm,
+        serve,
+        f'workers = 2\nmetrics_listen = "127.0.0.1:{metrics_port}"',
+    )
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    send_mix(server.url, setup)
+    (metrics_dir,) = (tmp_path / "tmp").glob("hsm-ocsp-metrics-*")
+    workers = children(server.process.pid)
+    assert len(workers) == 2
+    served = [pid for pid in workers if (metrics_dir / f"counter_{pid}.db").exists()]
+    assert served, "no worker wrote a counter"
+    victim = served[0]
+
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = children(server.process.pid)
+        if victim not in now and len(now) == 2:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the dead worker was not replaced")
+    assert not (metrics_dir / f"gauge_livemin_{victim}.db").exists()  # its gauges go
+    assert (metrics_dir / f"counter_{victim}.db").exists()  # its counts stay
+    _, after = scrape(metrics_url)
+    for (method, status), count in EXPECTED_REQUESTS.items():
+        assert value(after, "hsm_ocsp_requests_total", method=method, ocsp_status=status) == count
+    assert value(after, "hsm_ocsp_cert_status_total", status="good") == 3
+
+    # /metrics is on metrics_listen only: on the main port it is an OCSP path.
+    status, body = http(server.url + "metrics")
+    assert status == 200 and ocsp_status(body) == "malformed_request"
+    server.stop()
+    assert not metrics_dir.exists()  # the parent cleans up after itself
+
+
+P11_KIT_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
+
+
+class RemoteToken:
+    """The test token behind ``p11-kit server``: killing the server unplugs it."""
+
+    def __init__(self, softhsm: SoftHSM, socket: Path) -> None:
+        self.softhsm = softhsm
+        self.socket = socket
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.socket.unlink(missing_ok=True)
+        module, token = self.softhsm.module, f"pkcs11:token={self.softhsm.label}"
+        self.process = subprocess.Popen(
+            ["p11-kit", "server", "-f", "-n", str(self.socket), "--provider", module, token],
+            start_new_session=True,  # its own process group, with its per-client children
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self.socket.exists)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):  # the group, with its children
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+
+@pytest.mark.skipif(
+    not (shutil.which("p11-kit") and Path(P11_KIT_CLIENT).exists()), reason="needs p11-kit"
+)
+def test_readyz_and_token_up_follow_the_token(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    serve: Callable[..., RunningServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    remote = RemoteToken(softhsm, tmp_path / "p11-kit.sock")
+    remote.start()
+    try:
+        monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", f"unix:path={remote.socket}")
+        setup = build_ca(tmp_path / "ca", softhsm)
+        port = free_port()
+        config = write_config(tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port)
+        config.write_text(config.read_text().replace(softhsm.module, P11_KIT_CLIENT))
+        server = serve(config, port, tmp_path / "server.log")
+        assert metric(server, "hsm_ocsp_token_up", ca="root") == 1
+        fresh = build_request([(setup.ca.certificate, setup.serial("good"))], nonce=os.urandom(16))
+
+        remote.stop()
+        status, body = http(server.url, fresh)
+        assert status == 200 and ocsp_status(body) == "try_later"
+        status, text = http(server.url + "readyz")
+        assert status == 503 and b"token" in text
+        assert metric(server, "hsm_ocsp_token_up", ca="root") == 0
+        assert metric(server, "hsm_ocsp_sign_errors_total") == 1
+
+        remote.start()
+        wait_for(lambda: http(server.url + "readyz")[0] == 200)
+        assert metric(server, "hsm_ocsp_token_up", ca="root") == 1
+        status, body = http(server.url, fresh)
+        assert ocsp_status(body) == "successful"
+        server.stop()
+    finally:
+        remote.stop()
+
+
+def test_index_reload_errors_are_counted(
+    tmp_path: Path, softhsm: SoftHSM, serve: Callable[..., RunningServer]
+) -> None:
+    server, setup = start(tmp_path, softhsm, serve, "")
+    good_index = setup.ca.index.read_bytes()
+    setup.ca.index.write_bytes(good_index + b"V\tnot an index line\n")
+    wait_for(lambda: metric(server, "hsm_ocsp_index_reload_errors_total", ca="root") == 1)
+    assert metric(server, "hsm_ocsp_index_entries", ca="root", status="V") == good_index.count(
+        b"V\t"
+    )
+    extra = b"V\t301231235959Z\t\t7777\tunknown\t/CN=new\n"
+    setup.ca.index.write_bytes(good_index + extra)
+    wait_for(
+        lambda: (
+            metric(server, "hsm_ocsp_index_entries", ca="root", status="V")
+            == good_index.count(b"V\t") + 1
+        )
+    )
+    assert metric(server, "hsm_ocsp_index_reload_errors_total", ca="root") == 1
+
+
+def metric(server: RunningServer, name: str, **labels: str) -> float:
+    return value(scrape(server.url + "metrics")[1], name, **labels)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
