@@ -1,0 +1,261 @@
+"""docker-compose.yml, the Dockerfile's build script and the systemd unit, checked here.
+
+No Docker engine runs on the test machine, so the image's build steps
+(deploy/docker/build-image.sh) run on the host into a temporary prefix, and the
+compose file's one-shot set-up (deploy/docker/init.sh) and command run from there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ROOT, RunningServer, free_port
+
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+CONTAINER_CONFIG = ROOT / "deploy" / "docker" / "config.toml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+UNIT = ROOT / "deploy" / "hsm-ocsp.service"
+DATA_DIR = "/var/lib/hsm-ocsp/data"
+
+
+def need(binary: str, package: str) -> str:
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if found is None:
+        pytest.fail(f"{binary} is not installed: apt-get install {package}")
+    return found
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> source (a named volume or a ./path) of each short-form mount."""
+    found = {}
+    for entry in service.get("volumes", []):
+        source, target, *_ = entry.split(":")
+        found[target] = source
+    return found
+
+
+def image_prefix() -> str:
+    """The PREFIX the Dockerfile gives build-image.sh."""
+    found = re.search(r"build-image\.sh\s+/src\s+(\S+)", DOCKERFILE.read_text())
+    assert found, "the Dockerfile no longer runs deploy/docker/build-image.sh /src PREFIX"
+    return found.group(1)
+
+
+def test_compose_services_files_ports_and_volumes_line_up() -> None:
+    data = compose()
+    services = data["services"]
+    assert set(services) == {"softhsm-init", "responder", "prometheus"}
+    init, responder, prometheus = (services[n] for n in ("softhsm-init", "responder", "prometheus"))
+    declared = set(data["volumes"])
+
+    # Every ./file a service mounts exists; every named volume is declared.
+    for name, service in services.items():
+        for target, source in mounts(service).items():
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in declared, f"{name} uses undeclared volume {source}"
+            assert target.startswith("/"), target
+
+    # The image is built once, from this Dockerfile, and both token users share it.
+    assert init["build"] == "." and DOCKERFILE.is_file()
+    assert responder["image"] == init["image"]
+    for source in re.findall(r"^COPY\s+(.+)\s+\S+$", DOCKERFILE.read_text(), re.M):
+        for path in source.split():
+            assert (ROOT / path).exists(), f"Dockerfile copies missing {path}"
+    assert responder["depends_on"]["softhsm-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert prometheus["depends_on"]["responder"]["condition"] == "service_healthy"
+
+    # Token and CA data: the same volumes at the same places for init and responder.
+    init_mounts, responder_mounts = mounts(init), mounts(responder)
+    for target in ("/var/lib/hsm-ocsp/token", DATA_DIR, "/etc/hsm-ocsp/config.toml"):
+        assert init_mounts[target] == responder_mounts[target], target
+    assert responder_mounts["/etc/hsm-ocsp/config.toml"] == "./deploy/docker/config.toml"
+    assert responder["command"][-1] == "/etc/hsm-ocsp/config.toml"
+
+    # The config the responder reads agrees with the environment and the volumes.
+    config = tomllib.loads(CONTAINER_CONFIG.read_text())
+    env, init_env = responder["environment"], init["environment"]
+    assert config["token"]["pin_env"] in env and config["token"]["pin_env"] in init_env
+    assert env["SOFTHSM2_CONF"].startswith("/var/lib/hsm-ocsp/token/")
+    assert init_env["SOFTHSM2_CONF"] == env["SOFTHSM2_CONF"]
+    for ca in config["ca"]:
+        assert init_env["HSM_OCSP_KEY"] == ca["key"]
+        assert f"token={init_env['TOKEN_LABEL']};" in ca["key"]
+        for key in ("certificate", "index", "responder_certificate"):
+            assert ca[key].startswith(DATA_DIR + "/"), key
+    assert init_env["HSM_OCSP_DATA"] == DATA_DIR
+
+    # One port all the way: config listen, published port, health check, scrape target.
+    host, _, port = config["server"]["listen"].rpartition(":")
+    assert host == "0.0.0.0", "inside a container the responder must listen on all addresses"
+    published = [p.rsplit(":", 1) for p in responder["ports"]]
+    assert [p[1] for p in published] == [port]
+    assert all(p[0].startswith("127.0.0.1:") for p in published)
+    health = " ".join(responder["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/healthz" in health
+    scrape = yaml.safe_load(PROMETHEUS.read_text())
+    targets = [
+        t for job in scrape["scrape_configs"] for s in job["static_configs"] for t in s["targets"]
+    ]
+    assert targets == [f"responder:{port}"]
+    prometheus_mounts = mounts(prometheus)
+    config_flag = next(c for c in prometheus["command"] if c.startswith("--config.file="))
+    assert prometheus_mounts[config_flag.split("=", 1)[1]] == "./deploy/prometheus/prometheus.yml"
+    for rule_file in scrape["rule_files"]:
+        assert f"/etc/prometheus/{rule_file}" in prometheus_mounts
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = need("promtool", "prometheus")
+    done = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout and "rules found" in done.stdout
+
+
+def run_script(
+    args: list[str | Path], env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def serve_installed(
+    command: Path, config: Path, port: int, env: dict[str, str], tmp_path: Path
+) -> RunningServer:
+    """The responder's compose command, run from the built venv until /readyz answers."""
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(command), "serve", "--config", str(config)],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(process, port, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited {process.returncode}: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}readyz", timeout=1) as reply:
+                if reply.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise AssertionError(f"serve not ready in 30 s: {log.read_text()}")
+
+
+@pytest.mark.slow
+def test_image_build_init_and_serve_without_docker(tmp_path: Path) -> None:
+    prefix = tmp_path / "opt"
+    build = run_script(
+        [ROOT / "deploy" / "docker" / "build-image.sh", ROOT, prefix],
+        {**os.environ, "HSM_OCSP_REUSE_DEPS": "1", "PYTHON": sys.executable},
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert "hsm-ocsp " in build.stdout  # --version ran from the venv
+    venv_python = prefix / "venv" / "bin" / "python"
+    where = subprocess.run(
+        [venv_python, "-c", "import hsm_ocsp; print(hsm_ocsp.__file__)"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout  # fmt: skip
+    assert where.startswith(str(prefix)), f"the venv imports hsm_ocsp from {where}"
+    assert not (ROOT / "build").exists(), "the build wrote into the source tree"
+
+    # The paths the compose file and Dockerfile name exist in the built prefix.
+    services = compose()["services"]
+    image = Path(image_prefix())
+    for path in (
+        services["softhsm-init"]["entrypoint"][0],
+        services["responder"]["healthcheck"]["test"][1],
+    ):
+        built = prefix / Path(path).relative_to(image)
+        assert built.is_file() and os.access(built, os.X_OK), path
+
+    # softhsm-init, as compose runs it, on a fresh token and data directory.
+    data = tmp_path / "data"
+    port = free_port()
+    config = tmp_path / "config.toml"
+    text = CONTAINER_CONFIG.read_text()
+    assert text.count('listen = "0.0.0.0:8080"') == 1
+    config.write_text(
+        text.replace(DATA_DIR, str(data)).replace('"0.0.0.0:8080"', f'"127.0.0.1:{port}"')
+    )
+    init_env = services["softhsm-init"]["environment"]
+    env = {
+        **os.environ,
+        "PATH": f"{prefix / 'venv' / 'bin'}:{os.environ['PATH']}",
+        "SOFTHSM2_CONF": str(tmp_path / "token" / "softhsm2.conf"),
+        "TOKEN_LABEL": init_env["TOKEN_LABEL"],
+        "HSM_OCSP_PIN": "20406080",
+        "HSM_OCSP_SO_PIN": "10305070",
+        "HSM_OCSP_DATA": str(data),
+        "HSM_OCSP_CONFIG": str(config),
+        "HSM_OCSP_KEY": init_env["HSM_OCSP_KEY"],
+        "HSM_OCSP_ALGORITHM": init_env["HSM_OCSP_ALGORITHM"],
+    }
+    init = prefix / Path(services["softhsm-init"]["entrypoint"][0]).relative_to(image)
+
+    # Without CA files it makes token, key and CSR, then refuses to let the responder start.
+    first = run_script([init], {**env, "HSM_OCSP_DEMO_CA": "0"})
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "responder.csr" in first.stderr and "ocsp.pem" in first.stderr
+    key_text = (data / "responder-key.txt").read_text()
+    assert "BEGIN PUBLIC KEY" in key_text and "pkcs11:" in key_text
+    assert b"BEGIN CERTIFICATE REQUEST" in (data / "responder.csr").read_bytes()
+
+    second = run_script([init], {**env, "HSM_OCSP_DEMO_CA": "1"})
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 error(s)" in second.stdout  # hsm-ocsp check passed
+    third = run_script([init], {**env, "HSM_OCSP_DEMO_CA": "1"})
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert "exists" in third.stdout
+    assert (data / "responder-key.txt").read_text() == key_text, "a second run made a new key"
+
+    # The responder command of the compose file, from the built venv.
+    server = serve_installed(prefix / "venv" / "bin" / "hsm-ocsp", config, port, env, tmp_path)
+    try:
+        for name, status in (("good", "good"), ("revoked", "revoked")):
+            out = subprocess.run(
+                [
+                    "openssl", "ocsp", "-issuer", data / "ca.pem", "-cert", data / f"{name}.pem",
+                    "-url", server.url, "-CAfile", data / "ca.pem",
+                ],
+                capture_output=True, text=True, timeout=20, check=True,
+            )  # fmt: skip
+            assert "Response verify OK" in out.stderr + out.stdout
+            assert f": {status}" in out.stdout
+    finally:
+        server.stop()
