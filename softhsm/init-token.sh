@@ -24,7 +24,18 @@ fi
 mkdir -p "$TOKEN_DIR"
 chmod 700 "$TOKEN_DIR"
 
-if softhsm2-util --show-slots 2>/dev/null | grep -Eq "^[[:space:]]*Label:[[:space:]]+$TOKEN_LABEL[[:space:]]*$"; then
+# Compare labels as strings, not as a regular expression: a label like "a.b"
+# must not match a token called "axb".
+has_token() {
+    softhsm2-util --show-slots 2>/dev/null | awk -v want="$TOKEN_LABEL" '
+        /^[[:space:]]*Label:/ {
+            sub(/^[[:space:]]*Label:[[:space:]]*/, ""); sub(/[[:space:]]+$/, "")
+            if ($0 == want) found = 1
+        }
+        END { exit !found }'
+}
+
+if has_token; then
     echo "token '$TOKEN_LABEL' exists; nothing to do"
     exit 0
 fi
