@@ -1,7 +1,10 @@
-"""Key pairs on a PKCS#11 token: make them, and read their public half.
+"""Key pairs on a PKCS#11 token: make them, find them, read their public half.
 
 Blocking calls on an open python-pkcs11 session; callers own the session and
 run this on the thread that owns the module (the CLI's main thread).
+``open_session`` and ``module_and_pin`` are how the command-line tools
+(keygen, csr, demo) reach the token: module from ``--module`` or the config's
+``[token]`` table, PIN from the environment or the PIN file, never argv.
 """
 
 from __future__ import annotations
