@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import ROOT, RunningServer, free_port
+from hsm_ocsp.config import load_config, read_pin
+
+from .conftest import ROOT, CASetup, RunningServer, free_port, write_config
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -259,3 +261,71 @@ def test_image_build_init_and_serve_without_docker(tmp_path: Path) -> None:
             assert f": {status}" in out.stdout
     finally:
         server.stop()
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = need("systemd-analyze", "systemd")
+    # verify checks that ExecStart exists: point it at the hsm-ocsp installed here.
+    installed = shutil.which("hsm-ocsp") or str(Path(sys.executable).parent / "hsm-ocsp")
+    assert Path(installed).is_file(), "hsm-ocsp is not installed in this environment"
+    unit = tmp_path / "hsm-ocsp.service"
+    text = UNIT.read_text()
+    assert text.count("/opt/hsm-ocsp/venv/bin/hsm-ocsp ") == 1
+    unit.write_text(text.replace("/opt/hsm-ocsp/venv/bin/hsm-ocsp ", f"{installed} "))
+    done = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
+    )
+    # Unknown or misspelt keys only warn: the output must be empty, not just rc 0.
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stderr
+
+
+def test_systemd_unit_hardening_reload_and_pin_credential() -> None:
+    settings = unit_settings()
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "User": "hsm-ocsp",
+        "CapabilityBoundingSet": "",
+        "RestartPreventExitStatus": "2",
+    }.items():
+        assert settings.get(key) == [value], key
+    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert settings["ExecStart"][0].endswith(" serve --config /etc/hsm-ocsp/config.toml")
+
+    # The example config reads the PIN where LoadCredential= puts it.
+    (credential,) = settings["LoadCredential"]
+    name, _, source = credential.partition(":")
+    assert source.startswith("/etc/hsm-ocsp/")
+    example = tomllib.loads((ROOT / "deploy" / "hsm-ocsp.example.toml").read_text())
+    assert example["token"]["pin_file"] == f"/run/credentials/{UNIT.name}/{name}"
+
+
+def test_absolute_pin_file_is_read_where_load_credential_puts_it(
+    tmp_path: Path, ca_setup: CASetup
+) -> None:
+    """pin_file is relative to the config unless absolute: the credentials path works."""
+    credentials = tmp_path / "run" / "credentials" / UNIT.name
+    credentials.mkdir(parents=True)
+    (credentials / "pin").write_text("5511\n")
+    (credentials / "pin").chmod(0o400)
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    config = write_config(config_dir / "config.toml", {"root": ca_setup})
+    text = config.read_text().replace(
+        "[token]\n", f'[token]\npin_file = "{credentials / "pin"}"\n', 1
+    )
+    config.write_text(text)
+    loaded = load_config(config)
+    assert loaded.token.pin_file == credentials / "pin"
+    assert read_pin(loaded.token, config) == "5511"
