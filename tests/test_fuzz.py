@@ -1,0 +1,136 @@
+"""Issue 6.3: hostile input over the whole HTTP path never gets a 5xx or a wrong answer.
+
+The cases and the oracle are ``scripts/fuzz.py`` (which runs a million against a
+real server); here 10,000 of them run against the application in-process, with
+a fixed seed so that a failure replays.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from cryptography import x509
+
+from hsm_ocsp.config import load_config
+from hsm_ocsp.errors import MalformedRequestError
+from hsm_ocsp.http import create_app
+from hsm_ocsp.ocsp import decode_request
+
+from .conftest import ROOT, SoftHSM, build_ca, write_config
+
+CASES = 10_000
+SEED = 6960
+
+
+def _fuzz_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hsm_ocsp_fuzz", ROOT / "scripts" / "fuzz.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+fuzz = _fuzz_module()
+
+
+@pytest.fixture
+def fuzz_target(tmp_path: Path, softhsm: SoftHSM) -> tuple[Path, object]:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    config = write_config(tmp_path / "config.toml", {"root": setup})
+    target = fuzz.Target.from_config(config)
+    assert target.signer == x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
+    return config, target
+
+
+async def test_fuzz_whole_http_path_never_5xx_and_every_answer_right(
+    fuzz_target: tuple[Path, object], aiohttp_server: Callable[..., object]
+) -> None:
+    config, target = fuzz_target
+    server = await aiohttp_server(create_app(load_config(config)))  # type: ignore[operator]
+    started = time.monotonic()
+    report = await fuzz.run(
+        str(server.make_url("/")),
+        target,
+        count=CASES,
+        seed=SEED,
+        concurrency=4,  # type: ignore[attr-defined]
+    )
+    seconds = time.monotonic() - started
+    print(report.summary(), f"{seconds:.1f} s")
+    assert not report.failures, "\n".join(report.failures[:20])
+    assert report.done >= CASES
+    # The run reached every kind of case and every answer the oracle knows.
+    assert set(report.kinds) >= {
+        "post", "get", "head", "random", "mutated", "mutated-get", "cert-ids", "nonce",
+        "content-type", "huge", "empty", "bad-base64", "foreign-ca", "long-line",
+        "bad-http", "method",
+    }  # fmt: skip
+    assert set(report.answers) >= {
+        "SUCCESSFUL", "MALFORMED_REQUEST", "UNAUTHORIZED", "HTTP 400", "HTTP 405", "HTTP 413",
+    }  # fmt: skip
+
+
+def test_fuzz_oracle_rejects_a_wrong_answer(fuzz_target: tuple[Path, object]) -> None:
+    """The oracle is not a rubber stamp: a 5xx, a wrong status or a tryLater fail it."""
+    _config, target = fuzz_target
+    case = fuzz.Case("post", b"", fuzz.MALFORMED)
+    ok_headers = {"content-type": fuzz.OCSP_TYPE, "cache-control": "no-cache"}
+    malformed = bytes.fromhex("30030a0101")
+    fuzz.check(case, target, 200, ok_headers, malformed)
+    with pytest.raises(AssertionError):
+        fuzz.check(case, target, 500, ok_headers, malformed)
+    with pytest.raises(AssertionError):
+        fuzz.check(case, target, 200, ok_headers, bytes.fromhex("30030a0103"))  # tryLater
+    with pytest.raises(AssertionError):
+        fuzz.check(case, target, 200, {"content-type": fuzz.OCSP_TYPE}, malformed)  # cacheable
+
+
+_CERT_ID = (
+    bytes.fromhex("303b300906052b0e03021a0500")
+    + b"\x04\x14" + b"n" * 20
+    + b"\x04\x14" + b"k" * 20
+    + bytes.fromhex("02021001")
+)  # fmt: skip
+
+
+def _wrap(cert_id: bytes, extensions: bytes = b"") -> bytes:
+    """OCSPRequest { TBSRequest { requestList { Request { cert_id } } [extensions] } }."""
+    tlv = fuzz._tlv
+    return bytes(tlv(0x30, tlv(0x30, tlv(0x30, tlv(0x30, cert_id)) + extensions)))
+
+
+@pytest.mark.parametrize(
+    ("good", "bad"),
+    [
+        ("02021001", "0203001001"),  # serial with a leading zero
+        ("02021001", "0281021001"),  # serial length in long form
+        ("06052b0e03021a", "06052b0e03029a"),  # hash OID cut inside a subidentifier
+        ("06052b0e03021a", "06062b0e0380021a"),  # hash OID subidentifier padded with 0x80
+    ],
+)
+def test_cert_id_that_is_ber_not_der_is_malformed_not_echoed(good: str, bad: str) -> None:
+    """The CertID is echoed byte for byte, so BER would make the response undecodable."""
+    assert decode_request(_wrap(_CERT_ID)).cert_ids[0].der == _CERT_ID
+    body = _CERT_ID[2:].replace(bytes.fromhex(good), bytes.fromhex(bad))
+    ber = bytes([0x30, len(body)]) + body
+    assert ber != _CERT_ID
+    with pytest.raises(MalformedRequestError):
+        decode_request(_wrap(ber))
+
+
+def test_nonce_that_is_ber_not_der_is_malformed() -> None:
+    def request(nonce_value: bytes) -> bytes:
+        oid = bytes.fromhex("06092b0601050507300102")
+        extension = fuzz._tlv(0x30, oid + fuzz._tlv(0x04, nonce_value))
+        return _wrap(_CERT_ID, fuzz._tlv(0xA2, fuzz._tlv(0x30, extension)))
+
+    assert decode_request(request(bytes.fromhex("0410") + b"x" * 16)).nonce is not None
+    with pytest.raises(MalformedRequestError):
+        decode_request(request(bytes.fromhex("048110") + b"x" * 16))
