@@ -168,9 +168,23 @@ class OCSPHandler:
         limit = self.app[CONFIG].server.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        data = await request.read()  # client_max_size turns a larger body into 413
+        try:
+            async with asyncio.timeout(self.app[CONFIG].server.read_timeout):
+                data = await request.read()  # client_max_size turns a larger body into 413
+        except TimeoutError:
+            return await _body_timed_out(request)
         reply = await service.respond(data, ca_name)
         return self._reply(request, reply, cacheable=False)
+
+
+async def _body_timed_out(request: web.Request) -> web.Response:
+    """408 and close: a client that stalls in its body must not hold the connection."""
+    response = web.Response(status=408, text="request body not received in time\n")
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # no lingering read of the rest of the body
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -43,6 +43,9 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         handle_signals=False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("hsm_ocsp.access"),
+        # aiohttp cuts a connection that has not sent a whole request (or sits idle)
+        # this long after it opened or after its last response: the read timeout.
+        keepalive_timeout=config.server.read_timeout,
     )
     await runner.setup()
     site = web.TCPSite(
