@@ -37,7 +37,15 @@ class IndexFormatError(HsmOcspError):
 
 
 class TokenError(HsmOcspError):
-    """The PKCS#11 module, token, session or key is not usable."""
+    """The PKCS#11 module, token, session or key is not usable.
+
+    ``retryable`` is False when trying again cannot help and may harm: a wrong
+    PIN (each try counts towards the token's lock-out), a missing key.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class MalformedRequestError(HsmOcspError):

@@ -42,6 +42,7 @@ OCSP_RESPONSE = "application/ocsp-response"
 _ERROR_HEADERS = {"Cache-Control": "no-cache"}
 _PROBE = b"hsm-ocsp key check"
 WATCH_INTERVAL = 1.0
+STARTUP_ATTEMPTS = 5
 PROBE_INTERVAL = 10.0
 
 
@@ -68,8 +69,21 @@ def build_token(config: Config) -> Token:
 
 
 async def prove_keys(token: Token, config: Config) -> None:
-    """Sign a probe with every key and verify it against the certificate."""
-    await token.open()
+    """Sign a probe with every key and verify it against the certificate.
+
+    A passing fault (several workers opening a token at once, a network HSM
+    slow to answer) is tried again a few times; a wrong PIN or a missing key
+    fails at once.
+    """
+    for attempt in range(STARTUP_ATTEMPTS):
+        try:
+            await token.open()
+            break
+        except TokenError as exc:
+            if not exc.retryable or attempt == STARTUP_ATTEMPTS - 1:
+                raise
+            log.warning("token not ready (%s); trying again", exc)
+            await asyncio.sleep(0.5 * (attempt + 1))
     for ca in config.cas:
         cert = ca.responder_certificate or ca.certificate
         signature = await token.sign(ca.name, _PROBE)

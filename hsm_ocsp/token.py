@@ -40,6 +40,18 @@ _PSS_PARAMS = {
 }
 
 
+# Failures that another attempt cannot mend; a wrong PIN must not be retried
+# because every attempt counts towards the token's lock-out.
+_DEFINITE_ERRORS = (
+    p11e.PinIncorrect,
+    p11e.PinLocked,
+    p11e.PinExpired,
+    p11e.NoSuchKey,
+    p11e.MultipleObjectsReturned,
+    p11e.MultipleTokensReturned,
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class KeySpec:
     """A key the responder signs with: where it is and how to use it."""
@@ -162,7 +174,10 @@ class Token:
             self._connect()
         except Exception as exc:
             self._failed(exc)
-            raise TokenError(f"cannot open token: {describe_error(exc)}") from None
+            raise TokenError(
+                f"cannot open token: {describe_error(exc)}",
+                retryable=not isinstance(exc, _DEFINITE_ERRORS),
+            ) from None
         self._backoff = self._min_backoff
         self.last_error = None
         self._set_connected(True)
