@@ -149,6 +149,14 @@ def index_setup(tmp_path: Path, softhsm: SoftHSM) -> tuple[CASetup, bytes, bytes
     return setup, before, after, config
 
 
+async def _reload_errors(client: TestClient) -> float:
+    """``hsm_ocsp_index_reload_errors_total{ca="root"}`` from /metrics."""
+    text = await (await client.get("/metrics")).text()
+    line = next(x for x in text.splitlines() if x.startswith("hsm_ocsp_index_reload_errors_total{"))
+    assert 'ca="root"' in line
+    return float(line.rsplit(" ", 1)[1])
+
+
 async def _check(client: TestClient) -> bool:
     source = client.app[SOURCES]["root"]
     loop = asyncio.get_running_loop()
@@ -170,8 +178,10 @@ async def test_damaged_index_keeps_last_good_snapshot_and_takes_up_next_good_fil
     assert await _cert_status(client, setup, "good") == {ocsp.OCSPCertStatus.GOOD}
 
     caplog.set_level(logging.ERROR, logger="hsm_ocsp.index")
+    errors_before = await _reload_errors(client)
     line = FAULTS[fault](setup.ca.index, before)
     assert await _check(client) is False
+    assert await _reload_errors(client) == errors_before + 1
     assert source.snapshot is snapshot, "a damaged file replaced the last good snapshot"
     where = f"{setup.ca.index}:{line}:" if line is not None else f"{setup.ca.index}:"
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

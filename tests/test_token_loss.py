@@ -136,6 +136,14 @@ def _signs(url: str, setup: CASetup) -> bool:
     )
 
 
+def _token_up(url: str) -> float:
+    """``hsm_ocsp_token_up{ca="root"}`` from /metrics."""
+    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    line = next(x for x in text.splitlines() if x.startswith('hsm_ocsp_token_up{ca="root"}'))
+    return float(line.rsplit(" ", 1)[1])
+
+
 def _status(url: str, path: str) -> int:
     try:
         with urllib.request.urlopen(url + path, timeout=5) as response:
@@ -235,6 +243,7 @@ def test_token_loss_serves_cached_answers_and_recovers_without_restart(
         p11kit.kill()
         not_ready = _wait_for(lambda: _status(url, "readyz") == 503, 5)
         assert not_ready is not None, "/readyz still 200 five seconds after the token died"
+        assert _token_up(url) == 0
         time.sleep(2.0)
         down_until = time.monotonic()
 
@@ -242,6 +251,7 @@ def test_token_loss_serves_cached_answers_and_recovers_without_restart(
         restarted_at = time.monotonic()
         recovered = _wait_for(lambda: _signs(url, setup), 10)
         ready = _wait_for(lambda: _status(url, "readyz") == 200, 10)
+        assert _token_up(url) == 1
         time.sleep(0.5)
     finally:
         load.finish()
@@ -328,6 +338,7 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
         )
         assert seconds < 1.5
         assert _status(url, "readyz") == 503
+        assert _token_up(url) == 0
     finally:
         p11kit.signal(signal.SIGCONT)
 
