@@ -97,6 +97,7 @@ async def prove_keys(token: Token, config: Config) -> None:
             ) from None
 
 
+@functools.lru_cache(maxsize=1024)  # a cached reply's two dates, on every answer
 def http_date(when: dt.datetime) -> str:
     return format_datetime(when.astimezone(dt.UTC), usegmt=True)
 
@@ -135,6 +136,7 @@ def _split_path(raw_path: str, names: frozenset[str]) -> tuple[str | None, str]:
     return None, path
 
 
+@functools.lru_cache(maxsize=1024)  # repeated GETs skip URL and base64 decoding
 def decode_get(encoded: str) -> bytes | None:
     """The DER of a GET request path: URL-decoded base64 (RFC 6960 A.1)."""
     text = unquote(encoded).strip()

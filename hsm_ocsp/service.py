@@ -33,6 +33,9 @@ __all__ = ["Events", "OCSPService", "Reply", "Signer"]
 
 log = logging.getLogger("hsm_ocsp.service")
 _MISSING = object()
+# Requests up to this size are remembered for the fast path (one CertID is ~80-120
+# bytes), so that map holds at most cache_entries x 512 bytes however it is flooded.
+_MAX_KNOWN_REQUEST = 512
 
 
 class Signer(Protocol):
@@ -119,9 +122,18 @@ class OCSPService:
         )
         self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}
         self._pending = 0
+        # Exact request bytes (and the CA of the URL) -> cache key, so a repeated
+        # request skips decoding: ~70 % of a cached answer's CPU went to asn1crypto.
+        # Only requests whose answer may come from the cache are remembered.
+        self._known: dict[tuple[str | None, bytes], tuple[str, tuple[bytes, ...]]] = {}
 
     async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
         """Answer one DER request; never raises for bad input or a failed token."""
+        known = self._known.get((ca_name, data))
+        if known is not None:
+            hit = self._fresh(known)
+            if hit is not None:
+                return hit
         try:
             request = decode_request(data, max_cert_ids=self.max_cert_ids)
         except MalformedRequestError as exc:
@@ -137,6 +149,8 @@ class OCSPService:
         if nonce is not None:
             return await self._sign(issuer, snapshot, request.cert_ids, nonce)
         key = (issuer.name, tuple(c.der for c in request.cert_ids))
+        if known is None and len(data) <= _MAX_KNOWN_REQUEST:
+            self._remember((ca_name, data), key)
         now = self._clock()
         entry = self._cache.get(key)
         if entry is not None:
@@ -163,6 +177,27 @@ class OCSPService:
         finally:
             del self._inflight[key]
         return reply
+
+    def _fresh(self, key: tuple[str, tuple[bytes, ...]]) -> Reply | None:
+        """The cached reply for ``key`` if it is fresh and its serials unchanged."""
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        snapshot = self._snapshots(key[0])
+        if snapshot is None or entry.refresh_at <= self._clock():
+            return None
+        if not self._unchanged(entry, snapshot):
+            return None
+        self.events.cache_lookup("hit")
+        return entry.reply
+
+    def _remember(
+        self, request: tuple[str | None, bytes], key: tuple[str, tuple[bytes, ...]]
+    ) -> None:
+        known = self._known
+        if len(known) >= self.cache_entries:  # bounded like the cache: drop the oldest
+            del known[next(iter(known))]
+        known[request] = key
 
     @staticmethod
     def _unchanged(entry: _CacheEntry, snapshot: IndexSnapshot) -> bool:
