@@ -1,0 +1,73 @@
+"""``workers = N``: processes share the port, and one that dies is replaced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.x509 import ocsp as x509_ocsp
+
+from .conftest import CASetup, free_port, write_config
+from .requests import build_request
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(x) for x in path.read_text().split()}
+
+
+def _ask(url: str, der: bytes) -> x509_ocsp.OCSPResponse:
+    request = urllib.request.Request(
+        url, data=der, headers={"Content-Type": "application/ocsp-request"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return x509_ocsp.load_der_ocsp_response(answer.read())
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_killed_worker_is_replaced_and_requests_keep_succeeding(
+    tmp_path: Path, ca_setup: CASetup, serve: Any
+) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "c.toml", {"root": ca_setup}, server="workers = 2", port=port)
+    server = serve(config, port, tmp_path / "server.log")
+    der = build_request([(ca_setup.ca.certificate, ca_setup.serial("good"))])
+    _wait_for(lambda: len(_children(server.process.pid)) == 2)
+    before = _children(server.process.pid)
+    victim = min(before)
+
+    os.kill(victim, signal.SIGKILL)
+    answered = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # the survivor answers while the parent replaces
+        response = _ask(server.url, der)
+        assert response.response_status == x509_ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert response.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+        answered += 1
+        now = _children(server.process.pid)
+        if victim not in now and len(now) == 2:
+            break
+        time.sleep(0.05)
+    after = _children(server.process.pid)
+    assert victim not in after and len(after) == 2, server.log.read_text()
+    replacement = (after - before).pop()
+
+    # The new worker serves too: the kernel spreads new connections over both.
+    _wait_for(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
+    for _ in range(20):
+        assert _ask(server.url, der).certificate_status == x509_ocsp.OCSPCertStatus.GOOD
+    assert answered > 0
+    assert server.process.poll() is None
