@@ -17,6 +17,7 @@ import sys
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import Config
 from .errors import ConfigError, HsmOcspError, IndexFormatError
@@ -36,7 +37,20 @@ EXIT_CONFIG = 2
 _STARTUP_GRACE = 10.0
 
 
+class _UnparsableRequests(logging.Filter):
+    """Drop aiohttp's ERROR-with-traceback for each request it cannot parse.
+
+    Any client could fill the log with them at will; the access log already
+    records each such request as one line with HTTP 400.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
 async def _serve(config: Config, reuse_port: bool) -> None:
+    logging.getLogger("aiohttp.server").addFilter(_UnparsableRequests())
     app = create_app(config, handle_signals=True)
     runner = web.AppRunner(
         app,

@@ -504,6 +504,8 @@ class Connection:
                     if exc.partial:
                         raise
                     raise _Stale from None
+                except ConnectionResetError:  # closed after an answer we did not ask twice
+                    raise _Stale from None
                 status, headers = _headers(raw[:-4])
                 body = b""
                 if "content-length" in headers and not head and status != 304:
@@ -578,6 +580,8 @@ async def run(
             while report.done < count and len(report.failures) < max_failures:
                 number, case = next(source)
                 report.done += 1
+                if progress is not None and report.done % 10_000 == 0:
+                    progress(report)
                 report.kinds[case.kind] += 1
                 try:
                     status, headers, body = await connection.exchange(case.request, case.head)
@@ -587,8 +591,6 @@ async def run(
                     text = f"case {number} ({case.kind}): {exc}; request {case.request[:200]!r}"
                     report.failures.append(text)
                     await connection.close()
-                if progress is not None and report.done % 10_000 == 0:
-                    progress(report)
         finally:
             await connection.close()
 

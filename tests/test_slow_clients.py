@@ -177,3 +177,16 @@ def test_oversized_request_line_and_body_are_refused(server: tuple[Any, str]) ->
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 20000\r\n\r\n" + b"\x30" * 20_000,
     )
     assert body.startswith(b"HTTP/1.1 413 "), body[:100]
+
+
+def test_unparsable_requests_are_not_logged_with_tracebacks(server: tuple[Any, str]) -> None:
+    """Hostile clients must not be able to fill the log: one access line each, no traceback."""
+    running, _ = server
+    for garbage in (b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"\x16\x03\x01\x00\r\n\r\n"):
+        assert _exchange(running.port, garbage).split(b" ")[1] == b"400"
+    good = _exchange(running.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert good.startswith(b"HTTP/1.1 200 ")
+    time.sleep(0.2)
+    log = running.log.read_text()
+    assert "http=400" in log  # the access log still has them
+    assert "Traceback" not in log and "Error handling request" not in log
