@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from .errors import IndexFormatError
 from .model import Revocation, RevocationReason
 
-__all__ = ["IndexSnapshot", "parse_index", "parse_time"]
+__all__ = ["IndexSnapshot", "parse_index", "parse_index_lines", "parse_time"]
 
 _UTC = dt.UTC
 _REASONS = {
@@ -138,26 +139,32 @@ def _split_escaped(line: str) -> list[str]:
 
 def parse_index(data: bytes, path: object = "index.txt") -> IndexSnapshot:
     """Parse a whole index file; IndexFormatError names the line and the fault."""
+    return parse_index_lines(io.BytesIO(data), path)
+
+
+def parse_index_lines(lines: Iterable[bytes], path: object = "index.txt") -> IndexSnapshot:
+    """Parse an index line by line (an open binary file, say), never holding it whole.
+
+    Each line must end in a newline: a last line without one is a file caught
+    halfway through a write.
+    """
     entries: dict[int, Revocation | None] = {}
-    counts = {"V": 0, "R": 0, "E": 0}
-    if data and not data.endswith(b"\n"):
-        raise IndexFormatError(
-            path, data.count(b"\n") + 1, "last line does not end in a newline (truncated?)"
-        )
-    if b"\0" in data:
-        line_no = data[: data.index(b"\0")].count(b"\n") + 1
-        raise IndexFormatError(path, line_no, "NUL byte: this is not a text index")
-    lines = data.split(b"\n")
-    lines.pop()  # the empty piece after the final newline
+    counts = {b"V": 0, b"R": 0, b"E": 0}
+    hex_match = _HEX.fullmatch
+    expiry_match = _EXPIRY.fullmatch
     for number, raw in enumerate(lines, 1):
-        if not raw or raw[:1] == b"#":
-            if not raw:
-                raise IndexFormatError(path, number, "empty line")
+        if raw[-1:] != b"\n":
+            raise IndexFormatError(path, number, "last line does not end in a newline (truncated?)")
+        if b"\0" in raw:
+            raise IndexFormatError(path, number, "NUL byte: this is not a text index")
+        if raw[:1] == b"#":
             continue
-        fields = raw.split(b"\t")
+        fields = raw.split(b"\t")  # the newline stays in the subject, which is not kept
         if len(fields) != 6 or b"\\" in raw:
+            if raw == b"\n":
+                raise IndexFormatError(path, number, "empty line")
             try:
-                text = raw.decode("utf-8")
+                text = raw[:-1].decode("utf-8")
             except UnicodeDecodeError:
                 raise IndexFormatError(path, number, "not UTF-8 text") from None
             fields = [f.encode() for f in _split_escaped(text)]
@@ -166,17 +173,17 @@ def parse_index(data: bytes, path: object = "index.txt") -> IndexSnapshot:
                     path, number, f"{len(fields)} TAB-separated fields, 6 expected"
                 )
         status, expiry, revinfo, serial_hex = fields[0], fields[1], fields[2], fields[3]
-        if not _HEX.fullmatch(serial_hex):
+        if hex_match(serial_hex) is None:
             raise IndexFormatError(path, number, f"serial {serial_hex!r} is not hexadecimal")
         serial = int(serial_hex, 16)
         if serial in entries:
             raise IndexFormatError(path, number, f"serial {serial_hex.decode()} appears twice")
         try:
-            if not _EXPIRY.fullmatch(expiry):
+            if expiry_match(expiry) is None:
                 raise ValueError(f"expiry {expiry!r} is not YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ")
             if status == b"R":
                 entries[serial] = parse_revocation(revinfo.decode("ascii"))
-            elif status in (b"V", b"E"):
+            elif status == b"V" or status == b"E":
                 if revinfo:
                     raise ValueError(f"status {status.decode()} with a revocation field")
                 entries[serial] = None
@@ -184,5 +191,7 @@ def parse_index(data: bytes, path: object = "index.txt") -> IndexSnapshot:
                 raise ValueError(f"status {status!r} is not V, R or E")
         except (ValueError, UnicodeDecodeError) as exc:
             raise IndexFormatError(path, number, str(exc)) from None
-        counts[status.decode()] += 1
-    return IndexSnapshot(entries=entries, counts=MappingProxyType(counts))
+        counts[status] += 1
+    return IndexSnapshot(
+        entries=entries, counts=MappingProxyType({k.decode(): v for k, v in counts.items()})
+    )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import IndexFormatError
-from .index import IndexSnapshot, parse_index
+from .index import IndexSnapshot, parse_index_lines
 
 __all__ = ["IndexSource"]
 
@@ -45,11 +45,15 @@ class IndexSource:
             if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO would block the read
                 raise IndexFormatError(self.path, None, "not a regular file")
             key = self._stat()
-            data = self.path.read_bytes()
+            file = self.path.open("rb", buffering=1 << 20)
         except OSError as exc:
             raise IndexFormatError(self.path, None, f"cannot read: {exc.strerror}") from None
         self._seen = key
-        snapshot = parse_index(data, self.path)
+        with file:  # parsed line by line: a large index is never held whole
+            try:
+                snapshot = parse_index_lines(file, self.path)
+            except OSError as exc:
+                raise IndexFormatError(self.path, None, f"cannot read: {exc.strerror}") from None
         if not snapshot and self.snapshot:  # truncated by a writer that has not written yet
             raise IndexFormatError(
                 self.path,
