@@ -15,11 +15,12 @@ import io
 import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import BinaryIO
 
 from .errors import IndexFormatError
 from .model import Revocation, RevocationReason
 
-__all__ = ["IndexSnapshot", "parse_index", "parse_index_lines", "parse_time"]
+__all__ = ["IndexSnapshot", "parse_index", "parse_index_stream", "parse_time"]
 
 _UTC = dt.UTC
 _REASONS = {
@@ -37,6 +38,20 @@ _HOLD_INSTRUCTIONS = {
     "holdinstructioncallissuer": "1.2.840.10040.2.2",
     "holdinstructionreject": "1.2.840.10040.2.3",
 }
+# Whole lines as ``openssl ca`` writes them, for the fast path (see parse_index_stream).
+_EXPIRY_RE = (
+    rb"(?:\d\d)?\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:[01]\d|2[0-3])[0-5]\d[0-5]\dZ"
+)
+_TAIL = rb"\t[^\t\n\\\x00]*\t[^\t\n\\\x00]*$"
+# One pass finds every well-formed record: (serial, "", "") for V or E and
+# ("", revocation, serial) for R.
+_FAST_RECORD = re.compile(
+    rb"^(?:[VE]\t" + _EXPIRY_RE + rb"\t\t([0-9A-Fa-f]+)"
+    rb"|R\t" + _EXPIRY_RE + rb"\t([^\t\n\\\x00]+)\t([0-9A-Fa-f]+))" + _TAIL,
+    re.M,
+)
+_COMMENT = re.compile(rb"^#[^\n\x00]*$", re.M)
+_BLOCK = 1 << 22
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
 _TIME = re.compile(r"(\d{12}|\d{14})Z")
@@ -139,20 +154,83 @@ def _split_escaped(line: str) -> list[str]:
 
 def parse_index(data: bytes, path: object = "index.txt") -> IndexSnapshot:
     """Parse a whole index file; IndexFormatError names the line and the fault."""
-    return parse_index_lines(io.BytesIO(data), path)
+    return parse_index_stream(io.BytesIO(data), path)
 
 
-def parse_index_lines(lines: Iterable[bytes], path: object = "index.txt") -> IndexSnapshot:
-    """Parse an index line by line (an open binary file, say), never holding it whole.
+def parse_index_stream(stream: BinaryIO, path: object = "index.txt") -> IndexSnapshot:
+    """Parse an index from a seekable binary stream (an open file), block by block.
 
-    Each line must end in a newline: a last line without one is a file caught
-    halfway through a write.
+    A block whose every line matches what ``openssl ca`` writes is taken at C
+    speed by one regular expression; any other block goes through the careful
+    line parser, which finds and names the bad line. The file is never held
+    whole, so a million-line index costs little more than its entries.
     """
+    start = stream.tell()
+    try:
+        return _parse_stream(stream, path, fast=True)
+    except _SerialTwice:
+        stream.seek(start)  # let the careful parser name the line
+        return _parse_stream(stream, path, fast=False)
+
+
+class _SerialTwice(Exception):
+    pass
+
+
+def _parse_stream(stream: BinaryIO, path: object, *, fast: bool) -> IndexSnapshot:
     entries: dict[int, Revocation | None] = {}
     counts = {b"V": 0, b"R": 0, b"E": 0}
+    line_no = 0
+    rest = b""
+    while chunk := stream.read(_BLOCK):
+        data = rest + chunk
+        cut = data.rfind(b"\n") + 1
+        block, rest = data[:cut], data[cut:]
+        if block and not (fast and _take_block(block, entries, counts)):
+            _parse_lines(io.BytesIO(block), path, entries, counts, line_no)
+        line_no += block.count(b"\n")
+    if rest:  # a last line without its newline: a file caught halfway through a write
+        _parse_lines([rest], path, entries, counts, line_no)
+    return IndexSnapshot(
+        entries=entries, counts=MappingProxyType({k.decode(): v for k, v in counts.items()})
+    )
+
+
+def _take_block(
+    block: bytes, entries: dict[int, Revocation | None], counts: dict[bytes, int]
+) -> bool:
+    """Add a block of whole lines if every one is well formed; else add nothing."""
+    records = _FAST_RECORD.findall(block)
+    if len(records) + len(_COMMENT.findall(block)) != block.count(b"\n"):
+        return False
+    try:
+        good = [int(g, 16) for g, _, _ in records if g]
+        revoked = [(int(s, 16), parse_revocation(r.decode("ascii"))) for _, r, s in records if r]
+    except (ValueError, UnicodeDecodeError):
+        return False
+    before = len(entries)
+    entries.update(dict.fromkeys(good))
+    entries.update(revoked)
+    if len(entries) != before + len(records):
+        raise _SerialTwice
+    expired = block.count(b"\nE\t") + block.startswith(b"E\t")
+    counts[b"E"] += expired
+    counts[b"V"] += len(good) - expired
+    counts[b"R"] += len(revoked)
+    return True
+
+
+def _parse_lines(
+    lines: Iterable[bytes],
+    path: object,
+    entries: dict[int, Revocation | None],
+    counts: dict[bytes, int],
+    first: int,
+) -> None:
+    """The careful parser: line by line, naming the first bad line."""
     hex_match = _HEX.fullmatch
     expiry_match = _EXPIRY.fullmatch
-    for number, raw in enumerate(lines, 1):
+    for number, raw in enumerate(lines, first + 1):
         if raw[-1:] != b"\n":
             raise IndexFormatError(path, number, "last line does not end in a newline (truncated?)")
         if b"\0" in raw:
@@ -192,6 +270,3 @@ def parse_index_lines(lines: Iterable[bytes], path: object = "index.txt") -> Ind
         except (ValueError, UnicodeDecodeError) as exc:
             raise IndexFormatError(path, number, str(exc)) from None
         counts[status] += 1
-    return IndexSnapshot(
-        entries=entries, counts=MappingProxyType({k.decode(): v for k, v in counts.items()})
-    )

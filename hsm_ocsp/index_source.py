@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import IndexFormatError
-from .index import IndexSnapshot, parse_index_lines
+from .index import IndexSnapshot, parse_index_stream
 
 __all__ = ["IndexSource"]
 
@@ -51,7 +51,7 @@ class IndexSource:
         self._seen = key
         with file:  # parsed line by line: a large index is never held whole
             try:
-                snapshot = parse_index_lines(file, self.path)
+                snapshot = parse_index_stream(file, self.path)
             except OSError as exc:
                 raise IndexFormatError(self.path, None, f"cannot read: {exc.strerror}") from None
         if not snapshot and self.snapshot:  # truncated by a writer that has not written yet

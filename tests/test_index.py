@@ -128,3 +128,46 @@ def test_a_bad_line_refuses_the_file_naming_the_line(data: str, line_no: int, wo
 def test_binary_file_is_refused() -> None:
     with pytest.raises(IndexFormatError, match="NUL byte"):
         parse_index(b"\x00\x01\x02binary\n")
+
+
+def big_index(lines: int) -> bytes:
+    out = []
+    for n in range(lines):
+        if n % 10 == 0:
+            out.append(f"R\t301231235959Z\t250101000000Z,keyCompromise\t{n:08X}\tunknown\t/CN=r\n")
+        elif n % 7 == 0:
+            out.append(f"E\t201231235959Z\t\t{n:08X}\tunknown\t/CN=e{n}/O=Acme, Inc.\n")
+        else:
+            out.append(f"V\t301231235959Z\t\t{n:08X}\tunknown\t/CN=host-{n}.example.com\n")
+        if n == 1234:
+            out.append("# a comment in the middle\n")
+    return "".join(out).encode()
+
+
+def test_fast_and_careful_parsers_agree_across_blocks() -> None:
+    import io
+
+    from hsm_ocsp.index import _parse_stream
+
+    data = big_index(120_000)  # several 4 MiB blocks
+    assert len(data) > (1 << 22)  # more than one block
+    fast = _parse_stream(io.BytesIO(data), "i", fast=True)
+    careful = _parse_stream(io.BytesIO(data), "i", fast=False)
+    assert fast.entries == careful.entries
+    assert dict(fast.counts) == dict(careful.counts)
+    assert fast.counts["R"] == 12_000
+
+
+def test_a_serial_twice_in_distant_blocks_is_named_by_line() -> None:
+    data = big_index(120_000) + line("V", "", "00000005").encode()
+    with pytest.raises(IndexFormatError) as info:
+        parse_index(data, "i")
+    assert info.value.line == 120_002  # 120,000 records + 1 comment + the duplicate
+    assert "appears twice" in str(info.value)
+
+
+def test_a_bad_line_deep_in_a_large_file_is_named() -> None:
+    data = big_index(120_000).replace(b"\t0001ADB0\t", b"\t0001ADBG\t")
+    with pytest.raises(IndexFormatError, match="not hexadecimal") as info:
+        parse_index(data, "i")
+    assert info.value.line == 0x1ADB0 + 2  # 1-based, after the comment line
