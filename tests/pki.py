@@ -11,47 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-OPENSSL_CNF = """\
-[ ca ]
-default_ca = CA_default
-
-[ CA_default ]
-dir = {dir}
-database = $dir/index.txt
-new_certs_dir = $dir/newcerts
-serial = $dir/serial
-certificate = $dir/ca.pem
-private_key = $dir/ca.key
-default_md = sha256
-default_days = 365
-policy = policy_any
-unique_subject = no
-copy_extensions = none
-default_crl_days = 1
-
-[ policy_any ]
-commonName = supplied
-organizationName = optional
-
-[ leaf ]
-basicConstraints = CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-authorityKeyIdentifier = keyid
-subjectKeyIdentifier = hash
-
-[ ocsp ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = OCSPSigning
-noCheck = ignored
-authorityKeyIdentifier = keyid
-subjectKeyIdentifier = hash
-
-[ req ]
-distinguished_name = dn
-[ dn ]
-"""
+from hsm_ocsp.demo import OPENSSL_CNF  # the same openssl ca set-up the demo uses
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> str:
