@@ -99,6 +99,9 @@ async def _serve(config: Config, reuse_port: bool) -> None:
 
 def run_worker(config: Config, *, reuse_port: bool) -> int:
     """Run one worker until SIGTERM; the exit code says why it ended."""
+    # A reload asked for while the worker starts must not kill it; the event
+    # loop's SIGHUP handler (an index reload) replaces this once the app runs.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(_serve(config, reuse_port))
     except (ConfigError, IndexFormatError) as exc:
@@ -123,7 +126,7 @@ def _fork_worker(config: Config) -> int:
     if pid == 0:  # child
         code = 1
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             code = run_worker(config, reuse_port=True)
         except BaseException:
