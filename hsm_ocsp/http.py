@@ -287,8 +287,10 @@ def create_app(
         app.router.add_get(METRICS_PATH, metrics.handle)
         not_ocsp.append(METRICS_PATH)
     app.middlewares.append(metrics.middleware(not_ocsp))
-    app.router.add_get("/{tail:.*}", handler.get)
-    app.router.add_post("/{tail:.*}", handler.post)
+    # [\s\S], not ".": a path with a decoded newline (%0A) must reach the handler too
+    # and be answered malformedRequest, not 404.
+    app.router.add_get(r"/{tail:[\s\S]*}", handler.get)
+    app.router.add_post(r"/{tail:[\s\S]*}", handler.post)
     return app
 
 

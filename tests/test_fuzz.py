@@ -134,3 +134,17 @@ def test_nonce_that_is_ber_not_der_is_malformed() -> None:
     assert decode_request(request(bytes.fromhex("0410") + b"x" * 16)).nonce is not None
     with pytest.raises(MalformedRequestError):
         decode_request(request(bytes.fromhex("048110") + b"x" * 16))
+
+
+@pytest.mark.parametrize("path", ["/%0A", "/MEow%0AMEow", "/root/%0D%0A", "/%0a%2B%2F"])
+async def test_get_path_with_a_newline_is_malformed_request_not_404(
+    fuzz_target: tuple[Path, object], aiohttp_client: Callable[..., object], path: str
+) -> None:
+    """A decoded %0A in the path still reaches the OCSP handler (RFC 6960 §4.2.1)."""
+    config, _target = fuzz_target
+    client = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    answer = await client.get(path)
+    assert answer.status == 200, path
+    body = await answer.read()
+    assert body == bytes.fromhex("30030a0101")  # malformedRequest, unsigned
+    assert "no-cache" in answer.headers["Cache-Control"]
