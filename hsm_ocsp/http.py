@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from email.utils import format_datetime
 from urllib.parse import unquote
@@ -102,20 +103,43 @@ def http_date(when: dt.datetime) -> str:
     return format_datetime(when.astimezone(dt.UTC), usegmt=True)
 
 
-def _headers(reply: Reply, now: dt.datetime, *, cacheable: bool) -> dict[str, str]:
-    if not reply.successful:
-        return dict(_ERROR_HEADERS)
-    assert reply.produced_at is not None and reply.next_update is not None
-    assert reply.etag is not None
-    headers = {
-        "ETag": reply.etag,
-        "Last-Modified": http_date(reply.produced_at),
-        "Expires": http_date(reply.next_update),
-    }
-    if cacheable:
-        max_age = max(0, int((reply.next_update - now).total_seconds()))
-        headers["Cache-Control"] = f"max-age={max_age}, public, no-transform, must-revalidate"
-    return headers
+class _ReplyHeaders:
+    """The HTTP headers of one reply, worked out once: only max-age moves.
+
+    aiohttp copies the headers into each response, so these dicts are shared.
+    """
+
+    __slots__ = ("_get", "_max_age", "_next_update", "post", "reply")
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self._max_age = -1
+        self._next_update = 0.0
+        if not reply.successful:
+            self.post = self._get = _ERROR_HEADERS
+            return
+        assert reply.produced_at is not None and reply.next_update is not None
+        assert reply.etag is not None
+        self.post = {
+            "ETag": reply.etag,
+            "Last-Modified": http_date(reply.produced_at),
+            "Expires": http_date(reply.next_update),
+        }
+        self._get = self.post
+        self._next_update = reply.next_update.timestamp()
+
+    def get(self, now: float) -> dict[str, str]:
+        """The headers of a GET answer at Unix time ``now``."""
+        if not self.reply.successful:
+            return self._get
+        max_age = max(0, int(self._next_update - now))
+        if max_age != self._max_age:
+            self._get = {
+                **self.post,
+                "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
+            }
+            self._max_age = max_age
+        return self._get
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -149,12 +173,31 @@ def decode_get(encoded: str) -> bytes | None:
 
 
 class OCSPHandler:
+    # Bounds of the per-handler memos below (entries, and the longest GET path kept).
+    MEMO_ENTRIES = 1024
+    MEMO_PATH = 1024
+
     def __init__(self, app: web.Application) -> None:
         self.app = app
+        # id(reply) -> headers of a cached reply (which they hold, so the id stays its own)
+        self._reply_headers: dict[int, _ReplyHeaders] = {}
+        # raw GET path -> (CA name, DER request or None): repeated GETs skip the parsing
+        self._get_paths: dict[str, tuple[str | None, bytes | None]] = {}
+
+    def _headers_of(self, reply: Reply) -> _ReplyHeaders:
+        if not reply.cached:  # signed for this request alone
+            return _ReplyHeaders(reply)
+        memo = self._reply_headers
+        headers = memo.get(id(reply))
+        if headers is None or headers.reply is not reply:
+            if len(memo) >= self.MEMO_ENTRIES:
+                memo.clear()
+            headers = memo[id(reply)] = _ReplyHeaders(reply)
+        return headers
 
     def _reply(self, request: web.Request, reply: Reply, *, cacheable: bool) -> web.Response:
-        now = dt.datetime.now(dt.UTC)
-        headers = _headers(reply, now, cacheable=cacheable)
+        reply_headers = self._headers_of(reply)
+        headers = reply_headers.get(time.time()) if cacheable else reply_headers.post
         request[REPLY] = reply
         if reply.successful and _etag_matches(
             request.headers.get("If-None-Match"), reply.etag or ""
@@ -162,12 +205,22 @@ class OCSPHandler:
             return web.Response(status=304, headers=headers)
         return web.Response(body=reply.body, content_type=OCSP_RESPONSE, headers=headers)
 
+    def _parse_get(self, raw_path: str, names: frozenset[str]) -> tuple[str | None, bytes | None]:
+        parsed = self._get_paths.get(raw_path)
+        if parsed is None:
+            ca_name, encoded = _split_path(raw_path, names)
+            parsed = (ca_name, decode_get(encoded) if encoded else None)
+            if len(raw_path) <= self.MEMO_PATH:
+                if len(self._get_paths) >= self.MEMO_ENTRIES:
+                    self._get_paths.clear()
+                self._get_paths[raw_path] = parsed
+        return parsed
+
     async def get(self, request: web.Request) -> web.Response:
         service = self.app[SERVICE]
-        ca_name, encoded = _split_path(request.raw_path, service.issuer_names)
+        ca_name, data = self._parse_get(request.raw_path, service.issuer_names)
         if ca_name is not None:
             request[CA_NAME] = ca_name
-        data = decode_get(encoded) if encoded else None
         if data is None:
             reply = await service.respond(b"", ca_name)  # malformedRequest
         else:
