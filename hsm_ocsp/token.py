@@ -28,7 +28,7 @@ from .errors import TokenError
 from .pkcs11_uri import Pkcs11Uri
 from .signing import SignatureScheme
 
-__all__ = ["KeySpec", "Token"]
+__all__ = ["KeySpec", "Token", "mechanism_for"]
 
 log = logging.getLogger("hsm_ocsp.token")
 T = TypeVar("T")
@@ -38,6 +38,15 @@ _PSS_PARAMS = {
     "sha384": (Mechanism.SHA384, MGF.SHA384),
     "sha512": (Mechanism.SHA512, MGF.SHA512),
 }
+
+
+def mechanism_for(scheme: SignatureScheme) -> tuple[Mechanism, Any]:
+    """The PKCS#11 mechanism and its parameter for a signature scheme."""
+    if scheme.kind != "rsa-pss":
+        return Mechanism[scheme.mechanism], None
+    assert scheme.hash_name is not None
+    hash_mechanism, mgf = _PSS_PARAMS[scheme.hash_name]
+    return Mechanism[scheme.mechanism], (hash_mechanism, mgf, scheme.pss_salt_length)
 
 
 # Failures that another attempt cannot mend; a wrong PIN must not be retried
@@ -195,12 +204,7 @@ class Token:
         spec = self.keys[name]
         self._ensure_connected()
         scheme = spec.scheme
-        mechanism = Mechanism[scheme.mechanism]
-        param = None
-        if scheme.kind == "rsa-pss":
-            assert scheme.hash_name is not None
-            hash_mech, mgf = _PSS_PARAMS[scheme.hash_name]
-            param = (hash_mech, mgf, scheme.pss_salt_length)
+        mechanism, param = mechanism_for(scheme)
         prepared = scheme.prepare(data)
         started = time.perf_counter()
         try:

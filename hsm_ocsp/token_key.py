@@ -17,34 +17,23 @@ always matches the algorithm the builder writes into the structure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, Self, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-from pkcs11 import Mechanism
-from pkcs11.mechanisms import MGF
 
 from .signing import SignatureScheme
+from .token import mechanism_for
 
 __all__ = ["TokenPrivateKey", "session_signer", "token_private_key"]
 
 SignMessage = Callable[[bytes], bytes]
-
-_PSS = {
-    "sha256": (Mechanism.SHA256, MGF.SHA256),
-    "sha384": (Mechanism.SHA384, MGF.SHA384),
-    "sha512": (Mechanism.SHA512, MGF.SHA512),
-}
+P = TypeVar("P")
 
 
 def session_signer(private_key: Any, scheme: SignatureScheme) -> SignMessage:
     """Sign with a python-pkcs11 private-key object on the calling thread."""
-    mechanism = Mechanism[scheme.mechanism]
-    param = None
-    if scheme.kind == "rsa-pss":
-        assert scheme.hash_name is not None
-        hash_mechanism, mgf = _PSS[scheme.hash_name]
-        param = (hash_mechanism, mgf, scheme.pss_salt_length)
+    mechanism, param = mechanism_for(scheme)
 
     def sign_message(message: bytes) -> bytes:
         raw: bytes = private_key.sign(
@@ -67,14 +56,28 @@ def _check_hash(scheme: SignatureScheme, algorithm: object) -> None:
         raise ValueError(f"this token key signs with {scheme.hash_name}, not {name}")
 
 
-class _TokenRSAPrivateKey(rsa.RSAPrivateKey):
-    def __init__(
-        self, public_key: rsa.RSAPublicKey, scheme: SignatureScheme, sign: SignMessage
-    ) -> None:
+class _TokenKey(Generic[P]):
+    """What every token key shares: its public half, its scheme, no export."""
+
+    def __init__(self, public_key: P, scheme: SignatureScheme, sign: SignMessage) -> None:
         self._public_key = public_key
         self.scheme = scheme
         self._sign = sign
 
+    def public_key(self) -> P:
+        return self._public_key
+
+    def private_bytes(self, *args: Any) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
+
+
+class _TokenRSAPrivateKey(_TokenKey[rsa.RSAPublicKey], rsa.RSAPrivateKey):
     def sign(
         self,
         data: bytes | bytearray | memoryview,
@@ -87,9 +90,6 @@ class _TokenRSAPrivateKey(rsa.RSAPrivateKey):
         _check_hash(self.scheme, algorithm)
         return self._sign(bytes(data))
 
-    def public_key(self) -> rsa.RSAPublicKey:
-        return self._public_key
-
     @property
     def key_size(self) -> int:
         return self._public_key.key_size
@@ -100,24 +100,8 @@ class _TokenRSAPrivateKey(rsa.RSAPrivateKey):
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
         _no_export()
 
-    def private_bytes(self, *args: Any) -> bytes:
-        _no_export()
 
-    def __copy__(self) -> _TokenRSAPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _TokenRSAPrivateKey:
-        return self
-
-
-class _TokenECPrivateKey(ec.EllipticCurvePrivateKey):
-    def __init__(
-        self, public_key: ec.EllipticCurvePublicKey, scheme: SignatureScheme, sign: SignMessage
-    ) -> None:
-        self._public_key = public_key
-        self.scheme = scheme
-        self._sign = sign
-
+class _TokenECPrivateKey(_TokenKey[ec.EllipticCurvePublicKey], ec.EllipticCurvePrivateKey):
     def sign(
         self,
         data: bytes | bytearray | memoryview,
@@ -127,9 +111,6 @@ class _TokenECPrivateKey(ec.EllipticCurvePrivateKey):
             raise ValueError("the token key signs with ECDSA only")
         _check_hash(self.scheme, signature_algorithm.algorithm)
         return self._sign(bytes(data))
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public_key
 
     @property
     def curve(self) -> ec.EllipticCurve:
@@ -145,41 +126,13 @@ class _TokenECPrivateKey(ec.EllipticCurvePrivateKey):
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         _no_export()
 
-    def private_bytes(self, *args: Any) -> bytes:
-        _no_export()
 
-    def __copy__(self) -> _TokenECPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _TokenECPrivateKey:
-        return self
-
-
-class _TokenEd25519PrivateKey(ed25519.Ed25519PrivateKey):
-    def __init__(
-        self, public_key: ed25519.Ed25519PublicKey, scheme: SignatureScheme, sign: SignMessage
-    ) -> None:
-        self._public_key = public_key
-        self.scheme = scheme
-        self._sign = sign
-
+class _TokenEd25519PrivateKey(_TokenKey[ed25519.Ed25519PublicKey], ed25519.Ed25519PrivateKey):
     def sign(self, data: bytes | bytearray | memoryview) -> bytes:
         return self._sign(bytes(data))
 
-    def public_key(self) -> ed25519.Ed25519PublicKey:
-        return self._public_key
-
-    def private_bytes(self, *args: Any) -> bytes:
-        _no_export()
-
     def private_bytes_raw(self) -> bytes:
         _no_export()
-
-    def __copy__(self) -> _TokenEd25519PrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _TokenEd25519PrivateKey:
-        return self
 
 
 TokenPrivateKey = _TokenRSAPrivateKey | _TokenECPrivateKey | _TokenEd25519PrivateKey
