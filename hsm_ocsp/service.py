@@ -115,6 +115,12 @@ class OCSPService:
         self.echo_nonce = nonce == "echo"
         self.cache_entries = cache_entries
         self.max_pending = max_pending_signatures
+        # Nonce answers serve one client and are never cached: a quarter of the pending
+        # signatures (at least one, when there are two) is kept from them, so a nonce
+        # flood cannot starve the answers that, once signed, serve every other client
+        # from the cache.
+        reserved = max(max_pending_signatures // 4, int(max_pending_signatures > 1))
+        self.max_pending_nonce = max_pending_signatures - reserved
         self.events = events or Events()
         self._clock = clock
         self._cache: collections.OrderedDict[tuple[str, tuple[bytes, ...]], _CacheEntry] = (
@@ -238,7 +244,7 @@ class OCSPService:
         cert_ids: Sequence[CertID],
         nonce: bytes | None,
     ) -> Reply:
-        if self._pending >= self.max_pending:
+        if self._pending >= (self.max_pending if nonce is None else self.max_pending_nonce):
             self.events.sign_failed()
             return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         singles = single_responses(issuer, snapshot, cert_ids)
