@@ -11,13 +11,17 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.util
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,7 +37,7 @@ from hsm_ocsp.responder import Issuer
 from hsm_ocsp.service import OCSPService
 from hsm_ocsp.signing import scheme_for_public_key
 
-from .conftest import CASetup, SoftHSM, build_ca, free_port, write_config
+from .conftest import ROOT, CASetup, SoftHSM, build_ca, free_port, write_config
 from .pki import OpenSSLCA
 from .requests import build_request
 
@@ -511,3 +515,56 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     replacement = (set(children(server.process.pid)) - set(before)).pop()
     wait_for(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
     assert server.process.poll() is None
+
+
+# --- issue 6.5: the soak script, as a short run -----------------------------------
+
+
+def _soak_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("hsm_ocsp_soak", ROOT / "scripts" / "soak.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_soak_verdict_fails_on_errors_replaced_workers_unseen_changes_and_growth() -> None:
+    """The soak's verdict is not a rubber stamp."""
+    soak = _soak_module()
+    clean: dict[str, object] = {
+        "errors": [],
+        "workers_before": [10, 11],
+        "workers_after": [10, 11],
+        "changes_seen": 6,
+        "changes_made": 6,
+        "rss_growth": 0.02,
+        "sign_errors": 0.0,
+        "index_reload_errors": 0.0,
+    }
+    assert soak.verdict(clean, 0.10) == []
+    for key, value in [
+        ("errors", ["good at 3.0: AssertionError('HTTP 500')"]),
+        ("workers_after", [10, 12]),
+        ("changes_seen", 5),
+        ("rss_growth", 0.11),
+        ("sign_errors", 3.0),
+        ("index_reload_errors", 1.0),
+    ]:
+        assert len(soak.verdict({**clean, key: value}, 0.10)) == 1, key
+
+
+@pytest.mark.slow
+def test_soak_short_run_has_no_unexpected_answer_and_flat_memory(tmp_path: Path) -> None:
+    """scripts/soak.py for 30 s: every answer right through 5 index changes, RSS flat."""
+    done = subprocess.run(
+        [
+            sys.executable, str(ROOT / "scripts" / "soak.py"), "--minutes", "0.5",
+            "--reload-every", "4", "--cache-entries", "500", "--warmup", "10",
+            "--dir", str(tmp_path / "soak"),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    print(done.stdout[-3000:], done.stderr[-3000:])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "errors: 0" in done.stdout and "soak passed" in done.stdout
