@@ -12,9 +12,10 @@ drives it from ``--concurrency`` keep-alive connections with a mix of requests:
 good, revoked, unknown (random never-issued serials), nonce (signed fresh),
 malformed, another CA's CertIDs, by GET and POST, plus a few serials whose
 status changes. Every ``--reload-every`` seconds ``openssl ca`` changes the
-index (it writes ``index.txt.new`` and renames it, as in production),
-alternately issuing a certificate (unknown -> good) and revoking it
-(good -> revoked).
+index as in production, alternately issuing a certificate (unknown -> good)
+and revoking it (good -> revoked). ``openssl ca`` renames ``index.txt`` away
+before it renames ``index.txt.new`` into place; ``--index-writer rename``
+instead writes the new index itself and renames it over the old in one step.
 
 Every answer is checked: HTTP 200, the OCSP status expected, a signature that
 verifies with the responder certificate, the certificate status the index
@@ -25,7 +26,8 @@ Every ``SAMPLE`` seconds it reads the workers' resident memory
 warm-up.
 
 Exit code 0 when there was no unexpected answer, every index change was seen,
-no worker was replaced and the workers' RSS grew by less than ``--max-growth``
+no worker was replaced, no index reload was refused, the server logged no
+ERROR and the workers' RSS grew by less than ``--max-growth``
 (10 %) after the warm-up; 1 otherwise.
 """
 
@@ -352,32 +354,88 @@ class Load:
 # --- index changes and memory ---------------------------------------------------
 
 
+class OpenSSLWriter:
+    """Changes the index through ``openssl ca``, as a CA operator does.
+
+    ``openssl ca`` writes ``index.txt.new``, renames ``index.txt`` to
+    ``index.txt.old`` and then ``index.txt.new`` to ``index.txt``: between the
+    two renames there is no ``index.txt`` for a moment.
+    """
+
+    def __init__(self, ca: OpenSSLCA) -> None:
+        self.ca = ca
+        self.pem: Path | None = None
+
+    def upcoming(self) -> int:
+        return int((self.ca.dir / "serial").read_text().strip(), 16)
+
+    def issue(self, number: int) -> int:
+        self.pem = self.ca.issue(f"soak{number}")
+        return self.ca.serial_of(self.pem)
+
+    def revoke(self, serial: int) -> None:
+        assert self.pem is not None and self.ca.serial_of(self.pem) == serial
+        self.ca.revoke(self.pem, "-crl_reason", "superseded")
+
+
+class RenameWriter:
+    """Writes ``index.txt.new`` in OpenSSL's format and renames it over ``index.txt``
+    in one step: the file is never missing."""
+
+    def __init__(self, ca: OpenSSLCA) -> None:
+        self.index = ca.index
+        self.next = 0x50000000
+
+    def upcoming(self) -> int:
+        return self.next
+
+    def _write(self, text: str) -> None:
+        new = self.index.with_name(self.index.name + ".new")
+        new.write_text(text)
+        os.replace(new, self.index)
+
+    def issue(self, number: int) -> int:
+        serial, self.next = self.next, self.next + 1
+        line = f"V\t301231235959Z\t\t{serial:08X}\tunknown\t/CN=soak{number}\n"
+        self._write(self.index.read_text() + line)
+        return serial
+
+    def revoke(self, serial: int) -> None:
+        old = f"V\t301231235959Z\t\t{serial:08X}\t"
+        when = time.strftime("%y%m%d%H%M%SZ", time.gmtime())
+        text = self.index.read_text()
+        assert text.count(old) == 1
+        self._write(text.replace(old, f"R\t301231235959Z\t{when},superseded\t{serial:08X}\t"))
+
+
 async def change_index(
-    setup: Setup, load: Load, expect: Expectations, every: float, until: float, log: list[str]
+    writer: OpenSSLWriter | RenameWriter,
+    load: Load,
+    expect: Expectations,
+    every: float,
+    until: float,
+    log: list[str],
 ) -> None:
-    """Alternately issue a certificate and revoke it, through ``openssl ca``."""
-    ca = setup.ca
+    """Alternately issue a certificate (unknown -> good) and revoke it (-> revoked)."""
     number = 0
-    last_pem: Path | None = None
-    upcoming = int((ca.dir / "serial").read_text().strip(), 16)
+    issued: int | None = None
+    upcoming = writer.upcoming()
     load.changing.append(upcoming)  # asked as unknown before it exists
     while time.monotonic() + every + GRACE + 2 < until:  # the last change gets asked too
         await asyncio.sleep(every)
         began = time.monotonic()
-        if last_pem is None:
-            last_pem = await asyncio.to_thread(ca.issue, f"soak{number}")
-            serial = ca.serial_of(last_pem)
-            assert serial == upcoming, (serial, upcoming)
-            expect.set(serial, C.GOOD, began, time.monotonic())
-            upcoming = int((ca.dir / "serial").read_text().strip(), 16)
+        if issued is None:
+            issued = await asyncio.to_thread(writer.issue, number)
+            assert issued == upcoming, (issued, upcoming)
+            expect.set(issued, C.GOOD, began, time.monotonic())
+            upcoming = writer.upcoming()
             load.changing.append(upcoming)
-            log.append(f"issued {serial:x}")
+            log.append(f"issued {issued:x}")
         else:
-            await asyncio.to_thread(ca.revoke, last_pem, "-crl_reason", "superseded")
-            serial = ca.serial_of(last_pem)
-            expect.set(serial, C.REVOKED, began, time.monotonic())
-            last_pem = None
-            log.append(f"revoked {serial:x}")
+            await asyncio.to_thread(writer.revoke, issued)
+            expect.set(issued, C.REVOKED, began, time.monotonic())
+            log.append(f"revoked {issued:x}")
+            issued = None
         number += 1
 
 
@@ -461,6 +519,7 @@ async def soak(
     for serial in setup.revoked:
         expect.history[serial] = [Period(C.REVOKED, 0.0)]
     load = Load(setup, target, expect, args.seed)
+    writer = OpenSSLWriter(setup.ca) if args.index_writer == "openssl" else RenameWriter(setup.ca)
     started = time.monotonic()
     seconds = args.minutes * 60
     until = started + seconds
@@ -482,7 +541,7 @@ async def soak(
 
     tasks = [
         asyncio.create_task(sample_memory(server.pid, until, samples)),
-        asyncio.create_task(change_index(setup, load, expect, args.reload_every, until, changes)),
+        asyncio.create_task(change_index(writer, load, expect, args.reload_every, until, changes)),
         asyncio.create_task(progress()),
     ]
     await asyncio.gather(
@@ -549,6 +608,10 @@ def verdict(result: dict[str, object], max_growth: float) -> list[str]:
     assert isinstance(growth, float)
     if not growth < max_growth:
         problems.append(f"worker RSS grew {growth:.1%} after warm-up (limit {max_growth:.0%})")
+    logged = result.get("server_log_errors") or []
+    assert isinstance(logged, list)
+    if logged:
+        problems.append(f"{len(logged)} ERROR lines in the server log, first: {logged[:3]}")
     if result["sign_errors"] or result["index_reload_errors"]:
         problems.append(
             f"sign errors {result['sign_errors']}, index reload errors "
@@ -574,6 +637,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
     parser.add_argument("--dir", type=Path, default=None, help="keep the files here")
+    parser.add_argument(
+        "--index-writer",
+        choices=["openssl", "rename"],
+        default="openssl",
+        help="openssl: openssl ca changes the index (the file is missing for a moment "
+        "between its two renames); rename: one atomic rename of index.txt.new",
+    )
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.concurrency < 1:
         parser.error("--minutes and --concurrency must be positive")
@@ -587,10 +657,19 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(soak(setup, server, args))
         finally:
             stop_server(server)
+        log_lines = (directory / "server.log").read_text(errors="replace").splitlines()
+        result["server_log_errors"] = [
+            line for line in log_lines if " ERROR " in line or "Traceback" in line
+        ]
     for key, value in result.items():
         if key == "errors":
             assert isinstance(value, list)
             print(f"errors: {len(value)}")
+            for line in value[:20]:
+                print("  ", line)
+        elif key == "server_log_errors":
+            assert isinstance(value, list)
+            print(f"server_log_errors: {len(value)}")
             for line in value[:20]:
                 print("  ", line)
         elif key == "index_changes":
