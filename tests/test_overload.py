@@ -1,8 +1,9 @@
-"""Issue 6.4: overload against a real ``hsm-ocsp serve`` process.
+"""Issue 6.4: overload against a real ``hsm-ocsp serve`` process; 6.5: a short soak.
 
 The load comes from the test itself (asyncio streams, bounded in time and
 count, 127.0.0.1 only), through a client that never retries: every connection
-error, non-200 or unexpected OCSP status is counted as it happened.
+error, non-200 or unexpected OCSP status is counted as it happened. The tests
+marked slow take 5-35 s each (about 60 s together) and run in CI too.
 """
 
 from __future__ import annotations
