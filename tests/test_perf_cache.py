@@ -125,3 +125,50 @@ async def test_fast_path_map_is_bounded(make_world: Callable[..., World]) -> Non
         await w.service.respond(build_request([(w.ca.certificate, serial)]))
     assert len(w.service._known) <= 3
     assert w.service.cache_size() <= 3
+
+
+def test_access_log_record_has_what_logger_makerecord_gives() -> None:
+    """The access logger builds its records from a template; a handler must not see it."""
+    import logging
+
+    from hsm_ocsp.http_keys import REPLY
+    from hsm_ocsp.metrics import AccessLogger
+    from hsm_ocsp.model import CertStatus, OCSPResponseStatus
+    from hsm_ocsp.service import Reply
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    class Request(dict[object, object]):
+        method = "GET"
+        raw_path = "/root/MEow"
+        remote = "127.0.0.1"
+
+    class Response:
+        status = 200
+
+    logger = logging.getLogger("hsm_ocsp.access.template-test")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    reply = Reply(b"x", OCSPResponseStatus.SUCCESSFUL, "root", (CertStatus.GOOD,), cached=True)
+    access = AccessLogger(logger, "")
+    for _ in range(2):  # the second line comes from the template
+        access.log(Request({REPLY: reply}), Response(), 0.0015)  # type: ignore[arg-type]
+    expected = logger.makeRecord(
+        logger.name, logging.INFO, "(unknown file)", 0, "", (), None, "(unknown function)"
+    )
+    for record in records:
+        assert set(vars(record)) == set(vars(expected)) | {"fields"}
+        for name in ("levelname", "pathname", "module", "thread", "process", "processName"):
+            assert getattr(record, name) == getattr(expected, name)
+        assert abs(record.created - expected.created) < 5
+        assert record.getMessage() == (
+            "GET ca=- path_length=10 http=200 ocsp=successful certs=good cached=yes "
+            "1.500ms remote=127.0.0.1"
+        )
+        assert record.fields["cert_statuses"] == ["good"]  # type: ignore[attr-defined]
+    assert records[0].created <= records[1].created
