@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,8 @@ __all__ = ["IndexSource"]
 log = logging.getLogger("hsm_ocsp.index")
 
 StatKey = tuple[int, int, int, int]
+# How long a missing index may be gone before it is an error (a rename pair).
+RENAME_GRACE = 0.2
 
 
 class IndexSource:
@@ -69,7 +72,7 @@ class IndexSource:
     def check(self, *, force: bool = False) -> bool:
         """Reload if the file changed (or ``force``); True if a new snapshot is in."""
         try:
-            key = self._stat()
+            key = self._stat_settled()
         except OSError as exc:
             key = None
             problem = IndexFormatError(self.path, None, f"cannot stat: {exc.strerror}")
@@ -91,6 +94,18 @@ class IndexSource:
             len(self.snapshot or ()),
         )
         return True
+
+    def _stat_settled(self) -> StatKey:
+        """Stat the file; one that is missing is looked at again a moment later.
+
+        ``openssl ca`` renames index.txt away and then index.txt.new into place:
+        between the two renames there is no file, and that is no error.
+        """
+        try:
+            return self._stat()
+        except FileNotFoundError:
+            time.sleep(RENAME_GRACE)
+            return self._stat()
 
     def _report(self, exc: IndexFormatError) -> None:
         self.last_error = str(exc)

@@ -247,3 +247,29 @@ async def test_watcher_notices_damage_and_repair_by_itself(
         await asyncio.sleep(0.1)
     assert source.last_error is None
     assert await _cert_status(client, setup, "good") == {ocsp.OCSPCertStatus.REVOKED}
+
+
+def test_the_gap_between_openssl_ca_renames_is_not_an_error(tmp_path: Path) -> None:
+    """openssl ca renames index.txt away, then index.txt.new in: no file for a moment."""
+    import threading
+
+    from hsm_ocsp.index_source import RENAME_GRACE, IndexSource
+
+    index = tmp_path / "index.txt"
+    index.write_text("V\t301231235959Z\t\t01\tunknown\t/CN=a\n")
+    source = IndexSource("root", index)
+    source.load()
+    errors: list[object] = []
+    source.on_error = errors.append
+    index.rename(tmp_path / "index.txt.old")
+    (tmp_path / "index.txt.new").write_text(
+        "R\t301231235959Z\t261124011953Z,keyCompromise\t01\tunknown\t/CN=a\n"
+    )
+    later = threading.Timer(RENAME_GRACE / 4, (tmp_path / "index.txt.new").rename, [index])
+    later.start()
+    try:
+        assert source.check()  # saw the gap, looked again, took the new file
+    finally:
+        later.join()
+    assert errors == []
+    assert source.snapshot is not None and source.snapshot.entries[1] is not None
