@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 __all__ = [
     "bit_string",
@@ -63,6 +64,7 @@ def null() -> bytes:
     return b"\x05\x00"
 
 
+@functools.lru_cache(maxsize=64)  # a handful of OIDs, encoded for every response
 def oid(dotted: str) -> bytes:
     arcs = [int(a) for a in dotted.split(".")]
     body = bytearray()
@@ -76,6 +78,7 @@ def oid(dotted: str) -> bytes:
     return tlv(0x06, bytes(body))
 
 
+@functools.lru_cache(maxsize=64)  # producedAt = thisUpdate, and one second serves many
 def generalized_time(when: dt.datetime) -> bytes:
     """GeneralizedTime in UTC, whole seconds, no fraction (RFC 5280 4.1.2.5.2)."""
     utc = when.astimezone(dt.UTC)
