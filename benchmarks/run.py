@@ -15,8 +15,10 @@ token for hsm-ocsp and a key file of the same algorithm for the peer. Then it
 starts three servers side by side, each with 2 processes: hsm-ocsp, ``openssl
 ocsp -multi 2`` and a bare aiohttp server answering a fixed body of the size
 of hsm-ocsp's answer (the HTTP ceiling), and drives each with the same wrk
-command and the same requests, one server right after the other per case so
-that the machine's noise hits all three alike. Cases, 50 connections:
+command and the same requests, one server right after the other per case and
+each case in two halves, servers in the order A B C then C B A, so that the
+machine's noise, even when it rises or falls during a case, hits all three
+alike. Cases, 50 connections:
 
 - cached POST, keep-alive (one good serial, no nonce);
 - cached GET, keep-alive;
@@ -371,23 +373,37 @@ CASES = [
 
 
 def run_cases(setup: Setup, servers: dict[str, Server], seconds: float) -> Iterator[Result]:
+    """Each case in two halves, servers in the order A B C then C B A.
+
+    Load from other work that rises or falls during a case then hits every
+    server alike; one pass A B C gave the last server a different machine.
+    A server's rate is its requests over its time in both halves; p50 and
+    p99 are the means of the two halves'.
+    """
     for name, attribute, method, close, which in CASES:
-        for server in which:
+        runs: dict[str, list[dict[str, Any]]] = {server: [] for server in which}
+        for server in [*which, *reversed(which)]:
             if server == "openssl":  # it hangs once wrk drops connections mid-request
                 servers["openssl"].stop()
                 servers["openssl"] = start_openssl(setup)
-            out = wrk(servers[server].port, getattr(setup, attribute), method, close, seconds)
-            errors = sum(out[k] for k in ("connect", "read", "write", "status", "timeout"))
+            out = wrk(servers[server].port, getattr(setup, attribute), method, close, seconds / 2)
+            runs[server].append(out)
+        for server in which:
+            outs = runs[server]
+            errors = sum(
+                o[k] for o in outs for k in ("connect", "read", "write", "status", "timeout")
+            )
             result = Result(
                 setup.algorithm,
                 name,
                 server,
-                out["requests"] / (out["duration_us"] / 1e6),
-                out["p50_us"] / 1000,
-                out["p99_us"] / 1000,
+                sum(o["requests"] for o in outs) / (sum(o["duration_us"] for o in outs) / 1e6),
+                sum(o["p50_us"] for o in outs) / len(outs) / 1000,
+                sum(o["p99_us"] for o in outs) / len(outs) / 1000,
                 errors,
             )
-            print(f"  {result.case:<24} {server:<9} {result.rate:>9,.0f}/s", flush=True)
+            halves = " + ".join(f"{o['requests'] / (o['duration_us'] / 1e6):,.0f}" for o in outs)
+            print(f"  {result.case:<24} {server:<9} {result.rate:>9,.0f}/s ({halves})", flush=True)
             yield result
 
 
@@ -605,8 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     report = [
         "# Benchmarks",
         "",
-        f"`python benchmarks/run.py` ({when}; {seconds:g} s a case, {CONNECTIONS} connections,",
-        f"`wrk -t1 -c{CONNECTIONS}` for every server; {INDEX_LINES:,}-line index; every server",
+        f"`python benchmarks/run.py` ({when}; {seconds:g} s a case and server, in two halves",
+        f"run A B C then C B A; {CONNECTIONS} connections, `wrk -t1 -c{CONNECTIONS}` for every",
+        f"server; {INDEX_LINES:,}-line index; every server",
         "2 processes; run took "
         f"{time.monotonic() - started:.0f} s; load average {load_before[0]:.1f} before,"
         f" {load_after[0]:.1f} after: other work shared the cores, so compare the ratios,"
