@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -190,6 +192,7 @@ class RunningServer:
         return f"http://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL to the whole process group: no worker outlives a test."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -197,6 +200,8 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def start_server(config: Path, port: int, log: Path, timeout: float = 30) -> RunningServer:
@@ -206,6 +211,7 @@ def start_server(config: Path, port: int, log: Path, timeout: float = 30) -> Run
             [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() reaches every worker
         )
     server = RunningServer(process, port, log)
     deadline = time.monotonic() + timeout

@@ -145,7 +145,13 @@ def test_counters_move_by_exactly_the_requests_sent(
     started = time.time()
     server, setup = start(tmp_path, softhsm, serve, f"workers = {workers}")
     metrics_url = server.url + "metrics"
+    # /readyz answered from one worker; wait until every worker has its key.
+    deadline = time.monotonic() + 20
+    while server.log.read_text().count(" ready") < workers:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.05)
     _, before = scrape(metrics_url)
+    assert value(before, "hsm_ocsp_token_up", ca="root") == 1
 
     send_mix(server.url, setup)
     text, after = scrape(metrics_url)

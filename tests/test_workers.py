@@ -50,10 +50,18 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
     victim = min(before)
 
     os.kill(victim, signal.SIGKILL)
-    answered = 0
-    deadline = time.monotonic() + 20
+    killed = time.monotonic()
+    answered = resets = 0
+    deadline = killed + 20
     while time.monotonic() < deadline:  # the survivor answers while the parent replaces
-        response = _ask(server.url, der)
+        try:
+            response = _ask(server.url, der)
+        except ConnectionResetError:
+            # A connection the kernel had queued on the dead worker's socket
+            # (SO_REUSEPORT) is reset; that may happen only just after the kill.
+            assert time.monotonic() - killed < 1.0, "connection reset long after the kill"
+            resets += 1
+            continue
         assert response.response_status == x509_ocsp.OCSPResponseStatus.SUCCESSFUL
         assert response.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
         answered += 1
@@ -69,5 +77,5 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
     _wait_for(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
     for _ in range(20):
         assert _ask(server.url, der).certificate_status == x509_ocsp.OCSPCertStatus.GOOD
-    assert answered > 0
+    assert answered > 0 and resets <= 3
     assert server.process.poll() is None
