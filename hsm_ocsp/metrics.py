@@ -19,10 +19,8 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -364,47 +362,6 @@ class AccessLogger(AbstractAccessLogger):
         super().__init__(logger, log_format)
         # id(reply) -> (reply, fields); holding the reply keeps its id from being reused
         self._memo: dict[int, tuple[Reply, tuple[str | None, tuple[str, ...], str, bool]]] = {}
-        # The attributes of a record that stay the same in one thread of one process
-        self._template: dict[str, Any] | None = None
-
-    def _make(
-        self, args: tuple[object, ...], extra: Mapping[str, object] | None
-    ) -> logging.LogRecord:
-        logger = self.logger
-        return logger.makeRecord(
-            logger.name, logging.INFO, "(unknown file)", 0, _ACCESS_FORMAT, args, None,
-            "(unknown function)", extra,
-        )  # fmt: skip
-
-    def _record(self, args: tuple[object, ...], fields: Mapping[str, object]) -> logging.LogRecord:
-        """The record ``Logger.makeRecord`` would make, from a template of the fixed parts.
-
-        Half of what LogRecord() does per line is the same every time (file, module,
-        thread and process names); only the times, the arguments and the fields move.
-        A custom record factory gets its own records.
-        """
-        make = self._make
-        if logging.getLogRecordFactory() is not logging.LogRecord:
-            return make(args, {"fields": fields})
-        template = self._template
-        if (
-            template is None
-            or template["thread"] != threading.get_ident()
-            or template["process"] != os.getpid()
-        ):
-            template = self._template = dict(make((), None).__dict__)
-        record = logging.LogRecord.__new__(logging.LogRecord)
-        attributes = record.__dict__
-        attributes.update(template)
-        now = time.time()
-        attributes["created"] = now
-        attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
-        attributes["relativeCreated"] = (
-            template["relativeCreated"] + (now - template["created"]) * 1000
-        )
-        attributes["args"] = args
-        attributes["fields"] = fields
-        return record
 
     def _fields(self, reply: Reply | None) -> tuple[str | None, tuple[str, ...], str, bool]:
         if reply is None:
@@ -454,6 +411,10 @@ class AccessLogger(AbstractAccessLogger):
                 duration_ms,
                 remote or "-",
             )
-            logger.handle(self._record(args, fields))
+            record = logger.makeRecord(
+                logger.name, logging.INFO, "(unknown file)", 0, _ACCESS_FORMAT, args, None,
+                "(unknown function)", {"fields": fields},
+            )  # fmt: skip
+            logger.handle(record)
         except Exception:  # a log line must never break a response
             access_log.exception("cannot write access log line")
