@@ -59,6 +59,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from hsm_ocsp.demo import init_softhsm_token  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 PIN = "53618297"
@@ -83,16 +85,7 @@ TARGETS = {
 
 def make_token(tmp: Path) -> None:
     conf = tmp / "softhsm2.conf"
-    env = {
-        **os.environ,
-        "SOFTHSM2_CONF": str(conf),
-        "TOKEN_LABEL": LABEL,
-        "HSM_OCSP_PIN": PIN,
-        "HSM_OCSP_SO_PIN": SO_PIN,
-    }
-    subprocess.run(
-        [str(ROOT / "softhsm" / "init-token.sh")], env=env, check=True, capture_output=True
-    )
+    init_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
     os.environ["SOFTHSM2_CONF"] = str(conf)  # before python-pkcs11 loads the module
     os.environ["HSM_OCSP_PIN"] = PIN
 

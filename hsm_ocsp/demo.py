@@ -42,7 +42,7 @@ from .keys import find_private_key, find_public_key, open_session, public_key_fr
 from .pkcs11_uri import Pkcs11Uri
 from .signing import PublicKey
 
-__all__ = ["DemoSetup", "init_token_script", "run_demo", "set_up"]
+__all__ = ["DemoSetup", "init_softhsm_token", "init_token_script", "run_demo", "set_up"]
 
 TOKEN_LABEL = "hsm-ocsp-demo"
 KEY_LABEL = "ocsp-responder"
@@ -142,6 +142,22 @@ def _run(*args: str | Path, env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
+def init_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None:
+    """Make the SoftHSM token ``label`` (kept if it exists) through softhsm/init-token.sh.
+
+    ``conf`` is the softhsm2.conf to use, written when missing with the token
+    directory beside it. The demo, the tests, the benchmark and the soak use it.
+    """
+    env = {
+        **os.environ,
+        "SOFTHSM2_CONF": str(conf),
+        "TOKEN_LABEL": label,
+        "HSM_OCSP_PIN": pin,
+        "HSM_OCSP_SO_PIN": so_pin,
+    }
+    _run(init_token_script(), env=env)
+
+
 def _make_token(softhsm_dir: Path, pin: str) -> Path:
     conf = softhsm_dir / "softhsm2.conf"
     softhsm_dir.mkdir(parents=True, exist_ok=True)
@@ -149,14 +165,8 @@ def _make_token(softhsm_dir: Path, pin: str) -> Path:
     if not so_pin_file.exists():
         so_pin_file.touch(mode=0o600)
         so_pin_file.write_text(secrets.token_hex(8) + "\n")
-    env = {
-        **os.environ,
-        "SOFTHSM2_CONF": str(conf),
-        "TOKEN_LABEL": TOKEN_LABEL,
-        "HSM_OCSP_PIN": pin,
-        "HSM_OCSP_SO_PIN": so_pin_file.read_text().strip(),
-    }
-    _run(init_token_script(), env=env)
+    so_pin = so_pin_file.read_text().strip()
+    init_softhsm_token(conf, label=TOKEN_LABEL, pin=pin, so_pin=so_pin)
     return conf
 
 

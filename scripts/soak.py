@@ -58,6 +58,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.x509 import ocsp  # noqa: E402
 from cryptography.x509.oid import OCSPExtensionOID  # noqa: E402
 
+from hsm_ocsp.demo import init_softhsm_token  # noqa: E402
 from tests.pki import OpenSSLCA  # noqa: E402
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -93,16 +94,7 @@ fuzz = _load_fuzz()
 
 def make_token(directory: Path) -> None:
     conf = directory / "softhsm2.conf"
-    env = {
-        **os.environ,
-        "SOFTHSM2_CONF": str(conf),
-        "TOKEN_LABEL": LABEL,
-        "HSM_OCSP_PIN": PIN,
-        "HSM_OCSP_SO_PIN": SO_PIN,
-    }
-    subprocess.run(
-        [str(ROOT / "softhsm" / "init-token.sh")], env=env, check=True, capture_output=True
-    )
+    init_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
     os.environ["SOFTHSM2_CONF"] = str(conf)  # before python-pkcs11 loads the module
     os.environ["HSM_OCSP_PIN"] = PIN
 
