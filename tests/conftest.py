@@ -168,6 +168,17 @@ def ca_setup(tmp_path: Path, softhsm: SoftHSM) -> CASetup:
     return build_ca(tmp_path / "ca", softhsm)
 
 
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM; SIGKILL if it has not ended after ``grace`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -187,13 +198,7 @@ class RunningServer:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL to the whole process group: no worker outlives a test."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
 

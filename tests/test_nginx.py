@@ -24,7 +24,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from .conftest import ROOT, CASetup, RunningServer, SoftHSM, build_ca, free_port, start_server
+from .conftest import (
+    ROOT,
+    CASetup,
+    RunningServer,
+    SoftHSM,
+    build_ca,
+    free_port,
+    start_server,
+    stop_process,
+)
 from .conftest import write_config as write_responder_config
 
 CACHE_CONF = ROOT / "deploy" / "nginx" / "hsm-ocsp-cache.conf"
@@ -51,13 +60,7 @@ class Nginx:
         return (self.prefix / "error.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_nginx(prefix: Path, http_body: str, port: int, timeout: float = 10) -> Nginx:
