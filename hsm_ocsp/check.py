@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from .config import CAConfig, Config, load_config, read_pin
 from .errors import IndexFormatError, TokenError
 from .index import parse_index
-from .signing import scheme_for_public_key, verify
+from .signing import verify
 from .token import KeySpec, Token
 
 __all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
@@ -43,16 +43,8 @@ class Finding:
 
 
 def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iterator[Finding]:
-    cert = ca.responder_certificate or ca.certificate
+    cert, path, scheme = ca.signer_certificate, ca.signer_path, ca.signature_scheme
     which = "responder certificate" if ca.responder_certificate else "CA certificate"
-    path = ca.responder_certificate_path or ca.certificate_path
-    try:
-        scheme = scheme_for_public_key(
-            cert.public_key(), signature_hash=ca.signature_hash, rsa_padding=ca.rsa_padding
-        )
-    except ValueError as exc:
-        yield Finding("error", ca.name, f"{which} {path}: {exc}")
-        return
     token = Token(module, pin, [KeySpec(ca.name, ca.key, scheme)], sign_timeout=sign_timeout)
     try:
         try:
@@ -95,8 +87,7 @@ def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iter
 
 
 def _check_validity(ca: CAConfig, now: dt.datetime) -> Iterator[Finding]:
-    cert = ca.responder_certificate or ca.certificate
-    path = ca.responder_certificate_path or ca.certificate_path
+    cert, path = ca.signer_certificate, ca.signer_path
     which = "responder certificate" if ca.responder_certificate else "CA certificate"
     not_after = cert.not_valid_after_utc
     if now < cert.not_valid_before_utc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import os
 import re
 import stat
@@ -20,6 +21,7 @@ from cryptography import x509
 
 from .errors import ConfigError
 from .pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
+from .signing import SignatureScheme, scheme_for_public_key
 
 __all__ = [
     "CAConfig",
@@ -75,6 +77,29 @@ class CAConfig:
     signature_hash: str = "sha256"
     rsa_padding: str = "pkcs1"
     unknown_serials: str = "unknown"
+
+    @property
+    def signer_certificate(self) -> x509.Certificate:
+        """The certificate whose key signs this CA's responses."""
+        return self.responder_certificate or self.certificate
+
+    @property
+    def signer_path(self) -> Path:
+        return self.responder_certificate_path or self.certificate_path
+
+    @property
+    def signer_key(self) -> str:
+        """The config key that names the signing certificate, for messages."""
+        return "responder_certificate" if self.responder_certificate else "certificate"
+
+    @functools.cached_property
+    def signature_scheme(self) -> SignatureScheme:
+        """How the token key signs (ValueError for a key type we cannot use)."""
+        return scheme_for_public_key(
+            self.signer_certificate.public_key(),
+            signature_hash=self.signature_hash,
+            rsa_padding=self.rsa_padding,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,21 +328,22 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             key = parse_pkcs11_uri(ca.required("key", str))
         except ValueError as exc:
             raise ca.error("key", str(exc)) from None
-        cas.append(
-            CAConfig(
-                name=name,
-                certificate_path=cert_path,
-                certificate=cert,
-                index=index,
-                key=key,
-                validity=ca.duration("validity", "1h"),
-                responder_certificate_path=resp_path,
-                responder_certificate=resp_cert,
-                signature_hash=ca.choice(
-                    "signature_hash", "sha256", ("sha256", "sha384", "sha512")
-                ),
-                rsa_padding=ca.choice("rsa_padding", "pkcs1", ("pkcs1", "pss")),
-                unknown_serials=ca.choice("unknown_serials", "unknown", ("unknown", "revoked")),
-            )
+        ca_config = CAConfig(
+            name=name,
+            certificate_path=cert_path,
+            certificate=cert,
+            index=index,
+            key=key,
+            validity=ca.duration("validity", "1h"),
+            responder_certificate_path=resp_path,
+            responder_certificate=resp_cert,
+            signature_hash=ca.choice("signature_hash", "sha256", ("sha256", "sha384", "sha512")),
+            rsa_padding=ca.choice("rsa_padding", "pkcs1", ("pkcs1", "pss")),
+            unknown_serials=ca.choice("unknown_serials", "unknown", ("unknown", "revoked")),
         )
+        try:
+            ca_config.signature_scheme  # noqa: B018  # a key type we cannot sign with
+        except ValueError as exc:
+            raise ca.error(ca_config.signer_key, str(exc)) from None
+        cas.append(ca_config)
     return Config(path=file, server=server_config, token=token_config, cas=tuple(cas))

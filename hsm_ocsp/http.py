@@ -26,7 +26,7 @@ from .index_source import IndexSource
 from .metrics import METRICS_PATH, Metrics
 from .responder import Issuer
 from .service import OCSPService, Reply
-from .signing import scheme_for_public_key, verify
+from .signing import verify
 from .token import KeySpec, Token
 
 __all__ = ["METRICS", "SERVICE", "SOURCES", "TOKEN", "build_token", "create_app"]
@@ -49,18 +49,7 @@ PROBE_INTERVAL = 10.0
 
 def build_token(config: Config) -> Token:
     """A Token with one key a CA, PIN read as the config says (not yet opened)."""
-    keys = []
-    for ca in config.cas:
-        cert = ca.responder_certificate or ca.certificate
-        try:
-            scheme = scheme_for_public_key(
-                cert.public_key(), signature_hash=ca.signature_hash, rsa_padding=ca.rsa_padding
-            )
-        except ValueError as exc:
-            from .errors import ConfigError
-
-            raise ConfigError(config.path, f"ca {ca.name}", str(exc)) from None
-        keys.append(KeySpec(ca.name, ca.key, scheme))
+    keys = [KeySpec(ca.name, ca.key, ca.signature_scheme) for ca in config.cas]
     return Token(
         config.token.module,
         read_pin(config.token, config.path),
@@ -86,15 +75,12 @@ async def prove_keys(token: Token, config: Config) -> None:
             log.warning("token not ready (%s); trying again", exc)
             await asyncio.sleep(0.5 * (attempt + 1))
     for ca in config.cas:
-        cert = ca.responder_certificate or ca.certificate
         signature = await token.sign(ca.name, _PROBE)
         try:
-            verify(cert.public_key(), token.keys[ca.name].scheme, _PROBE, signature)
+            verify(ca.signer_certificate.public_key(), ca.signature_scheme, _PROBE, signature)
         except InvalidSignature:
-            which = "responder_certificate" if ca.responder_certificate else "certificate"
             raise TokenError(
-                f"CA {ca.name}: key {ca.key} does not belong to {which} "
-                f"{ca.responder_certificate_path or ca.certificate_path}"
+                f"CA {ca.name}: key {ca.key} does not belong to {ca.signer_key} {ca.signer_path}"
             ) from None
 
 
@@ -354,7 +340,7 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: Token) -> M
     """Metrics of this process, fed by the token and index hooks."""
     metrics = Metrics()
     for ca in config.cas:
-        signer = ca.responder_certificate or ca.certificate
+        signer = ca.signer_certificate
         metrics.add_ca(ca.name, signer.not_valid_after_utc)
         sources[ca.name].on_reload = metrics.index_reloaded(ca.name)
         sources[ca.name].on_error = metrics.index_failed(ca.name)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from hsm_ocsp.cli import main
 from hsm_ocsp.config import TokenConfig, load_config, parse_duration, read_pin
@@ -162,3 +163,30 @@ def test_pin_env_missing_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("NO_SUCH_PIN_VAR", raising=False)
     with pytest.raises(ConfigError, match="NO_SUCH_PIN_VAR is not set"):
         read_pin(TokenConfig(pin_env="NO_SUCH_PIN_VAR"))
+
+
+def test_a_signing_key_type_we_cannot_use_is_refused_at_load(tmp_path: Path, ca: OpenSSLCA) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import dsa
+    from cryptography.x509.oid import NameOID
+
+    key = dsa.generate_private_key(2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "DSA responder")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "dsa.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path = write(tmp_path, ca, f'responder_certificate = "{pem}"')
+    with pytest.raises(ConfigError, match="unsupported responder key type") as info:
+        load_config(path)
+    assert info.value.key == "ca[0].responder_certificate"
+    assert str(path) in str(info.value)
