@@ -21,6 +21,10 @@ StatKey = tuple[int, int, int, int]
 RENAME_GRACE = 0.2
 
 
+def _key(info: os.stat_result) -> StatKey:
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
 class IndexSource:
     """One CA's ``index.txt``: loads it, notices changes, keeps the last good one.
 
@@ -39,19 +43,21 @@ class IndexSource:
         self.on_error: Callable[[IndexFormatError], None] | None = None
 
     def _stat(self) -> StatKey:
-        st = os.stat(self.path)
-        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return _key(os.stat(self.path))
 
     def load(self) -> IndexSnapshot:
         """Read and parse now; IndexFormatError if the file is unusable."""
         try:
-            if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO would block the read
-                raise IndexFormatError(self.path, None, "not a regular file")
-            key = self._stat()
-            file = self.path.open("rb", buffering=1 << 20)
+            # O_NONBLOCK: opening a FIFO put in its place must not block the watcher.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             raise IndexFormatError(self.path, None, f"cannot read: {exc.strerror}") from None
-        self._seen = key
+        info = os.fstat(fd)  # the key of the very file that is read
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise IndexFormatError(self.path, None, "not a regular file")
+        file = os.fdopen(fd, "rb", buffering=1 << 20)
+        self._seen = _key(info)
         with file:  # parsed line by line: a large index is never held whole
             try:
                 snapshot = parse_index_stream(file, self.path)
