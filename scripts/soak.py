@@ -196,10 +196,14 @@ class Expectations:
         self.changes: list[tuple[int, C, float]] = []  # serial, new status, when
         self.seen: set[int] = set()  # indexes into changes whose new status was answered
 
-    def set(self, serial: int, status: C, began: float, ended: float) -> None:
+    def begin(self, serial: int, status: C, began: float) -> None:
+        """A change starts: from now on the new status may be answered, and the old."""
         periods = self.history.setdefault(serial, [Period(C.UNKNOWN, 0.0)])  # never issued
-        periods[-1].until = ended + GRACE
         periods.append(Period(status, began))
+
+    def end(self, serial: int, status: C, ended: float) -> None:
+        """The change is written: the old status stays valid for GRACE s more."""
+        self.history[serial][-2].until = ended + GRACE
         self.changes.append((serial, status, ended))
 
     def acceptable(self, serial: int, started: float, finished: float) -> set[C]:
@@ -415,17 +419,20 @@ async def change_index(
     load.changing.append(upcoming)  # asked as unknown before it exists
     while time.monotonic() + every + GRACE + 2 < until:  # the last change gets asked too
         await asyncio.sleep(every)
-        began = time.monotonic()
+        # The new status is expected from before the write starts: the responder
+        # may see the file before the writer's thread returns here.
         if issued is None:
+            expect.begin(upcoming, C.GOOD, time.monotonic())
             issued = await asyncio.to_thread(writer.issue, number)
             assert issued == upcoming, (issued, upcoming)
-            expect.set(issued, C.GOOD, began, time.monotonic())
+            expect.end(issued, C.GOOD, time.monotonic())
             upcoming = writer.upcoming()
             load.changing.append(upcoming)
             log.append(f"issued {issued:x}")
         else:
+            expect.begin(issued, C.REVOKED, time.monotonic())
             await asyncio.to_thread(writer.revoke, issued)
-            expect.set(issued, C.REVOKED, began, time.monotonic())
+            expect.end(issued, C.REVOKED, time.monotonic())
             log.append(f"revoked {issued:x}")
             issued = None
         number += 1
