@@ -474,6 +474,8 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     server = serve(config, port, tmp_path / "server.log")
     wait_for(lambda: len(children(server.process.pid)) == 2)
     before = children(server.process.pid)
+    for pid in before:  # both listen before one is killed
+        wait_for(lambda pid=pid: b"(pid %d)" % pid in server.log.read_bytes())
     issuer = _issuer(setup)
     cached = [build_request([(issuer, setup.serial("good"))])]
     warm = Results()  # signed once before the load (each worker signs it once anyway)

@@ -47,6 +47,9 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
     der = build_request([(ca_setup.ca.certificate, ca_setup.serial("good"))])
     _wait_for(lambda: len(_children(server.process.pid)) == 2)
     before = _children(server.process.pid)
+    # Both must listen before one is killed, or the kill may leave no listener.
+    for pid in before:
+        _wait_for(lambda pid=pid: b"(pid %d)" % pid in server.log.read_bytes())
     victim = min(before)
 
     os.kill(victim, signal.SIGKILL)
