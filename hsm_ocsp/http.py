@@ -27,7 +27,8 @@ from .metrics import METRICS_PATH, Metrics
 from .responder import Issuer
 from .service import OCSPService, Reply
 from .signing import verify
-from .token import KeySpec, Token
+from .token import KeySpec
+from .token_process import TokenProcess
 
 __all__ = ["METRICS", "SERVICE", "SOURCES", "TOKEN", "build_token", "create_app"]
 
@@ -35,7 +36,7 @@ log = logging.getLogger("hsm_ocsp.http")
 
 SERVICE = web.AppKey("service", OCSPService)
 SOURCES = web.AppKey("sources", dict[str, IndexSource])
-TOKEN = web.AppKey("token", Token)
+TOKEN = web.AppKey("token", TokenProcess)
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 
@@ -47,18 +48,19 @@ STARTUP_ATTEMPTS = 5
 PROBE_INTERVAL = 10.0
 
 
-def build_token(config: Config) -> Token:
-    """A Token with one key a CA, PIN read as the config says (not yet opened)."""
+def build_token(config: Config) -> TokenProcess:
+    """The token with one key a CA, PIN read as the config says (not yet started)."""
     keys = [KeySpec(ca.name, ca.key, ca.signature_scheme) for ca in config.cas]
-    return Token(
+    return TokenProcess(
         config.token.module,
         read_pin(config.token, config.path),
         keys,
         sign_timeout=config.token.sign_timeout,
+        log_format=config.server.log_format,
     )
 
 
-async def prove_keys(token: Token, config: Config) -> None:
+async def prove_keys(token: TokenProcess, config: Config) -> None:
     """Sign a probe with every key and verify it against the certificate.
 
     A passing fault (several workers opening a token at once, a network HSM
@@ -290,7 +292,7 @@ async def _watch_token(app: web.Application) -> None:
 def create_app(
     config: Config,
     *,
-    token: Token | None = None,
+    token: TokenProcess | None = None,
     handle_signals: bool = False,
 ) -> web.Application:
     """The application for one process; the token opens when the app starts."""
@@ -336,7 +338,7 @@ def create_app(
     return app
 
 
-def _metrics(config: Config, sources: dict[str, IndexSource], token: Token) -> Metrics:
+def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProcess) -> Metrics:
     """Metrics of this process, fed by the token and index hooks."""
     metrics = Metrics()
     for ca in config.cas:
@@ -356,7 +358,11 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
         for source in app[SOURCES].values():
             await loop.run_in_executor(None, source.load)
         token = app[TOKEN]
-        await prove_keys(token, app[CONFIG])
+        try:
+            await prove_keys(token, app[CONFIG])
+        except BaseException:
+            await token.aclose()
+            raise
         wake = asyncio.Event()
         if handle_signals:
             loop.add_signal_handler(signal.SIGHUP, wake.set)
@@ -373,6 +379,6 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
             await asyncio.gather(*tasks, return_exceptions=True)
             if handle_signals:
                 loop.remove_signal_handler(signal.SIGHUP)
-            await loop.run_in_executor(None, token.close)
+            await token.aclose()
 
     return lifecycle

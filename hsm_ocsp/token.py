@@ -243,6 +243,17 @@ class Token:
                 out[attr.name.lower()] = None
         return out
 
+    # --- the signer process: its only thread uses the token ---------------
+
+    def open_here(self) -> None:
+        """Connect on the calling thread, which must be the only one using this Token."""
+        self._next_attempt = 0.0
+        self._ensure_connected()
+
+    def sign_here(self, name: str, data: bytes) -> bytes:
+        """Sign on the calling thread, which must be the only one using this Token."""
+        return self._sign_raw(name, data)
+
     # --- any thread -----------------------------------------------------
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:

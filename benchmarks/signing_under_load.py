@@ -1,0 +1,166 @@
+"""Does signing keep its speed while the event loop is busy? (issue 5, point 4)
+
+    python benchmarks/signing_under_load.py                  # RSA-2048 and P-256, 3 s a case
+    python benchmarks/signing_under_load.py --seconds 5 --algorithms rsa-2048
+
+Makes a SoftHSM token in a temporary directory and one key per algorithm, then
+measures, each case in a fresh process, one after the other and then once more
+in the reverse order (the machine is shared; the two halves are averaged):
+
+- raw: a python-pkcs11 loop on one thread, preparing and finishing each
+  signature as the responder does (the token's own rate, one process);
+- thread idle / thread busy: the in-process design, ``Token`` signing on its
+  one thread for 16 concurrent callers on an event loop that is idle, or busy
+  all the time with short CPU-bound steps (about what one HTTP request costs);
+- process idle / process busy: the same with ``TokenProcess``, the signer
+  process that ``hsm-ocsp serve`` uses in each worker.
+
+It prints signatures a second, the ratio to raw, and how many busy steps the
+loop made (a signer that stalls the loop would show there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+LABEL = "sign-under-load"
+PIN = "52018833"
+SO_PIN = "77120094"
+CALLERS = 16
+CASES = ("raw", "thread-idle", "thread-busy", "process-idle", "process-busy")
+
+
+def busy_step() -> None:
+    sum(range(4_000))  # some 0.1-0.2 ms of pure Python, like one request
+
+
+async def measure(case: str, uri: str, seconds: float) -> tuple[float, int]:
+    from pkcs11 import ObjectClass
+
+    from hsm_ocsp.keys import open_session, public_key_from_token
+    from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
+    from hsm_ocsp.signing import scheme_for_public_key
+    from hsm_ocsp.token import KeySpec, Token
+    from hsm_ocsp.token_process import TokenProcess
+
+    parsed = parse_pkcs11_uri(uri)
+    with open_session(MODULE, PIN, parsed) as session:
+        public = session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=parsed.object)
+        scheme = scheme_for_public_key(public_key_from_token(public))
+    spec = KeySpec("k", parsed, scheme)
+    if case == "raw":
+        token = Token(MODULE, PIN, [spec])
+        token.open_here()
+        count, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            token.sign_here("k", b"x" * 300)
+            count += 1
+        return count / seconds, 0
+    signer: Token | TokenProcess
+    if case.startswith("thread"):
+        signer = Token(MODULE, PIN, [spec])
+    else:
+        signer = TokenProcess(MODULE, PIN, [spec])
+    await signer.open()
+    await signer.sign("k", b"warm-up")
+    busy = case.endswith("busy")
+    steps = 0
+    running = True
+
+    async def spin() -> None:
+        nonlocal steps
+        while running:
+            busy_step()
+            steps += 1
+            await asyncio.sleep(0)
+
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def caller() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await signer.sign("k", b"x" * 300)
+            done += 1
+
+    spinner = asyncio.create_task(spin()) if busy else None
+    await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    running = False
+    if spinner is not None:
+        await spinner
+    if isinstance(signer, TokenProcess):
+        await signer.aclose()
+    else:
+        signer.close()
+    return done / seconds, steps
+
+
+def run_case(case: str, uri: str, seconds: float) -> tuple[float, int]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--case", case, "--uri", uri, "--seconds", str(seconds)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--algorithms", default="rsa-2048,ec-p256")
+    parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--uri", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        rate, steps = asyncio.run(measure(args.case, args.uri, args.seconds))
+        print(rate, steps)
+        return 0
+
+    from hsm_ocsp.demo import init_softhsm_token
+
+    with tempfile.TemporaryDirectory(prefix="sign-under-load-") as tmp:
+        conf = Path(tmp) / "softhsm2.conf"
+        init_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
+        os.environ["SOFTHSM2_CONF"] = str(conf)
+        os.environ["HSM_OCSP_PIN"] = PIN
+        print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+        print(f"{'key':<9} {'case':<13} {'sig/s':>8} {'/ raw':>6} {'loop steps/s':>13}")
+        for algorithm in args.algorithms.split(","):
+            uri = f"pkcs11:token={LABEL};object={algorithm}"
+            subprocess.run(
+                [sys.executable, "-m", "hsm_ocsp", "keygen", "--module", MODULE,
+                 "--algorithm", algorithm, "--key", uri],
+                check=True, capture_output=True, cwd=ROOT,
+            )  # fmt: skip
+            rates: dict[str, list[float]] = {c: [] for c in CASES}
+            steps: dict[str, list[int]] = {c: [] for c in CASES}
+            for order in (CASES, tuple(reversed(CASES))):
+                for case in order:
+                    rate, step = run_case(case, uri, args.seconds)
+                    rates[case].append(rate)
+                    steps[case].append(step)
+            raw = sum(rates["raw"]) / len(rates["raw"])
+            for case in CASES:
+                rate = sum(rates[case]) / len(rates[case])
+                per_s = sum(steps[case]) / len(steps[case]) / args.seconds
+                shown = f"{per_s:>13,.0f}" if case.endswith("busy") else f"{'':>13}"
+                print(f"{algorithm:<9} {case:<13} {rate:>8,.0f} {rate / raw:>6.2f} {shown}")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
