@@ -284,7 +284,7 @@ class TokenProcess:
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _serve(sock: socket.socket) -> None:
@@ -333,7 +333,9 @@ def _serve(sock: socket.socket) -> None:
 def child_main(argv: list[str]) -> int:
     """``python -m hsm_ocsp.token_process FD``: sign for the worker on FD."""
     _die_with_parent()
-    for sig in (signal.SIGINT, signal.SIGHUP):  # the worker decides when to stop
+    # The worker decides when to stop: a SIGTERM or Ctrl-C sent to the whole group
+    # (systemctl stop) must not take signatures from requests it is still answering.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     try:
