@@ -247,6 +247,10 @@ async def _body_timed_out(request: web.Request) -> web.Response:
     return response
 
 
+async def _not_allowed(request: web.Request) -> web.Response:
+    raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
@@ -330,11 +334,13 @@ def create_app(
     if config.server.metrics_listen is None:  # else serve.py listens there
         app.router.add_get(METRICS_PATH, metrics.handle)
         not_ocsp.append(METRICS_PATH)
-    app.middlewares.append(metrics.middleware(not_ocsp))
     # [\s\S], not ".": a path with a decoded newline (%0A) must reach the handler too
-    # and be answered malformedRequest, not 404.
-    app.router.add_get(r"/{tail:[\s\S]*}", handler.get)
-    app.router.add_post(r"/{tail:[\s\S]*}", handler.post)
+    # and be answered malformedRequest, not 404. Every request to an OCSP path is
+    # timed and counted, a method other than GET, HEAD or POST too (405).
+    ocsp_path = r"/{tail:[\s\S]*}"
+    app.router.add_get(ocsp_path, metrics.observe(handler.get))
+    app.router.add_post(ocsp_path, metrics.observe(handler.post))
+    app.router.add_route("*", ocsp_path, metrics.observe(_not_allowed, not_ocsp))
     return app
 
 

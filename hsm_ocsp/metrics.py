@@ -14,17 +14,19 @@ are not lost; :func:`process_dead` drops only its ``live*`` gauge values.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime as dt
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from prometheus_client import (
@@ -196,6 +198,10 @@ class Metrics(Events):
         self._request_children: dict[tuple[str, str], Counter] = {}
         self._cert_children = {s: self.cert_statuses.labels(s.value) for s in CertStatus}
         self._cache_children = {r: self.cache_lookups.labels(r) for r in CACHE_RESULTS}
+        # Counted, not yet written (see _flush_soon).
+        self._done: list[tuple[str, Reply | None, float]] = []
+        self._lookups: list[str] = []
+        self._flush_scheduled = False
 
     # --- sources of values ----------------------------------------------
 
@@ -242,7 +248,8 @@ class Metrics(Events):
 
     # Events (from the service)
     def cache_lookup(self, result: str) -> None:
-        self._cache_children[result].inc()
+        self._lookups.append(result)
+        self._flush_soon()
 
     def sign_failed(self) -> None:
         self.sign_errors.inc()
@@ -251,24 +258,70 @@ class Metrics(Events):
 
     def request_done(self, method: str, reply: Reply | None, seconds: float) -> None:
         """Count one OCSP HTTP request; ``reply`` is None when none was sent."""
-        if method not in METHODS:
-            method = OTHER_METHOD
-        status = HTTP_ERROR if reply is None else OCSP_STATUS_NAMES[reply.status]
-        child = self._request_children.get((method, status))
-        if child is None:
-            child = self._request_children[method, status] = self.requests.labels(method, status)
-        child.inc()
-        for cert_status in reply.cert_statuses if reply is not None else ():
-            self._cert_children[cert_status].inc()
-        self.request_duration.observe(seconds)
+        self._done.append((method, reply, seconds))
+        self._flush_soon()
 
-    def middleware(self, skip_paths: Iterable[str]) -> Middleware:
-        """Times and counts every request except those to ``skip_paths``."""
+    def _flush_soon(self) -> None:
+        """Write the counts at the end of this loop turn, with the turn's other requests.
+
+        Each write to a metric takes a lock and, with several workers, writes the
+        shared file: per request that was most of the metrics' cost. A loop turn
+        under load answers many requests and a metric is written once for all of
+        them, a few microseconds after the answers; this process's /metrics flushes
+        first, so it always counts every request it answered.
+        """
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a direct call): count now
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the requests and cache look-ups counted since the last flush."""
+        self._flush_scheduled = False
+        done, self._done = self._done, []
+        lookups, self._lookups = self._lookups, []
+        requests: collections.Counter[tuple[str, str]] = collections.Counter()
+        certs: collections.Counter[CertStatus] = collections.Counter()
+        observe = self.request_duration.observe
+        for method, reply, seconds in done:
+            if reply is None:
+                requests[method, HTTP_ERROR] += 1
+            else:
+                requests[method, OCSP_STATUS_NAMES[reply.status]] += 1
+                certs.update(reply.cert_statuses)
+            observe(seconds)
+        for (method, status), count in requests.items():
+            if method not in METHODS:
+                method = OTHER_METHOD
+            child = self._request_children.get((method, status))
+            if child is None:
+                child = self.requests.labels(method, status)
+                self._request_children[method, status] = child
+            child.inc(count)
+        for cert_status, count in certs.items():
+            self._cert_children[cert_status].inc(count)
+        for result, count in collections.Counter(lookups).items():
+            self._cache_children[result].inc(count)
+
+    def observe(
+        self, handler: Handler, skip_paths: Iterable[str] = ()
+    ) -> Callable[[web.Request], Awaitable[StreamResponse]]:
+        """``handler``, timed and counted, except for requests to ``skip_paths``.
+
+        A wrapper on the OCSP routes rather than a middleware: with no
+        middleware, aiohttp calls the handler without building a chain for each
+        request.
+        """
         skip = frozenset(skip_paths)
+        done = self.request_done
 
-        @web.middleware
-        async def observe(request: web.Request, handler: Handler) -> StreamResponse:
-            if request.path in skip:
+        async def observed(request: web.Request) -> StreamResponse:
+            if skip and request.path in skip:
                 return await handler(request)
             started = time.perf_counter()
             reply: Reply | None = None
@@ -277,12 +330,13 @@ class Metrics(Events):
                 reply = request.get(REPLY)
                 return response
             finally:
-                self.request_done(request.method, reply, time.perf_counter() - started)
+                done(request.method, reply, time.perf_counter() - started)
 
-        return observe
+        return observed
 
     def exposition(self) -> bytes:
         """The Prometheus text of this process, or of all workers in multiprocess mode."""
+        self.flush()
         directory = os.environ.get(MULTIPROC_ENV)
         if not directory:
             return generate_latest(self.registry)

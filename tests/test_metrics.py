@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import os
@@ -22,6 +23,9 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from hsm_ocsp import __version__
+from hsm_ocsp.metrics import Metrics
+from hsm_ocsp.model import CertStatus, OCSPResponseStatus
+from hsm_ocsp.service import Reply
 
 from .conftest import CASetup, RunningServer, SoftHSM, build_ca, free_port, write_config
 from .requests import build_request
@@ -351,3 +355,38 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.2)
+
+
+def _registry_samples(metrics: Metrics) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+    }
+
+
+async def test_requests_of_one_loop_turn_are_counted_when_the_turn_ends() -> None:
+    metrics = Metrics()
+    good = Reply(b"", OCSPResponseStatus.SUCCESSFUL, cert_statuses=(CertStatus.GOOD,))
+    for _ in range(3):
+        metrics.cache_lookup("hit")
+        metrics.request_done("GET", good, 0.0002)
+    metrics.request_done("PUT", None, 0.0001)
+    assert value(_registry_samples(metrics), "hsm_ocsp_request_duration_seconds_count") == 0
+
+    await asyncio.sleep(0)  # the loop turns once
+
+    samples = _registry_samples(metrics)
+    requests = "hsm_ocsp_requests_total"
+    assert value(samples, requests, method="GET", ocsp_status="successful") == 3
+    assert value(samples, requests, method="other", ocsp_status="http_error") == 1
+    assert value(samples, "hsm_ocsp_cert_status_total", status="good") == 3
+    assert value(samples, "hsm_ocsp_cache_lookups_total", result="hit") == 3
+    assert value(samples, "hsm_ocsp_request_duration_seconds_count") == 4
+
+
+async def test_metrics_page_counts_the_requests_of_the_current_turn() -> None:
+    metrics = Metrics()
+    metrics.request_done("POST", None, 0.0001)
+    text = metrics.exposition().decode()
+    assert 'hsm_ocsp_requests_total{method="POST",ocsp_status="http_error"} 1.0' in text
