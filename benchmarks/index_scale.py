@@ -1,10 +1,13 @@
-"""Load a 1,000,000-line index the way a worker does; print seconds and RSS.
+"""Load and reload a 1,000,000-line index the way a worker does; print seconds and RSS.
 
     python benchmarks/index_scale.py [--lines 1000000]
 
 Target (issue 5): at most 2 s and 250 MB resident per process. The index is
 generated in ``openssl ca``'s format, one line in ten revoked, 16-byte serials.
-The parse runs in a fresh child process so its RSS is that of one worker.
+Each measurement runs in a fresh child process that first imports what a worker
+imports, so its RSS is that of one worker; it loads the index, then reloads it
+after one line changed (both versions are held during a reload: the peak).
+benchmarks/reload_under_load.py does the same to a serving responder under load.
 """
 
 from __future__ import annotations
@@ -33,16 +36,49 @@ def write_index(path: Path, lines: int) -> None:
                 out.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=host-{i}.example.com\n")
 
 
+def write_revoked_copy(path: Path, out_path: Path) -> None:
+    """``path`` with its first V line revoked, as ``openssl ca -revoke`` would write it."""
+    done = False
+    with path.open() as lines, out_path.open("w") as out:
+        for line in lines:
+            if not done and line.startswith("V\t"):
+                fields = line.split("\t")
+                fields[0], fields[2] = "R", "261124000000Z,keyCompromise"
+                line = "\t".join(fields)
+                done = True
+            out.write(line)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def measure(path: Path) -> None:
+    """Load as a worker does (its modules imported first), then reload a changed file."""
     sys.path.insert(0, str(ROOT))
+    import hsm_ocsp.http  # noqa: F401  # everything a worker holds besides the index
     from hsm_ocsp.index_source import IndexSource
 
+    base = _rss_mib()
     source = IndexSource("scale", path)
     started = time.perf_counter()
     snapshot = source.load()
     seconds = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{len(snapshot):,} entries in {seconds:.2f} s, peak RSS {rss_mb:.0f} MB")
+    loaded = _rss_mib()
+    # A reload, as after ``openssl ca -revoke``: one line changed, the file replaced.
+    path.with_suffix(".new").replace(path)
+    started = time.perf_counter()
+    source.load()
+    reload_seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"{len(snapshot):,} entries: load {seconds:.2f} s, reload {reload_seconds:.2f} s; "
+        f"RSS MiB: {base:.0f} before, {loaded:.0f} loaded, peak {peak:.0f} "
+        f"(during the reload both versions are held)"
+    )
 
 
 def main() -> int:
@@ -57,6 +93,7 @@ def main() -> int:
         path = Path(tmp) / "index.txt"
         write_index(path, args.lines)
         for _ in range(3):
+            write_revoked_copy(path, path.with_suffix(".new"))
             subprocess.run([sys.executable, __file__, "--measure", str(path)], check=True)
     return 0
 

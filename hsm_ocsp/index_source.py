@@ -60,7 +60,7 @@ class IndexSource:
         self._seen = _key(info)
         with file:  # parsed line by line: a large index is never held whole
             try:
-                snapshot = parse_index_stream(file, self.path)
+                snapshot = parse_index_stream(file, self.path, self.snapshot)
             except OSError as exc:
                 raise IndexFormatError(self.path, None, f"cannot read: {exc.strerror}") from None
         if not snapshot and self.snapshot:  # truncated by a writer that has not written yet

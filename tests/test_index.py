@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from hsm_ocsp.errors import IndexFormatError
-from hsm_ocsp.index import parse_index, parse_time
+from hsm_ocsp.index import IndexSnapshot, parse_index, parse_time
 from hsm_ocsp.model import RevocationReason
 
 UTC = dt.UTC
@@ -171,3 +171,92 @@ def test_a_bad_line_deep_in_a_large_file_is_named() -> None:
     with pytest.raises(IndexFormatError, match="not hexadecimal") as info:
         parse_index(data, "i")
     assert info.value.line == 0x1ADB0 + 2  # 1-based, after the comment line
+
+
+# --- a reload re-reads the new version against the snapshot in service -------------
+
+
+def _reload(new: bytes, old: bytes) -> IndexSnapshot:
+    import io
+
+    from hsm_ocsp.index import parse_index_stream
+
+    base = parse_index(old, "i")
+    return parse_index_stream(io.BytesIO(new), "i", base)
+
+
+def _revoke(data: bytes, serial: int, revinfo: str = "261124000000Z,superseded") -> bytes:
+    old = f"V\t301231235959Z\t\t{serial:08X}\t".encode()
+    assert old in data
+    return data.replace(old, f"R\t301231235959Z\t{revinfo}\t{serial:08X}\t".encode())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "none",
+        "revoke two",
+        "append new",
+        "remove some",
+        "revoked changes reason",
+        "other index",
+    ],
+)
+def test_reload_against_the_old_snapshot_gives_what_a_fresh_parse_gives(change: str) -> None:
+    old = big_index(120_000)  # several blocks
+    new = old
+    if change == "revoke two":
+        new = _revoke(_revoke(old, 1), 119_999)
+    elif change == "append new":
+        new = old + b"".join(line("V", "", f"{n:08X}").encode() for n in range(200_000, 200_050))
+    elif change == "remove some":
+        new = old.replace(b"V\t301231235959Z\t\t00000001\tunknown\t/CN=host-1.example.com\n", b"")
+        new = new.replace(b"\t00000014\tunknown\t/CN=r\n", b"\t0000FFFF14\tunknown\t/CN=r\n")
+    elif change == "revoked changes reason":
+        new = old.replace(b"250101000000Z,keyCompromise\t0000000A\t", b"250101000000Z\t0000000A\t")
+    elif change == "other index":
+        new = big_index(5_000)
+    reloaded = _reload(new, old)
+    fresh = parse_index(new, "i")
+    assert reloaded.entries == fresh.entries
+    assert dict(reloaded.counts) == dict(fresh.counts)
+    if change == "revoke two":
+        revocation = reloaded.entries[1]
+        assert revocation is not None and revocation.reason is RevocationReason.SUPERSEDED
+    if change == "remove some":
+        assert 1 not in reloaded.entries and 0x14 not in reloaded.entries
+        assert 0xFFFF14 in reloaded.entries
+
+
+def test_reload_shares_the_unchanged_entries_of_the_old_snapshot() -> None:
+    import io
+
+    from hsm_ocsp.index import parse_index_stream
+
+    old_data = big_index(50_000)
+    base = parse_index(old_data, "i")
+    new = parse_index_stream(io.BytesIO(_revoke(old_data, 1)), "i", base)
+    old_keys = {id(k): k for k in base.entries}
+    assert all(id(k) in old_keys for k in new.entries)  # no second copy of the serials
+    assert new.entries[0] is base.entries[0]  # an unchanged revocation, shared
+    assert base.entries[1] is None  # the old snapshot is untouched
+    assert new.entries[1] is not None
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (b"V\t301231235959Z\t\t00000002\tunknown\t/CN=again\n", "appears twice"),
+        (b"R\t301231235959Z\t250101000000Z,keyCompromise\t00000003\tunknown\t/CN=x\n", "twice"),
+        (b"V\t301231235959Z\t\t0000ZZ\tunknown\t/CN=x\n", "not hexadecimal"),
+        (b"V\t301231235959Z\t\t00ABCDEF\tunknown", "newline"),
+    ],
+)
+def test_a_reload_names_the_bad_line_as_a_fresh_parse_does(bad: bytes, message: str) -> None:
+    old = big_index(120_000)
+    new = old + bad
+    with pytest.raises(IndexFormatError) as fresh:
+        parse_index(new, "i")
+    with pytest.raises(IndexFormatError, match=message) as reloaded:
+        _reload(new, old)
+    assert str(reloaded.value) == str(fresh.value)
