@@ -15,6 +15,7 @@ are not lost; :func:`process_dead` drops only its ``live*`` gauge values.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import datetime as dt
 import logging
@@ -285,19 +286,21 @@ class Metrics(Events):
         self._flush_scheduled = False
         done, self._done = self._done, []
         lookups, self._lookups = self._lookups, []
-        requests: collections.Counter[tuple[str, str]] = collections.Counter()
-        certs: collections.Counter[CertStatus] = collections.Counter()
-        observe = self.request_duration.observe
-        for method, reply, seconds in done:
-            if reply is None:
-                requests[method, HTTP_ERROR] += 1
-            else:
-                requests[method, OCSP_STATUS_NAMES[reply.status]] += 1
-                certs.update(reply.cert_statuses)
-            observe(seconds)
-        for (method, status), count in requests.items():
+        # A cached reply answers many requests: count by reply, then by label.
+        by_reply: dict[tuple[str, int], tuple[Reply | None, int]] = {}
+        for method, reply, _ in done:
+            key = (method, id(reply))
+            by_reply[key] = (reply, by_reply.get(key, (reply, 0))[1] + 1)
+        requests: dict[tuple[str, str], int] = {}
+        certs: dict[CertStatus, int] = {}
+        for (method, _), (reply, count) in by_reply.items():
             if method not in METHODS:
                 method = OTHER_METHOD
+            status = HTTP_ERROR if reply is None else OCSP_STATUS_NAMES[reply.status]
+            requests[method, status] = requests.get((method, status), 0) + count
+            for cert_status in reply.cert_statuses if reply is not None else ():
+                certs[cert_status] = certs.get(cert_status, 0) + count
+        for (method, status), count in requests.items():
             child = self._request_children.get((method, status))
             if child is None:
                 child = self.requests.labels(method, status)
@@ -307,6 +310,8 @@ class Metrics(Events):
             self._cert_children[cert_status].inc(count)
         for result, count in collections.Counter(lookups).items():
             self._cache_children[result].inc(count)
+        if done:
+            _observe_all(self.request_duration, [seconds for _, _, seconds in done])
 
     def observe(
         self, handler: Handler, skip_paths: Iterable[str] = ()
@@ -347,6 +352,22 @@ class Metrics(Events):
     async def handle(self, request: web.Request) -> web.Response:
         body = self.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _observe_all(histogram: Histogram, values: list[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values``: each bucket and the sum written once.
+
+    prometheus_client has no call for many observations; this uses the
+    histogram's own bucket bounds and values, as ``observe`` does.
+    """
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value
+    histogram._sum.inc(sum(values))
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
 
 
 def create_metrics_app(metrics: Metrics) -> web.Application:

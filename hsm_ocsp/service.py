@@ -10,6 +10,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import time
@@ -90,7 +91,13 @@ class _CacheEntry:
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+    """Now, to the second (every cached answer asks)."""
+    return _utc_at(int(time.time()))
+
+
+@functools.lru_cache(maxsize=1)
+def _utc_at(seconds: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
 
 
 class OCSPService:

@@ -390,3 +390,26 @@ async def test_metrics_page_counts_the_requests_of_the_current_turn() -> None:
     metrics.request_done("POST", None, 0.0001)
     text = metrics.exposition().decode()
     assert 'hsm_ocsp_requests_total{method="POST",ocsp_status="http_error"} 1.0' in text
+
+
+def test_observations_written_together_fill_the_same_buckets_as_one_by_one() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from hsm_ocsp.metrics import BUCKETS, _observe_all
+
+    durations = [0.0, 0.0001, 0.00011, 0.001, 0.0099, 0.01, 9.9, 10.0, 11.0, 3600.0]
+    one, many = CollectorRegistry(), CollectorRegistry()
+    single = Histogram("d", "d", buckets=BUCKETS, registry=one)
+    for seconds in durations:
+        single.observe(seconds)
+    _observe_all(Histogram("d", "d", buckets=BUCKETS, registry=many), durations)
+    samples = [
+        [
+            (s.name, s.labels, s.value)
+            for family in r.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+        for r in (one, many)
+    ]
+    assert len(samples[0]) > len(BUCKETS) and samples[0] == samples[1]
