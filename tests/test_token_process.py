@@ -167,34 +167,24 @@ def test_child_dies_with_its_worker(softhsm: SoftHSM, tmp_path: Path) -> None:
         worker.wait()
 
 
-async def test_signing_keeps_its_pace_next_to_a_busy_event_loop(
-    rsa_token: tuple[TokenProcess, object],
-) -> None:
-    """FACTS.md: a signing thread next to a busy loop fell to 4 % of its rate.
+async def _sign_rate(signer: TokenProcess, seconds: float) -> float:
+    """Signatures a second for 16 callers that keep the signer's queue full."""
+    done = 0
+    stop = time.monotonic() + seconds
 
-    The signer process does not share the worker's GIL, so a loop that is busy
-    all the time (short CPU-bound steps, as under HTTP load) barely slows it
-    while enough calls wait in its queue.
-    The precise figure comes from benchmarks/signing_under_load.py; this checks
-    the loose bound that the thread design fails.
-    """
-    token, _ = rsa_token
-    await token.open()
+    async def caller() -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await signer.sign("root", b"x")
+            done += 1
 
-    async def rate(seconds: float) -> float:
-        done = 0
-        stop = time.monotonic() + seconds
+    await asyncio.gather(*(caller() for _ in range(16)))
+    return done / seconds
 
-        async def caller() -> None:
-            nonlocal done
-            while time.monotonic() < stop:
-                await token.sign("root", b"x")
-                done += 1
 
-        await asyncio.gather(*(caller() for _ in range(16)))
-        return done / seconds
-
-    idle = await rate(1.0)
+async def _idle_and_busy(signer: TokenProcess) -> tuple[float, float]:
+    """The sign rate with an idle event loop, then with one busy all the time."""
+    idle = await _sign_rate(signer, 1.0)
     busy = True
 
     async def busy_loop() -> None:
@@ -204,12 +194,30 @@ async def test_signing_keeps_its_pace_next_to_a_busy_event_loop(
 
     spinner = asyncio.create_task(busy_loop())
     try:
-        loaded = await rate(1.0)
+        loaded = await _sign_rate(signer, 1.0)
     finally:
         busy = False
         await spinner
-    assert idle > 100
-    assert loaded >= 0.5 * idle, f"idle {idle:.0f}/s, next to a busy loop {loaded:.0f}/s"
+    return idle, loaded
+
+
+async def test_signing_keeps_its_pace_next_to_a_busy_event_loop(
+    rsa_token: tuple[TokenProcess, object],
+) -> None:
+    """The signer process does not share the worker's GIL.
+
+    A loop busy all the time (short CPU-bound steps, as under HTTP load) takes
+    one core, so the child keeps a large part of its idle rate; a signer that
+    needed the loop's cooperation for each signature would collapse here. The
+    bound is loose because other load on the machine moves it; the thread
+    design's fall (FACTS.md: to 4 %) and the figures are measured side by side
+    by benchmarks/signing_under_load.py.
+    """
+    token, _ = rsa_token
+    await token.open()
+    idle, busy = await _idle_and_busy(token)
+    assert idle > 100, f"idle {idle:.0f}/s"
+    assert busy >= 0.25 * idle, f"idle {idle:.0f}/s, next to a busy loop {busy:.0f}/s"
 
 
 async def test_a_child_stuck_in_a_call_is_replaced(softhsm: SoftHSM) -> None:
