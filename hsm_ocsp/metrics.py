@@ -22,8 +22,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -432,11 +434,51 @@ class AccessLogger(AbstractAccessLogger):
     """
 
     _MEMO_SIZE = 1024
+    # The attributes of a record that are the same for every line of one thread
+    # of one process (file, module, thread and process names): see _record.
+    _template: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
         # id(reply) -> (reply, fields); holding the reply keeps its id from being reused
         self._memo: dict[int, tuple[Reply, tuple[str | None, tuple[str, ...], str, bool]]] = {}
+
+    def _make(self, args: tuple[object, ...], extra: dict[str, object] | None) -> logging.LogRecord:
+        logger = self.logger
+        return logger.makeRecord(
+            logger.name, logging.INFO, "(unknown file)", 0, _ACCESS_FORMAT, args, None,
+            "(unknown function)", extra,
+        )  # fmt: skip
+
+    def _record(self, args: tuple[object, ...], fields: dict[str, Any]) -> logging.LogRecord:
+        """The record ``Logger.makeRecord`` would make, from a template of the fixed parts.
+
+        LogRecord() works out the same file, module, thread and process names for
+        every line; under load that was a quarter of the access log's cost
+        (about 4 us of a cached answer's 60). Only the times, the arguments and
+        the fields move. A custom record factory gets its own records.
+        """
+        if logging.getLogRecordFactory() is not logging.LogRecord:
+            return self._make(args, {"fields": fields})
+        template = AccessLogger._template
+        if (
+            template is None
+            or template["thread"] != threading.get_ident()
+            or template["process"] != os.getpid()
+        ):
+            template = AccessLogger._template = dict(vars(self._make((), None)))
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        attributes = record.__dict__
+        attributes.update(template)
+        now = time.time()
+        attributes["created"] = now
+        attributes["msecs"] = int((now - int(now)) * 1000) + 0.0
+        attributes["relativeCreated"] = (
+            template["relativeCreated"] + (now - template["created"]) * 1000
+        )
+        attributes["args"] = args
+        attributes["fields"] = fields
+        return record
 
     def _fields(self, reply: Reply | None) -> tuple[str | None, tuple[str, ...], str, bool]:
         if reply is None:
@@ -486,10 +528,6 @@ class AccessLogger(AbstractAccessLogger):
                 duration_ms,
                 remote or "-",
             )
-            record = logger.makeRecord(
-                logger.name, logging.INFO, "(unknown file)", 0, _ACCESS_FORMAT, args, None,
-                "(unknown function)", {"fields": fields},
-            )  # fmt: skip
-            logger.handle(record)
+            logger.handle(self._record(args, fields))
         except Exception:  # a log line must never break a response
             access_log.exception("cannot write access log line")

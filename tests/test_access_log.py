@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from hsm_ocsp.http_keys import REPLY
+from hsm_ocsp.metrics import AccessLogger
+from hsm_ocsp.model import CertStatus, OCSPResponseStatus
+from hsm_ocsp.service import Reply
 
 from .conftest import PIN, RunningServer, SoftHSM, build_ca, free_port, write_config
 from .requests import build_request
@@ -96,3 +102,43 @@ def test_text_access_log_has_one_line_per_request(
         ("POST", "-", "200", "successful", "revoked,unknown", "no"),
         ("POST", "-", "200", "malformedRequest", "-", "no"),
     ]
+
+
+def test_access_log_record_has_what_logger_makerecord_gives() -> None:
+    """Records are built from a template of the fixed parts; a handler must not see it."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    class Request(dict[object, object]):
+        method = "GET"
+        raw_path = "/root/MEow"
+        remote = "127.0.0.1"
+
+    class Response:
+        status = 200
+
+    logger = logging.getLogger("hsm_ocsp.access.template-test")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    reply = Reply(b"x", OCSPResponseStatus.SUCCESSFUL, "root", (CertStatus.GOOD,), cached=True)
+    for _ in range(2):  # the second line comes from the template
+        access = AccessLogger(logger, "")
+        access.log(Request({REPLY: reply}), Response(), 0.0015)  # type: ignore[arg-type]
+    expected = logger.makeRecord(
+        logger.name, logging.INFO, "(unknown file)", 0, "", (), None, "(unknown function)"
+    )
+    for record in records:
+        assert set(vars(record)) == set(vars(expected)) | {"fields"}
+        for name in ("levelname", "pathname", "module", "thread", "process", "processName"):
+            assert getattr(record, name) == getattr(expected, name)
+        assert abs(record.created - expected.created) < 5
+        assert record.getMessage() == (
+            "GET ca=- path_length=10 http=200 ocsp=successful certs=good cached=yes "
+            "1.500ms remote=127.0.0.1"
+        )
+        assert record.fields["cert_statuses"] == ["good"]  # type: ignore[attr-defined]
+    assert records[0].created <= records[1].created
