@@ -2,9 +2,10 @@
 
     python benchmarks/bare_server.py --port 8081 --size 1500 --workers 2
 
-Every worker binds 127.0.0.1:PORT with SO_REUSEPORT, as ``hsm-ocsp serve``
-does, reads the request body and answers the same fixed bytes with the OCSP
-content type. Used by benchmarks/run.py only.
+Every worker binds 127.0.0.1:PORT with SO_REUSEPORT and runs the event loop
+``hsm-ocsp serve`` runs (uvloop), as hsm-ocsp does, reads the request body and
+answers the same fixed bytes with the OCSP content type. Used by
+benchmarks/run.py only.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
+from pathlib import Path
 
 from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hsm_ocsp.serve import new_event_loop
 
 
 def main() -> None:
@@ -35,7 +41,15 @@ def main() -> None:
             break
     else:  # the first process: take its children with it
         signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
-    web.run_app(app, host="127.0.0.1", port=args.port, reuse_port=True, access_log=None, print=None)
+    web.run_app(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        reuse_port=True,
+        access_log=None,
+        print=None,
+        loop=new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from .metrics import (
     remove_multiprocess_dir,
 )
 
-__all__ = ["EXIT_CONFIG", "run_server"]
+__all__ = ["EXIT_CONFIG", "new_event_loop", "run_server"]
 
 log = logging.getLogger("hsm_ocsp.serve")
 EXIT_CONFIG = 2
@@ -97,13 +97,28 @@ async def _serve(config: Config, reuse_port: bool) -> None:
         await runner.cleanup()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A worker's event loop: uvloop's (a dependency), or asyncio's where it is missing.
+
+    uvloop answered a cached request with about 10 % less CPU than asyncio's
+    own loop (wrk, 2 workers, 4 alternating pairs).
+    """
+    try:
+        import uvloop
+    except ImportError:  # e.g. a venv built with --no-deps on a host without it
+        log.warning("uvloop is not installed; using asyncio's event loop")
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def run_worker(config: Config, *, reuse_port: bool) -> int:
     """Run one worker until SIGTERM; the exit code says why it ended."""
     # A reload asked for while the worker starts must not kill it; the event
     # loop's SIGHUP handler (an index reload) replaces this once the app runs.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        asyncio.run(_serve(config, reuse_port))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(_serve(config, reuse_port))
     except (ConfigError, IndexFormatError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
