@@ -10,11 +10,15 @@ opens the token, because a PKCS#11 module must be initialised after fork.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from typing import TextIO
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -49,8 +53,72 @@ class _UnparsableRequests(logging.Filter):
         return not isinstance(exc, HttpProcessingError)
 
 
+class _TurnBufferedStream:
+    """A log stream that writes the event loop's lines once a loop turn.
+
+    Each access log line was a write() system call of its own. Under load one
+    loop turn answers many requests: their lines now go out together at the end
+    of the turn (``call_soon``), a few microseconds after they were logged.
+    Lines from other threads, or while the loop does not run, are written at
+    once, after the ones waiting.
+    """
+
+    def __init__(self, stream: TextIO, loop: asyncio.AbstractEventLoop) -> None:
+        self.stream = stream
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def _on_loop(self) -> bool:
+        return threading.get_ident() == self._loop_thread and self._loop.is_running()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._lines.append(text)
+            first = len(self._lines) == 1
+        if not self._on_loop():
+            self.write_lines()
+        elif first:
+            self._loop.call_soon(self.write_lines)
+        return len(text)
+
+    def flush(self) -> None:
+        """What ``StreamHandler`` calls after each line: on the loop, wait for the turn's end."""
+        if not self._on_loop():
+            self.write_lines()
+
+    def write_lines(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            if lines:
+                self.stream.write("".join(lines))
+                self.stream.flush()
+
+
+@contextlib.contextmanager
+def _log_lines_once_a_turn(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Give the root logger's stream handlers a :class:`_TurnBufferedStream` meanwhile."""
+    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    streams = [(h, h.stream) for h in handlers]
+    buffered = [_TurnBufferedStream(stream, loop) for _, stream in streams]
+    for (handler, _), stream in zip(streams, buffered, strict=True):
+        handler.stream = stream
+    try:
+        yield
+    finally:
+        for (handler, original), stream in zip(streams, buffered, strict=True):
+            stream.write_lines()
+            handler.stream = original
+
+
 async def _serve(config: Config, reuse_port: bool) -> None:
     logging.getLogger("aiohttp.server").addFilter(_UnparsableRequests())
+    with _log_lines_once_a_turn(asyncio.get_running_loop()):
+        await _serve_app(config, reuse_port)
+
+
+async def _serve_app(config: Config, reuse_port: bool) -> None:
     app = create_app(config, handle_signals=True)
     runner = web.AppRunner(
         app,

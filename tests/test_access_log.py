@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
 import logging
 import re
@@ -13,6 +15,7 @@ from typing import Any
 from hsm_ocsp.http_keys import REPLY
 from hsm_ocsp.metrics import AccessLogger
 from hsm_ocsp.model import CertStatus, OCSPResponseStatus
+from hsm_ocsp.serve import _log_lines_once_a_turn
 from hsm_ocsp.service import Reply
 
 from .conftest import PIN, RunningServer, SoftHSM, build_ca, free_port, write_config
@@ -142,3 +145,26 @@ def test_access_log_record_has_what_logger_makerecord_gives() -> None:
         )
         assert record.fields["cert_statuses"] == ["good"]  # type: ignore[attr-defined]
     assert records[0].created <= records[1].created
+
+
+async def test_log_lines_of_a_loop_turn_are_written_when_the_turn_ends() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    log = logging.getLogger("hsm_ocsp.turn-test")
+    try:
+        with _log_lines_once_a_turn(asyncio.get_running_loop()):
+            log.warning("one")
+            log.warning("two")
+            assert stream.getvalue() == ""
+            await asyncio.sleep(0)  # the turn ends
+            assert stream.getvalue() == "one\ntwo\n"
+            log.warning("three")
+            await asyncio.to_thread(log.warning, "four")  # another thread: at once, in order
+            assert stream.getvalue() == "one\ntwo\nthree\nfour\n"
+            log.warning("five")
+        assert stream.getvalue() == "one\ntwo\nthree\nfour\nfive\n"  # serving ended
+        assert handler.stream is stream
+    finally:
+        root.removeHandler(handler)
