@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 import signal
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
 from .conftest import CASetup, free_port, write_config
 from .requests import build_request
 
 
-def status(url: str, setup: CASetup, name: str) -> x509_ocsp.OCSPCertStatus:
+def status(url: str, setup: CASetup, name: str, method: str = "POST") -> x509_ocsp.OCSPCertStatus:
     der = build_request([(setup.ca.certificate, setup.serial(name))])
-    req = urllib.request.Request(
-        url, data=der, headers={"Content-Type": "application/ocsp-request"}
-    )
+    if method == "GET":
+        req = urllib.request.Request(url + urllib.parse.quote(base64.b64encode(der), safe=""))
+    else:
+        req = urllib.request.Request(
+            url, data=der, headers={"Content-Type": "application/ocsp-request"}
+        )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return x509_ocsp.load_der_ocsp_response(resp.read()).certificate_status
 
 
+@pytest.mark.parametrize("method", ["POST", "GET"])
 def test_revocation_by_openssl_ca_is_served_within_seconds(
-    tmp_path: Path, ca_setup: CASetup, serve: object
+    tmp_path: Path, ca_setup: CASetup, serve: object, method: str
 ) -> None:
     port = free_port()
     config = write_config(tmp_path / "c.toml", {"root": ca_setup}, port=port)
@@ -31,17 +38,17 @@ def test_revocation_by_openssl_ca_is_served_within_seconds(
     fresh = ca_setup.ca.issue("fresh")
     ca_setup.certs["fresh"] = fresh
     deadline = time.monotonic() + 5
-    while status(server.url, ca_setup, "fresh") is not x509_ocsp.OCSPCertStatus.GOOD:
+    while status(server.url, ca_setup, "fresh", method) is not x509_ocsp.OCSPCertStatus.GOOD:
         assert time.monotonic() < deadline, "new certificate not served as good"
         time.sleep(0.1)
     # cached as good now; openssl ca rewrites index.txt (new inode) on revoke
     ca_setup.ca.revoke(fresh, "-crl_reason", "keyCompromise")
     started = time.monotonic()
-    while status(server.url, ca_setup, "fresh") is not x509_ocsp.OCSPCertStatus.REVOKED:
+    while status(server.url, ca_setup, "fresh", method) is not x509_ocsp.OCSPCertStatus.REVOKED:
         assert time.monotonic() - started < 3, "revocation not served within 3 s"
         time.sleep(0.05)
     # other entries were not disturbed
-    assert status(server.url, ca_setup, "good") is x509_ocsp.OCSPCertStatus.GOOD
+    assert status(server.url, ca_setup, "good", method) is x509_ocsp.OCSPCertStatus.GOOD
 
 
 def test_sighup_forces_a_reload(tmp_path: Path, ca_setup: CASetup, serve: object) -> None:
