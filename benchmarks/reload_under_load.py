@@ -126,15 +126,16 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> int:
         versions.append(version)
     del text
 
+    issuer = ca.certificate
+    good, revoked = setup.serial("good"), setup.serial("revoked")
+    ders = {s: build_request([(issuer, s)]) for s in [good, revoked, *victims]}
+
     port = free_port()
     config = write_config(tmp / "hsm-ocsp.toml", {"root": setup}, server="workers = 2", port=port)
     started = time.monotonic()
     server = start_server(config, port, tmp / "server.log", timeout=120)
     print(f"serving after {time.monotonic() - started:.1f} s (2 workers, each loads the index)")
     started = time.monotonic()  # times below are from here
-    issuer = ca.certificate
-    good, revoked = setup.serial("good"), setup.serial("revoked")
-    ders = {s: build_request([(issuer, s)]) for s in [good, revoked, *victims]}
     revoked_at: dict[int, float] = {}  # victim -> when its revocation was written
     tally = Tally()
     rss_peak: dict[int, float] = {}
