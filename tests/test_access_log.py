@@ -168,3 +168,20 @@ async def test_log_lines_of_a_loop_turn_are_written_when_the_turn_ends() -> None
         assert handler.stream is stream
     finally:
         root.removeHandler(handler)
+
+
+def test_log_time_worked_out_once_a_second_reads_as_loggings_own() -> None:
+    import random
+
+    from hsm_ocsp.cli import _Formatter, _JsonFormatter
+
+    text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    stock, ours, ours_json = logging.Formatter(text), _Formatter(text), _JsonFormatter()
+    rng = random.Random(5)
+    for i in range(5000):  # times that cross many seconds, back and forth
+        record = logging.LogRecord("hsm_ocsp.access", logging.INFO, "f", 1, "n=%d", (i,), None)
+        record.created = 1_800_000_000 + rng.random() * 20
+        record.msecs = int((record.created - int(record.created)) * 1000) + 0.0
+        assert ours.format(record) == stock.format(record)
+        iso = stock.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+        assert json.loads(ours_json.format(record))["time"] == iso
