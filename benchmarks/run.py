@@ -529,7 +529,7 @@ def machine() -> list[str]:
         f" {platform.system()} {platform.release()}",
         f"- Python {platform.python_version()}; aiohttp {pkg('aiohttp')},"
         f" python-pkcs11 {pkg('python-pkcs11')}, cryptography {pkg('cryptography')},"
-        f" asn1crypto {pkg('asn1crypto')}",
+        f" asn1crypto {pkg('asn1crypto')}, uvloop {pkg('uvloop')}",
         f"- {version('openssl', 'version')}; SoftHSM {version('softhsm2-util', '--version')};"
         f" {version('wrk', '-v')}",
     ]
@@ -576,6 +576,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithms", default="rsa-2048,ec-p256")
     parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="event loop of hsm-ocsp and the bare server (default: uvloop, as served)",
+    )
     parser.add_argument("--sign-loop", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -584,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         sign_loop(args.sign_loop, seconds, args.start_at)
         return 0
     reexec_in_namespace()
+    os.environ["HSM_OCSP_EVENT_LOOP"] = args.loop  # hsm-ocsp and the bare server read it
     for tool in ("wrk", "openssl", "softhsm2-util"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found")
@@ -618,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     report = [
         "# Benchmarks",
         "",
-        f"`python benchmarks/run.py` ({when}; {seconds:g} s a case and server, in two halves",
+        f"`python benchmarks/run.py{' --loop asyncio' if args.loop == 'asyncio' else ''}`"
+        f" ({when}; event loop {args.loop}; {seconds:g} s a case and server, in two halves",
         f"run A B C then C B A; {CONNECTIONS} connections, `wrk -t1 -c{CONNECTIONS}` for every",
         f"server; {INDEX_LINES:,}-line index; every server",
         "2 processes; run took "

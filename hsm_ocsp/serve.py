@@ -38,6 +38,7 @@ __all__ = ["EXIT_CONFIG", "new_event_loop", "run_server"]
 
 log = logging.getLogger("hsm_ocsp.serve")
 EXIT_CONFIG = 2
+EVENT_LOOP_ENV = "HSM_OCSP_EVENT_LOOP"
 _STARTUP_GRACE = 10.0
 
 
@@ -169,8 +170,12 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     """A worker's event loop: uvloop's (a dependency), or asyncio's where it is missing.
 
     uvloop answered a cached request with about 10 % less CPU than asyncio's
-    own loop (wrk, 2 workers, 4 alternating pairs).
+    own loop (wrk, 2 workers, 4 alternating pairs). ``HSM_OCSP_EVENT_LOOP=asyncio``
+    asks for asyncio's loop: to compare (``benchmarks/run.py --loop asyncio``), or
+    where uvloop misbehaves.
     """
+    if os.environ.get(EVENT_LOOP_ENV) == "asyncio":
+        return asyncio.new_event_loop()
     try:
         import uvloop
     except ImportError:  # e.g. a venv built with --no-deps on a host without it

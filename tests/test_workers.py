@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
 from .conftest import CASetup, free_port, write_config
@@ -82,3 +83,20 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
         assert _ask(server.url, der).certificate_status == x509_ocsp.OCSPCertStatus.GOOD
     assert answered > 0 and resets <= 3
     assert server.process.poll() is None
+
+
+def test_workers_run_uvloop_unless_asyncio_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import uvloop
+
+    from hsm_ocsp.serve import EVENT_LOOP_ENV, new_event_loop
+
+    monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
+    loop = new_event_loop()
+    assert isinstance(loop, uvloop.Loop)
+    loop.close()
+    monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
+    loop = new_event_loop()
+    assert isinstance(loop, asyncio.BaseEventLoop) and not isinstance(loop, uvloop.Loop)
+    loop.close()
