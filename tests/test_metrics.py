@@ -160,7 +160,15 @@ def test_counters_move_by_exactly_the_requests_sent(
     assert value(before, "hsm_ocsp_token_up", ca="root") == 1
 
     send_mix(server.url, setup)
-    text, after = scrape(metrics_url)
+    # A worker counts a loop turn's requests at the end of the turn, just after the
+    # answers went out: with two workers the other one may be a moment behind.
+    deadline = time.monotonic() + 5
+    while True:
+        text, after = scrape(metrics_url)
+        counted = sum(v for (name, _), v in after.items() if name == "hsm_ocsp_requests_total")
+        if counted >= sum(EXPECTED_REQUESTS.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
 
     for (method, status), count in EXPECTED_REQUESTS.items():
         got = delta(before, after, "hsm_ocsp_requests_total", method=method, ocsp_status=status)
@@ -225,6 +233,15 @@ def test_a_dead_worker_does_not_reset_the_counters(
     )
     metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     send_mix(server.url, setup)
+    # A worker records a request after its answer is on the way (and a loop turn's
+    # requests at once): wait until every count is in, then kill.
+    deadline = time.monotonic() + 10
+    while any(
+        value(scrape(metrics_url)[1], "hsm_ocsp_requests_total", method=m, ocsp_status=s) != n
+        for (m, s), n in EXPECTED_REQUESTS.items()
+    ):
+        assert time.monotonic() < deadline, "the requests were never all counted"
+        time.sleep(0.05)
     (metrics_dir,) = (tmp_path / "tmp").glob("hsm-ocsp-metrics-*")
     workers = children(server.process.pid)
     assert len(workers) == 2
