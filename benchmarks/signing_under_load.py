@@ -15,8 +15,10 @@ in the reverse order (the machine is shared; the two halves are averaged):
 - process idle / process busy: the same with ``TokenProcess``, the signer
   process that ``hsm-ocsp serve`` uses in each worker.
 
-It prints signatures a second, the ratio to raw, and how many busy steps the
-loop made (a signer that stalls the loop would show there).
+It prints signatures a second, the ratio to raw, how many busy steps the loop
+made (a signer that stalls the loop would show there), and how many calls got
+no answer within the 5 s sign timeout (the in-process thread can starve that
+long next to a busy loop).
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def busy_step() -> None:
     sum(range(4_000))  # some 0.1-0.2 ms of pure Python, like one request
 
 
-async def measure(case: str, uri: str, seconds: float) -> tuple[float, int]:
+async def measure(case: str, uri: str, seconds: float) -> tuple[float, int, int]:
     from pkcs11 import ObjectClass
 
+    from hsm_ocsp.errors import TokenError
     from hsm_ocsp.keys import open_session, public_key_from_token
     from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
     from hsm_ocsp.signing import scheme_for_public_key
@@ -66,7 +69,7 @@ async def measure(case: str, uri: str, seconds: float) -> tuple[float, int]:
         while time.monotonic() < deadline:
             token.sign_here("k", b"x" * 300)
             count += 1
-        return count / seconds, 0
+        return count / seconds, 0, 0
     signer: Token | TokenProcess
     if case.startswith("thread"):
         signer = Token(MODULE, PIN, [spec])
@@ -85,14 +88,17 @@ async def measure(case: str, uri: str, seconds: float) -> tuple[float, int]:
             steps += 1
             await asyncio.sleep(0)
 
-    done = 0
+    done = failed = 0
     stop = time.monotonic() + seconds
 
     async def caller() -> None:
-        nonlocal done
+        nonlocal done, failed
         while time.monotonic() < stop:
-            await signer.sign("k", b"x" * 300)
-            done += 1
+            try:
+                await signer.sign("k", b"x" * 300)
+                done += 1
+            except TokenError:  # e.g. no answer within sign_timeout (5 s)
+                failed += 1
 
     spinner = asyncio.create_task(spin()) if busy else None
     await asyncio.gather(*(caller() for _ in range(CALLERS)))
@@ -103,18 +109,20 @@ async def measure(case: str, uri: str, seconds: float) -> tuple[float, int]:
         await signer.aclose()
     else:
         signer.close()
-    return done / seconds, steps
+    return done / seconds, steps, failed
 
 
-def run_case(case: str, uri: str, seconds: float) -> tuple[float, int]:
-    out = subprocess.run(
+def run_case(case: str, uri: str, seconds: float) -> tuple[float, int, int]:
+    done = subprocess.run(
         [sys.executable, __file__, "--case", case, "--uri", uri, "--seconds", str(seconds)],
-        check=True,
         capture_output=True,
         text=True,
         timeout=seconds + 60,
-    ).stdout.split()
-    return float(out[0]), int(out[1])
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"case {case} failed:\n{done.stderr}")
+    out = done.stdout.split()
+    return float(out[0]), int(out[1]), int(out[2])
 
 
 def main() -> int:
@@ -125,8 +133,8 @@ def main() -> int:
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        rate, steps = asyncio.run(measure(args.case, args.uri, args.seconds))
-        print(rate, steps)
+        rate, steps, failed = asyncio.run(measure(args.case, args.uri, args.seconds))
+        print(rate, steps, failed)
         return 0
 
     from hsm_ocsp.demo import init_softhsm_token
@@ -137,7 +145,10 @@ def main() -> int:
         os.environ["SOFTHSM2_CONF"] = str(conf)
         os.environ["HSM_OCSP_PIN"] = PIN
         print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
-        print(f"{'key':<9} {'case':<13} {'sig/s':>8} {'/ raw':>6} {'loop steps/s':>13}")
+        print(
+            f"{'key':<9} {'case':<13} {'sig/s':>8} {'/ raw':>6} {'loop steps/s':>13}"
+            f" {'timed out':>9}"
+        )
         for algorithm in args.algorithms.split(","):
             uri = f"pkcs11:token={LABEL};object={algorithm}"
             subprocess.run(
@@ -145,19 +156,24 @@ def main() -> int:
                  "--algorithm", algorithm, "--key", uri],
                 check=True, capture_output=True, cwd=ROOT,
             )  # fmt: skip
+            timeouts = dict.fromkeys(CASES, 0)
             rates: dict[str, list[float]] = {c: [] for c in CASES}
             steps: dict[str, list[int]] = {c: [] for c in CASES}
             for order in (CASES, tuple(reversed(CASES))):
                 for case in order:
-                    rate, step = run_case(case, uri, args.seconds)
+                    rate, step, failed = run_case(case, uri, args.seconds)
                     rates[case].append(rate)
+                    timeouts[case] += failed
                     steps[case].append(step)
             raw = sum(rates["raw"]) / len(rates["raw"])
             for case in CASES:
                 rate = sum(rates[case]) / len(rates[case])
                 per_s = sum(steps[case]) / len(steps[case]) / args.seconds
                 shown = f"{per_s:>13,.0f}" if case.endswith("busy") else f"{'':>13}"
-                print(f"{algorithm:<9} {case:<13} {rate:>8,.0f} {rate / raw:>6.2f} {shown}")
+                print(
+                    f"{algorithm:<9} {case:<13} {rate:>8,.0f} {rate / raw:>6.2f} {shown}"
+                    f" {timeouts[case]:>9}"
+                )
         print(f"load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
