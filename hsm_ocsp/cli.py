@@ -3,63 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-import time
 from collections.abc import Sequence
 
 from . import __version__
 from .errors import ConfigError, HsmOcspError, IndexFormatError
+from .logs import setup_logging
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class _Formatter(logging.Formatter):
-    """logging.Formatter with the date and time worked out once a second.
-
-    Every request writes a line; ``time.strftime`` was a few microseconds of
-    each. The output is the same: the cached second plus the record's msecs.
-    """
-
-    _cached: tuple[int, str | None, str] = (-1, None, "")
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        cached_second, cached_format, text = self._cached
-        if second != cached_second or datefmt != cached_format:
-            text = time.strftime(datefmt or self.default_time_format, self.converter(second))
-            self._cached = (second, datefmt, text)  # one assignment: safe across threads
-        if datefmt:
-            return text
-        return f"{text},{int(record.msecs):03d}"  # default_msec_format, "%s,%03d"
-
-
-class _JsonFormatter(_Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            entry.update(extra)
-        return json.dumps(entry, separators=(",", ":"))
-
-
-def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def _parser() -> argparse.ArgumentParser:

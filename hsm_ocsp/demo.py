@@ -316,7 +316,7 @@ def run_demo(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if args.no_serve:
         return 0
-    from .cli import setup_logging
+    from .logs import setup_logging
     from .serve import run_server
 
     config = load_config(setup.config)

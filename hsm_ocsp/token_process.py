@@ -303,7 +303,7 @@ def _serve(sock: socket.socket) -> None:
     setup = read()
     if not isinstance(setup, _Setup):
         return
-    from .cli import setup_logging
+    from .logs import setup_logging
 
     setup_logging(setup.log_format, setup.log_level)
     token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout)

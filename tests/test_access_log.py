@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import io
 import json
 import logging
 import re
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hsm_ocsp.http_keys import REPLY
 from hsm_ocsp.metrics import AccessLogger
@@ -108,7 +113,7 @@ def test_text_access_log_has_one_line_per_request(
 
 
 def test_access_log_record_has_what_logger_makerecord_gives() -> None:
-    """Records are built from a template of the fixed parts; a handler must not see it."""
+    """A logger with a handler of its own gets records through ``logging``, as made there."""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -128,7 +133,7 @@ def test_access_log_record_has_what_logger_makerecord_gives() -> None:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     reply = Reply(b"x", OCSPResponseStatus.SUCCESSFUL, "root", (CertStatus.GOOD,), cached=True)
-    for _ in range(2):  # the second line comes from the template
+    for _ in range(2):
         access = AccessLogger(logger, "")
         access.log(Request({REPLY: reply}), Response(), 0.0015)  # type: ignore[arg-type]
     expected = logger.makeRecord(
@@ -173,10 +178,10 @@ async def test_log_lines_of_a_loop_turn_are_written_when_the_turn_ends() -> None
 def test_log_time_worked_out_once_a_second_reads_as_loggings_own() -> None:
     import random
 
-    from hsm_ocsp.cli import _Formatter, _JsonFormatter
+    from hsm_ocsp.logs import JsonFormatter, TextFormatter
 
     text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    stock, ours, ours_json = logging.Formatter(text), _Formatter(text), _JsonFormatter()
+    stock, ours, ours_json = logging.Formatter(text), TextFormatter(text), JsonFormatter()
     rng = random.Random(5)
     for i in range(5000):  # times that cross many seconds, back and forth
         record = logging.LogRecord("hsm_ocsp.access", logging.INFO, "f", 1, "n=%d", (i,), None)
@@ -185,3 +190,55 @@ def test_log_time_worked_out_once_a_second_reads_as_loggings_own() -> None:
         assert ours.format(record) == stock.format(record)
         iso = stock.formatTime(record, "%Y-%m-%dT%H:%M:%S")
         assert json.loads(ours_json.format(record))["time"] == iso
+
+
+def _access_line(logger: logging.Logger) -> None:
+    class Request(dict[object, object]):
+        method = "POST"
+        raw_path = "/"
+        remote = "127.0.0.1"
+
+    class Response:
+        status = 200
+
+    reply = Reply(b"x", OCSPResponseStatus.SUCCESSFUL, "root", (CertStatus.GOOD,), cached=True)
+    AccessLogger(logger, "").log(Request({REPLY: reply}), Response(), 0.0015)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_direct_access_line_reads_as_the_logging_path_writes_it(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set up as ``serve`` does, the line skips ``logging`` but must not differ."""
+    from hsm_ocsp.logs import direct_handler, setup_logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging(fmt)
+    logger = logging.getLogger("hsm_ocsp.access.direct-test")
+    handler = direct_handler(logger)
+    assert handler is not None and handler is root.handlers[0]
+    _access_line(logger)  # the direct path
+    refuse = logging.Filter("nothing")  # a filter anywhere sends lines through logging
+    logger.addFilter(refuse)
+    assert direct_handler(logger) is None
+    _access_line(logger)  # filtered out by logging itself
+    logger.removeFilter(refuse)
+    keep = logging.Filter()
+    root.addFilter(keep)  # passes everything, but it could change records: logging path
+    assert direct_handler(logger) is None
+    _access_line(logger)
+    root.removeFilter(keep)
+    direct, through_logging = stream.getvalue().splitlines()
+    if fmt == "json":
+        a, b = json.loads(direct), json.loads(through_logging)
+        assert abs(dt.datetime.fromisoformat(a.pop("time")).timestamp() - time.time()) < 5
+        b.pop("time")
+        assert a == b and a["logger"] == "hsm_ocsp.access.direct-test"
+    else:
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+        assert re.fullmatch(stamp + r"INFO hsm_ocsp\.access\.direct-test: POST .*", direct)
+        assert direct[24:] == through_logging[24:]
