@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -25,15 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_index(path: Path, lines: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from tests.pki import generated_index_lines
+
     with path.open("w") as out:
-        for i in range(lines):
-            serial = "0" + secrets.token_hex(16).upper()[1:]
-            if i % 10 == 0:
-                out.write(
-                    f"R\t301231235959Z\t250101000000Z,keyCompromise\t{serial}\tunknown\t/CN=r{i}\n"
-                )
-            else:
-                out.write(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=host-{i}.example.com\n")
+        for line in generated_index_lines(lines):
+            out.write(line + "\n")
 
 
 def write_revoked_copy(path: Path, out_path: Path) -> None:

@@ -28,7 +28,6 @@ import asyncio
 import dataclasses
 import os
 import random
-import secrets
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from hsm_ocsp.demo import init_softhsm_token  # noqa: E402
 from tests.conftest import SoftHSM, build_ca, free_port, start_server, write_config  # noqa: E402
+from tests.pki import generated_index_lines  # noqa: E402
 from tests.requests import build_request  # noqa: E402
 
 PIN = "61730428"
@@ -49,20 +49,6 @@ SO_PIN = "20893174"
 LABEL = "reload-bench"
 CLIENTS = 16
 S = x509_ocsp.OCSPCertStatus
-
-
-def generated_lines(count: int) -> str:
-    """Rows as ``openssl ca`` writes them, one in ten revoked, unique serials."""
-    rows = []
-    for i in range(count):
-        serial = "0" + secrets.token_hex(16).upper()[1:]
-        if i % 10 == 0:
-            rows.append(
-                f"R\t301231235959Z\t250101000000Z,keyCompromise\t{serial}\tunknown\t/CN=g{i}"
-            )
-        else:
-            rows.append(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=gen-{i}")
-    return "\n".join(rows) + "\n"
 
 
 @dataclasses.dataclass
@@ -105,7 +91,9 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> int:
     ca = setup.ca
     victims = [ca.serial_of(ca.issue(f"victim-{i}")) for i in range(args.reloads)]
     real = ca.index.read_text()
-    filler = generated_lines(max(0, args.lines - len(real.splitlines())))
+    filler = "".join(
+        f"{line}\n" for line in generated_index_lines(args.lines - len(real.splitlines()))
+    )
     ca.index.write_text(real + filler)
     print(f"index: {len(ca.index.read_text().splitlines()):,} lines, "
           f"{ca.index.stat().st_size / 2**20:.0f} MiB")  # fmt: skip

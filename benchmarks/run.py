@@ -110,29 +110,13 @@ class Setup:
     nonce: bytes
 
 
-def _index_lines(count: int) -> list[str]:
-    """Generated index rows in the form ``openssl ca`` writes; 1 in 10 revoked."""
-    lines = []
-    for i in range(count):
-        serial = secrets.token_hex(16).upper()
-        if serial[0] in "89ABCDEF":  # a positive INTEGER in 16 bytes
-            serial = "0" + serial[1:]
-        if i % 10 == 0:
-            lines.append(
-                f"R\t301231235959Z\t250101000000Z,keyCompromise\t{serial}\tunknown\t/CN=g{i}"
-            )
-        else:
-            lines.append(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=gen-{i}")
-    return lines
-
-
 def make_ca(tmp: Path, algorithm: str) -> Setup:
     import pkcs11
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     from hsm_ocsp.keys import generate_key_pair, public_key_from_token
-    from tests.pki import OpenSSLCA
+    from tests.pki import OpenSSLCA, generated_index_lines
     from tests.requests import build_request
 
     directory = tmp / algorithm
@@ -143,7 +127,7 @@ def make_ca(tmp: Path, algorithm: str) -> Setup:
     ca.issue("other")
     with ca.index.open("a") as out:
         real = len(ca.index.read_text().splitlines())
-        out.write("\n".join(_index_lines(INDEX_LINES - real)) + "\n")
+        out.write("\n".join(generated_index_lines(INDEX_LINES - real)) + "\n")
 
     label = f"responder-{algorithm}"
     lib = pkcs11.lib(MODULE)

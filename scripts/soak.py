@@ -40,7 +40,6 @@ import importlib.util
 import math
 import os
 import random
-import secrets
 import signal
 import subprocess
 import sys
@@ -59,7 +58,7 @@ from cryptography.x509 import ocsp  # noqa: E402
 from cryptography.x509.oid import OCSPExtensionOID  # noqa: E402
 
 from hsm_ocsp.demo import init_softhsm_token  # noqa: E402
-from tests.pki import OpenSSLCA  # noqa: E402
+from tests.pki import OpenSSLCA, generated_index_lines  # noqa: E402
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 LABEL = "soak"
@@ -99,20 +98,6 @@ def make_token(directory: Path) -> None:
     os.environ["HSM_OCSP_PIN"] = PIN
 
 
-def _index_lines(count: int) -> list[str]:
-    """Generated rows in the form ``openssl ca`` writes; 1 in 10 revoked."""
-    lines = []
-    for i in range(count):
-        serial = "0" + secrets.token_hex(16).upper()[1:]
-        if i % 10 == 0:
-            lines.append(
-                f"R\t301231235959Z\t250101000000Z,keyCompromise\t{serial}\tunknown\t/CN=g{i}"
-            )
-        else:
-            lines.append(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=gen-{i}")
-    return lines
-
-
 @dataclasses.dataclass
 class Setup:
     ca: OpenSSLCA
@@ -138,7 +123,7 @@ def make_setup(directory: Path, args: argparse.Namespace) -> Setup:
         ca.revoke(pem, "-crl_reason", "keyCompromise")
         revoked.append(ca.serial_of(pem))
     with ca.index.open("a") as out:
-        out.write("\n".join(_index_lines(INDEX_LINES - len(good) - len(revoked))) + "\n")
+        out.write("\n".join(generated_index_lines(INDEX_LINES - len(good) - len(revoked))) + "\n")
     for line in ca.index.read_text().splitlines()[len(good) + len(revoked) :][:200]:
         fields = line.split("\t")
         (good if fields[0] == "V" else revoked).append(int(fields[3], 16))

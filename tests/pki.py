@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,24 @@ def run(*args: str | Path, cwd: Path | None = None) -> str:
     if done.returncode != 0:
         raise AssertionError(f"{args} failed ({done.returncode}): {done.stderr}{done.stdout}")
     return done.stdout
+
+
+def generated_index_lines(count: int) -> list[str]:
+    """Index rows as ``openssl ca`` writes them (no newline), for large indexes.
+
+    One in ten revoked; random positive 16-byte serials and unique subjects, so
+    ``openssl ca`` itself accepts the file. Used by the benchmarks and the soak.
+    """
+    lines = []
+    for i in range(count):
+        serial = "0" + secrets.token_hex(16).upper()[1:]
+        if i % 10 == 0:
+            lines.append(
+                f"R\t301231235959Z\t250101000000Z,keyCompromise\t{serial}\tunknown\t/CN=gen-{i}"
+            )
+        else:
+            lines.append(f"V\t301231235959Z\t\t{serial}\tunknown\t/CN=gen-{i}")
+    return lines
 
 
 class OpenSSLCA:
