@@ -366,14 +366,21 @@ def _observe_all(histogram: Histogram, values: list[float]) -> None:
     """``histogram.observe(v)`` for each of ``values``: each bucket and the sum written once.
 
     prometheus_client has no call for many observations; this uses the
-    histogram's own bucket bounds and values, as ``observe`` does.
+    histogram's own bucket bounds and values, as ``observe`` does. Those are
+    private: a prometheus_client that lays them out otherwise gets ``observe``.
     """
-    bounds = histogram._upper_bounds
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
     counts = [0] * len(bounds)
     for value in values:
         counts[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value
-    histogram._sum.inc(sum(values))
-    for bucket, count in zip(histogram._buckets, counts, strict=True):
+    total.inc(sum(values))
+    for bucket, count in zip(buckets, counts, strict=True):
         if count:
             bucket.inc(count)
 

@@ -430,3 +430,35 @@ def test_observations_written_together_fill_the_same_buckets_as_one_by_one() -> 
         for r in (one, many)
     ]
     assert len(samples[0]) > len(BUCKETS) and samples[0] == samples[1]
+
+
+def test_many_observations_at_once_equal_one_by_one() -> None:
+    """The request histogram is filled once a loop turn through private fields."""
+    import random
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from hsm_ocsp.metrics import _observe_all
+
+    one, many = CollectorRegistry(), CollectorRegistry()
+    by_one = Histogram("d", "d", registry=one)
+    at_once = Histogram("d", "d", registry=many)
+    rng = random.Random(7)
+    values = [rng.choice([0.005, 0.1, 10.0, 1e9]) * rng.random() for _ in range(1000)]
+    values += [0.0, 0.005, 0.01, 0.025, 10.0]  # on the bounds: counted in that bucket
+    for v in values:
+        by_one.observe(v)
+    _observe_all(at_once, values)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for metric in registry.collect()
+            for s in metric.samples
+            if not s.name.endswith("_created")
+        }
+
+    expected, got = samples(one), samples(many)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value), key
