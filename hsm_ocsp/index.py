@@ -230,14 +230,10 @@ def _reread_block(
     entries: dict[int, object],
     counts: dict[bytes, int],
 ) -> int:
-    records = _FAST_RECORD.findall(block)
-    if len(records) + len(_COMMENT.findall(block)) != block.count(b"\n"):
+    read = _read_block(block, counts)
+    if read is None:
         raise _NotFast
-    try:
-        good = [int(g, 16) for g, _, _ in records if g]
-        revoked = [(int(s, 16), parse_revocation(r.decode("ascii"))) for _, r, s in records if r]
-    except (ValueError, UnicodeDecodeError):
-        raise _NotFast from None
+    good, revoked = read
     same = dict.fromkeys(good)
     if len(same) != len(good):
         raise _NotFast
@@ -246,11 +242,7 @@ def _reread_block(
     for serial, revocation in revoked:
         before = get(serial)
         entries[serial] = before if before == revocation else revocation
-    expired = block.count(b"\nE\t") + block.startswith(b"E\t")
-    counts[b"E"] += expired
-    counts[b"V"] += len(good) - expired
-    counts[b"R"] += len(revoked)
-    return len(records)
+    return len(good) + len(revoked)
 
 
 def _parse_stream(stream: BinaryIO, path: object, *, fast: bool) -> IndexSnapshot:
@@ -272,27 +264,41 @@ def _parse_stream(stream: BinaryIO, path: object, *, fast: bool) -> IndexSnapsho
     )
 
 
-def _take_block(
-    block: bytes, entries: dict[int, Revocation | None], counts: dict[bytes, int]
-) -> bool:
-    """Add a block of whole lines if every one is well formed; else add nothing."""
+def _read_block(
+    block: bytes, counts: dict[bytes, int]
+) -> tuple[list[int], list[tuple[int, Revocation]]] | None:
+    """The V/E serials and R entries of a block of whole lines, counted in ``counts``.
+
+    None, counting nothing, unless every line is as ``openssl ca`` writes it.
+    """
     records = _FAST_RECORD.findall(block)
     if len(records) + len(_COMMENT.findall(block)) != block.count(b"\n"):
-        return False
+        return None
     try:
         good = [int(g, 16) for g, _, _ in records if g]
         revoked = [(int(s, 16), parse_revocation(r.decode("ascii"))) for _, r, s in records if r]
     except (ValueError, UnicodeDecodeError):
-        return False
-    before = len(entries)
-    entries.update(dict.fromkeys(good))
-    entries.update(revoked)
-    if len(entries) != before + len(records):
-        raise _SerialTwice
+        return None
     expired = block.count(b"\nE\t") + block.startswith(b"E\t")
     counts[b"E"] += expired
     counts[b"V"] += len(good) - expired
     counts[b"R"] += len(revoked)
+    return good, revoked
+
+
+def _take_block(
+    block: bytes, entries: dict[int, Revocation | None], counts: dict[bytes, int]
+) -> bool:
+    """Add a block of whole lines if every one is well formed; else add nothing."""
+    read = _read_block(block, counts)
+    if read is None:
+        return False
+    good, revoked = read
+    before = len(entries)
+    entries.update(dict.fromkeys(good))
+    entries.update(revoked)
+    if len(entries) != before + len(good) + len(revoked):
+        raise _SerialTwice
     return True
 
 
