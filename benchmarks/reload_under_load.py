@@ -39,7 +39,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hsm_ocsp.demo import init_softhsm_token  # noqa: E402
+from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
 from tests.conftest import SoftHSM, build_ca, free_port, start_server, write_config  # noqa: E402
 from tests.pki import generated_index_lines  # noqa: E402
 from tests.requests import build_request  # noqa: E402
@@ -84,9 +84,7 @@ def rss_mib(pid: int) -> float:
 
 async def main_async(args: argparse.Namespace, tmp: Path) -> int:
     conf = tmp / "softhsm2.conf"
-    init_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    os.environ["HSM_OCSP_PIN"] = PIN
+    use_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
     setup = build_ca(tmp / "ca", SoftHSM(conf=conf, label=LABEL, pin=PIN))
     ca = setup.ca
     victims = [ca.serial_of(ca.issue(f"victim-{i}")) for i in range(args.reloads)]

@@ -61,7 +61,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hsm_ocsp.demo import init_softhsm_token  # noqa: E402
+from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -87,9 +87,7 @@ TARGETS = {
 
 def make_token(tmp: Path) -> None:
     conf = tmp / "softhsm2.conf"
-    init_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # before python-pkcs11 loads the module
-    os.environ["HSM_OCSP_PIN"] = PIN
+    use_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
 
 
 @dataclasses.dataclass

@@ -137,13 +137,11 @@ def main() -> int:
         print(rate, steps, failed)
         return 0
 
-    from hsm_ocsp.demo import init_softhsm_token
+    from hsm_ocsp.demo import use_softhsm_token
 
     with tempfile.TemporaryDirectory(prefix="sign-under-load-") as tmp:
         conf = Path(tmp) / "softhsm2.conf"
-        init_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
-        os.environ["SOFTHSM2_CONF"] = str(conf)
-        os.environ["HSM_OCSP_PIN"] = PIN
+        use_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
         print(f"load average before: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
         print(
             f"{'key':<9} {'case':<13} {'sig/s':>8} {'/ raw':>6} {'loop steps/s':>13}"

@@ -158,6 +158,17 @@ def init_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None
     _run(init_token_script(), env=env)
 
 
+def use_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None:
+    """:func:`init_softhsm_token`, then point this process and its children at it.
+
+    Sets SOFTHSM2_CONF (before python-pkcs11 loads the module, which reads it
+    once a process) and HSM_OCSP_PIN. For the tests, benchmarks and soak.
+    """
+    init_softhsm_token(conf, label=label, pin=pin, so_pin=so_pin)
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    os.environ["HSM_OCSP_PIN"] = pin
+
+
 def _make_token(softhsm_dir: Path, pin: str) -> Path:
     conf = softhsm_dir / "softhsm2.conf"
     softhsm_dir.mkdir(parents=True, exist_ok=True)

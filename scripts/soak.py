@@ -57,7 +57,7 @@ from cryptography import x509  # noqa: E402
 from cryptography.x509 import ocsp  # noqa: E402
 from cryptography.x509.oid import OCSPExtensionOID  # noqa: E402
 
-from hsm_ocsp.demo import init_softhsm_token  # noqa: E402
+from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
 from tests.pki import OpenSSLCA, generated_index_lines  # noqa: E402
 
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -93,9 +93,7 @@ fuzz = _load_fuzz()
 
 def make_token(directory: Path) -> None:
     conf = directory / "softhsm2.conf"
-    init_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
-    os.environ["SOFTHSM2_CONF"] = str(conf)  # before python-pkcs11 loads the module
-    os.environ["HSM_OCSP_PIN"] = PIN
+    use_softhsm_token(conf, label=LABEL, pin=PIN, so_pin=SO_PIN)
 
 
 @dataclasses.dataclass

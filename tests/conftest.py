@@ -19,7 +19,7 @@ from typing import Any
 import pkcs11
 import pytest
 
-from hsm_ocsp.demo import init_softhsm_token
+from hsm_ocsp.demo import use_softhsm_token
 from hsm_ocsp.keys import generate_key_pair, public_key_from_token
 from hsm_ocsp.pkcs11_uri import Pkcs11Uri
 
@@ -88,10 +88,7 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHSM:
     """One SoftHSM token for the test session, made by softhsm/init-token.sh."""
     directory = tmp_path_factory.mktemp("softhsm")
     conf = directory / "softhsm2.conf"
-    init_softhsm_token(conf, label=TOKEN_LABEL, pin=PIN, so_pin=SO_PIN)
-    # python-pkcs11 initialises the module once per process: fix the config now.
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    os.environ["HSM_OCSP_PIN"] = PIN
+    use_softhsm_token(conf, label=TOKEN_LABEL, pin=PIN, so_pin=SO_PIN)
     return SoftHSM(conf=conf, label=TOKEN_LABEL)
 
 
