@@ -167,63 +167,12 @@ def test_child_dies_with_its_worker(softhsm: SoftHSM, tmp_path: Path) -> None:
         worker.wait()
 
 
-async def _sign_rate(signer: TokenProcess, seconds: float) -> float:
-    """Signatures a second for 16 callers that keep the signer's queue full."""
-    done = 0
-    stop = time.monotonic() + seconds
-
-    async def caller() -> None:
-        nonlocal done
-        while time.monotonic() < stop:
-            await signer.sign("root", b"x")
-            done += 1
-
-    await asyncio.gather(*(caller() for _ in range(16)))
-    return done / seconds
-
-
-async def _idle_and_busy(signer: TokenProcess) -> tuple[float, float]:
-    """The sign rate with an idle event loop, then with one busy all the time."""
-    idle = await _sign_rate(signer, 1.0)
-    busy = True
-
-    async def busy_loop() -> None:
-        while busy:
-            sum(range(4_000))  # some 0.1-0.2 ms of pure Python, like one request
-            await asyncio.sleep(0)
-
-    spinner = asyncio.create_task(busy_loop())
-    try:
-        loaded = await _sign_rate(signer, 1.0)
-    finally:
-        busy = False
-        await spinner
-    return idle, loaded
-
-
-async def test_signing_keeps_its_pace_next_to_a_busy_event_loop(
-    rsa_token: tuple[TokenProcess, object],
-) -> None:
-    """The signer process does not share the worker's GIL.
-
-    A loop busy all the time (short CPU-bound steps, as under HTTP load) takes
-    one core, so the child keeps a large part of its idle rate; a signer that
-    needed the loop's cooperation for each signature would collapse here. The
-    bound is loose because other load on the machine moves it; the thread
-    design's fall (FACTS.md: to 4 %) and the figures are measured side by side
-    by benchmarks/signing_under_load.py.
-    """
-    token, _ = rsa_token
-    await token.open()
-    idle, busy = await _idle_and_busy(token)
-    assert idle > 100, f"idle {idle:.0f}/s"
-    assert busy >= 0.25 * idle, f"idle {idle:.0f}/s, next to a busy loop {busy:.0f}/s"
-
-
 async def test_a_child_stuck_in_a_call_is_replaced(softhsm: SoftHSM) -> None:
     """SIGSTOP stands in for a C_Sign that never returns."""
     spec, _ = _spec(softhsm, "ec-p256")
-    token = TokenProcess(MODULE, softhsm.pin, [spec], sign_timeout=0.5)
+    # A timeout long enough for a busy machine to start the child and log in.
+    timeout = 2.0
+    token = TokenProcess(MODULE, softhsm.pin, [spec], sign_timeout=timeout)
     try:
         await token.open()
         stuck = token.pid
@@ -232,12 +181,13 @@ async def test_a_child_stuck_in_a_call_is_replaced(softhsm: SoftHSM) -> None:
         started = time.monotonic()
         with pytest.raises(TokenError, match="did not answer"):
             await token.sign("root", b"a")
-        assert not token.up and time.monotonic() - started < 1.0
+        # The call ends at its timeout, not when (if ever) the token answers.
+        assert not token.up and time.monotonic() - started < 2 * timeout
         # While that call is unanswered, others fail at once rather than queue...
         with pytest.raises(TokenError, match="hung"):
             await token.sign("root", b"b")
         # ...and after two timeouts the stuck child is killed and another signs.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * timeout
         while True:
             try:
                 await token.sign("root", b"c")

@@ -11,9 +11,10 @@
 # Environment:
 #   HSM_OCSP_USER           create this system user (uid 10001) and give it the state
 #                           directories; unset on a host build (the test)
-#   HSM_OCSP_REUSE_DEPS     1: make the venv with --system-site-packages and install
-#                           only hsm-ocsp itself (the test: the runtime dependencies are
-#                           on the host already; pip still fetches the build backend)
+#   HSM_OCSP_REUSE_DEPS     1: install only hsm-ocsp itself and let the venv import the
+#                           dependencies from PYTHON's own site-packages (the test: they
+#                           are in the test venv already; pip still fetches the build
+#                           backend)
 #   PYTHON                  interpreter for the venv (default python3)
 set -eu
 SRC=$(cd "${1:?usage: build-image.sh SRC PREFIX}" && pwd)
@@ -42,7 +43,12 @@ cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/hsm_ocsp" "$stage/"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 mkdir -p "$PREFIX"
 if [ "${HSM_OCSP_REUSE_DEPS:-0}" = 1 ]; then
-    "$PYTHON" -m venv --system-site-packages "$PREFIX/venv"
+    # The dependencies are those $PYTHON imports (its venv's site-packages, not the
+    # system's): a .pth file puts its site directories after the new venv's own.
+    "$PYTHON" -m venv "$PREFIX/venv"
+    site=$("$PREFIX/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    "$PYTHON" -c 'import sys; print("\n".join(p for p in sys.path if p.endswith("-packages")))' \
+        > "$site/_hsm_ocsp_host_deps.pth"
     "$PREFIX/venv/bin/python" -m pip install -q --no-deps "$stage"
 else
     "$PYTHON" -m venv "$PREFIX/venv"
