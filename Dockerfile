@@ -4,7 +4,6 @@ FROM debian:bookworm-slim
 
 COPY pyproject.toml README.md /src/
 COPY hsm_ocsp /src/hsm_ocsp
-COPY softhsm /src/softhsm
 COPY deploy/docker /src/deploy/docker
 RUN HSM_OCSP_USER=hsm-ocsp /src/deploy/docker/build-image.sh /src /opt/hsm-ocsp \
     && rm -rf /src

@@ -6,15 +6,19 @@ DEMO_DIR ?= demo
 DEBIAN_PACKAGES := softhsm2 openssl gnutls-bin p11-kit python3-venv python3-dev gcc \
 	prometheus nginx wrk hey procps systemd
 
-.PHONY: demo test lint deps system-deps clean
+.PHONY: demo test test-fast lint deps system-deps clean
 
 ## Start a responder on a demo SoftHSM token and demo CA (Ctrl-C stops it).
 demo: deps
 	HSM_OCSP_PIN=$${HSM_OCSP_PIN:-1234} $(VENV)/bin/hsm-ocsp demo --dir $(DEMO_DIR)
 
-## Run lint, types and the whole test suite.
+## Run lint, types and the whole test suite (what CI runs).
 test: deps lint
 	$(PY) -m pytest
+
+## The same without the scenario tests marked slow: for day-to-day work.
+test-fast: deps lint
+	$(PY) -m pytest -m "not slow"
 
 lint: deps
 	$(VENV)/bin/ruff check hsm_ocsp tests

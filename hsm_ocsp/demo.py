@@ -3,7 +3,7 @@
 Everything lives in one directory and is made only when missing, so a second
 run reuses the token, the key, the CA, its certificates and the index:
 
-    DIR/softhsm/      softhsm2.conf, tokens/, so-pin (made by softhsm/init-token.sh)
+    DIR/softhsm/      softhsm2.conf, tokens/, so-pin (made by data/init-token.sh)
     DIR/ca/           openssl.cnf, ca.key, ca.pem, index.txt, good.pem, revoked.pem, ...
     DIR/responder.csr the request made by ``csr`` for the token key made by ``keygen``
     DIR/responder.pem the delegated responder certificate (``openssl ca -extensions ocsp``)
@@ -14,8 +14,8 @@ Then it serves through the normal ``serve`` path on 127.0.0.1 and prints the
 user PIN comes from ``HSM_OCSP_PIN`` (``make demo`` sets 1234); the SO PIN is
 generated once into ``DIR/softhsm/so-pin``.
 
-``softhsm/init-token.sh`` is found next to the package (a repository checkout
-or an editable install); the demo is a tool for a checkout.
+``init-token.sh`` ships inside the package (``hsm_ocsp/data/``), so the demo
+works from an installed wheel as well as from a checkout.
 """
 
 from __future__ import annotations
@@ -120,13 +120,10 @@ class DemoSetup:
 
 
 def init_token_script() -> Path:
-    """``softhsm/init-token.sh`` of the checkout this package runs from."""
-    script = Path(__file__).resolve().parent.parent / "softhsm" / "init-token.sh"
+    """``init-token.sh``, package data of this installation."""
+    script = Path(__file__).resolve().parent / "data" / "init-token.sh"
     if not script.is_file():
-        raise HsmOcspError(
-            f"{script} not found: run the demo from a hsm-ocsp checkout "
-            "(pip install -e .), where softhsm/ sits next to hsm_ocsp/"
-        )
+        raise HsmOcspError(f"{script} not found: this hsm-ocsp installation is incomplete")
     return script
 
 
@@ -143,7 +140,7 @@ def _run(*args: str | Path, env: dict[str, str] | None = None) -> str:
 
 
 def init_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None:
-    """Make the SoftHSM token ``label`` (kept if it exists) through softhsm/init-token.sh.
+    """Make the SoftHSM token ``label`` (kept if it exists) through data/init-token.sh.
 
     ``conf`` is the softhsm2.conf to use, written when missing with the token
     directory beside it. The demo, the tests, the benchmark and the soak use it.
@@ -155,7 +152,7 @@ def init_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None
         "HSM_OCSP_PIN": pin,
         "HSM_OCSP_SO_PIN": so_pin,
     }
-    _run(init_token_script(), env=env)
+    _run("/bin/sh", init_token_script(), env=env)  # by sh: a wheel may drop the exec bit
 
 
 def use_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None:

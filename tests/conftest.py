@@ -85,7 +85,7 @@ class SoftHSM:
 
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHSM:
-    """One SoftHSM token for the test session, made by softhsm/init-token.sh."""
+    """One SoftHSM token for the test session, made by hsm_ocsp/data/init-token.sh."""
     directory = tmp_path_factory.mktemp("softhsm")
     conf = directory / "softhsm2.conf"
     use_softhsm_token(conf, label=TOKEN_LABEL, pin=PIN, so_pin=SO_PIN)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -59,29 +60,34 @@ def _wait_ready(process: subprocess.Popen[bytes], log: Path, port: int) -> None:
     raise AssertionError(f"demo not ready: {log.read_text()}")
 
 
-def test_demo_serves_good_and_revoked_then_reuses_everything(tmp_path: Path) -> None:
-    directory = tmp_path / "demo"
-    port = free_port()
-    log = tmp_path / "demo.log"
+def _demo_answers_good_and_revoked(
+    argv: list[str], log: Path, port: int, env: dict[str, str], cwd: Path | None = None
+) -> None:
+    """Run the demo, then both ``openssl ocsp`` lines it prints; each must verify."""
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "hsm_ocsp", "demo", "--dir", str(directory),
-             "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=_env(),
-        )  # fmt: skip
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
         _wait_ready(process, log, port)
         commands = [line.strip() for line in log.read_text().splitlines() if "openssl ocsp" in line]
         assert len(commands) == 2
         for command, status in zip(commands, ("good", "revoked"), strict=True):
             done = subprocess.run(
-                shlex.split(command), capture_output=True, text=True, check=False, timeout=30
-            )
+                shlex.split(command), capture_output=True, text=True, check=False, timeout=30,
+                cwd=cwd,
+            )  # fmt: skip
             assert "Response verify OK" in done.stderr, done.stderr + done.stdout
             assert f"{status}.pem: {status}" in done.stdout
     finally:
         process.terminate()
-        process.wait(15)
+        assert process.wait(15) == 0, log.read_text()
+
+
+def test_demo_serves_good_and_revoked_then_reuses_everything(tmp_path: Path) -> None:
+    directory = tmp_path / "demo"
+    port = free_port()
+    log = tmp_path / "demo.log"
+    argv = [sys.executable, "-m", "hsm_ocsp", "demo", "--dir", str(directory), "--port", str(port)]
+    _demo_answers_good_and_revoked(argv, log, port, _env())
     assert DEMO_PIN not in log.read_text()
     for name in _MADE:
         assert (directory / name).is_file(), name
@@ -98,7 +104,7 @@ def test_demo_serves_good_and_revoked_then_reuses_everything(tmp_path: Path) -> 
     assert {name: (directory / name).read_bytes() for name in _MADE} == before
     assert _count_keys(directory) == 1
     script = subprocess.run(
-        [str(ROOT / "softhsm" / "init-token.sh")],
+        ["/bin/sh", str(ROOT / "hsm_ocsp" / "data" / "init-token.sh")],
         env={**_env(), "SOFTHSM2_CONF": str(directory / "softhsm" / "softhsm2.conf"),
              "TOKEN_LABEL": "hsm-ocsp-demo", "HSM_OCSP_SO_PIN": "unused"},
         capture_output=True, text=True, check=True,
@@ -145,3 +151,50 @@ def test_demo_dir_must_be_a_directory(tmp_path: Path, capsys: pytest.CaptureFixt
     file.write_text("")
     assert main(["demo", "--dir", str(file), "--no-serve"]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_demo_keygen_csr_check_and_serve_outside_the_checkout(
+    tmp_path: Path,
+) -> None:
+    """``pip install hsm-ocsp`` as a user does it: a wheel in a new venv, nothing of the tree.
+
+    The wheel is built from a copy of what the package is made of, so nothing is
+    written into the checkout; it installs with its dependencies from the index
+    (pip's cache makes that quick) and runs with the checkout out of reach.
+    """
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "hsm_ocsp", source / "hsm_ocsp",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    wheels = tmp_path / "wheels"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", wheels, source], check=True, timeout=300)
+    (wheel,) = wheels.glob("hsm_ocsp-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
+    subprocess.run([venv / "bin" / "python", *pip[1:], "install", wheel], check=True, timeout=600)
+
+    away = tmp_path / "elsewhere"  # the working directory: no checkout there or above
+    away.mkdir()
+    env = {k: v for k, v in _env().items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["PATH"] = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+    where = subprocess.run(
+        ["python", "-c", "import hsm_ocsp; print(hsm_ocsp.__file__)"],
+        env=env, cwd=away, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert where.startswith(str(venv)), where
+    port = free_port()
+    # The demo runs keygen, csr and serve on the way; check is run on its result below.
+    _demo_answers_good_and_revoked(
+        ["hsm-ocsp", "demo", "--dir", "demo", "--port", str(port)],
+        tmp_path / "demo.log", port, env, cwd=away,
+    )  # fmt: skip
+    check = subprocess.run(
+        ["hsm-ocsp", "check", "--config", "demo/config.toml"],
+        env={**env, "SOFTHSM2_CONF": str(away / "demo" / "softhsm" / "softhsm2.conf")},
+        cwd=away, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -49,6 +49,7 @@ def fuzz_target(tmp_path: Path, softhsm: SoftHSM) -> tuple[Path, object]:
     return config, target
 
 
+@pytest.mark.slow
 async def test_fuzz_whole_http_path_never_5xx_and_every_answer_right(
     fuzz_target: tuple[Path, object], aiohttp_server: Callable[..., object]
 ) -> None:

@@ -305,6 +305,7 @@ class RemoteToken:
 @pytest.mark.skipif(
     not (shutil.which("p11-kit") and Path(P11_KIT_CLIENT).exists()), reason="needs p11-kit"
 )
+@pytest.mark.slow
 def test_readyz_and_token_up_follow_the_token(
     tmp_path: Path,
     softhsm: SoftHSM,

@@ -233,6 +233,7 @@ def test_second_identical_get_is_a_cache_hit_with_the_responders_headers(front: 
     assert revalidated.cache_status == "HIT"
 
 
+@pytest.mark.slow
 def test_cached_answer_changes_no_later_than_max_age_after_revocation(front: Front) -> None:
     setup = front.setup
     leaf = setup.ca.issue("revoked-behind-cache")

@@ -5,7 +5,7 @@
 #
 #   build-image.sh SRC PREFIX
 #
-# SRC     source tree (pyproject.toml, README.md, hsm_ocsp/, softhsm/, deploy/docker/)
+# SRC     source tree (pyproject.toml, README.md, hsm_ocsp/, deploy/docker/)
 # PREFIX  where to install: PREFIX/venv (the package), PREFIX/share/hsm-ocsp (scripts)
 #
 # Environment:
@@ -58,7 +58,8 @@ fi
 
 # 3. The scripts the one-shot set-up runs.
 mkdir -p "$PREFIX/share/hsm-ocsp/softhsm"
-cp "$SRC/softhsm/init-token.sh" "$SRC/softhsm/softhsm2.conf.in" "$PREFIX/share/hsm-ocsp/softhsm/"
+cp "$SRC/hsm_ocsp/data/init-token.sh" "$SRC/hsm_ocsp/data/softhsm2.conf.in" \
+    "$PREFIX/share/hsm-ocsp/softhsm/"
 cp "$SRC/deploy/docker/init.sh" "$PREFIX/share/hsm-ocsp/init.sh"
 chmod 755 "$PREFIX/share/hsm-ocsp/init.sh" "$PREFIX/share/hsm-ocsp/softhsm/init-token.sh"
 
