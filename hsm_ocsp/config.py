@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from .errors import ConfigError
 from .pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
@@ -54,6 +55,8 @@ class ServerConfig:
     cache_entries: int = 100_000
     max_pending_signatures: int = 256
     read_timeout: float = 10.0
+    index_stale_after: float = 60.0
+    max_connections: int | None = None  # None: the descriptor limit less a reserve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +250,12 @@ def _host_port(section: _Section, name: str, default: str | None) -> tuple[str, 
     return host, int(port)
 
 
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the whole configuration; ConfigError names file and key."""
     file = Path(path)
@@ -280,6 +289,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         cache_entries=server.positive("cache_entries", 100_000),
         max_pending_signatures=server.positive("max_pending_signatures", 256),
         read_timeout=read_timeout,
+        index_stale_after=server.duration("index_stale_after", "60s").total_seconds(),
+        max_connections=(
+            server.positive("max_connections", 1) if "max_connections" in server.table else None
+        ),
     )
 
     token = _Section(
@@ -301,6 +314,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(file, "ca", "at least one [[ca]] table is required")
     cas = []
     names: set[str] = set()
+    issuers: dict[tuple[bytes, bytes], int] = {}  # (subject, public key) -> [[ca]] index
     ca_keys = {
         "name",
         "certificate",
@@ -324,6 +338,14 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         resp_path, resp_cert = ca.certificate("responder_certificate", required=False)
         index = ca.file("index")
         assert cert_path is not None and index is not None
+        issuer = (cert.subject.public_bytes(), _spki(cert))
+        if issuer in issuers:  # one CertID, two indexes: which status would be the truth?
+            raise ca.error(
+                "certificate",
+                f"{cert_path} is the issuer of ca[{issuers[issuer]}] too: "
+                "serve each CA from one [[ca]] with its one index",
+            )
+        issuers[issuer] = i
         try:
             key = parse_pkcs11_uri(ca.required("key", str))
         except ValueError as exc:

@@ -26,12 +26,20 @@ class ConfigError(HsmOcspError):
 
 
 class IndexFormatError(HsmOcspError):
-    """An OpenSSL index file could not be read or parsed."""
+    """An OpenSSL index file could not be read or parsed.
 
-    def __init__(self, path: object, line: int | None, problem: str) -> None:
+    ``transient`` is True when the same file may read well on the next try (out
+    of descriptors or memory, caught while it was being written): it is read
+    again on the next tick instead of being set aside as broken.
+    """
+
+    def __init__(
+        self, path: object, line: int | None, problem: str, *, transient: bool = False
+    ) -> None:
         self.path = str(path)
         self.line = line
         self.problem = problem
+        self.transient = transient
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
 

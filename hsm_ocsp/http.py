@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from email.utils import format_datetime
 from urllib.parse import unquote
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 from cryptography.exceptions import InvalidSignature
 
 from .config import Config, read_pin
@@ -225,16 +225,43 @@ class OCSPHandler:
         limit = self.app[CONFIG].server.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        if request.content.is_eof():  # the whole body is here (the usual case): no timer
-            data = await request.read()  # client_max_size turns a larger body into 413
-        else:
-            try:
+        encoding = request.headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            return _refuse(
+                415, "request bodies are not decoded: send them without Content-Encoding"
+            )
+        try:
+            if request.content.is_eof():  # the whole body is here (the usual case): no timer
+                data = await request.read()  # client_max_size turns a larger body into 413
+            else:
                 async with asyncio.timeout(self.app[CONFIG].server.read_timeout):
                     data = await request.read()
-            except TimeoutError:
-                return await _body_timed_out(request)
+        except TimeoutError:
+            return await _body_timed_out(request)
+        except (ConnectionError, ClientPayloadError):  # the client left mid-body
+            return _refuse(400, "request body incomplete")
         reply = await service.respond(data, ca_name)
         return self._reply(request, reply, cacheable=False)
+
+
+def _refuse(status: int, text: str) -> web.Response:
+    """An HTTP error that closes the connection (its body may be unread)."""
+    response = web.Response(status=status, text=text + "\n", headers=_ERROR_HEADERS)
+    response.force_close()
+    return response
+
+
+async def _expect_within_limit(request: web.Request) -> None:
+    """``Expect: 100-continue``: a body over the limit gets 413 before it is sent."""
+    limit = request.app[CONFIG].server.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the response
 
 
 async def _body_timed_out(request: web.Request) -> web.Response:
@@ -247,6 +274,11 @@ async def _body_timed_out(request: web.Request) -> web.Response:
     return response
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``Server: hsm-ocsp``: no Python or aiohttp version for a scanner to match."""
+    response.headers["Server"] = "hsm-ocsp"
+
+
 async def _not_allowed(request: web.Request) -> web.Response:
     raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "POST"])
 
@@ -255,12 +287,23 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+def _stale_indexes(app: web.Application) -> dict[str, float]:
+    """CA name -> seconds its index file has not been taken up, past the bound."""
+    bound = app[CONFIG].server.index_stale_after
+    stale = {name: source.stale_for() for name, source in app[SOURCES].items()}
+    return {name: seconds for name, seconds in stale.items() if seconds > bound}
+
+
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     problems = [
         f"index {name}: not loaded"
         for name, source in app[SOURCES].items()
         if source.snapshot is None
+    ]
+    problems += [
+        f"index {name}: not taken up for {seconds:.0f} s ({app[SOURCES][name].last_error})"
+        for name, seconds in _stale_indexes(app).items()
     ]
     token = app[TOKEN]
     if not token.up:
@@ -282,6 +325,9 @@ async def _watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
                 await loop.run_in_executor(None, functools.partial(source.check, force=force))
             except Exception:  # keep watching whatever one check did
                 log.exception("index check for %s failed", source.path)
+        stale = _stale_indexes(app)
+        for name in app[SOURCES]:
+            app[METRICS].index_stale.labels(name).set(1 if name in stale else 0)
 
 
 async def _watch_token(app: web.Application) -> None:
@@ -289,8 +335,12 @@ async def _watch_token(app: web.Application) -> None:
     name = next(iter(token.keys))
     while True:
         await asyncio.sleep(1.0 if not token.up else PROBE_INTERVAL)
-        with contextlib.suppress(HsmOcspError):
+        try:
             await token.sign(name, _PROBE)
+        except HsmOcspError:
+            pass
+        except Exception:  # out of descriptors, say: keep watching, the token comes back
+            log.exception("token probe failed")
 
 
 def create_app(
@@ -327,6 +377,7 @@ def create_app(
         events=metrics,
     )
     app.cleanup_ctx.append(_lifecycle(handle_signals))
+    app.on_response_prepare.append(_server_header)
     handler = OCSPHandler(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -339,7 +390,9 @@ def create_app(
     # timed and counted, a method other than GET, HEAD or POST too (405).
     ocsp_path = r"/{tail:[\s\S]*}"
     app.router.add_get(ocsp_path, metrics.observe(handler.get))
-    app.router.add_post(ocsp_path, metrics.observe(handler.post))
+    app.router.add_post(
+        ocsp_path, metrics.observe(handler.post), expect_handler=_expect_within_limit
+    )
     app.router.add_route("*", ocsp_path, metrics.observe(_not_allowed, not_ocsp))
     return app
 

@@ -178,6 +178,14 @@ class Metrics(Events):
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.index_stale = Gauge(
+            PREFIX + "index_stale",
+            "1 while the CA's index file has not been taken up for longer than "
+            "server.index_stale_after (the last good index is still served), else 0.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.index_reload_errors = Counter(
             PREFIX + "index_reload_errors_total",
             "Index reloads refused (the last good index stays in service).",
@@ -218,6 +226,7 @@ class Metrics(Events):
         """A CA served by this process and the notAfter of its signing certificate."""
         self.responder_expiry.labels(name).set(signer_not_after.timestamp())
         self.token_up.labels(name).set(0)
+        self.index_stale.labels(name).set(0)
         self.index_reload_errors.labels(name)
 
     def token_state(self, ca_names: Iterable[str]) -> Callable[[bool], None]:

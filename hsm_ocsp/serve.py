@@ -23,6 +23,7 @@ from typing import TextIO
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from .capped_site import CappedTCPSite, default_max_connections
 from .config import Config
 from .errors import ConfigError, HsmOcspError, IndexFormatError
 from .http import METRICS, create_app
@@ -40,6 +41,10 @@ log = logging.getLogger("hsm_ocsp.serve")
 EXIT_CONFIG = 2
 EVENT_LOOP_ENV = "HSM_OCSP_EVENT_LOOP"
 _STARTUP_GRACE = 10.0
+# Request line (a GET carries the request in it), one header, and headers per request.
+MAX_LINE = 8190
+MAX_HEADER = 2048
+MAX_HEADERS = 32
 
 
 class _UnparsableRequests(logging.Filter):
@@ -129,22 +134,34 @@ async def _serve_app(config: Config, reuse_port: bool) -> None:
         # aiohttp cuts a connection that has not sent a whole request (or sits idle)
         # this long after it opened or after its last response: the read timeout.
         keepalive_timeout=config.server.read_timeout,
+        # An OCSP request needs a few short headers: a client holding a connection
+        # half-sent must not make the worker buffer up to a megabyte of them.
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_HEADER,
+        max_headers=MAX_HEADERS,
     )
     await runner.setup()
-    site = web.TCPSite(
+    site = CappedTCPSite(
         runner,
         config.server.listen_host,
         config.server.listen_port,
         reuse_port=reuse_port,
         backlog=1024,
+        max_connections=config.server.max_connections or default_max_connections(),
     )
     await site.start()
     log.info(
-        "listening on %s:%d (pid %d)",
+        "listening on %s:%d (pid %d), at most %d connections",
         config.server.listen_host,
         config.server.listen_port,
         os.getpid(),
+        site.max_connections,
     )
+    if config.server.metrics_listen is None:
+        log.warning(
+            "/metrics is served on the main listener to anyone who asks; set "
+            "[server] metrics_listen to a private address"
+        )
     metrics_runner = None
     if config.server.metrics_listen is not None:
         metrics_runner = web.AppRunner(

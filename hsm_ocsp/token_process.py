@@ -137,7 +137,10 @@ class TokenProcess:
         if now < self._next_start:
             raise TokenError(f"token unavailable ({self.last_error}); retrying soon")
         self._next_start = now + _RESTART_INTERVAL
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors: a token fault of the moment
+            raise TokenError(f"cannot start the signer process: {exc.strerror}") from None
         try:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "hsm_ocsp.token_process", str(theirs.fileno())],

@@ -158,9 +158,11 @@ async def _reload_errors(client: TestClient) -> float:
 
 
 async def _check(client: TestClient) -> bool:
+    """Two ticks of the watcher: a file changed in place is read on the second."""
     source = client.app[SOURCES]["root"]
     loop = asyncio.get_running_loop()
-    return await asyncio.wait_for(loop.run_in_executor(None, source.check), 10)
+    first = await asyncio.wait_for(loop.run_in_executor(None, source.check), 10)
+    return first or await asyncio.wait_for(loop.run_in_executor(None, source.check), 10)
 
 
 @pytest.mark.parametrize("fault", list(FAULTS), ids=list(FAULTS))
