@@ -178,6 +178,12 @@ class Metrics(Events):
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.unrefreshed = Counter(
+            PREFIX + "cache_served_unrefreshed_total",
+            "Cached answers served past their refresh time, before their nextUpdate, "
+            "because the refresh could not be signed (token down or busy).",
+            registry=r,
+        )
         self.index_stale = Gauge(
             PREFIX + "index_stale",
             "1 while the CA's index file has not been taken up for longer than "
@@ -265,6 +271,9 @@ class Metrics(Events):
         self.sign_duration.observe(seconds)
 
     # Events (from the service)
+    def served_unrefreshed(self) -> None:
+        self.unrefreshed.inc()
+
     def cache_lookup(self, result: str) -> None:
         self._lookups.append(result)
         self._flush_soon()

@@ -59,6 +59,10 @@ class Events:
     def sign_failed(self) -> None:
         """A signature could not be made."""
 
+    def served_unrefreshed(self) -> None:
+        """A cached answer past its refresh time (not its nextUpdate) was served
+        because the refresh could not be signed."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reply:
@@ -166,11 +170,16 @@ class OCSPService:
             self._remember((ca_name, data), key)
         now = self._clock()
         entry = self._cache.get(key)
+        fallback = None  # still valid and still true: served if the refresh fails
         if entry is not None:
-            if entry.refresh_at > now and self._unchanged(entry, snapshot):
+            unchanged = self._unchanged(entry, snapshot)
+            if entry.refresh_at > now and unchanged:
                 self.events.cache_lookup("hit")
                 return entry.reply
             self.events.cache_lookup("stale")
+            assert entry.reply.next_update is not None
+            if unchanged and entry.reply.next_update > now:
+                fallback = entry.reply
         else:
             self.events.cache_lookup("miss")
         waiting = self._inflight.get(key)
@@ -182,6 +191,9 @@ class OCSPService:
             reply = await self._sign(issuer, snapshot, request.cert_ids, None)
             if reply.successful:
                 self._store(key, reply, issuer, snapshot, request.cert_ids)
+            elif fallback is not None and self._clock() < (fallback.next_update or now):
+                self.events.served_unrefreshed()  # never past its own nextUpdate
+                reply = fallback
             future.set_result(reply)
         except BaseException as exc:
             future.set_exception(exc)

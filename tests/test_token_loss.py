@@ -346,3 +346,47 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
     print(f"signing resumed {resumed} s after SIGCONT")
     assert resumed is not None and resumed < 5.0
     assert server.process.poll() is None
+
+
+def test_hardening_3_cached_answer_served_past_its_refresh_until_next_update_without_token(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    p11kit: P11KitServer,
+    serve: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refresh that cannot be signed keeps the cached answer, up to its nextUpdate only."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port, validity='"6s"')
+    config.write_text(
+        config.read_text().replace(f'module = "{MODULE}"', f'module = "{CLIENT_MODULE}"')
+    )
+    monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
+    server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
+    body = _request(setup, "good")
+    http, first, _ = _post(server.url, body)
+    assert http == 200
+    cached = ocsp.load_der_ocsp_response(first)
+    assert cached.certificate_status is ocsp.OCSPCertStatus.GOOD
+    produced = cached.produced_at_utc.timestamp()
+    next_update = cached.next_update_utc
+    assert next_update is not None and next_update.timestamp() - produced == 6
+    p11kit.kill()
+
+    # Past the refresh time (half the validity), before nextUpdate: the same answer.
+    time.sleep(max(0.0, produced + 3.5 - time.time()))
+    http, again, _ = _post(server.url, body)
+    assert http == 200 and again == first, "a still-valid cached answer was dropped"
+    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    served = next(
+        x for x in metrics.splitlines() if x.startswith("hsm_ocsp_cache_served_unrefreshed_total ")
+    )
+    assert float(served.rsplit(" ", 1)[1]) >= 1
+
+    # Past its nextUpdate it is never served: tryLater.
+    time.sleep(max(0.0, next_update.timestamp() + 0.5 - time.time()))
+    http, late, _ = _post(server.url, body)
+    assert http == 200
+    assert ocsp.load_der_ocsp_response(late).response_status is ocsp.OCSPResponseStatus.TRY_LATER
