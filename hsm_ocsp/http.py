@@ -138,7 +138,13 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def _split_path(raw_path: str, names: frozenset[str]) -> tuple[str | None, str]:
-    """``/root/MEow...`` -> ("root", "MEow..."); ``//MEow`` -> (None, "MEow")."""
+    """``/root/MEow...`` -> ("root", "MEow..."); ``//MEow`` -> (None, "MEow").
+
+    An absolute-form target (``http://host/MEow...``, RFC 9112 3.2.2) is read
+    from its path.
+    """
+    if raw_path[:1] != "/" and "://" in raw_path[:10]:
+        raw_path = "/" + raw_path.split("/", 3)[3] if raw_path.count("/") >= 3 else "/"
     path = raw_path.split("?", 1)[0].lstrip("/")
     first, slash, rest = path.partition("/")
     if slash and first in names:

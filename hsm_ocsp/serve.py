@@ -139,6 +139,9 @@ async def _serve_app(config: Config, reuse_port: bool) -> None:
         max_line_size=MAX_LINE,
         max_field_size=MAX_HEADER,
         max_headers=MAX_HEADERS,
+        # Bodies are taken as sent: an encoded one gets 415 from the handler,
+        # not a decoder's error (and traceback) from the parser.
+        auto_decompress=False,
     )
     await runner.setup()
     site = CappedTCPSite(

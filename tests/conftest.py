@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -200,14 +201,25 @@ class RunningServer:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def start_server(config: Path, port: int, log: Path, timeout: float = 30) -> RunningServer:
-    """``hsm-ocsp serve`` as a real process, waited on until /readyz says 200."""
+def start_server(
+    config: Path, port: int, log: Path, timeout: float = 30, *, max_fds: int | None = None
+) -> RunningServer:
+    """``hsm-ocsp serve`` as a real process, waited on until /readyz says 200.
+
+    ``max_fds`` sets its descriptor limit (``ulimit -n``).
+    """
+
+    def limit_fds() -> None:
+        if max_fds is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_fds, max_fds))
+
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so stop() reaches every worker
+            preexec_fn=limit_fds,
         )
     server = RunningServer(process, port, log)
     deadline = time.monotonic() + timeout

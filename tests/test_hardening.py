@@ -1,0 +1,296 @@
+"""The hardening issue, item by item: each test is named after the item it shows.
+
+Real servers on 127.0.0.1, a real SoftHSM token, real index files.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+
+from hsm_ocsp.config import load_config
+from hsm_ocsp.errors import ConfigError
+from hsm_ocsp.http import create_app
+from hsm_ocsp.index_source import IndexSource
+
+from .conftest import CASetup, SoftHSM, build_ca, free_port, start_server, write_config
+from .pki import generated_index_lines
+
+OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
+
+
+def _request(setup: CASetup, name: str) -> bytes:
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
+    return builder.build().public_bytes(Encoding.DER)
+
+
+def _post_status(url: str, body: bytes) -> ocsp.OCSPCertStatus:
+    req = urllib.request.Request(url, data=body, headers=OCSP_TYPE)
+    with urllib.request.urlopen(req, timeout=10) as response:
+        return ocsp.load_der_ocsp_response(response.read()).certificate_status
+
+
+def test_hardening_1_revocation_taken_up_during_a_descriptor_flood(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """ulimit -n 256 and more idle connections than that: the revocation still lands."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
+    server = start_server(config, port, tmp_path / "server.log", max_fds=256)
+    flood: list[socket.socket] = []
+    try:
+        body = _request(setup, "good")
+        assert _post_status(server.url, body) is ocsp.OCSPCertStatus.GOOD
+        for _ in range(400):  # idle connections, as a flood leaves them
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break
+        time.sleep(0.5)
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        deadline = time.monotonic() + 8  # inside read_timeout (10 s): the flood still holds
+        while b"entries" not in server.log.read_bytes().split(b"reloaded", 1)[-1]:
+            assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+            time.sleep(0.2)
+        log = server.log.read_text()
+        assert "index" in log and "reloaded" in log and "Too many open files" not in log, log
+        assert "refusing more" in log  # the cap kept descriptors for the index
+    finally:
+        for sock in flood:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 5  # until the server has seen the flood close
+        while True:
+            try:
+                status = _post_status(server.url, body)
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert status is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        server.stop()
+
+
+def test_hardening_1_transient_errors_are_retried_and_a_stale_index_fails_readiness(
+    tmp_path: Path,
+) -> None:
+    """EMFILE on open is retried next tick; a file not taken up for the bound counts as stale."""
+    index = tmp_path / "index.txt"
+    index.write_text("V\t301231235959Z\t\t01\tunknown\t/CN=a\n")
+    source = IndexSource("root", index)
+    source.load()
+    new = tmp_path / "index.txt.new"
+    new.write_text("R\t301231235959Z\t261124011953Z,keyCompromise\t01\tunknown\t/CN=a\n")
+    os.replace(new, index)
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:  # use up this process's descriptors, as a connection flood does a worker's
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        while True:
+            try:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        assert source.check() is False
+        assert source.last_error is not None and "Too many open files" in source.last_error
+        assert source.stale_for() > 0
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert source.check() is True, "a transient error was set aside as a broken file"
+    assert source.snapshot is not None and source.snapshot.entries[1] is not None
+    assert source.stale_for() == 0
+
+
+def test_hardening_2_index_rewritten_in_place_is_not_taken_half_written(tmp_path: Path) -> None:
+    lines = [line + "\n" for line in generated_index_lines(2000)]
+    index = tmp_path / "index.txt"
+    index.write_text("".join(lines))
+    source = IndexSource("root", index)
+    before = source.load()
+    last = int(lines[-1].split("\t")[3], 16)
+    assert before.entries[last] is None
+    lines[-1] = lines[-1].replace("V\t301231235959Z\t\t", "R\t301231235959Z\t250101000000Z\t")
+    text = "".join(lines)
+    cut = text.index("\n", len(text) // 2) + 1  # half written, at a line's end
+    with index.open("r+") as file:  # in place: same inode, no rename
+        file.truncate(0)
+        file.write(text[:cut])
+        file.flush()
+        assert source.check() is False  # not taken while it may still be written
+        assert source.snapshot is before
+        file.write(text[cut:])
+        file.flush()
+        assert source.check() is False  # changed again since the last tick
+        assert source.snapshot is before
+    assert source.check() is True  # held still for a tick: taken whole
+    assert source.snapshot is not None and source.snapshot.entries[last] is not None
+    assert len(source.snapshot) == len(before)
+
+
+@pytest.fixture
+async def client(
+    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: Callable[..., object]
+) -> tuple[TestClient, CASetup]:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    config = write_config(tmp_path / "config.toml", {"root": setup})
+    test_client: TestClient = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    return test_client, setup
+
+
+def test_hardening_11_content_encoding_gets_415_not_500_and_no_traceback(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
+    server = start_server(config, port, tmp_path / "server.log")
+    try:
+        for encoding in ("gzip", "deflate", "br"):
+            req = urllib.request.Request(
+                server.url,
+                data=b"\x1f\x8b junk",
+                headers={**OCSP_TYPE, "Content-Encoding": encoding},
+            )
+            with pytest.raises(urllib.error.HTTPError) as raised:
+                urllib.request.urlopen(req, timeout=10)
+            raised.value.close()
+            assert raised.value.code == 415, encoding
+        req = urllib.request.Request(
+            server.url,
+            data=_request(setup, "good"),
+            headers={**OCSP_TYPE, "Content-Encoding": "identity"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as response:
+            assert response.status == 200
+        # A client that leaves mid-body: no 500, no traceback.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+                b"Content-Length: 500\r\n\r\n0\x82"
+            )
+        time.sleep(0.5)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "Traceback" not in log and " 500 " not in log, log
+
+
+def test_hardening_13_same_issuer_twice_is_refused_naming_both(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    config = write_config(tmp_path / "config.toml", {"root": setup, "shadow": setup})
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert raised.value.key == "ca[1].certificate" and "ca[0]" in str(raised.value)
+
+
+def test_hardening_15_absolute_form_target_and_100_continue_over_the_limit(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    import base64
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
+    server = start_server(config, port, tmp_path / "server.log")
+    try:
+        encoded = base64.b64encode(_request(setup, "revoked")).decode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                f"GET http://127.0.0.1:{port}/{encoded} HTTP/1.1\r\nHost: x\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        parsed = ocsp.load_der_ocsp_response(body)
+        assert parsed.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert parsed.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+                b"Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n"
+            )
+            first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 413"), first
+        assert b"100 Continue" not in first
+    finally:
+        server.stop()
+
+
+async def test_hardening_16_server_header_names_no_versions(
+    client: tuple[TestClient, CASetup],
+) -> None:
+    test_client, setup = client
+    for response in (
+        await test_client.post("/", data=_request(setup, "good"), headers=OCSP_TYPE),
+        await test_client.get("/healthz"),
+        await test_client.get("/nothing-here"),
+    ):
+        assert response.headers["Server"] == "hsm-ocsp"
+
+
+def test_hardening_6_headers_are_bounded_and_connections_capped(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="max_connections = 20"
+    )
+    server = start_server(config, port, tmp_path / "server.log")
+    held: list[socket.socket] = []
+    try:
+        # Headers past the bounds: refused with 4xx, not buffered.
+        big = b"X-Pad: " + b"a" * 4000 + b"\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+            assert sock.recv(4096).split(b" ", 2)[1].startswith(b"4")
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(100))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+            assert sock.recv(4096).split(b" ", 2)[1].startswith(b"4")
+        # The 21st connection is closed at once, without an answer.
+        for _ in range(20):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                refused = sock.recv(4096)
+            except ConnectionResetError:
+                refused = b""
+            assert refused == b""
+        for sock in held:
+            sock.close()
+        held.clear()
+        time.sleep(0.3)
+        with urllib.request.urlopen(server.url + "healthz", timeout=5) as response:
+            assert response.status == 200  # room again once they closed
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
