@@ -48,12 +48,13 @@ STARTUP_ATTEMPTS = 5
 PROBE_INTERVAL = 10.0
 
 
-def build_token(config: Config) -> TokenProcess:
-    """The token with one key a CA, PIN read as the config says (not yet started)."""
+def build_token(config: Config, pin: str | None = None) -> TokenProcess:
+    """The token with one key a CA (not yet started); the PIN read as the config says
+    unless given."""
     keys = [KeySpec(ca.name, ca.key, ca.signature_scheme) for ca in config.cas]
     return TokenProcess(
         config.token.module,
-        read_pin(config.token, config.path),
+        pin if pin is not None else read_pin(config.token, config.path),
         keys,
         sign_timeout=config.token.sign_timeout,
         log_format=config.server.log_format,
@@ -354,12 +355,13 @@ def create_app(
     *,
     token: TokenProcess | None = None,
     handle_signals: bool = False,
+    pin: str | None = None,
 ) -> web.Application:
     """The application for one process; the token opens when the app starts."""
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[SOURCES] = {ca.name: IndexSource(ca.name, ca.index) for ca in config.cas}
-    app[TOKEN] = token if token is not None else build_token(config)
+    app[TOKEN] = token if token is not None else build_token(config, pin)
     issuers = [
         Issuer.from_certificates(
             ca.name,

@@ -34,6 +34,7 @@ from .metrics import (
     process_dead,
     remove_multiprocess_dir,
 )
+from .pin import forbid_core_dumps, take_pin
 
 __all__ = ["EXIT_CONFIG", "new_event_loop", "run_server"]
 
@@ -118,14 +119,14 @@ def _log_lines_once_a_turn(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
             handler.stream = original
 
 
-async def _serve(config: Config, reuse_port: bool) -> None:
+async def _serve(config: Config, reuse_port: bool, pin: str) -> None:
     logging.getLogger("aiohttp.server").addFilter(_UnparsableRequests())
     with _log_lines_once_a_turn(asyncio.get_running_loop()):
-        await _serve_app(config, reuse_port)
+        await _serve_app(config, reuse_port, pin)
 
 
-async def _serve_app(config: Config, reuse_port: bool) -> None:
-    app = create_app(config, handle_signals=True)
+async def _serve_app(config: Config, reuse_port: bool, pin: str) -> None:
+    app = create_app(config, handle_signals=True, pin=pin)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -204,14 +205,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_worker(config: Config, *, reuse_port: bool) -> int:
+def run_worker(config: Config, *, reuse_port: bool, pin: str) -> int:
     """Run one worker until SIGTERM; the exit code says why it ended."""
     # A reload asked for while the worker starts must not kill it; the event
     # loop's SIGHUP handler (an index reload) replaces this once the app runs.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_serve(config, reuse_port))
+            runner.run(_serve(config, reuse_port, pin))
     except (ConfigError, IndexFormatError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -229,14 +230,14 @@ def run_worker(config: Config, *, reuse_port: bool) -> int:
     return 0
 
 
-def _fork_worker(config: Config) -> int:
+def _fork_worker(config: Config, pin: str) -> int:
     pid = os.fork()
     if pid == 0:  # child
         code = 1
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            code = run_worker(config, reuse_port=True)
+            code = run_worker(config, reuse_port=True, pin=pin)
         except BaseException:
             log.exception("worker crashed")
         finally:
@@ -247,17 +248,23 @@ def _fork_worker(config: Config) -> int:
 
 def run_server(config: Config) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    forbid_core_dumps()
+    try:
+        pin = take_pin(config)  # before any worker or signer starts: none inherits it
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     workers = config.server.workers
     if workers == 1:
-        return run_worker(config, reuse_port=False)
+        return run_worker(config, reuse_port=False, pin=pin)
     metrics_dir = prepare_multiprocess()  # before fork: workers sum their metrics there
     try:
-        return _supervise(config, workers)
+        return _supervise(config, workers, pin)
     finally:
         remove_multiprocess_dir(metrics_dir)
 
 
-def _supervise(config: Config, workers: int) -> int:
+def _supervise(config: Config, workers: int, pin: str) -> int:
     stopping = False
     received: list[int] = []
 
@@ -267,7 +274,7 @@ def _supervise(config: Config, workers: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     started = time.monotonic()
-    children = {_fork_worker(config): time.monotonic() for _ in range(workers)}
+    children = {_fork_worker(config, pin): time.monotonic() for _ in range(workers)}
     exit_code = 0
     while children:
         while received:
@@ -303,5 +310,5 @@ def _supervise(config: Config, workers: int) -> int:
         log.error("worker %d ended (exit %s); starting another", pid, code)
         if time.monotonic() - born < 1.0:
             time.sleep(1.0)  # a worker that dies at once must not spin the CPU
-        children[_fork_worker(config)] = time.monotonic()
+        children[_fork_worker(config, pin)] = time.monotonic()
     return exit_code

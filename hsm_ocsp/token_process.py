@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import TokenError
+from .pin import forbid_core_dumps
 from .token import KeySpec, Token
 
 __all__ = ["TokenProcess", "child_main"]
@@ -143,7 +144,9 @@ class TokenProcess:
             raise TokenError(f"cannot start the signer process: {exc.strerror}") from None
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "hsm_ocsp.token_process", str(theirs.fileno())],
+                # -I: the working directory (and PYTHON* variables) never reach its
+                # import path, so nothing planted there runs beside the PIN.
+                [sys.executable, "-I", "-m", "hsm_ocsp.token_process", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -336,6 +339,7 @@ def _serve(sock: socket.socket) -> None:
 def child_main(argv: list[str]) -> int:
     """``python -m hsm_ocsp.token_process FD``: sign for the worker on FD."""
     _die_with_parent()
+    forbid_core_dumps()  # it is about to hold the PIN (PR_SET_DUMPABLE resets on exec)
     # The worker decides when to stop: a SIGTERM or Ctrl-C sent to the whole group
     # (systemctl stop) must not take signatures from requests it is still answering.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -131,12 +131,15 @@ def test_serve_with_a_bad_config_prints_one_line_and_exits_2(
     assert str(path) in err[0] and "ca[0].validity" in err[0]
 
 
-def test_serve_with_a_broken_index_exits_2(tmp_path: Path, ca: OpenSSLCA) -> None:
+def test_serve_with_a_broken_index_exits_2(
+    tmp_path: Path, ca: OpenSSLCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
     index = tmp_path / "index.txt"
     index.write_text("V\tnot-a-date\t\t01\tunknown\t/CN=x\n")
     path = write(tmp_path, ca)
     path.write_text(path.read_text().replace(str(ca.index), str(index)))
-    os.environ.setdefault("HSM_OCSP_PIN", "0000")
+    # serve takes the PIN out of the environment: put it back for the tests after this one
+    monkeypatch.setenv("HSM_OCSP_PIN", os.environ.get("HSM_OCSP_PIN", "0000"))
     assert main(["serve", "--config", str(path)]) == 2
 
 

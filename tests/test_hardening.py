@@ -294,3 +294,71 @@ def test_hardening_6_headers_are_bounded_and_connections_capped(
         for sock in held:
             sock.close()
         server.stop()
+
+
+def _processes_of(root: int) -> list[int]:
+    """``root`` and every process below it."""
+    found, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            queue.extend(int(c) for c in children)
+    return found
+
+
+def test_hardening_5_pin_leaves_the_environment_no_core_dumps_no_planted_module(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    import subprocess
+    import sys
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 2"
+    )
+    planted = tmp_path / "cwd" / "hsm_ocsp"  # a package planted in the working directory
+    planted.mkdir(parents=True)
+    marker = tmp_path / "planted-ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "token_process.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "hsm-ocsp"), "serve", "--config", str(config)],
+            stdout=out, stderr=subprocess.STDOUT, cwd=planted.parent, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                    if r.status == 200 and len(_processes_of(process.pid)) >= 5:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        pids = _processes_of(process.pid)  # parent, 2 workers, their 2 signers
+        assert len(pids) == 5, pids
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert softhsm.pin.encode() not in environ, pid  # scrubbed where exec put it
+            limits = Path(f"/proc/{pid}/limits").read_text()
+            core = next(line for line in limits.splitlines() if line.startswith("Max core"))
+            assert core.split()[4:6] == ["0", "0"], core
+            assert softhsm.pin not in Path(f"/proc/{pid}/cmdline").read_text()
+        signers = [
+            p for p in pids if "hsm_ocsp.token_process" in Path(f"/proc/{p}/cmdline").read_text()
+        ]
+        assert len(signers) == 2
+        for pid in signers:  # started after the PIN left the environment: not even its name
+            assert b"HSM_OCSP_PIN" not in Path(f"/proc/{pid}/environ").read_bytes()
+            assert "\0-I\0" in Path(f"/proc/{pid}/cmdline").read_text()
+        assert not marker.exists(), "a module planted in the working directory ran"
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(20)
