@@ -25,7 +25,15 @@ from hsm_ocsp.errors import ConfigError
 from hsm_ocsp.http import create_app
 from hsm_ocsp.index_source import IndexSource
 
-from .conftest import CASetup, SoftHSM, build_ca, free_port, start_server, write_config
+from .conftest import (
+    CASetup,
+    RunningServer,
+    SoftHSM,
+    build_ca,
+    free_port,
+    start_server,
+    write_config,
+)
 from .pki import generated_index_lines
 
 OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
@@ -43,14 +51,22 @@ def _post_status(url: str, body: bytes) -> ocsp.OCSPCertStatus:
         return ocsp.load_der_ocsp_response(response.read()).certificate_status
 
 
+def _start(
+    tmp_path: Path, softhsm: SoftHSM, *, server: str = "", max_fds: int | None = None
+) -> tuple[CASetup, RunningServer]:
+    """A CA with its index, and ``hsm-ocsp serve`` on a free port for it."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port, server=server)
+    return setup, start_server(config, port, tmp_path / "server.log", max_fds=max_fds)
+
+
 def test_hardening_1_revocation_taken_up_during_a_descriptor_flood(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     """ulimit -n 256 and more idle connections than that: the revocation still lands."""
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
-    server = start_server(config, port, tmp_path / "server.log", max_fds=256)
+    setup, server = _start(tmp_path, softhsm, max_fds=256)
+    port = server.port
     flood: list[socket.socket] = []
     try:
         body = _request(setup, "good")
@@ -159,10 +175,8 @@ async def client(
 def test_hardening_11_content_encoding_gets_415_not_500_and_no_traceback(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
-    server = start_server(config, port, tmp_path / "server.log")
+    setup, server = _start(tmp_path, softhsm)
+    port = server.port
     try:
         for encoding in ("gzip", "deflate", "br"):
             req = urllib.request.Request(
@@ -209,10 +223,8 @@ def test_hardening_15_absolute_form_target_and_100_continue_over_the_limit(
 ) -> None:
     import base64
 
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
-    server = start_server(config, port, tmp_path / "server.log")
+    setup, server = _start(tmp_path, softhsm)
+    port = server.port
     try:
         encoded = base64.b64encode(_request(setup, "revoked")).decode()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -256,12 +268,8 @@ async def test_hardening_16_server_header_names_no_versions(
 def test_hardening_6_headers_are_bounded_and_connections_capped(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(
-        tmp_path / "config.toml", {"root": setup}, port=port, server="max_connections = 20"
-    )
-    server = start_server(config, port, tmp_path / "server.log")
+    _, server = _start(tmp_path, softhsm, server="max_connections = 20")
+    port = server.port
     held: list[socket.socket] = []
     try:
         # Headers past the bounds: refused with 4xx, not buffered.
