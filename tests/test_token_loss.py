@@ -99,8 +99,8 @@ def p11kit(tmp_path: Path, softhsm: SoftHSM) -> Iterator[P11KitServer]:
         server.kill()
 
 
-def _config(tmp_path: Path, setup: CASetup, port: int, sign_timeout: str) -> Path:
-    path = write_config(tmp_path / "config.toml", {"root": setup}, port=port)
+def _config(tmp_path: Path, setup: CASetup, port: int, sign_timeout: str, **ca_extra: str) -> Path:
+    path = write_config(tmp_path / "config.toml", {"root": setup}, port=port, **ca_extra)
     text = path.read_text().replace(
         f'module = "{MODULE}"', f'module = "{CLIENT_MODULE}"\nsign_timeout = "{sign_timeout}"'
     )
@@ -358,10 +358,7 @@ def test_hardening_3_cached_answer_served_past_its_refresh_until_next_update_wit
     """A refresh that cannot be signed keeps the cached answer, up to its nextUpdate only."""
     setup = build_ca(tmp_path / "ca", softhsm)
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port, validity='"6s"')
-    config.write_text(
-        config.read_text().replace(f'module = "{MODULE}"', f'module = "{CLIENT_MODULE}"')
-    )
+    config = _config(tmp_path, setup, port, sign_timeout="2s", validity='"6s"')
     monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
     server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
     body = _request(setup, "good")
