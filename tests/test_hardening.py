@@ -370,3 +370,37 @@ def test_hardening_5_pin_leaves_the_environment_no_core_dumps_no_planted_module(
     finally:
         os.killpg(process.pid, 15)
         process.wait(20)
+
+
+def _signed_request(unsigned: bytes, certs: list[bytes]) -> bytes:
+    """``unsigned`` with an optionalSignature carrying ``certs`` (DER, valid or not)."""
+    from hsm_ocsp import der
+
+    outer = der.tlv(0x30, b"")  # the unsigned request is SEQUENCE { tbsRequest }
+    assert unsigned[0] == outer[0]
+    tbs = unsigned[2:] if unsigned[1] < 0x80 else unsigned[2 + (unsigned[1] & 0x7F) :]
+    signature = der.sequence(
+        der.sequence(der.oid("1.2.840.113549.1.1.11"), der.null()),  # sha256WithRSAEncryption
+        der.bit_string(b"\x01" * 256),
+        der.explicit(0, der.sequence(*certs)),
+    )
+    return der.sequence(tbs, der.explicit(0, signature))
+
+
+def test_hardening_9_request_signature_and_certificates_are_not_decoded(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A signed request is answered as the unsigned one; its certificates are never parsed.
+
+    Certificates that are not certificates at all show it: decoding them (which cost
+    ~20 ms each time) would fail, and the request would be malformed.
+    """
+    from hsm_ocsp.ocsp import decode_request
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    unsigned = _request(setup, "revoked")
+    real = setup.ca.certificate.public_bytes(Encoding.DER)
+    not_a_cert = b"\x30\x03\x02\x01\x01"  # SEQUENCE { INTEGER 1 }
+    for certs in ([real] * 3, [not_a_cert]):
+        signed = _signed_request(unsigned, certs)
+        assert decode_request(signed) == decode_request(unsigned)
