@@ -80,6 +80,7 @@ class CAConfig:
     signature_hash: str = "sha256"
     rsa_padding: str = "pkcs1"
     unknown_serials: str = "unknown"
+    max_index_bytes: int = 1 << 30
 
     @property
     def signer_certificate(self) -> x509.Certificate:
@@ -325,6 +326,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         "signature_hash",
         "rsa_padding",
         "unknown_serials",
+        "max_index_bytes",
     }
     for i, raw in enumerate(raw_cas):
         ca = _Section(file, f"ca[{i}]", raw, ca_keys)
@@ -362,6 +364,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             signature_hash=ca.choice("signature_hash", "sha256", ("sha256", "sha384", "sha512")),
             rsa_padding=ca.choice("rsa_padding", "pkcs1", ("pkcs1", "pss")),
             unknown_serials=ca.choice("unknown_serials", "unknown", ("unknown", "revoked")),
+            max_index_bytes=ca.positive("max_index_bytes", 1 << 30),
         )
         try:
             ca_config.signature_scheme  # noqa: B018  # a key type we cannot sign with

@@ -360,7 +360,9 @@ def create_app(
     """The application for one process; the token opens when the app starts."""
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
-    app[SOURCES] = {ca.name: IndexSource(ca.name, ca.index) for ca in config.cas}
+    app[SOURCES] = {
+        ca.name: IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes) for ca in config.cas
+    }
     app[TOKEN] = token if token is not None else build_token(config, pin)
     issuers = [
         Issuer.from_certificates(

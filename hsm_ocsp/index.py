@@ -42,15 +42,19 @@ _HOLD_INSTRUCTIONS = {
 _EXPIRY_RE = (
     rb"(?:\d\d)?\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:[01]\d|2[0-3])[0-5]\d[0-5]\dZ"
 )
-_TAIL = rb"\t[^\t\n\\\x00]*\t[^\t\n\\\x00]*$"
+# No line is longer than MAX_LINE: the fast pattern's fields are bounded too, so
+# a longer line goes to the careful parser, which names it.
+MAX_LINE = 64 * 1024
+_FIELD = rb"[^\t\n\\\x00]{0,%d}" % MAX_LINE
+_TAIL = rb"\t" + _FIELD + rb"\t" + _FIELD + rb"$"
 # One pass finds every well-formed record: (serial, "", "") for V or E and
 # ("", revocation, serial) for R.
 _FAST_RECORD = re.compile(
-    rb"^(?:[VE]\t" + _EXPIRY_RE + rb"\t\t([0-9A-Fa-f]+)"
-    rb"|R\t" + _EXPIRY_RE + rb"\t([^\t\n\\\x00]+)\t([0-9A-Fa-f]+))" + _TAIL,
+    rb"^(?:[VE]\t" + _EXPIRY_RE + rb"\t\t([0-9A-Fa-f]{1,256})"
+    rb"|R\t" + _EXPIRY_RE + rb"\t([^\t\n\\\x00]{1,256})\t([0-9A-Fa-f]{1,256}))" + _TAIL,
     re.M,
 )
-_COMMENT = re.compile(rb"^#[^\n\x00]*$", re.M)
+_COMMENT = re.compile(rb"^#[^\n\x00]{0,%d}$" % MAX_LINE, re.M)
 _BLOCK = 1 << 22
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
@@ -208,6 +212,8 @@ def _reread(stream: BinaryIO, path: object, old: dict[int, Revocation | None]) -
         data = rest + chunk
         cut = data.rfind(b"\n") + 1
         block, rest = data[:cut], data[cut:]
+        if len(rest) > MAX_LINE:
+            raise _NotFast  # the careful parser names the line
         if block:
             records += _reread_block(block, old, entries, counts)
     if rest:
@@ -257,6 +263,8 @@ def _parse_stream(stream: BinaryIO, path: object, *, fast: bool) -> IndexSnapsho
         if block and not (fast and _take_block(block, entries, counts)):
             _parse_lines(io.BytesIO(block), path, entries, counts, line_no)
         line_no += block.count(b"\n")
+        if len(rest) > MAX_LINE:  # never gather an endless line in memory
+            raise IndexFormatError(path, line_no + 1, f"line longer than {MAX_LINE} bytes")
     if rest:  # a last line without its newline: a file caught halfway through a write
         _parse_lines([rest], path, entries, counts, line_no)
     return IndexSnapshot(
@@ -313,6 +321,8 @@ def _parse_lines(
     hex_match = _HEX.fullmatch
     expiry_match = _EXPIRY.fullmatch
     for number, raw in enumerate(lines, first + 1):
+        if len(raw) > MAX_LINE:
+            raise IndexFormatError(path, number, f"line longer than {MAX_LINE} bytes")
         if raw[-1:] != b"\n":
             raise IndexFormatError(path, number, "last line does not end in a newline (truncated?)")
         if b"\0" in raw:

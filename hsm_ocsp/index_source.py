@@ -13,13 +13,14 @@ from pathlib import Path
 from .errors import IndexFormatError
 from .index import IndexSnapshot, parse_index_stream
 
-__all__ = ["TRANSIENT_ERRNOS", "IndexSource"]
+__all__ = ["DEFAULT_MAX_BYTES", "TRANSIENT_ERRNOS", "IndexSource"]
 
 log = logging.getLogger("hsm_ocsp.index")
 
 StatKey = tuple[int, int, int, int]
 # How long a missing index may be gone before it is an error (a rename pair).
 RENAME_GRACE = 0.2
+DEFAULT_MAX_BYTES = 1 << 30  # ca.max_index_bytes: a million-line index is ~100 MB
 # Failures of the moment, not of the file: the next tick reads it again.
 TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EINTR, errno.EAGAIN, errno.ENOMEM})
 
@@ -48,9 +49,10 @@ class IndexSource:
     or times moved is thrown away.
     """
 
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.name = name
         self.path = path
+        self.max_bytes = max_bytes
         self.snapshot: IndexSnapshot | None = None
         self.last_error: str | None = None
         # Monotonic time since which the file on disk has not been taken up
@@ -83,6 +85,11 @@ class IndexSource:
             os.close(fd)
             raise IndexFormatError(self.path, None, "not a regular file")
         self._seen = _key(info)
+        if info.st_size > self.max_bytes:  # refused before a byte is read
+            os.close(fd)
+            raise IndexFormatError(
+                self.path, None, f"{info.st_size} bytes, over ca.max_index_bytes ({self.max_bytes})"
+            )
         with os.fdopen(fd, "rb", buffering=1 << 20) as file:
             try:  # parsed line by line: a large index is never held whole
                 snapshot = parse_index_stream(file, self.path, self.snapshot)

@@ -404,3 +404,63 @@ def test_hardening_9_request_signature_and_certificates_are_not_decoded(
     for certs in ([real] * 3, [not_a_cert]):
         signed = _signed_request(unsigned, certs)
         assert decode_request(signed) == decode_request(unsigned)
+
+
+def test_hardening_10_endless_line_is_refused_without_gathering_it(tmp_path: Path) -> None:
+    """A 256 MiB 'line' (a sparse file: no newline anywhere) is refused at its first 4 MiB."""
+    import subprocess
+    import sys
+
+    index = tmp_path / "index.txt"
+    index.write_text("V\t301231235959Z\t\t01\tunknown\t/CN=a\n")
+    code = (
+        "import os, resource, sys\n"
+        "from pathlib import Path\n"
+        "from hsm_ocsp.index_source import IndexSource\n"
+        "path = Path(sys.argv[1])\n"
+        "source = IndexSource('root', path)\n"
+        "good = source.load()\n"
+        "with path.open('r+b') as f: f.truncate(256 << 20)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "assert source.check() is False and source.check() is False\n"
+        "assert source.snapshot is good\n"
+        "grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before\n"
+        "print(grew // 1024, source.last_error)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(index)], capture_output=True, text=True, timeout=100
+    )
+    assert done.returncode == 0, done.stderr
+    grew_mib, error = done.stdout.split(" ", 1)
+    assert "line longer than 65536 bytes" in error
+    assert int(grew_mib) < 64, f"peak memory grew {grew_mib} MiB reading a 256 MiB line"
+
+
+def test_hardening_10_index_over_max_index_bytes_is_refused_and_others_reload(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A 20 GB index (sparse) is refused by its size; the other CA reloads; /healthz answers."""
+    big = build_ca(tmp_path / "big", softhsm)
+    other = build_ca(tmp_path / "other", softhsm, name="Other CA")
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"big": big, "other": other}, port=port)
+    server = start_server(config, port, tmp_path / "server.log")
+    try:
+        body = _request(other, "good")
+        assert _post_status(server.url + "other/", body) is ocsp.OCSPCertStatus.GOOD
+        replacement = big.ca.index.with_name("index.txt.new")
+        with replacement.open("wb") as file:
+            file.truncate(20 << 30)
+        os.replace(replacement, big.ca.index)
+        other.ca.revoke(other.certs["good"], "-crl_reason", "keyCompromise")
+        deadline = time.monotonic() + 10
+        while _post_status(server.url + "other/", body) is not ocsp.OCSPCertStatus.REVOKED:
+            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+            time.sleep(0.2)
+        with urllib.request.urlopen(server.url + "healthz", timeout=2) as response:
+            assert response.status == 200
+        big_body = _request(big, "revoked")
+        assert _post_status(server.url + "big/", big_body) is ocsp.OCSPCertStatus.REVOKED
+        assert "over ca.max_index_bytes" in server.log.read_text()
+    finally:
+        server.stop()
