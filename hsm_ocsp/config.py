@@ -53,6 +53,7 @@ class ServerConfig:
     log_format: str = "text"
     nonce: str = "echo"
     cache_entries: int = 100_000
+    cache_bytes: int = 64 << 20
     max_pending_signatures: int = 256
     read_timeout: float = 10.0
     index_stale_after: float = 60.0
@@ -288,6 +289,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         log_format=server.choice("log_format", "text", ("text", "json")),
         nonce=server.choice("nonce", "echo", ("echo", "ignore")),
         cache_entries=server.positive("cache_entries", 100_000),
+        cache_bytes=server.positive("cache_bytes", 64 << 20),
         max_pending_signatures=server.positive("max_pending_signatures", 256),
         read_timeout=read_timeout,
         index_stale_after=server.duration("index_stale_after", "60s").total_seconds(),

@@ -23,6 +23,7 @@ from .config import Config, read_pin
 from .errors import HsmOcspError, TokenError
 from .http_keys import CA_NAME, REPLY
 from .index_source import IndexSource
+from .login_gate import LoginGate
 from .metrics import METRICS_PATH, Metrics
 from .responder import Issuer
 from .service import OCSPService, Reply
@@ -48,7 +49,9 @@ STARTUP_ATTEMPTS = 5
 PROBE_INTERVAL = 10.0
 
 
-def build_token(config: Config, pin: str | None = None) -> TokenProcess:
+def build_token(
+    config: Config, pin: str | None = None, gate: LoginGate | None = None
+) -> TokenProcess:
     """The token with one key a CA (not yet started); the PIN read as the config says
     unless given."""
     keys = [KeySpec(ca.name, ca.key, ca.signature_scheme) for ca in config.cas]
@@ -58,6 +61,7 @@ def build_token(config: Config, pin: str | None = None) -> TokenProcess:
         keys,
         sign_timeout=config.token.sign_timeout,
         log_format=config.server.log_format,
+        gate=gate,
     )
 
 
@@ -340,8 +344,10 @@ async def _watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
 async def _watch_token(app: web.Application) -> None:
     token = app[TOKEN]
     name = next(iter(token.keys))
+    refused = app[METRICS].login_refused
     while True:
         await asyncio.sleep(1.0 if not token.up else PROBE_INTERVAL)
+        refused.set(int(token.gate is not None and token.gate.refused() is not None))
         try:
             await token.sign(name, _PROBE)
         except HsmOcspError:
@@ -356,6 +362,7 @@ def create_app(
     token: TokenProcess | None = None,
     handle_signals: bool = False,
     pin: str | None = None,
+    login_gate: LoginGate | None = None,
 ) -> web.Application:
     """The application for one process; the token opens when the app starts."""
     app = web.Application(client_max_size=config.server.max_request_bytes)
@@ -363,7 +370,7 @@ def create_app(
     app[SOURCES] = {
         ca.name: IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes) for ca in config.cas
     }
-    app[TOKEN] = token if token is not None else build_token(config, pin)
+    app[TOKEN] = token if token is not None else build_token(config, pin, login_gate)
     issuers = [
         Issuer.from_certificates(
             ca.name,
@@ -383,6 +390,7 @@ def create_app(
         max_cert_ids=config.server.max_cert_ids,
         nonce=config.server.nonce,
         cache_entries=config.server.cache_entries,
+        cache_bytes=config.server.cache_bytes,
         max_pending_signatures=config.server.max_pending_signatures,
         events=metrics,
     )
@@ -421,6 +429,15 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProces
     return metrics
 
 
+def _on_reload(app: web.Application, wake: asyncio.Event) -> None:
+    """SIGHUP: re-read the indexes; a lone worker also lets a refused login be tried again
+    (with several workers the parent, which owns the login gate, does that)."""
+    gate = app[TOKEN].gate
+    if gate is not None and app[CONFIG].server.workers == 1:
+        gate.reset()
+    wake.set()
+
+
 def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -434,7 +451,7 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
             raise
         wake = asyncio.Event()
         if handle_signals:
-            loop.add_signal_handler(signal.SIGHUP, wake.set)
+            loop.add_signal_handler(signal.SIGHUP, _on_reload, app, wake)
         tasks = [
             asyncio.create_task(_watch_indexes(app, wake)),
             asyncio.create_task(_watch_token(app)),

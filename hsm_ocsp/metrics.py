@@ -184,6 +184,12 @@ class Metrics(Events):
             "because the refresh could not be signed (token down or busy).",
             registry=r,
         )
+        self.login_refused = Gauge(
+            PREFIX + "token_login_refused",
+            "1 while logins are stopped because the token refused the PIN (until SIGHUP).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.index_stale = Gauge(
             PREFIX + "index_stale",
             "1 while the CA's index file has not been taken up for longer than "

@@ -27,6 +27,7 @@ from .capped_site import CappedTCPSite, default_max_connections
 from .config import Config
 from .errors import ConfigError, HsmOcspError, IndexFormatError
 from .http import METRICS, create_app
+from .login_gate import LoginGate
 from .metrics import (
     AccessLogger,
     create_metrics_app,
@@ -119,14 +120,14 @@ def _log_lines_once_a_turn(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
             handler.stream = original
 
 
-async def _serve(config: Config, reuse_port: bool, pin: str) -> None:
+async def _serve(config: Config, reuse_port: bool, pin: str, gate: LoginGate) -> None:
     logging.getLogger("aiohttp.server").addFilter(_UnparsableRequests())
     with _log_lines_once_a_turn(asyncio.get_running_loop()):
-        await _serve_app(config, reuse_port, pin)
+        await _serve_app(config, reuse_port, pin, gate)
 
 
-async def _serve_app(config: Config, reuse_port: bool, pin: str) -> None:
-    app = create_app(config, handle_signals=True, pin=pin)
+async def _serve_app(config: Config, reuse_port: bool, pin: str, gate: LoginGate) -> None:
+    app = create_app(config, handle_signals=True, pin=pin, login_gate=gate)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -205,14 +206,14 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_worker(config: Config, *, reuse_port: bool, pin: str) -> int:
+def run_worker(config: Config, *, reuse_port: bool, pin: str, gate: LoginGate) -> int:
     """Run one worker until SIGTERM; the exit code says why it ended."""
     # A reload asked for while the worker starts must not kill it; the event
     # loop's SIGHUP handler (an index reload) replaces this once the app runs.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(_serve(config, reuse_port, pin))
+            runner.run(_serve(config, reuse_port, pin, gate))
     except (ConfigError, IndexFormatError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -230,14 +231,14 @@ def run_worker(config: Config, *, reuse_port: bool, pin: str) -> int:
     return 0
 
 
-def _fork_worker(config: Config, pin: str) -> int:
+def _fork_worker(config: Config, pin: str, gate: LoginGate) -> int:
     pid = os.fork()
     if pid == 0:  # child
         code = 1
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            code = run_worker(config, reuse_port=True, pin=pin)
+            code = run_worker(config, reuse_port=True, pin=pin, gate=gate)
         except BaseException:
             log.exception("worker crashed")
         finally:
@@ -254,17 +255,21 @@ def run_server(config: Config) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    workers = config.server.workers
-    if workers == 1:
-        return run_worker(config, reuse_port=False, pin=pin)
-    metrics_dir = prepare_multiprocess()  # before fork: workers sum their metrics there
+    gate = LoginGate.create()  # shared by every worker's signer: one failed login at most
     try:
-        return _supervise(config, workers, pin)
+        workers = config.server.workers
+        if workers == 1:
+            return run_worker(config, reuse_port=False, pin=pin, gate=gate)
+        metrics_dir = prepare_multiprocess()  # before fork: workers sum their metrics there
+        try:
+            return _supervise(config, workers, pin, gate)
+        finally:
+            remove_multiprocess_dir(metrics_dir)
     finally:
-        remove_multiprocess_dir(metrics_dir)
+        gate.remove()
 
 
-def _supervise(config: Config, workers: int, pin: str) -> int:
+def _supervise(config: Config, workers: int, pin: str, gate: LoginGate) -> int:
     stopping = False
     received: list[int] = []
 
@@ -274,12 +279,13 @@ def _supervise(config: Config, workers: int, pin: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     started = time.monotonic()
-    children = {_fork_worker(config, pin): time.monotonic() for _ in range(workers)}
+    children = {_fork_worker(config, pin, gate): time.monotonic() for _ in range(workers)}
     exit_code = 0
     while children:
         while received:
             signum = received.pop()
             if signum == signal.SIGHUP:
+                gate.reset()  # the operator acted: a refused login may be tried once more
                 for pid in children:
                     os.kill(pid, signal.SIGHUP)
             elif not stopping:
@@ -310,5 +316,5 @@ def _supervise(config: Config, workers: int, pin: str) -> int:
         log.error("worker %d ended (exit %s); starting another", pid, code)
         if time.monotonic() - born < 1.0:
             time.sleep(1.0)  # a worker that dies at once must not spin the CPU
-        children[_fork_worker(config, pin)] = time.monotonic()
+        children[_fork_worker(config, pin, gate)] = time.monotonic()
     return exit_code

@@ -7,7 +7,6 @@ outside, so the whole path is tested with a software signer too.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import datetime as dt
 import functools
@@ -28,6 +27,7 @@ from .ocsp import (
     encode_successful,
     encode_unsuccessful,
 )
+from .reply_cache import ENTRY_OVERHEAD, ReplyCache
 from .responder import Issuer, select_issuer, single_responses
 
 __all__ = ["Events", "OCSPService", "Reply", "Signer"]
@@ -113,7 +113,8 @@ class OCSPService:
         *,
         max_cert_ids: int = 64,
         nonce: str = "echo",
-        cache_entries: int = 20_000,
+        cache_entries: int = 100_000,
+        cache_bytes: int = 64 << 20,
         max_pending_signatures: int = 256,
         events: Events | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
@@ -134,9 +135,7 @@ class OCSPService:
         self.max_pending_nonce = max_pending_signatures - reserved
         self.events = events or Events()
         self._clock = clock
-        self._cache: collections.OrderedDict[tuple[str, tuple[bytes, ...]], _CacheEntry] = (
-            collections.OrderedDict()
-        )
+        self._cache: ReplyCache[_CacheEntry] = ReplyCache(cache_entries, cache_bytes)
         self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}
         self._pending = 0
         # Exact request bytes (and the CA of the URL) -> cache key, so a repeated
@@ -245,16 +244,18 @@ class OCSPService:
     ) -> None:
         assert reply.produced_at is not None
         serials = tuple(c.serial_number for c in cert_ids)
-        self._cache[key] = _CacheEntry(
+        values = tuple(snapshot.entries.get(s, _MISSING) for s in serials)
+        entry = _CacheEntry(
             reply=dataclasses.replace(reply, cached=True),
             refresh_at=reply.produced_at + issuer.validity / 2,
             snapshot=snapshot,
             serials=serials,
-            values=tuple(snapshot.entries.get(s, _MISSING) for s in serials),
+            values=values,
         )
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_entries:
-            self._cache.popitem(last=False)
+        size = len(reply.body) + sum(map(len, key[1])) + ENTRY_OVERHEAD
+        # One CertID of a serial the CA issued: the answers a flood cannot push out.
+        main = len(serials) == 1 and values[0] is not _MISSING
+        self._cache.put(key, entry, size, main=main)
 
     async def _sign(
         self,
@@ -306,6 +307,9 @@ class OCSPService:
 
     def cache_size(self) -> int:
         return len(self._cache)
+
+    def cache_bytes(self) -> int:
+        return self._cache.bytes
 
 
 def snapshot_lookup(sources: Mapping[str, object]) -> Callable[[str], IndexSnapshot | None]:

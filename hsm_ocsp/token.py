@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -25,6 +26,7 @@ from pkcs11 import exceptions as p11e
 from pkcs11.mechanisms import MGF
 
 from .errors import TokenError
+from .login_gate import LoginGate, LoginRefused
 from .pkcs11_uri import Pkcs11Uri
 from .signing import SignatureScheme
 
@@ -51,10 +53,17 @@ def mechanism_for(scheme: SignatureScheme) -> tuple[Mechanism, Any]:
 
 # Failures that another attempt cannot mend; a wrong PIN must not be retried
 # because every attempt counts towards the token's lock-out.
-_DEFINITE_ERRORS = (
+# A login refused for one of these stops all logins (see login_gate.py).
+_PIN_ERRORS = (
     p11e.PinIncorrect,
     p11e.PinLocked,
     p11e.PinExpired,
+    p11e.PinInvalid,
+    p11e.PinLenRange,
+)
+_DEFINITE_ERRORS = (
+    *_PIN_ERRORS,
+    LoginRefused,
     p11e.NoSuchKey,
     p11e.MultipleObjectsReturned,
     p11e.MultipleTokensReturned,
@@ -76,6 +85,12 @@ def describe_error(exc: BaseException) -> str:
         return "login failed: the PIN is incorrect"
     if isinstance(exc, p11e.PinLocked):
         return "login failed: the PIN is locked"
+    if isinstance(exc, p11e.PinExpired):
+        return "login failed: the PIN has expired"
+    if isinstance(exc, (p11e.PinInvalid, p11e.PinLenRange)):
+        return "login failed: the token refuses this PIN's characters or length"
+    if isinstance(exc, LoginRefused):
+        return f"login not tried: earlier {exc}; fix the PIN, then SIGHUP or restart"
     if isinstance(exc, p11e.NoSuchToken):
         return "no such token"
     if isinstance(exc, p11e.NoSuchKey):
@@ -101,9 +116,12 @@ class Token:
         sign_timeout: float = 5.0,
         min_backoff: float = 0.25,
         max_backoff: float = 2.0,
+        gate: LoginGate | None = None,
     ) -> None:
         self.module = module
         self._pin = pin
+        self._gate = gate
+        self._refused: str | None = None  # without a gate: this object's own memory
         self.keys = {k.name: k for k in keys}
         self.sign_timeout = sign_timeout
         self._min_backoff = min_backoff
@@ -167,11 +185,27 @@ class Token:
             session = self._sessions.get(where)
             if session is None:
                 token = self._lib.get_token(token_label=uri.token, token_serial=uri.serial)
-                session = token.open(user_pin=self._pin)
+                session = self._login(token)
                 self._sessions[where] = session
             self._handles[spec.name] = session.get_key(
                 object_class=ObjectClass.PRIVATE_KEY, label=uri.object, id=uri.id
             )
+
+    def _login(self, token: Any) -> Any:
+        """A logged-in session; never a second try of a PIN the token refused."""
+        if self._refused is not None:
+            raise LoginRefused(self._refused)
+        gate = self._gate
+        with gate.attempt() if gate is not None else contextlib.nullcontext():
+            try:
+                return token.open(user_pin=self._pin)
+            except _PIN_ERRORS as exc:
+                reason = describe_error(exc)
+                if gate is not None:
+                    gate.refuse(reason)
+                else:
+                    self._refused = reason
+                raise
 
     def _ensure_connected(self) -> None:
         if self._connected:

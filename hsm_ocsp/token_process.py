@@ -37,9 +37,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .errors import TokenError
+from .login_gate import LoginGate
 from .pin import forbid_core_dumps
 from .token import KeySpec, Token
 
@@ -63,6 +65,7 @@ class _Setup:
     sign_timeout: float
     log_format: str
     log_level: int
+    gate: str | None  # the login gate's directory
 
     def __repr__(self) -> str:  # never show the PIN
         return f"_Setup(module={self.module!r})"
@@ -90,12 +93,20 @@ class TokenProcess:
         *,
         sign_timeout: float = 5.0,
         log_format: str = "text",
+        gate: LoginGate | None = None,
     ) -> None:
         self.module = module
         self.keys = {k.name: k for k in keys}
         self.sign_timeout = sign_timeout
+        self.gate = gate
         self._setup = _Setup(
-            module, pin, keys, sign_timeout, log_format, logging.getLogger().getEffectiveLevel()
+            module,
+            pin,
+            keys,
+            sign_timeout,
+            log_format,
+            logging.getLogger().getEffectiveLevel(),
+            None if gate is None else str(gate.directory),
         )
         self.last_error: str | None = None
         self.on_state_change: Callable[[bool], None] | None = None
@@ -312,7 +323,8 @@ def _serve(sock: socket.socket) -> None:
     from .logs import setup_logging
 
     setup_logging(setup.log_format, setup.log_level)
-    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout)
+    gate = None if setup.gate is None else LoginGate(Path(setup.gate))
+    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate)
     signed: list[float] = []
     token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
     while (request := read()) is not None:

@@ -5,6 +5,7 @@ Real servers on 127.0.0.1, a real SoftHSM token, real index files.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -464,3 +465,148 @@ def test_hardening_10_index_over_max_index_bytes_is_refused_and_others_reload(
         assert "over ca.max_index_bytes" in server.log.read_text()
     finally:
         server.stop()
+
+
+SPY = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"  # OpenSC's PKCS#11 spy: logs every call
+
+
+def _logins(spy_log: Path) -> tuple[int, int]:
+    """C_Login calls the spy saw from every process, and how many the PIN failed.
+
+    Counted apart: several processes append to the log at once, so a call's lines
+    may be interleaved with another's; only C_Login returns CKR_PIN_INCORRECT.
+    """
+    text = spy_log.read_text() if spy_log.exists() else ""
+    return text.count(": C_Login\n"), text.count("CKR_PIN_INCORRECT")
+
+
+@pytest.mark.skipif(not Path(SPY).exists(), reason="pkcs11-spy (Debian opensc-pkcs11)")
+def test_hardening_4_wrong_pin_makes_one_failed_login_per_start_whatever_the_workers(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import MODULE
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 4"
+    )
+    pin_file = tmp_path / "pin"
+    pin_file.write_text("99999999\n")  # wrong
+    pin_file.chmod(0o600)
+    text = config.read_text().replace(f'module = "{MODULE}"', f'module = "{SPY}"\npin_file = "pin"')
+    config.write_text(text)
+    spy_log = tmp_path / "spy.log"
+    monkeypatch.setenv("PKCS11SPY", MODULE)
+    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(spy_log))
+    done = subprocess.run(
+        [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert _logins(spy_log) == (1, 1)  # four workers, one failed login
+    assert "the PIN is incorrect" in done.stderr and "no more login attempts" in done.stderr
+    assert "99999999" not in done.stderr
+
+
+@pytest.mark.skipif(not Path(SPY).exists(), reason="pkcs11-spy (Debian opensc-pkcs11)")
+def test_hardening_4_pin_refused_at_run_time_stops_logins_until_sighup(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PIN changes on the token under a running responder; its signers are replaced."""
+    import signal
+
+    import pkcs11
+
+    from .conftest import MODULE
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 2"
+    )
+    config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{SPY}"'))
+    spy_log = tmp_path / "spy.log"
+    monkeypatch.setenv("PKCS11SPY", MODULE)
+    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(spy_log))
+    server = start_server(config, port, tmp_path / "server.log")
+    token = pkcs11.lib(MODULE).get_token(token_label=softhsm.label)
+    try:
+        assert _logins(spy_log) == (2, 0)  # one signer a worker
+        with token.open(user_pin=softhsm.pin, rw=True) as session:
+            session.set_pin(softhsm.pin, "13572468")
+        signers = [
+            p for p in _processes_of(server.process.pid)
+            if "token_process" in Path(f"/proc/{p}/cmdline").read_text()
+        ]  # fmt: skip
+        for pid in signers:
+            os.kill(pid, signal.SIGKILL)  # new signers must log in again
+        deadline = time.monotonic() + 30  # the token watchers probe within 10 s
+        while _logins(spy_log)[0] < 3:
+            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(4)  # both workers' watchers keep probing, once a second while down
+        assert _logins(spy_log) == (3, 1)
+        ready = urllib.request.Request(server.url + "readyz")
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(ready, timeout=5)
+        raised.value.close()
+        assert raised.value.code == 503
+        with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
+            assert "hsm_ocsp_token_login_refused 1.0" in response.read().decode()
+        with token.open(user_pin="13572468", rw=True) as session:
+            session.set_pin("13572468", softhsm.pin)  # the operator fixes it...
+        os.kill(server.process.pid, signal.SIGHUP)  # ...and reloads
+        deadline = time.monotonic() + 10
+        while _logins(spy_log)[0] < 5:  # both signers log in again, with success
+            assert time.monotonic() < deadline, _logins(spy_log)
+            time.sleep(0.2)
+        assert _logins(spy_log) == (5, 1)
+        with urllib.request.urlopen(ready, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        server.stop()
+        with (
+            contextlib.suppress(pkcs11.exceptions.PinIncorrect),
+            token.open(user_pin="13572468", rw=True) as session,
+        ):
+            session.set_pin("13572468", softhsm.pin)
+
+
+def _request_for(setup: CASetup, serials: list[int]) -> bytes:
+    """One request for ``serials`` of the CA (issued or not)."""
+    from .requests import build_request
+
+    return build_request([(setup.ca.certificate, s) for s in serials], algorithm="sha256")
+
+
+async def test_hardening_7_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
+    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: Callable[..., object]
+) -> None:
+    import secrets
+
+    from hsm_ocsp.http import SERVICE
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    limit = 256 * 1024
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, server=f"cache_bytes = {limit}"
+    )
+    client: TestClient = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    service = client.app[SERVICE]
+    first = {}
+    for name in ("good", "revoked", "keycompromise", "superseded"):
+        body = _request(setup, name)
+        first[name] = await (await client.post("/", data=body, headers=OCSP_TYPE)).read()
+    for i in range(600):  # random serials, one or ten a request
+        serials = [secrets.randbits(64) for _ in range(1 if i % 6 else 10)]
+        response = await client.post("/", data=_request_for(setup, serials), headers=OCSP_TYPE)
+        assert response.status == 200
+        assert service.cache_bytes() <= limit
+    for name, answer in first.items():  # still the very answers signed first: cached
+        again = await (await client.post("/", data=_request(setup, name), headers=OCSP_TYPE)).read()
+        assert again == answer, f"{name}'s cached answer was pushed out by the flood"
+    assert service.cache_bytes() > limit // 5  # the flood did fill its own part (a quarter)
