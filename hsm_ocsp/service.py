@@ -29,6 +29,7 @@ from .ocsp import (
 )
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
 from .responder import Issuer, select_issuer, single_responses
+from .sign_queue import Busy, Kind, SignQueue
 
 __all__ = ["Events", "OCSPService", "Reply", "Signer"]
 
@@ -94,6 +95,13 @@ class _CacheEntry:
     values: tuple[object, ...]
 
 
+def _kind(cert_ids: Sequence[CertID], snapshot: IndexSnapshot) -> Kind:
+    """Which line a signature for these CertIDs waits in (see sign_queue.py)."""
+    if len(cert_ids) > 1:
+        return Kind.MULTI
+    return Kind.ISSUED if cert_ids[0].serial_number in snapshot.entries else Kind.UNKNOWN
+
+
 def _utcnow() -> dt.datetime:
     """Now, to the second (every cached answer asks)."""
     return _utc_at(int(time.time()))
@@ -127,17 +135,11 @@ class OCSPService:
         self.echo_nonce = nonce == "echo"
         self.cache_entries = cache_entries
         self.max_pending = max_pending_signatures
-        # Nonce answers serve one client and are never cached: a quarter of the pending
-        # signatures (at least one, when there are two) is kept from them, so a nonce
-        # flood cannot starve the answers that, once signed, serve every other client
-        # from the cache.
-        reserved = max(max_pending_signatures // 4, int(max_pending_signatures > 1))
-        self.max_pending_nonce = max_pending_signatures - reserved
+        self._queue = SignQueue(signer.sign, max_pending_signatures)
         self.events = events or Events()
         self._clock = clock
         self._cache: ReplyCache[_CacheEntry] = ReplyCache(cache_entries, cache_bytes)
         self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}
-        self._pending = 0
         # Exact request bytes (and the CA of the URL) -> cache key, so a repeated
         # request skips decoding: ~70 % of a cached answer's CPU went to asn1crypto.
         # Only requests whose answer may come from the cache are remembered.
@@ -163,7 +165,7 @@ class OCSPService:
             return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         nonce = request.nonce if self.echo_nonce else None
         if nonce is not None:
-            return await self._sign(issuer, snapshot, request.cert_ids, nonce)
+            return await self._sign(issuer, snapshot, request.cert_ids, nonce, Kind.NONCE)
         key = (issuer.name, tuple(c.der for c in request.cert_ids))
         if known is None and len(data) <= _MAX_KNOWN_REQUEST:
             self._remember((ca_name, data), key)
@@ -187,7 +189,9 @@ class OCSPService:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            reply = await self._sign(issuer, snapshot, request.cert_ids, None)
+            reply = await self._sign(
+                issuer, snapshot, request.cert_ids, None, _kind(request.cert_ids, snapshot)
+            )
             if reply.successful:
                 self._store(key, reply, issuer, snapshot, request.cert_ids)
             elif fallback is not None and self._clock() < (fallback.next_update or now):
@@ -263,10 +267,8 @@ class OCSPService:
         snapshot: IndexSnapshot,
         cert_ids: Sequence[CertID],
         nonce: bytes | None,
+        kind: Kind,
     ) -> Reply:
-        if self._pending >= (self.max_pending if nonce is None else self.max_pending_nonce):
-            self.events.sign_failed()
-            return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         singles = single_responses(issuer, snapshot, cert_ids)
         now = self._clock()
         next_update = now + issuer.validity
@@ -279,16 +281,16 @@ class OCSPService:
             nonce=nonce,
             extended_revoke=any(s.revocation is NON_ISSUED for s in singles),
         )
-        self._pending += 1
         started = time.perf_counter()
         try:
-            signature = await self._signer.sign(issuer.name, tbs)
+            signature = await self._queue.sign(kind, issuer.name, tbs)
+        except Busy:
+            self.events.sign_failed()
+            return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         except HsmOcspError as exc:
             self.events.sign_failed()
             log.warning("cannot sign for CA %s: %s", issuer.name, exc)
             return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
-        finally:
-            self._pending -= 1
         self.events.signed(time.perf_counter() - started)
         body = encode_successful(
             encode_basic_response(

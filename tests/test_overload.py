@@ -245,34 +245,46 @@ class GatedSigner:
         return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
-async def test_nonce_requests_leave_a_quarter_of_pending_signatures_to_cacheable_ones(
+async def test_hardening_8_each_kind_of_live_signature_waits_in_its_own_bounded_line(
     tmp_path: Path,
 ) -> None:
-    """With max_pending_signatures = 4, nonce requests get tryLater beyond 3 pending;
-    a request without nonce, whose answer serves everyone from the cache, still gets
-    the fourth place."""
+    """max_pending_signatures = 12: nonce, unknown-serial and multi-CertID signatures may
+    hold 2 places each, issued serials 6. A full line gets tryLater at once; the token's
+    free places go to the kinds in turn, so an issued serial asked for behind a flood
+    is signed before the flood's second request."""
     ca = OpenSSLCA(tmp_path / "ca")
     issuer = Issuer.from_certificates("root", ca.certificate, None, dt.timedelta(hours=1))
     snapshot = parse_index(b"V\t301231235959Z\t\t1000\tunknown\t/CN=a\n")
     signer = GatedSigner()
-    service = OCSPService([issuer], lambda name: snapshot, signer, max_pending_signatures=4)
+    service = OCSPService([issuer], lambda name: snapshot, signer, max_pending_signatures=12)
+    done: list[str] = []
 
-    def nonce_request(i: int) -> bytes:
-        return build_request([(ca.certificate, 0x1000)], nonce=bytes([i]) * 16)
+    def start(name: str, request: bytes) -> asyncio.Task[object]:
+        task = asyncio.create_task(service.respond(request))
+        task.add_done_callback(lambda _: done.append(name))
+        return task
 
-    pending = [asyncio.create_task(service.respond(nonce_request(i))) for i in range(3)]
+    def nonce(i: int) -> bytes:
+        return build_request([(ca.certificate, 0x1000)], nonce=bytes([i + 1]) * 16)
+
+    def multi(i: int) -> bytes:
+        return build_request([(ca.certificate, 0x3000 + i), (ca.certificate, 0x1000)])
+
+    tasks = [start(f"nonce{i}", nonce(i)) for i in range(2)]
+    tasks += [start(f"unknown{i}", build_request([(ca.certificate, 0x2000 + i)])) for i in range(2)]
+    tasks += [start(f"multi{i}", multi(i)) for i in range(2)]
     await asyncio.sleep(0)
-    assert signer.waiting == 3
-    refused = await service.respond(nonce_request(3))
-    assert refused.status is OCSPResponseStatus.TRY_LATER
-    cacheable = asyncio.create_task(service.respond(build_request([(ca.certificate, 0x1000)])))
+    for full in (nonce(9), build_request([(ca.certificate, 0x2009)]), multi(9)):
+        refused = await service.respond(full)  # that kind's line is full
+        assert refused.status is OCSPResponseStatus.TRY_LATER
+    tasks.append(start("issued", build_request([(ca.certificate, 0x1000)])))
     await asyncio.sleep(0)
-    assert signer.waiting == 4
-    other = await service.respond(build_request([(ca.certificate, 0x2000)]))
-    assert other.status is OCSPResponseStatus.TRY_LATER  # all four places taken
+    assert signer.waiting == 2  # the token holds two; the rest wait in their lines
     signer.gate.set()
-    replies = await asyncio.gather(*pending, cacheable)
-    assert all(r.status is OCSPResponseStatus.SUCCESSFUL for r in replies)
+    replies = await asyncio.gather(*tasks)
+    assert all(r.status is OCSPResponseStatus.SUCCESSFUL for r in replies)  # type: ignore[attr-defined]
+    assert done.index("issued") < done.index("unknown1")
+    assert done.index("issued") < done.index("multi1")
 
 
 # --- a'. the same against a real server, token and clients -------------------

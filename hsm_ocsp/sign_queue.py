@@ -1,0 +1,102 @@
+"""Signatures waiting for the token, in one queue per kind of request, served in turns.
+
+The token signs one request at a time, and some requests cost a live signature
+whatever a client does: a nonce, several CertIDs in one request, a serial the
+CA never issued. A client can send any number of those. If they all waited in
+one line, a flood of one kind would delay or crowd out everything else, above
+all the first answer for an issued serial, which once signed serves every
+client from the cache. So each kind waits in its own line, bounded to a share
+of ``max_pending_signatures`` (beyond it: ``tryLater`` at once), and a free
+place at the token goes to the kinds in turn: a flood of one kind takes at
+most its turns, however long its line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Busy", "Kind", "SignQueue"]
+
+# Signatures handed to the signer at once: enough to keep it busy between two
+# answers, few enough that the order is decided here and not in its socket.
+WINDOW = 2
+
+
+class Kind(enum.Enum):
+    ISSUED = "issued"  # one CertID of a serial in the index: the answer is cached
+    UNKNOWN = "unknown"  # one CertID of a serial not in the index
+    MULTI = "multi"  # several CertIDs
+    NONCE = "nonce"  # signed for one client alone
+
+
+# The share of max_pending_signatures each kind may hold (waiting or signing).
+SHARES = {Kind.ISSUED: 2, Kind.UNKNOWN: 6, Kind.MULTI: 6, Kind.NONCE: 6}  # 1/2, 1/6 ...
+
+
+class Busy(Exception):
+    """This kind's line is full: answer tryLater."""
+
+
+class SignQueue:
+    def __init__(self, sign: Callable[[str, bytes], Awaitable[bytes]], max_pending: int) -> None:
+        self._sign = sign
+        self.limits = {kind: max(1, max_pending // share) for kind, share in SHARES.items()}
+        if max_pending < 1:
+            self.limits = dict.fromkeys(Kind, 0)
+        self._held = dict.fromkeys(Kind, 0)  # waiting or signing, per kind
+        self._lines: dict[Kind, collections.deque[asyncio.Future[None]]] = {
+            kind: collections.deque() for kind in Kind
+        }
+        self._order = list(Kind)
+        self._next = 0
+        self._signing = 0
+
+    def pending(self, kind: Kind | None = None) -> int:
+        return sum(self._held.values()) if kind is None else self._held[kind]
+
+    async def sign(self, kind: Kind, name: str, data: bytes) -> bytes:
+        """Sign when this kind's turn comes; Busy at once if its line is full."""
+        if self._held[kind] >= self.limits[kind]:
+            raise Busy(kind.value)
+        self._held[kind] += 1
+        try:
+            await self._turn(kind)
+            try:
+                return await self._sign(name, data)
+            finally:
+                self._signing -= 1
+                self._hand_on()
+        finally:
+            self._held[kind] -= 1
+
+    async def _turn(self, kind: Kind) -> None:
+        if self._signing < WINDOW and not any(self._lines.values()):
+            self._signing += 1
+            return
+        place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lines[kind].append(place)
+        try:
+            await place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled():  # given a place, then cancelled
+                self._signing -= 1
+                self._hand_on()
+            else:
+                self._lines[kind].remove(place)
+            raise
+
+    def _hand_on(self) -> None:
+        """Give free places to the waiting kinds, one each in turn."""
+        while self._signing < WINDOW:
+            for step in range(len(self._order)):
+                kind = self._order[(self._next + step) % len(self._order)]
+                if self._lines[kind]:
+                    self._next = (self._next + step + 1) % len(self._order)
+                    self._lines[kind].popleft().set_result(None)
+                    self._signing += 1
+                    break
+            else:
+                return
