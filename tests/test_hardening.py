@@ -610,3 +610,66 @@ async def test_hardening_7_cache_bounded_in_bytes_and_floods_cannot_evict_issued
         again = await (await client.post("/", data=_request(setup, name), headers=OCSP_TYPE)).read()
         assert again == answer, f"{name}'s cached answer was pushed out by the flood"
     assert service.cache_bytes() > limit // 5  # the flood did fill its own part (a quarter)
+
+
+@pytest.mark.slow
+def test_hardening_12_token_watcher_survives_running_out_of_descriptors(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """The signer dies while the worker has no descriptor left to start another: the
+    watcher logs it, keeps going, and restores the token once descriptors are back."""
+    import signal
+
+    # No cap and a long read timeout: the flood holds every descriptor until let go.
+    options = 'max_connections = 1000\nread_timeout = "60s"'
+    _, server = _start(tmp_path, softhsm, server=options, max_fds=128)
+    flood: list[socket.socket] = []
+    try:
+        signers = [
+            p for p in _processes_of(server.process.pid)
+            if "token_process" in Path(f"/proc/{p}/cmdline").read_text()
+        ]  # fmt: skip
+        assert len(signers) == 1
+        for _ in range(200):  # more than the worker's 128 descriptors
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", server.port), timeout=2))
+            except OSError:
+                break
+        time.sleep(1.0)
+        used = len(list(Path(f"/proc/{server.process.pid}/fd").iterdir()))
+        assert used >= 120, f"the worker holds {used} of 128 descriptors"
+        os.kill(signers[0], signal.SIGKILL)
+        time.sleep(12)  # the watcher (10 s between probes while up) tries to start a signer
+    finally:
+        for sock in flood:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 8  # a dead watcher would leave /readyz 503
+        while True:
+            try:
+                with urllib.request.urlopen(server.url + "readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.HTTPError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+            time.sleep(0.3)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_hardening_14_metrics_on_the_main_listener_is_said_in_the_log(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    _, server = _start(tmp_path / "open", softhsm)
+    server.stop()
+    assert "set [server] metrics_listen to a private address" in server.log.read_text()
+    private = f'metrics_listen = "127.0.0.1:{free_port()}"'
+    _, server = _start(tmp_path / "private", softhsm, server=private)
+    try:
+        with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
+            assert b"hsm_ocsp_" not in response.read()  # not on the main listener
+    finally:
+        server.stop()
+    assert "metrics_listen" not in server.log.read_text().split("listening on", 1)[1]
