@@ -11,6 +11,8 @@ that the cap leaves free are the worker's reserve.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import resource
 import time
@@ -24,14 +26,20 @@ log = logging.getLogger("hsm_ocsp.serve")
 # Descriptors kept for everything but client connections: listeners, the
 # signer, index files, metrics files, logs.
 FD_RESERVE = 64
+DEFAULT_CAP = 1024
 _LOG_EVERY = 60.0
+_TRIM_AFTER = 64  # connections at the peak before memory is worth giving back
 
 
 def default_max_connections() -> int:
-    """The cap when none is configured: the descriptor limit less the reserve."""
+    """The cap when none is configured: 1024, or the descriptor limit less the reserve.
+
+    Each connection may hold up to ~130 KiB (buffers, half-sent headers within
+    the bounds serve.py sets), so 1024 of them stay under ~130 MiB a worker.
+    """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
-    return max(1, min(10_000, limit - FD_RESERVE))
+    return max(1, min(DEFAULT_CAP, limit - FD_RESERVE))
 
 
 class _Refused(asyncio.Protocol):
@@ -48,10 +56,30 @@ class CappedTCPSite(web.TCPSite):
         self.refused = 0
         self._fresh: list[RequestHandler] = []  # made, connection_made not yet run
         self._logged = 0.0
+        self._peak = 0  # most connections open since memory was last given back
+
+    def give_back_memory(self) -> bool:
+        """After many connections closed, hand the freed heap back to the system.
+
+        The C allocator keeps what a burst of connections (their buffers and
+        half-sent headers) freed; ``malloc_trim`` returns it. Called once a
+        second; it acts only when the connections fell to under half their peak.
+        """
+        server = self._runner.server
+        open_now = 0 if server is None else len(server.connections)
+        self._peak = max(self._peak, open_now)
+        if self._peak < _TRIM_AFTER or open_now * 2 > self._peak:
+            return False
+        self._peak = open_now
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)
+        return True
 
     def _factory(self) -> asyncio.Protocol:
         server = self._runner.server
         assert server is not None
+        if len(server.connections) > self._peak:
+            self._peak = len(server.connections)
         # One burst of accepts makes several protocols before their connection_made
         # runs and the server lists them: those of this loop turn are in _fresh.
         if len(server.connections) + len(self._fresh) >= self.max_connections:

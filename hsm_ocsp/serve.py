@@ -181,7 +181,10 @@ async def _serve_app(config: Config, reuse_port: bool, pin: str, gate: LoginGate
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            site.give_back_memory()
     finally:
         if metrics_runner is not None:
             await metrics_runner.cleanup()

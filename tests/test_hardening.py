@@ -673,3 +673,44 @@ def test_hardening_14_metrics_on_the_main_listener_is_said_in_the_log(
     finally:
         server.stop()
     assert "metrics_listen" not in server.log.read_text().split("listening on", 1)[1]
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_hardening_6_unfinished_headers_cost_bounded_memory_that_returns(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """300 connections each stop half-way through the most headers the limits allow."""
+    _, server = _start(tmp_path, softhsm, server="max_connections = 400")
+    pid = server.process.pid
+    held: list[socket.socket] = []
+    try:
+        before = _rss_mib(pid)
+        header = b"X-Pad-%03d: " + b"a" * 1900 + b"\r\n"
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(
+                b"POST / HTTP/1.1\r\nHost: x\r\n" + b"".join(header % i for i in range(30))
+            )
+            held.append(sock)
+        time.sleep(1.0)
+        during = _rss_mib(pid)
+        for sock in held:
+            sock.close()
+        held.clear()
+        time.sleep(1.0)
+        after = _rss_mib(pid)
+        with urllib.request.urlopen(server.url + "healthz", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+    print(f"RSS MiB: {before:.0f} before, {during:.0f} with 300 half-sent, {after:.0f} after")
+    assert during - before < 64, (before, during)
+    assert after - before < 32, (before, during, after)
