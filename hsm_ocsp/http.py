@@ -305,6 +305,11 @@ def _stale_indexes(app: web.Application) -> dict[str, float]:
     return {name: seconds for name, seconds in stale.items() if seconds > bound}
 
 
+def _signers_out_of_validity(app: web.Application) -> list[str]:
+    now = dt.datetime.now(dt.UTC)
+    return [issuer.name for issuer in app[SERVICE].issuers if not issuer.signer_valid_at(now)]
+
+
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     problems = [
@@ -315,6 +320,10 @@ async def readyz(request: web.Request) -> web.Response:
     problems += [
         f"index {name}: not taken up for {seconds:.0f} s ({app[SOURCES][name].last_error})"
         for name, seconds in _stale_indexes(app).items()
+    ]
+    problems += [
+        f"CA {name}: its signing certificate is not valid now (answers are tryLater)"
+        for name in _signers_out_of_validity(app)
     ]
     token = app[TOKEN]
     if not token.up:
@@ -337,8 +346,10 @@ async def _watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
             except Exception:  # keep watching whatever one check did
                 log.exception("index check for %s failed", source.path)
         stale = _stale_indexes(app)
+        invalid = _signers_out_of_validity(app)
         for name in app[SOURCES]:
             app[METRICS].index_stale.labels(name).set(1 if name in stale else 0)
+            app[METRICS].signer_ok.labels(name).set(0 if name in invalid else 1)
 
 
 async def _watch_token(app: web.Application) -> None:

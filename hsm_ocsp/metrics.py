@@ -190,6 +190,21 @@ class Metrics(Events):
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.signer_ok = Gauge(
+            PREFIX + "responder_certificate_valid",
+            "1 while the certificate that signs the CA's answers is valid now, else 0 "
+            "(then the CA answers tryLater).",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.capped = Gauge(
+            PREFIX + "validity_capped",
+            "1 once answers' nextUpdate had to be cut to the signing certificate's notAfter.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.index_stale = Gauge(
             PREFIX + "index_stale",
             "1 while the CA's index file has not been taken up for longer than "
@@ -277,6 +292,12 @@ class Metrics(Events):
         self.sign_duration.observe(seconds)
 
     # Events (from the service)
+    def signer_invalid(self, ca: str, not_before: dt.datetime, not_after: dt.datetime) -> None:
+        self.signer_ok.labels(ca).set(0)
+
+    def validity_capped(self, ca: str, next_update: dt.datetime) -> None:
+        self.capped.labels(ca).set(1)
+
     def served_unrefreshed(self) -> None:
         self.unrefreshed.inc()
 

@@ -18,6 +18,8 @@ from .ocsp import CertID, SingleResponse
 __all__ = ["Issuer", "key_hash", "select_issuer", "single_responses"]
 
 _HASHES = ("sha1", "sha256", "sha384", "sha512")
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 def key_hash(certificate: x509.Certificate, algorithm: str = "sha1") -> bytes:
@@ -40,6 +42,13 @@ class Issuer:
     certs: tuple[bytes, ...]  # DER certificates put into each response
     validity: dt.timedelta
     unknown_as_revoked: bool = False
+    # The signing certificate's validity: no answer is signed outside it, and no
+    # answer's nextUpdate passes its notAfter.
+    signer_not_before: dt.datetime = _EARLIEST
+    signer_not_after: dt.datetime = _LATEST
+
+    def signer_valid_at(self, when: dt.datetime) -> bool:
+        return self.signer_not_before <= when < self.signer_not_after
 
     @classmethod
     def from_certificates(
@@ -64,6 +73,8 @@ class Issuer:
             certs=certs,
             validity=validity,
             unknown_as_revoked=unknown_as_revoked,
+            signer_not_before=signer.not_valid_before_utc,
+            signer_not_after=signer.not_valid_after_utc,
         )
 
     def matches(self, cert_id: CertID) -> bool:

@@ -60,6 +60,12 @@ class Events:
     def sign_failed(self) -> None:
         """A signature could not be made."""
 
+    def signer_invalid(self, ca: str, not_before: dt.datetime, not_after: dt.datetime) -> None:
+        """No answer was signed for ``ca``: its signing certificate is not valid now."""
+
+    def validity_capped(self, ca: str, next_update: dt.datetime) -> None:
+        """An answer's nextUpdate was cut to the signing certificate's notAfter."""
+
     def served_unrefreshed(self) -> None:
         """A cached answer past its refresh time (not its nextUpdate) was served
         because the refresh could not be signed."""
@@ -93,6 +99,24 @@ class _CacheEntry:
     snapshot: IndexSnapshot
     serials: tuple[int, ...]
     values: tuple[object, ...]
+
+
+SHORT_VALIDITY = dt.timedelta(hours=16)
+REFRESH_MARGIN = dt.timedelta(hours=8)
+REFRESH_AT_MOST = dt.timedelta(days=4)
+
+
+def refresh_time(this_update: dt.datetime, next_update: dt.datetime | None) -> dt.datetime:
+    """When a cached answer is signed anew (RFC 9919 and CA/B BR 4.9.10).
+
+    Under 16 hours of validity: at half of it. Otherwise at least 8 hours before
+    nextUpdate, and no later than 4 days after thisUpdate.
+    """
+    assert next_update is not None
+    validity = next_update - this_update
+    if validity < SHORT_VALIDITY:
+        return this_update + validity / 2
+    return min(next_update - REFRESH_MARGIN, this_update + REFRESH_AT_MOST)
 
 
 def _kind(cert_ids: Sequence[CertID], snapshot: IndexSnapshot) -> Kind:
@@ -144,6 +168,7 @@ class OCSPService:
         # request skips decoding: ~70 % of a cached answer's CPU went to asn1crypto.
         # Only requests whose answer may come from the cache are remembered.
         self._known: dict[tuple[str | None, bytes], tuple[str, tuple[bytes, ...]]] = {}
+        self._said: dict[tuple[str, str], float] = {}  # what was logged, and when
 
     async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
         """Answer one DER request; never raises for bad input or a failed token."""
@@ -251,7 +276,7 @@ class OCSPService:
         values = tuple(snapshot.entries.get(s, _MISSING) for s in serials)
         entry = _CacheEntry(
             reply=dataclasses.replace(reply, cached=True),
-            refresh_at=reply.produced_at + issuer.validity / 2,
+            refresh_at=refresh_time(reply.produced_at, reply.next_update),
             snapshot=snapshot,
             serials=serials,
             values=values,
@@ -269,9 +294,15 @@ class OCSPService:
         nonce: bytes | None,
         kind: Kind,
     ) -> Reply:
-        singles = single_responses(issuer, snapshot, cert_ids)
         now = self._clock()
+        if not issuer.signer_valid_at(now):  # never a signature it cannot vouch for
+            self._signer_invalid(issuer, now)
+            return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         next_update = now + issuer.validity
+        if next_update > issuer.signer_not_after:  # no answer outlives its signer
+            next_update = issuer.signer_not_after.replace(microsecond=0)
+            self._validity_capped(issuer, next_update)
+        singles = single_responses(issuer, snapshot, cert_ids)
         tbs = encode_response_data(
             responder_key_hash=issuer.responder_key_hash,
             produced_at=now,
@@ -306,6 +337,29 @@ class OCSPService:
             next_update=next_update,
             etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
         )
+
+    def _signer_invalid(self, issuer: Issuer, now: dt.datetime) -> None:
+        self.events.signer_invalid(issuer.name, issuer.signer_not_before, issuer.signer_not_after)
+        if now.timestamp() - self._said.get(("invalid", issuer.name), -1e9) < 60:
+            return
+        self._said["invalid", issuer.name] = now.timestamp()
+        if now < issuer.signer_not_before:
+            when = f"is not valid before {issuer.signer_not_before:%Y-%m-%d %H:%M:%S} UTC"
+        else:
+            when = f"expired {issuer.signer_not_after:%Y-%m-%d %H:%M:%S} UTC"
+        log.error("CA %s: the signing certificate %s: answering tryLater", issuer.name, when)
+
+    def _validity_capped(self, issuer: Issuer, next_update: dt.datetime) -> None:
+        self.events.validity_capped(issuer.name, next_update)
+        if ("capped", issuer.name) not in self._said:
+            self._said["capped", issuer.name] = 0.0
+            log.warning(
+                "CA %s: nextUpdate cut to the signing certificate's notAfter %s UTC "
+                "(less than the validity %s is left)",
+                issuer.name,
+                f"{issuer.signer_not_after:%Y-%m-%d %H:%M:%S}",
+                issuer.validity,
+            )
 
     def cache_size(self) -> int:
         return len(self._cache)

@@ -202,9 +202,16 @@ class RunningServer:
 
 
 def start_server(
-    config: Path, port: int, log: Path, timeout: float = 30, *, max_fds: int | None = None
+    config: Path,
+    port: int,
+    log: Path,
+    timeout: float = 30,
+    *,
+    max_fds: int | None = None,
+    ready: bool = True,
 ) -> RunningServer:
-    """``hsm-ocsp serve`` as a real process, waited on until /readyz says 200.
+    """``hsm-ocsp serve`` as a real process, waited on until /readyz says 200
+    (``ready=False``: until /healthz does).
 
     ``max_fds`` sets its descriptor limit (``ulimit -n``).
     """
@@ -227,7 +234,8 @@ def start_server(
         if process.poll() is not None:
             raise AssertionError(f"server exited {process.returncode}: {log.read_text()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+            path = "readyz" if ready else "healthz"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=1) as r:
                 if r.status == 200:
                     return server
         except OSError:

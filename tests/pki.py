@@ -111,6 +111,8 @@ class OpenSSLCA:
         eku: bool = True,
         nocheck: bool = True,
         issuer_key: object | None = None,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
     ) -> Path:
         """A delegated responder certificate for a (token) public key."""
         now = dt.datetime.now(dt.UTC)
@@ -120,8 +122,8 @@ class OpenSSLCA:
             .issuer_name(self.certificate.subject)
             .public_key(public_key)  # type: ignore[arg-type]
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(not_before or now - dt.timedelta(minutes=5))
+            .not_valid_after(not_after or now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(True, False, False, False, False, False, False, False, False),

@@ -535,6 +535,10 @@ def test_hardening_4_pin_refused_at_run_time_stops_logins_until_sighup(
     server = start_server(config, port, tmp_path / "server.log")
     token = pkcs11.lib(MODULE).get_token(token_label=softhsm.label)
     try:
+        deadline = time.monotonic() + 20  # /readyz answered from one worker; wait for both
+        while _logins(spy_log)[0] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         assert _logins(spy_log) == (2, 0)  # one signer a worker
         with token.open(user_pin=softhsm.pin, rw=True) as session:
             session.set_pin(softhsm.pin, "13572468")
