@@ -111,3 +111,16 @@ def test_try_later_while_the_responder_certificate_is_not_valid_yet(
     finally:
         server.stop()
     assert "is not valid before" in server.log.read_text()
+
+
+def test_rule_29_refresh_at_half_under_16h_else_8h_before_and_within_4_days() -> None:
+    from hsm_ocsp.service import refresh_time
+
+    start = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+    hours = dt.timedelta(hours=1)
+    assert refresh_time(start, start + 1 * hours) == start + 0.5 * hours
+    assert refresh_time(start, start + 15 * hours) == start + 7.5 * hours
+    assert refresh_time(start, start + 16 * hours) == start + 8 * hours  # 8 h before
+    assert refresh_time(start, start + 24 * hours) == start + 16 * hours
+    assert refresh_time(start, start + 7 * 24 * hours) == start + 4 * 24 * hours  # BR 4.9.10
+    assert refresh_time(start, start + 10 * 24 * hours) == start + 4 * 24 * hours
