@@ -58,6 +58,7 @@ class ServerConfig:
     read_timeout: float = 10.0
     index_stale_after: float = 60.0
     max_connections: int | None = None  # None: the descriptor limit less a reserve
+    drain_timeout: float = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +294,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         max_pending_signatures=server.positive("max_pending_signatures", 256),
         read_timeout=read_timeout,
         index_stale_after=server.duration("index_stale_after", "60s").total_seconds(),
+        drain_timeout=server.duration("drain_timeout", "5s").total_seconds(),
         max_connections=(
             server.positive("max_connections", 1) if "max_connections" in server.table else None
         ),

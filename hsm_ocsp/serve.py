@@ -136,6 +136,10 @@ async def _serve_app(config: Config, reuse_port: bool, pin: str, gate: LoginGate
         # aiohttp cuts a connection that has not sent a whole request (or sits idle)
         # this long after it opened or after its last response: the read timeout.
         keepalive_timeout=config.server.read_timeout,
+        # On SIGTERM: requests in progress get this long to finish (a client still
+        # sending its body included), then are cut, so that a stop never outlasts
+        # the grace period of compose (15 s set), Kubernetes or systemd (20 s).
+        shutdown_timeout=config.server.drain_timeout,
         # An OCSP request needs a few short headers: a client holding a connection
         # half-sent must not make the worker buffer up to a megabyte of them.
         max_line_size=MAX_LINE,

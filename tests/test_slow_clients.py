@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from .conftest import SoftHSM, build_ca, free_port, write_config
+from .conftest import SoftHSM, build_ca, free_port, start_server, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -190,3 +190,38 @@ def test_unparsable_requests_are_not_logged_with_tracebacks(server: tuple[Any, s
     log = running.log.read_text()
     assert "http=400" in log  # the access log still has them
     assert "Traceback" not in log and "Error handling request" not in log
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_with_a_slow_body_arriving_exits_0_within_the_drain_bound(
+    tmp_path: Path, softhsm: SoftHSM, workers: int
+) -> None:
+    """Issue 17.1: one byte a second of a POST body must not hold the stop past 5 s."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml",
+        {"root": setup},
+        port=port,
+        server=f'workers = {workers}\nread_timeout = "60s"\ndrain_timeout = "3s"',
+    )
+    server = start_server(config, port, tmp_path / "server.log")
+    slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        slow.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
+            b"Content-Length: 100\r\n\r\n0"
+        )
+        time.sleep(0.5)
+        stop_sent = time.monotonic()
+        server.process.terminate()
+        while server.process.poll() is None:
+            slow.sendall(b"\x00")  # one byte a second, as in the report
+            assert time.monotonic() - stop_sent < 3 + 4, "still running past the drain bound"
+            time.sleep(1.0)
+        took = time.monotonic() - stop_sent
+    finally:
+        slow.close()
+        server.stop()
+    assert server.process.returncode == 0, server.log.read_text()[-2000:]
+    assert took < 3 + 4, took  # drain bound, plus the signer's stop and exit
