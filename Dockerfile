@@ -11,7 +11,7 @@ RUN HSM_OCSP_USER=hsm-ocsp /src/deploy/docker/build-image.sh /src /opt/hsm-ocsp 
 ENV PATH=/opt/hsm-ocsp/venv/bin:$PATH \
     SOFTHSM2_CONF=/var/lib/hsm-ocsp/token/softhsm2.conf \
     PYTHONUNBUFFERED=1
-USER hsm-ocsp
+USER 10001:10001
 WORKDIR /var/lib/hsm-ocsp
 EXPOSE 8080
 ENTRYPOINT ["hsm-ocsp"]

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hsm_ocsp.config import load_config, read_pin
+from hsm_ocsp.config import load_config, parse_duration, read_pin
 
 from .conftest import ROOT, CASetup, RunningServer, free_port, write_config
 
@@ -329,3 +329,31 @@ def test_absolute_pin_file_is_read_where_load_credential_puts_it(
     loaded = load_config(config)
     assert loaded.token.pin_file == credentials / "pin"
     assert read_pin(loaded.token, config) == "5511"
+
+
+def test_image_user_and_group_are_numeric_10001() -> None:
+    """Issue 17.2: runAsNonRoot needs a numeric USER; volumes need a fixed gid."""
+    users = re.findall(r"^USER\s+(\S+)", DOCKERFILE.read_text(), re.M)
+    assert users == ["10001:10001"]
+    script = (ROOT / "deploy" / "docker" / "build-image.sh").read_text()
+    assert re.search(r"groupadd --system --gid 10001 ", script)
+    assert re.search(r"useradd --system --uid 10001 --gid 10001 ", script)
+    assert "--user-group" not in script  # that gives the group a dynamic id
+    assert "chown 10001:10001 " in script
+
+
+def test_compose_stop_grace_is_above_the_drain_bound() -> None:
+    responder = compose()["services"]["responder"]
+    grace = parse_duration(responder["stop_grace_period"]).total_seconds()
+    drain = load_config_text_default("drain_timeout")
+    assert grace >= drain + 5, (grace, drain)
+
+
+def load_config_text_default(key: str) -> float:
+    """A [server] duration of the container's config, or its default."""
+    from hsm_ocsp.config import ServerConfig
+
+    value = tomllib.loads(CONTAINER_CONFIG.read_text()).get("server", {}).get(key)
+    if value is None:
+        return float(getattr(ServerConfig(), key))
+    return parse_duration(value).total_seconds()

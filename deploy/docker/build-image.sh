@@ -9,7 +9,7 @@
 # PREFIX  where to install: PREFIX/venv (the package), PREFIX/share/hsm-ocsp (scripts)
 #
 # Environment:
-#   HSM_OCSP_USER           create this system user (uid 10001) and give it the state
+#   HSM_OCSP_USER           create this system user and group (uid and gid 10001) and give it the state
 #                           directories; unset on a host build (the test)
 #   HSM_OCSP_REUSE_DEPS     1: install only hsm-ocsp itself and let the venv import the
 #                           dependencies from PYTHON's own site-packages (the test: they
@@ -66,12 +66,17 @@ chmod 755 "$PREFIX/share/hsm-ocsp/init.sh" "$PREFIX/share/hsm-ocsp/softhsm/init-
 # 4. In the image: an unprivileged user owning the two volume mount points, so
 #    fresh named volumes start out writable by it.
 if [ -n "${HSM_OCSP_USER:-}" ]; then
+    # Fixed ids, user and group alike: files in volumes are 10001:10001 on every
+    # host, and the Dockerfile's numeric USER lets Kubernetes check runAsNonRoot.
+    if ! getent group "$HSM_OCSP_USER" >/dev/null 2>&1; then
+        groupadd --system --gid 10001 "$HSM_OCSP_USER"
+    fi
     if ! id "$HSM_OCSP_USER" >/dev/null 2>&1; then
-        useradd --system --uid 10001 --user-group --home-dir /var/lib/hsm-ocsp \
+        useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/hsm-ocsp \
             --shell /usr/sbin/nologin "$HSM_OCSP_USER"
     fi
     mkdir -p /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/data /etc/hsm-ocsp
-    chown "$HSM_OCSP_USER:$HSM_OCSP_USER" /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/data
+    chown 10001:10001 /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/data
     chmod 700 /var/lib/hsm-ocsp/token
 fi
 
