@@ -2,7 +2,7 @@
 # which tests/test_deploy.py also runs on the host (no Docker engine needed).
 FROM debian:bookworm-slim
 
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md constraints.txt /src/
 COPY hsm_ocsp /src/hsm_ocsp
 COPY deploy/docker /src/deploy/docker
 RUN HSM_OCSP_USER=hsm-ocsp /src/deploy/docker/build-image.sh /src /opt/hsm-ocsp \

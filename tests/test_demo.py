@@ -175,7 +175,11 @@ def test_installed_wheel_runs_demo_keygen_csr_check_and_serve_outside_the_checko
     (wheel,) = wheels.glob("hsm_ocsp-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=120)
-    subprocess.run([venv / "bin" / "python", *pip[1:], "install", wheel], check=True, timeout=600)
+    subprocess.run(
+        [venv / "bin" / "python", *pip[1:], "install", "-c", ROOT / "constraints.txt", wheel],
+        check=True,
+        timeout=600,
+    )
 
     away = tmp_path / "elsewhere"  # the working directory: no checkout there or above
     away.mkdir()

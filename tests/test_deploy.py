@@ -357,3 +357,37 @@ def load_config_text_default(key: str) -> float:
     if value is None:
         return float(getattr(ServerConfig(), key))
     return parse_duration(value).total_seconds()
+
+
+@pytest.mark.slow
+def test_image_build_installs_the_pinned_versions_without_pip_or_setuptools(
+    tmp_path: Path,
+) -> None:
+    """Issue 17.3: the image's venv is made from constraints.txt, as CI's is."""
+    prefix = tmp_path / "opt"
+    build = run_script(
+        [ROOT / "deploy" / "docker" / "build-image.sh", ROOT, prefix], dict(os.environ), 600
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    pins = dict(
+        line.split("==", 1)
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    python = prefix / "venv" / "bin" / "python"
+    code = (
+        "import importlib.metadata as m, importlib.util as u\n"
+        "for name in ('aiohttp', 'cryptography', 'python-pkcs11', 'asn1crypto'):\n"
+        "    print(name, m.version(name))\n"
+        "print('pip', u.find_spec('pip') is not None)\n"
+        "print('setuptools', u.find_spec('setuptools') is not None)\n"
+    )
+    found = dict(
+        line.split(" ", 1)
+        for line in subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+        ).stdout.splitlines()
+    )
+    assert found.pop("pip") == "False" and found.pop("setuptools") == "False"
+    for name, version in found.items():
+        assert pins[name] == version, (name, version)

@@ -5,7 +5,7 @@
 #
 #   build-image.sh SRC PREFIX
 #
-# SRC     source tree (pyproject.toml, README.md, hsm_ocsp/, deploy/docker/)
+# SRC     source tree (pyproject.toml, README.md, constraints.txt, hsm_ocsp/, deploy/docker/)
 # PREFIX  where to install: PREFIX/venv (the package), PREFIX/share/hsm-ocsp (scripts)
 #
 # Environment:
@@ -39,7 +39,7 @@ fi
 # 2. The package in its own venv, built from a copy so SRC stays untouched.
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/hsm_ocsp" "$stage/"
+cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/constraints.txt" "$SRC/hsm_ocsp" "$stage/"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 mkdir -p "$PREFIX"
 if [ "${HSM_OCSP_REUSE_DEPS:-0}" = 1 ]; then
@@ -53,7 +53,10 @@ if [ "${HSM_OCSP_REUSE_DEPS:-0}" = 1 ]; then
 else
     "$PYTHON" -m venv "$PREFIX/venv"
     "$PREFIX/venv/bin/python" -m pip install -q --no-cache-dir --upgrade pip
-    "$PREFIX/venv/bin/python" -m pip install -q --no-cache-dir "$stage"
+    # The versions CI tests (constraints.txt), not whatever the index serves today.
+    "$PREFIX/venv/bin/python" -m pip install -q --no-cache-dir -c "$stage/constraints.txt" "$stage"
+    # Nothing installs packages at run time: pip and setuptools stay out of the image.
+    "$PREFIX/venv/bin/python" -m pip uninstall -q -y pip setuptools
 fi
 
 # 3. The scripts the one-shot set-up runs.
