@@ -391,3 +391,67 @@ def test_image_build_installs_the_pinned_versions_without_pip_or_setuptools(
     assert found.pop("pip") == "False" and found.pop("setuptools") == "False"
     for name, version in found.items():
         assert pins[name] == version, (name, version)
+
+
+K8S = ROOT / "deploy" / "kubernetes"
+K8S_VERSION = "1.30.0"
+
+
+def k8s_documents() -> dict[str, dict[str, Any]]:
+    """kind/name -> manifest, for every document in deploy/kubernetes/."""
+    found = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            found[f"{doc['kind']}/{doc.get('metadata', {}).get('name', path.name)}"] = doc
+    return found
+
+
+def test_kubernetes_manifests_pass_the_api_schemas() -> None:
+    """Issue 17.4: every manifest against Kubernetes 1.30's schemas, strictly (no unknown
+    field); a misspelt field is caught, so the check bites."""
+    import kubernetes_validate
+
+    docs = k8s_documents()
+    kinds = {key.split("/")[0] for key in docs}
+    assert {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap"} <= kinds
+    for doc in docs.values():
+        if doc["kind"] != "Kustomization":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    broken = yaml.safe_load((K8S / "deployment.yaml").read_text())
+    container = broken["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    listed = set(docs["Kustomization/kustomization.yaml"]["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_kubernetes_deployment_matches_the_image_and_the_config() -> None:
+    docs = k8s_documents()
+    pod = docs["Deployment/hsm-ocsp"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] and (security["runAsUser"], security["runAsGroup"]) == (
+        10001,
+        10001,
+    )
+    config = tomllib.loads(docs["ConfigMap/hsm-ocsp-config"]["data"]["config.toml"])
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    pin = Path(config["token"]["pin_file"])
+    assert str(pin.parent) == mounts["pin"] and "secret" in volumes["pin"]
+    assert not volumes["pin"]["secret"]["defaultMode"] & 0o004  # not world-readable
+    for path in ("certificate", "index", "responder_certificate"):
+        assert config["ca"][0][path].startswith(mounts["data"] + "/")
+    metrics_port = int(config["server"]["metrics_listen"].rsplit(":", 1)[1])
+    annotations = docs["Deployment/hsm-ocsp"]["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == metrics_port
+    drain = parse_duration(config["server"]["drain_timeout"]).total_seconds()
+    assert pod["terminationGracePeriodSeconds"] >= drain + 5
+    pdb = docs["PodDisruptionBudget/hsm-ocsp"]["spec"]
+    assert (
+        pdb["selector"]["matchLabels"]
+        == docs["Deployment/hsm-ocsp"]["spec"]["selector"]["matchLabels"]
+    )
