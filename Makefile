@@ -6,7 +6,7 @@ DEMO_DIR ?= demo
 DEBIAN_PACKAGES := softhsm2 openssl gnutls-bin p11-kit python3-venv python3-dev gcc \
 	prometheus nginx wrk hey procps systemd opensc-pkcs11
 
-.PHONY: demo test test-fast lint deps system-deps clean
+.PHONY: demo test test-fast lint deps system-deps clean image-test
 
 ## Start a responder on a demo SoftHSM token and demo CA (Ctrl-C stops it).
 demo: deps
@@ -19,6 +19,10 @@ test: deps lint
 ## The same without the scenario tests marked slow: for day-to-day work.
 test-fast: deps lint
 	$(PY) -m pytest -m "not slow"
+
+## Build the container image with podman and run the compose stack (root; not in test).
+image-test:
+	bash scripts/image-test.sh
 
 lint: deps
 	$(VENV)/bin/ruff check hsm_ocsp tests

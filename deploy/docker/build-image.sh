@@ -31,6 +31,7 @@ if [ -n "$missing" ]; then
     echo "build-image: installing Debian packages:$missing"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+    apt-get clean  # the downloaded .debs: not every base image drops them by itself
     rm -rf /var/lib/apt/lists/*
 else
     echo "build-image: Debian packages present"
