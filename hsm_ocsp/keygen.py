@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+from typing import Any
 
+import pkcs11
 from cryptography.hazmat.primitives import serialization
+from pkcs11 import Attribute
 
 from .errors import ConfigError, TokenError
 from .keys import (
@@ -23,6 +26,7 @@ from .keys import (
 )
 from .pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from .signing import PublicKey
+from .token import describe_error, return_code
 
 __all__ = ["NewKey", "generate", "run_keygen"]
 
@@ -70,12 +74,47 @@ def generate(module: str, pin: str, uri: Pkcs11Uri, algorithm: str) -> NewKey:
             candidate = os.urandom(8)
             if not existing_objects(session, label=None, key_id=candidate):
                 key_id = candidate
-        public, _private, key_id = generate_key_pair(
-            session, algorithm, label=uri.object, key_id=key_id
-        )
+        try:
+            public, private, key_id = generate_key_pair(
+                session, algorithm, label=uri.object, key_id=key_id
+            )
+        except pkcs11.PKCS11Error as exc:
+            raise TokenError(_refused(exc, algorithm, uri, module)) from None
+        _keep_only_if_protected(public, private, uri)
         public_key = public_key_from_token(public)
     full = dataclasses.replace(uri, id=key_id, type=None)
     return NewKey(uri=full, public_key=public_key)
+
+
+def _refused(exc: pkcs11.PKCS11Error, algorithm: str, uri: Pkcs11Uri, module: str) -> str:
+    """One line: what was done, where, the return code, and what to try."""
+    what = f"keygen {algorithm} for {uri} with {module}: the token refused it"
+    if isinstance(exc, pkcs11.exceptions.MechanismInvalid):
+        kind = "EC" if algorithm.startswith("ec-") else algorithm.split("-")[0].upper()
+        other = "rsa-2048" if not algorithm.startswith("rsa-") else "ec-p256"
+        return (
+            f"{what} ({return_code(exc)}): this token has no {kind} key generation; "
+            f"use --algorithm {other}"
+        )
+    return f"{what} ({describe_error(exc)})"
+
+
+def _keep_only_if_protected(public: Any, private: Any, uri: Pkcs11Uri) -> None:
+    """Read the new private key back; delete the pair if the token made it exportable."""
+    try:
+        sensitive = private[Attribute.SENSITIVE]
+        extractable = private[Attribute.EXTRACTABLE]
+    except pkcs11.PKCS11Error:  # a token may not show them; it took the template
+        return
+    if sensitive and not extractable:
+        return
+    for obj in (private, public):
+        obj.destroy()
+    raise TokenError(
+        f"keygen for {uri}: the token made the private key "
+        f"{'extractable' if extractable else 'not sensitive'} although asked not to; "
+        "the key pair was deleted"
+    )
 
 
 def run_keygen(args: argparse.Namespace) -> int:

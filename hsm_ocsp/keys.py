@@ -18,7 +18,7 @@ import pkcs11
 from asn1crypto import core as asn1_core
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import DEFAULT, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from .config import DEFAULT_MODULE, DEFAULT_PIN_ENV, TokenConfig, read_pin
@@ -34,11 +34,20 @@ __all__ = [
     "module_and_pin",
     "open_session",
     "public_key_from_token",
+    "select_token",
 ]
 
 ALGORITHMS = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519")
 _CURVES = {"ec-p256": "secp256r1", "ec-p384": "secp384r1"}
 _ED25519_OID = "1.3.101.112"
+
+
+# Exactly what a signing key needs. python-pkcs11 would add every capability
+# attribute with an explicit value (RSA keys able to decrypt and unwrap, EC keys
+# able to derive), which strict tokens refuse: tpm2-pkcs11 for EC (verify and
+# decrypt are one TPM attribute), Caml Crush for RSA (wrap with decrypt).
+# DEFAULT leaves an attribute out of the template, to the token.
+_NOT_ASKED = dict.fromkeys((Attribute.DECRYPT, Attribute.UNWRAP, Attribute.DERIVE), DEFAULT)
 
 
 def _private_template() -> dict[Attribute, Any]:
@@ -48,11 +57,16 @@ def _private_template() -> dict[Attribute, Any]:
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
         Attribute.SIGN: True,
+        **_NOT_ASKED,
     }
 
 
 def _public_template() -> dict[Attribute, Any]:
-    return {Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.VERIFY: True}
+    return {
+        Attribute.TOKEN: True,
+        Attribute.VERIFY: True,
+        **dict.fromkeys((Attribute.ENCRYPT, Attribute.WRAP), DEFAULT),
+    }
 
 
 def generate_key_pair(
@@ -158,15 +172,44 @@ def existing_objects(session: Any, *, label: str | None, key_id: bytes | None) -
     return found
 
 
+def select_token(lib: Any, uri: Pkcs11Uri) -> Any:
+    """The one token the URI's token=, serial=, manufacturer= and model= name (RFC 7512).
+
+    python-pkcs11 compares serial= as bytes and knows no manufacturer= or model=,
+    so the tokens are matched here. NoSuchToken or MultipleTokensReturned otherwise.
+    """
+    wanted = {
+        "label": uri.token,
+        "serial": None if uri.serial is None else uri.serial.encode(),
+        "manufacturer_id": uri.manufacturer,
+        "model": uri.model,
+    }
+    found = []
+    for slot in lib.get_slots(token_present=True):
+        token = slot.get_token()
+        if all(v is None or _field(token, k) == v for k, v in wanted.items()):
+            found.append(token)
+    if not found:
+        raise pkcs11.exceptions.NoSuchToken(str(uri))
+    if len(found) > 1:
+        raise pkcs11.exceptions.MultipleTokensReturned(str(uri))
+    return found[0]
+
+
+def _field(token: Any, name: str) -> Any:
+    value = getattr(token, name)
+    return value.rstrip(b" \0") if isinstance(value, bytes) else value.rstrip()
+
+
 def open_session(module: str, pin: str, uri: Pkcs11Uri, *, rw: bool = False) -> Any:
     """Log in to the token the URI names; TokenError (never with the PIN) if not possible."""
     from .token import describe_error
 
     try:
         lib = pkcs11.lib(module)
-        token = lib.get_token(token_label=uri.token, token_serial=uri.serial)
+        token = select_token(lib, uri)
         return token.open(user_pin=pin, rw=rw)
-    except pkcs11.PKCS11Error as exc:
+    except pkcs11.PKCS11Error as exc:  # a module that cannot be loaded too
         where = f"token {uri.token!r}" if uri.token else "the token"
         raise TokenError(
             f"cannot open {where} with module {module}: {describe_error(exc)}"

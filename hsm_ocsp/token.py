@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +27,12 @@ from pkcs11 import exceptions as p11e
 from pkcs11.mechanisms import MGF
 
 from .errors import TokenError
+from .keys import select_token
 from .login_gate import LoginGate, LoginRefused
 from .pkcs11_uri import Pkcs11Uri
 from .signing import SignatureScheme
 
-__all__ = ["KeySpec", "Token", "mechanism_for"]
+__all__ = ["KeySpec", "Token", "describe_error", "mechanism_for", "return_code"]
 
 log = logging.getLogger("hsm_ocsp.token")
 T = TypeVar("T")
@@ -99,9 +101,33 @@ def describe_error(exc: BaseException) -> str:
         return "the URI matches more than one private key; add id= or object="
     if isinstance(exc, p11e.MultipleTokensReturned):
         return "several tokens match; add token= to the URI"
+    if type(exc) is p11e.PKCS11Error:  # no return code: the module did not load
+        return f"the module could not be loaded: {exc}"
     if isinstance(exc, p11e.PKCS11Error):
-        return f"PKCS#11 error {type(exc).__name__}"
+        hint = _HINTS.get(type(exc))
+        return f"{return_code(exc)}" + (f": {hint}" if hint else "")
     return f"{type(exc).__name__}: {exc}"
+
+
+def return_code(exc: BaseException) -> str:
+    """The PKCS#11 return code's name of a python-pkcs11 exception: CKR_MECHANISM_INVALID."""
+    return "CKR_" + re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).upper()
+
+
+# What to try, for the failures seen on real tokens.
+_HINTS: dict[type[BaseException], str] = {
+    p11e.GeneralError: "the module failed (is its daemon, server or TPM running?)",
+    p11e.DeviceError: "the token's device failed",
+    p11e.DeviceRemoved: "the token was removed",
+    p11e.TokenNotPresent: "no token in the slot",
+    p11e.TokenNotRecognised: "the module does not recognise the token",
+    p11e.MechanismInvalid: "the token does not offer this mechanism",
+    p11e.AttributeValueInvalid: "the token refuses an attribute of the key template",
+    p11e.TemplateInconsistent: "the token refuses this combination of key attributes",
+    p11e.FunctionNotSupported: "the module does not implement this function",
+    p11e.UserNotLoggedIn: "the session is not logged in",
+    p11e.SessionHandleInvalid: "the session was closed (module restarted?)",
+}
 
 
 class Token:
@@ -131,7 +157,7 @@ class Token:
         )
         # State below is touched only on the token thread, except the flags.
         self._lib: Any = None
-        self._sessions: dict[tuple[str | None, str | None], Any] = {}
+        self._sessions: dict[int, Any] = {}  # slot id -> the logged-in session
         self._handles: dict[str, Any] = {}
         self._connected = False
         self._next_attempt = 0.0
@@ -181,10 +207,12 @@ class Token:
                 self._lib.initialize()
         for spec in self.keys.values():
             uri = spec.uri
-            where = (uri.token, uri.serial)
+            token = select_token(self._lib, uri)
+            # One session (one login) a token, whatever each key's URI says of it:
+            # a second login to the same token fails with UserAlreadyLoggedIn.
+            where = token.slot.slot_id
             session = self._sessions.get(where)
             if session is None:
-                token = self._lib.get_token(token_label=uri.token, token_serial=uri.serial)
                 session = self._login(token)
                 self._sessions[where] = session
             self._handles[spec.name] = session.get_key(

@@ -1,0 +1,98 @@
+"""How the responder finds and uses a token: RFC 7512 token attributes, one login a token,
+and the key template keygen asks for (issue 16)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pkcs11
+import pytest
+
+from hsm_ocsp.keys import open_session, select_token
+from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
+
+from .conftest import MODULE, SoftHSM, build_ca, free_port, start_server, write_config
+
+SPY = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"
+
+
+def _token_info(softhsm: SoftHSM) -> tuple[str, str, str]:
+    token = pkcs11.lib(MODULE).get_token(token_label=softhsm.label)
+    return token.serial.decode().strip(), token.manufacturer_id.strip(), token.model.strip()
+
+
+def test_serial_manufacturer_and_model_in_a_uri_select_the_token(softhsm: SoftHSM) -> None:
+    serial, manufacturer, model = _token_info(softhsm)
+    lib = pkcs11.lib(MODULE)
+    for text in (
+        f"pkcs11:serial={serial};object=x",
+        f"pkcs11:token={softhsm.label};serial={serial};object=x",
+        f"pkcs11:manufacturer={manufacturer.replace(' ', '%20')};token={softhsm.label};object=x",
+        f"pkcs11:model={model.replace(' ', '%20')};token={softhsm.label};object=x",
+    ):
+        assert select_token(lib, parse_pkcs11_uri(text)).label == softhsm.label, text
+    for text in (
+        f"pkcs11:token={softhsm.label};serial=0000000000000000;object=x",
+        f"pkcs11:token={softhsm.label};model=Luna;object=x",
+    ):
+        with pytest.raises(pkcs11.exceptions.NoSuchToken):
+            select_token(lib, parse_pkcs11_uri(text))
+    with open_session(MODULE, softhsm.pin, parse_pkcs11_uri(f"pkcs11:serial={serial};object=x")):
+        pass
+
+
+def test_two_cas_with_keys_on_one_token_named_two_ways_serve_with_one_login(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One CA's URI names the token by label, the other's by serial: one session, one login."""
+    serial, _, _ = _token_info(softhsm)
+    first = build_ca(tmp_path / "a", softhsm)
+    second = build_ca(tmp_path / "b", softhsm, name="Second CA")
+    second.key_uri = second.key_uri.replace(f"token={softhsm.label}", f"serial={serial}")
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"a": first, "b": second}, port=port)
+    config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{SPY}"'))
+    spy_log = tmp_path / "spy.log"
+    monkeypatch.setenv("PKCS11SPY", MODULE)
+    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(spy_log))
+    server = start_server(config, port, tmp_path / "server.log")
+    server.stop()
+    assert spy_log.read_text().count(": C_Login\n") == 1
+    assert "UserAlreadyLoggedIn" not in server.log.read_text()
+
+
+def _keygen(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hsm_ocsp", "keygen", *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("algorithm", ["ec-p256", "rsa-2048", "ed25519"])
+def test_keygen_asks_only_for_what_a_signing_key_needs(
+    tmp_path: Path, softhsm: SoftHSM, algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template sent in C_GenerateKeyPair (seen by OpenSC's pkcs11-spy): sign, verify,
+    token, private, sensitive, not extractable; no decrypt, unwrap, derive, encrypt or wrap."""
+    import os
+
+    spy_log = tmp_path / "spy.log"
+    env = {**os.environ, "PKCS11SPY": MODULE, "PKCS11SPY_OUTPUT": str(spy_log)}
+    label = f"tmpl-{algorithm}-{tmp_path.name}"[:60]
+    done = _keygen(
+        ["--module", SPY, "--key", f"pkcs11:token={softhsm.label};object={label}",
+         "--algorithm", algorithm],
+        env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    call = spy_log.read_text().split(": C_GenerateKeyPair\n", 1)[1].split("\nReturned:", 1)[0]
+    public, private = call.split("pPrivateKeyTemplate", 1)
+    for attribute in ("CKA_DECRYPT", "CKA_UNWRAP", "CKA_DERIVE", "CKA_ENCRYPT", "CKA_WRAP"):
+        assert attribute not in call, (attribute, call)
+    for attribute in ("CKA_SIGN", "CKA_SENSITIVE", "CKA_PRIVATE", "CKA_TOKEN", "CKA_EXTRACTABLE"):
+        assert re.search(rf"{attribute}\b", private), (attribute, private)
+    for attribute in ("CKA_VERIFY", "CKA_TOKEN"):
+        assert re.search(rf"{attribute}\b", public), (attribute, public)
