@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 DEBIAN_PACKAGES := softhsm2 openssl gnutls-bin p11-kit python3-venv python3-dev gcc \
-	prometheus nginx wrk hey procps systemd opensc-pkcs11
+	prometheus nginx wrk hey procps systemd opensc-pkcs11 opencryptoki
 
 .PHONY: demo test test-fast lint deps system-deps clean image-test
 

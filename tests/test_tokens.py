@@ -3,9 +3,11 @@ and the key template keygen asks for (issue 16)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pkcs11
@@ -14,7 +16,17 @@ import pytest
 from hsm_ocsp.keys import open_session, select_token
 from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
 
-from .conftest import MODULE, SoftHSM, build_ca, free_port, start_server, write_config
+from .conftest import (
+    MODULE,
+    CASetup,
+    SoftHSM,
+    build_ca,
+    free_port,
+    start_server,
+    write_config,
+)
+from .pki import OpenSSLCA, run
+from .tokens import TokenUnderTest, opencryptoki, opencryptoki_available
 
 SPY = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"
 
@@ -77,8 +89,6 @@ def test_keygen_asks_only_for_what_a_signing_key_needs(
 ) -> None:
     """The template sent in C_GenerateKeyPair (seen by OpenSC's pkcs11-spy): sign, verify,
     token, private, sensitive, not extractable; no decrypt, unwrap, derive, encrypt or wrap."""
-    import os
-
     spy_log = tmp_path / "spy.log"
     env = {**os.environ, "PKCS11SPY": MODULE, "PKCS11SPY_OUTPUT": str(spy_log)}
     label = f"tmpl-{algorithm}-{tmp_path.name}"[:60]
@@ -96,3 +106,106 @@ def test_keygen_asks_only_for_what_a_signing_key_needs(
         assert re.search(rf"{attribute}\b", private), (attribute, private)
     for attribute in ("CKA_VERIFY", "CKA_TOKEN"):
         assert re.search(rf"{attribute}\b", public), (attribute, public)
+
+
+# --- the operator's path on each token -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ock() -> Iterator[TokenUnderTest]:
+    if not opencryptoki_available():
+        if os.environ.get("CI"):
+            pytest.fail("OpenCryptoki is not installed: apt-get install opencryptoki")
+        pytest.skip("OpenCryptoki (Debian opencryptoki) is not installed")
+    yield from opencryptoki()
+
+
+def _softhsm_under_test(softhsm: SoftHSM) -> TokenUnderTest:
+    return TokenUnderTest(
+        "SoftHSM",
+        MODULE,
+        softhsm.label,
+        softhsm.pin,
+        ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519"),
+    )
+
+
+def operator_path(token: TokenUnderTest, algorithm: str, directory: Path) -> None:
+    """keygen, csr, the CA signs it, check, serve, openssl ocsp good and revoked: all as
+    an operator runs them, as processes, with the PIN in HSM_OCSP_PIN."""
+    env = {**os.environ, "HSM_OCSP_PIN": token.pin}
+    ca = OpenSSLCA(directory / "ca", f"{token.name} {algorithm} CA")
+    certs = {"good": ca.issue("good"), "revoked": ca.issue("revoked")}
+    ca.revoke(certs["revoked"], "-crl_reason", "keyCompromise")
+    uri = f"pkcs11:token={token.label};object=ocsp-{algorithm}-{directory.name}"[:120]
+    cli = [sys.executable, "-m", "hsm_ocsp"]
+    for step in (
+        ["keygen", "--module", token.module, "--key", uri, "--algorithm", algorithm],
+        ["csr", "--module", token.module, "--key", uri, "--subject", "CN=OCSP " + algorithm,
+         "--out", str(directory / "responder.csr")],
+    ):  # fmt: skip
+        done = subprocess.run([*cli, *step], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, f"{step[0]}: {done.stderr}"
+    responder = directory / "responder.pem"
+    run("openssl", "x509", "-req", "-in", directory / "responder.csr", "-CA", ca.cert_path,
+        "-CAkey", ca.dir / "ca.key", "-set_serial", "0x7E57", "-days", "30", "-extfile", ca.cnf,
+        "-extensions", "ocsp", "-out", responder)  # fmt: skip
+    setup = CASetup(ca=ca, certs=certs, key_uri=uri, responder_cert=responder)
+    port = free_port()
+    config = write_config(directory / "config.toml", {"root": setup}, port=port)
+    config.write_text(
+        config.read_text().replace(f'module = "{MODULE}"', f'module = "{token.module}"')
+    )
+    done = subprocess.run(
+        [*cli, "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"check: {done.stdout}{done.stderr}"
+    saved = os.environ.get("HSM_OCSP_PIN")
+    os.environ["HSM_OCSP_PIN"] = token.pin
+    try:
+        server = start_server(config, port, directory / "server.log", timeout=60)
+    finally:
+        if saved is not None:
+            os.environ["HSM_OCSP_PIN"] = saved
+    try:
+        for name in ("good", "revoked"):
+            done = subprocess.run(
+                ["openssl", "ocsp", "-issuer", str(ca.cert_path), "-cert", str(certs[name]),
+                 "-url", server.url, "-CAfile", str(ca.cert_path)],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert "Response verify OK" in done.stderr, done.stderr + done.stdout
+            assert f"{certs[name]}: {name}" in done.stdout
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-2048", "ec-p384"])
+def test_operator_path_on_softhsm(softhsm: SoftHSM, tmp_path: Path, algorithm: str) -> None:
+    operator_path(_softhsm_under_test(softhsm), algorithm, tmp_path)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-2048", "rsa-3072"])
+def test_operator_path_on_opencryptoki(ock: TokenUnderTest, tmp_path: Path, algorithm: str) -> None:
+    operator_path(ock, algorithm, tmp_path)
+
+
+@pytest.mark.parametrize("algorithm", ["ec-p256", "ed25519"])
+def test_keygen_a_token_refuses_is_one_clear_line(
+    ock: TokenUnderTest, tmp_path: Path, algorithm: str
+) -> None:
+    env = {**os.environ, "HSM_OCSP_PIN": ock.pin}
+    done = _keygen(
+        ["--module", ock.module, "--key", f"pkcs11:token={ock.label};object=no-{algorithm}",
+         "--algorithm", algorithm],
+        env,
+    )  # fmt: skip
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "CKR_MECHANISM_INVALID" in lines[0] and "use --algorithm rsa-2048" in lines[0]
+    assert ock.label in lines[0] and ock.pin not in done.stderr

@@ -1,0 +1,115 @@
+"""Tokens other than SoftHSM for the tests: OpenCryptoki's soft token (Debian opencryptoki).
+
+Facts this relies on, measured on Debian 12 as root without systemd: OpenCryptoki 3.8
+needs its slot daemon ``pkcsslotd`` running (it writes /var/run/pkcsslotd.pid), PINs of
+4 to 8 characters, and an /etc/hosts; its soft token is one per machine (3.8 has no
+per-slot ``tokdir``), so the fixture sets the machine's token aside, starts from a
+blank one and puts the old one back; its EC and EdDSA key generation are absent. The
+machine's opencryptoki.conf is likewise replaced by one with the soft token alone for
+the session; the daemon started here is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+OCK_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
+OCK_CONF = Path("/etc/opencryptoki/opencryptoki.conf")
+OCK_PID = Path("/var/run/pkcsslotd.pid")
+OCK_TOKEN_DIR = Path("/var/lib/opencryptoki/swtok")
+OCK_SLOT = 3
+OCK_DEFAULT_SO_PIN = "87654321"
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenUnderTest:
+    name: str
+    module: str
+    label: str
+    pin: str
+    algorithms: tuple[str, ...]  # what its key generation offers
+    refused: tuple[str, ...] = ()  # what it does not
+
+
+def _run(*args: str, stdin: str | None = None) -> None:
+    done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:2])} failed: {done.stderr or done.stdout}")
+
+
+def opencryptoki_available() -> bool:
+    return Path(OCK_MODULE).exists() and shutil.which("pkcsslotd", path="/usr/sbin") is not None
+
+
+def opencryptoki(label: str = "hsm-ocsp-ock", pin: str = "24682468") -> Iterator[TokenUnderTest]:
+    """The soft token, initialised afresh with ``label`` and ``pin``, for as long as it yields."""
+    saved = OCK_CONF.read_bytes() if OCK_CONF.exists() else None
+    if OCK_PID.exists():  # a daemon of an earlier run: ours to replace
+        _stop_daemon()
+    # The machine's one soft token is set aside and a blank one (default SO PIN, no
+    # objects) takes its place, so no login is ever tried with a PIN it may not have.
+    aside = OCK_TOKEN_DIR.with_name(OCK_TOKEN_DIR.name + ".hsm-ocsp-aside")
+    if OCK_TOKEN_DIR.exists() and not aside.exists():
+        OCK_TOKEN_DIR.rename(aside)
+    shutil.rmtree(OCK_TOKEN_DIR, ignore_errors=True)
+    (OCK_TOKEN_DIR / "TOK_OBJ").mkdir(parents=True)
+    for path in (OCK_TOKEN_DIR, OCK_TOKEN_DIR / "TOK_OBJ"):
+        shutil.chown(path, "root", "pkcs11")
+        path.chmod(0o770)
+    OCK_CONF.write_text(
+        f"version opencryptoki-3.1\n\nslot {OCK_SLOT}\n{{\nstdll = libpkcs11_sw.so\n}}\n"
+    )
+    run_dir = Path("/run/opencryptoki")
+    run_dir.mkdir(exist_ok=True)
+    shutil.chown(run_dir, "root", "pkcs11")
+    run_dir.chmod(0o770)
+    try:
+        _run("/usr/sbin/pkcsslotd")
+        deadline = time.monotonic() + 10
+        while not OCK_PID.exists():
+            assert time.monotonic() < deadline, "pkcsslotd wrote no PID file"
+            time.sleep(0.05)
+        slot = str(OCK_SLOT)
+        so_pin = "13571357"
+        _run("pkcsconf", "-I", "-c", slot, "-S", OCK_DEFAULT_SO_PIN, stdin=f"{label}\n")
+        _run("pkcsconf", "-P", "-c", slot, "-S", OCK_DEFAULT_SO_PIN, "-n", so_pin)
+        _run("pkcsconf", "-u", "-c", slot, "-S", so_pin, "-n", "11111111")
+        _run("pkcsconf", "-p", "-c", slot, "-U", "11111111", "-n", pin)
+        yield TokenUnderTest(
+            "OpenCryptoki soft token",
+            OCK_MODULE,
+            label,
+            pin,
+            algorithms=("rsa-2048", "rsa-3072"),
+            refused=("ec-p256", "ed25519"),
+        )
+    finally:
+        _stop_daemon()
+        if saved is not None:
+            OCK_CONF.write_bytes(saved)
+        if aside.exists():
+            shutil.rmtree(OCK_TOKEN_DIR, ignore_errors=True)
+            aside.rename(OCK_TOKEN_DIR)
+
+
+def _stop_daemon() -> None:
+    try:
+        pid = int(OCK_PID.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    OCK_PID.unlink(missing_ok=True)
