@@ -53,6 +53,16 @@ def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iter
             yield Finding("error", ca.name, f"key {ca.key}: {exc}")
             return
         yield Finding("ok", ca.name, f"key {ca.key} found")
+        attributes = token.key_attributes_blocking(ca.name)
+        if attributes.get("always_authenticate"):
+            yield Finding(
+                "error",
+                ca.name,
+                f"key {ca.key} needs a login before every signature "
+                "(CKA_ALWAYS_AUTHENTICATE), which hsm-ocsp does not do: make the "
+                "responder key without it",
+            )
+            return
         try:
             signature = token.sign_blocking(ca.name, _PROBE)
         except TokenError as exc:
@@ -71,7 +81,6 @@ def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iter
             )
         else:
             yield Finding("ok", ca.name, f"key signs and matches {which} {path}")
-        attributes = token.key_attributes_blocking(ca.name)
         if attributes.get("extractable") is not False:
             yield Finding(
                 "warning", ca.name, f"key {ca.key} is extractable: it can leave the token"

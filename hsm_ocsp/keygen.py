@@ -90,7 +90,7 @@ def _refused(exc: pkcs11.PKCS11Error, algorithm: str, uri: Pkcs11Uri, module: st
     """One line: what was done, where, the return code, and what to try."""
     what = f"keygen {algorithm} for {uri} with {module}: the token refused it"
     if isinstance(exc, pkcs11.exceptions.MechanismInvalid):
-        kind = "EC" if algorithm.startswith("ec-") else algorithm.split("-")[0].upper()
+        kind = {"ec": "EC", "rsa": "RSA", "ed25519": "Ed25519"}[algorithm.split("-")[0]]
         other = "rsa-2048" if not algorithm.startswith("rsa-") else "ec-p256"
         return (
             f"{what} ({return_code(exc)}): this token has no {kind} key generation; "

@@ -298,6 +298,7 @@ class Token:
             Attribute.PRIVATE,
             Attribute.ALWAYS_SENSITIVE,
             Attribute.NEVER_EXTRACTABLE,
+            Attribute.ALWAYS_AUTHENTICATE,
         ):
             try:
                 out[attr.name.lower()] = handle[attr]

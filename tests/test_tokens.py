@@ -26,7 +26,7 @@ from .conftest import (
     write_config,
 )
 from .pki import OpenSSLCA, run
-from .tokens import TokenUnderTest, opencryptoki, opencryptoki_available
+from .tokens import TokenUnderTest, opencryptoki, opencryptoki_available, tpm2, tpm2_available
 
 SPY = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"
 
@@ -120,6 +120,15 @@ def ock() -> Iterator[TokenUnderTest]:
     yield from opencryptoki()
 
 
+@pytest.fixture(scope="module")
+def tpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenUnderTest]:
+    if not tpm2_available():
+        if os.environ.get("CI"):
+            pytest.fail("tpm2-pkcs11 on swtpm is not installed (see the Makefile's packages)")
+        pytest.skip("tpm2-pkcs11, swtpm or tpm2-abrmd is not installed")
+    yield from tpm2(tmp_path_factory.mktemp("tpm2"))
+
+
 def _softhsm_under_test(softhsm: SoftHSM) -> TokenUnderTest:
     return TokenUnderTest(
         "SoftHSM",
@@ -194,6 +203,12 @@ def test_operator_path_on_opencryptoki(ock: TokenUnderTest, tmp_path: Path, algo
     operator_path(ock, algorithm, tmp_path)
 
 
+@pytest.mark.parametrize("algorithm", ["ec-p256", "ec-p384", "rsa-2048"])
+def test_operator_path_on_tpm2_pkcs11(tpm: TokenUnderTest, tmp_path: Path, algorithm: str) -> None:
+    """EC keygen failed here with GeneralError while the template asked for decrypt."""
+    operator_path(tpm, algorithm, tmp_path)
+
+
 @pytest.mark.parametrize("algorithm", ["ec-p256", "ed25519"])
 def test_keygen_a_token_refuses_is_one_clear_line(
     ock: TokenUnderTest, tmp_path: Path, algorithm: str
@@ -209,3 +224,31 @@ def test_keygen_a_token_refuses_is_one_clear_line(
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "CKR_MECHANISM_INVALID" in lines[0] and "use --algorithm rsa-2048" in lines[0]
     assert ock.label in lines[0] and ock.pin not in done.stderr
+
+
+def test_check_names_always_authenticate_as_the_reason(
+    tmp_path: Path, softhsm: SoftHSM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key that wants a context-specific login before each signature is refused by
+    check with that reason, not blamed on the certificate."""
+    from pkcs11 import Attribute, KeyType
+
+    from hsm_ocsp.cli import main
+    from hsm_ocsp.keys import public_key_from_token
+    from hsm_ocsp.pkcs11_uri import Pkcs11Uri
+
+    label = f"always-auth-{tmp_path.name}"[:60]
+    with softhsm.session() as session:
+        public, _ = session.generate_keypair(
+            KeyType.RSA, 2048, store=True, label=label,
+            private_template={Attribute.ALWAYS_AUTHENTICATE: True, Attribute.SIGN: True},
+        )  # fmt: skip
+        public_key = public_key_from_token(public)
+    setup = build_ca(tmp_path / "ca", softhsm)
+    setup.key_uri = str(Pkcs11Uri(token=softhsm.label, object=label))
+    setup.responder_cert = setup.ca.sign_responder(public_key)
+    config = write_config(tmp_path / "config.toml", {"root": setup})
+    assert main(["check", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("error"))
+    assert "CKA_ALWAYS_AUTHENTICATE" in line and "certificate" not in line, out

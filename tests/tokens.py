@@ -1,4 +1,5 @@
-"""Tokens other than SoftHSM for the tests: OpenCryptoki's soft token (Debian opencryptoki).
+"""Tokens other than SoftHSM for the tests: OpenCryptoki's soft token (Debian opencryptoki)
+and tpm2-pkcs11 on swtpm (Debian libtpm2-pkcs11-1, swtpm, tpm2-abrmd).
 
 Facts this relies on, measured on Debian 12 as root without systemd: OpenCryptoki 3.8
 needs its slot daemon ``pkcsslotd`` running (it writes /var/run/pkcsslotd.pid), PINs of
@@ -11,6 +12,7 @@ the session; the daemon started here is stopped by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -113,3 +115,122 @@ def _stop_daemon() -> None:
     except ProcessLookupError:
         pass
     OCK_PID.unlink(missing_ok=True)
+
+
+# --- tpm2-pkcs11 on a software TPM ------------------------------------------------
+
+TPM2_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so"
+
+
+def tpm2_available() -> bool:
+    tools = ("swtpm", "tpm2-abrmd", "tpm2_ptool", "dbus-daemon")
+    path = "/usr/sbin:/usr/bin:/sbin:/bin"
+    return Path(TPM2_MODULE).exists() and all(shutil.which(t, path=path) for t in tools)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_for_port(port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on 127.0.0.1:{port}"
+            time.sleep(0.05)
+
+
+def tpm2(
+    directory: Path, label: str = "hsm-ocsp-tpm", pin: str = "24682468"
+) -> Iterator[TokenUnderTest]:
+    """tpm2-pkcs11 over tpm2-abrmd over swtpm, all private to this run.
+
+    swtpm listens on two free 127.0.0.1 ports; tpm2-abrmd runs on a D-Bus session
+    bus of its own (no system bus, no systemd); the token's store is in
+    ``directory``. The environment variables the module reads are set in this
+    process while it yields (servers and CLI processes started meanwhile inherit
+    them) and removed afterwards. Every daemon is stopped by its PID.
+    """
+    port = _free_port()
+    while not _is_free(port + 1):  # the swtpm TCTI finds the control port at port + 1
+        port = _free_port()
+    state, store = directory / "state", directory / "store"
+    state.mkdir(parents=True)
+    store.mkdir()
+    started: list[int] = []
+    env_before = {k: os.environ.get(k) for k in _TPM2_ENV}
+    try:
+        _run("swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",  # the TCTI's choice
+             "--flags", "not-need-init,startup-clear",
+             "--pid", f"file={directory / 'swtpm.pid'}", "--daemon")  # fmt: skip
+        started.append(int((directory / "swtpm.pid").read_text()))
+        _wait_for_port(port)
+        bus = subprocess.run(
+            ["dbus-daemon", "--session", "--fork", "--print-address=1", "--print-pid=1"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.split()  # fmt: skip
+        started.append(int(bus[1]))
+        os.environ["DBUS_SESSION_BUS_ADDRESS"] = bus[0]
+        with (directory / "abrmd.log").open("wb") as log:
+            abrmd = subprocess.Popen(
+                ["tpm2-abrmd", "--session", "--allow-root",
+                 f"--tcti=swtpm:host=127.0.0.1,port={port}"],
+                stdout=subprocess.DEVNULL, stderr=log,
+            )  # fmt: skip
+        started.append(abrmd.pid)
+        os.environ["TPM2_PKCS11_TCTI"] = os.environ["TPM2TOOLS_TCTI"] = "tabrmd:bus_type=session"
+        os.environ["TPM2_PKCS11_STORE"] = str(store)
+        deadline = time.monotonic() + 30
+        while True:  # until tpm2-abrmd has taken its name on the bus
+            try:
+                _run("tpm2_ptool", "init", f"--path={store}")
+                break
+            except RuntimeError:
+                assert time.monotonic() < deadline, "tpm2-abrmd did not come up"
+                time.sleep(0.3)
+        _run("tpm2_ptool", "addtoken", "--pid=1", f"--label={label}", "--sopin=13571357",
+             f"--userpin={pin}", f"--path={store}")  # fmt: skip
+        yield TokenUnderTest(
+            "tpm2-pkcs11 on swtpm",
+            TPM2_MODULE,
+            label,
+            pin,
+            algorithms=("ec-p256", "ec-p384", "rsa-2048", "rsa-3072"),
+            refused=("ed25519",),
+        )
+    finally:
+        for pid in reversed(started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if started[2:]:
+            abrmd.wait(10)
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_TPM2_ENV = ("DBUS_SESSION_BUS_ADDRESS", "TPM2_PKCS11_TCTI", "TPM2TOOLS_TCTI", "TPM2_PKCS11_STORE")

@@ -1,0 +1,78 @@
+"""Re-measure which key algorithms pass the whole operator's path on each token here.
+
+    python scripts/token_matrix.py            # as root, from the repository root
+
+For SoftHSM, OpenCryptoki's soft token and tpm2-pkcs11 on swtpm (the Debian 12
+packages the Makefile installs): for every algorithm keygen offers, the path the
+tests run (keygen, csr, the CA signs, check, serve, openssl ocsp good and revoked).
+A keygen the token refuses is shown as the one line the operator sees. Prints a
+Markdown table. Each token's daemons are started and stopped as in the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
+from hsm_ocsp.keys import ALGORITHMS  # noqa: E402
+from tests.conftest import MODULE  # noqa: E402
+from tests.test_tokens import operator_path  # noqa: E402
+from tests.tokens import TokenUnderTest, opencryptoki, tpm2  # noqa: E402
+
+
+def softhsm(directory: Path) -> Iterator[TokenUnderTest]:
+    use_softhsm_token(directory / "softhsm2.conf", label="matrix", pin="24682468", so_pin="1357")
+    yield TokenUnderTest("SoftHSM 2.6", MODULE, "matrix", "24682468", ALGORITHMS)
+
+
+def outcome(token: TokenUnderTest, algorithm: str, directory: Path) -> str:
+    try:
+        operator_path(token, algorithm, directory)
+        return "pass"
+    except AssertionError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "failed"
+        if "keygen" in str(exc).split(":", 1)[0]:
+            return "refused: " + first.removeprefix("hsm-ocsp: ").split("): ", 1)[-1]
+        return "FAIL: " + first[:120]
+
+
+def main() -> int:
+    tokens: list[Callable[[Path], Iterator[TokenUnderTest]]] = [
+        softhsm,
+        lambda _: opencryptoki(),
+        tpm2,
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hsm-ocsp-matrix-") as name:
+        tmp = Path(name)
+        for number, make in enumerate(tokens):
+            with contextlib.ExitStack() as stack:
+                directory = tmp / f"token{number}"
+                directory.mkdir()
+                generator = make(directory)
+                token = next(generator)
+                stack.callback(lambda g=generator: next(g, None))
+                cells = []
+                for algorithm in ALGORITHMS:
+                    work = directory / algorithm
+                    work.mkdir()
+                    cells.append(outcome(token, algorithm, work))
+                rows.append((token.name, cells))
+    print("| token | " + " | ".join(ALGORITHMS) + " |")
+    print("|---|" + "---|" * len(ALGORITHMS))
+    for name, cells in rows:
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HSM_OCSP_PIN", "24682468")
+    raise SystemExit(main())
