@@ -5,14 +5,16 @@
 For SoftHSM, OpenCryptoki's soft token and tpm2-pkcs11 on swtpm (the Debian 12
 packages the Makefile installs): for every algorithm keygen offers, the path the
 tests run (keygen, csr, the CA signs, check, serve, openssl ocsp good and revoked).
-A keygen the token refuses is shown as the one line the operator sees. Prints a
-Markdown table. Each token's daemons are started and stopped as in the tests.
+A keygen the token refuses is shown as the one line the operator sees; a pass
+shows the key's signing rate (one thread, one second). Prints a Markdown table.
+Each token's daemons are started and stopped as in the tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -33,10 +35,40 @@ def softhsm(directory: Path) -> Iterator[TokenUnderTest]:
     yield TokenUnderTest("SoftHSM 2.6", MODULE, "matrix", "24682468", ALGORITHMS)
 
 
+_RATE = """
+import sys, time
+from cryptography import x509
+from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
+from hsm_ocsp.signing import scheme_for_public_key
+from hsm_ocsp.token import KeySpec, Token
+module, pin, uri, pem = sys.argv[1:]
+scheme = scheme_for_public_key(x509.load_pem_x509_certificate(open(pem, "rb").read()).public_key())
+signer = Token(module, pin, [KeySpec("k", parse_pkcs11_uri(uri), scheme)])
+signer.open_blocking()
+done, stop = 0, time.monotonic() + 1.0
+while time.monotonic() < stop:
+    signer.sign_blocking("k", b"x" * 200)
+    done += 1
+print(done)
+"""
+
+
+def signing_rate(token: TokenUnderTest, algorithm: str, directory: Path) -> int:
+    """Signatures a second of the key the path made: one thread, one second, a process of
+    its own (python-pkcs11 holds one module a process)."""
+    uri = f"pkcs11:token={token.label};object=ocsp-{algorithm}-{directory.name}"[:120]
+    done = subprocess.run(
+        [sys.executable, "-c", _RATE, token.module, token.pin, uri,
+         str(directory / "responder.pem")],
+        capture_output=True, text=True, check=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    return int(done.stdout)
+
+
 def outcome(token: TokenUnderTest, algorithm: str, directory: Path) -> str:
     try:
         operator_path(token, algorithm, directory)
-        return "pass"
+        return f"pass ({signing_rate(token, algorithm, directory)}/s)"
     except AssertionError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "failed"
         if "keygen" in str(exc).split(":", 1)[0]:
