@@ -16,13 +16,12 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .config import CAConfig, Config, load_config, read_pin
 from .errors import IndexFormatError, TokenError
 from .index import parse_index
+from .responder_profile import Level, profile_findings
 from .signing import verify
 from .token import KeySpec, Token
 
@@ -120,42 +119,47 @@ def _check_validity(ca: CAConfig, now: dt.datetime) -> Iterator[Finding]:
 
 def _check_delegated(ca: CAConfig) -> Iterator[Finding]:
     cert = ca.responder_certificate
-    path = ca.responder_certificate_path
     if cert is None:
         return
-    try:
-        cert.verify_directly_issued_by(ca.certificate)
-    except (ValueError, TypeError, InvalidSignature) as exc:
+    for found in profile_findings(cert, ca.certificate):
         yield Finding(
-            "error",
+            found.level.value,
             ca.name,
-            f"responder certificate {path} is not issued by CA certificate "
-            f"{ca.certificate_path} ({exc or type(exc).__name__})",
+            f"responder certificate {found.message}"
+            if found.level is Level.OK
+            else f"responder certificate {ca.responder_certificate_path} {found.message}",
         )
-    else:
-        yield Finding("ok", ca.name, "responder certificate is issued by the CA")
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        eku = None
-    if eku is None or ExtendedKeyUsageOID.OCSP_SIGNING not in eku:
+
+
+BR_SHORTEST = dt.timedelta(hours=8)
+BR_LONGEST = dt.timedelta(days=10)
+
+
+def _check_validity_window(ca: CAConfig) -> Iterator[Finding]:
+    """Rule 28: nextUpdate - thisUpdate, counted inclusively (+1 s), in 8 h .. 10 days."""
+    counted = ca.validity + dt.timedelta(seconds=1)
+    if BR_SHORTEST <= counted <= BR_LONGEST:
+        yield Finding("ok", ca.name, f"validity {ca.validity} is within the BR's 8 h to 10 days")
+        return
+    yield Finding(
+        "warning",
+        ca.name,
+        f"validity {ca.validity} is outside 8 hours to 10 days (CA/B Baseline Requirements "
+        "4.9.10; they bind publicly trusted CAs only)",
+    )
+
+
+def _check_algorithm_reach(ca: CAConfig) -> Iterator[Finding]:
+    kind = ca.signature_scheme.kind
+    if kind in ("eddsa", "rsa-pss"):
+        name = "Ed25519" if kind == "eddsa" else "RSA-PSS"
+        nss = "; NSS before 3.99 cannot verify Ed25519 either" if kind == "eddsa" else ""
         yield Finding(
-            "error",
+            "note",
             ca.name,
-            f"responder certificate {path} lacks EKU OCSPSigning (RFC 6960 4.2.2.2)",
+            f"answers are signed with {name}: Go's x/crypto/ocsp (and so Caddy/certmagic, "
+            f"cfssl, Vault) cannot verify them{nss}; ECDSA or RSA PKCS#1 reach every client",
         )
-    else:
-        yield Finding("ok", ca.name, "responder certificate has EKU OCSPSigning")
-    try:
-        cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
-    except x509.ExtensionNotFound:
-        yield Finding(
-            "error",
-            ca.name,
-            f"responder certificate {path} lacks id-pkix-ocsp-nocheck (RFC 6960 4.2.2.2.1)",
-        )
-    else:
-        yield Finding("ok", ca.name, "responder certificate has id-pkix-ocsp-nocheck")
 
 
 def _check_index(ca: CAConfig) -> Iterator[Finding]:
@@ -178,6 +182,8 @@ def check_config(config: Config, *, now: dt.datetime | None = None) -> list[Find
         findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout)
         findings += _check_delegated(ca)
         findings += _check_validity(ca, now)
+        findings += _check_validity_window(ca)
+        findings += _check_algorithm_reach(ca)
         findings += _check_index(ca)
     return findings
 

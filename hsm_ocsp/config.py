@@ -362,7 +362,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             certificate=cert,
             index=index,
             key=key,
-            validity=ca.duration("validity", "1h"),
+            validity=ca.duration("validity", "1d"),
             responder_certificate_path=resp_path,
             responder_certificate=resp_cert,
             signature_hash=ca.choice("signature_hash", "sha256", ("sha256", "sha384", "sha512")),

@@ -269,7 +269,7 @@ certificate = "ca/ca.pem"
 index = "ca/index.txt"
 responder_certificate = "responder.pem"
 key = "{uri}"
-validity = "1h"
+validity = "1d"
 """
     if not path.exists() or path.read_text() != text:
         path.write_text(text)

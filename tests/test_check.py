@@ -55,6 +55,14 @@ def _responder(
         .not_valid_before(now + not_before)
         .not_valid_after(now + not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
     )
     if eku:
         builder = builder.add_extension(
@@ -92,9 +100,11 @@ def test_check_a_sound_configuration_is_all_ok(
     ok = "\n".join(_lines(lines, "ok"))
     expected = ["found", "matches responder certificate", "sensitive and not extractable"]
     expected += ["issued by the CA", "EKU OCSPSigning", "nocheck", "valid until", "parses"]
+    expected += ["critical digitalSignature", "not a CA", "authority key identifier"]
+    expected += ["within the BR's 8 h to 10 days"]
     for part in expected:
         assert part in ok
-    assert len(lines) == 9
+    assert len(lines) == len(expected) + 1
 
 
 def test_check_finds_a_certificate_of_another_key(
