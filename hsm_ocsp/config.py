@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,11 @@ class CAConfig:
     index: Path
     key: Pkcs11Uri
     validity: dt.timedelta
+    # The delegated responder certificate in use when the config was read (see
+    # in_use), and all of them: the one that signs is chosen at each signature.
     responder_certificate_path: Path | None = None
     responder_certificate: x509.Certificate | None = None
+    responder_certificates: tuple[tuple[Path, x509.Certificate], ...] = ()
     signature_hash: str = "sha256"
     rsa_padding: str = "pkcs1"
     unknown_serials: str = "unknown"
@@ -232,6 +235,43 @@ class _Section:
             raise self.error(name, f"file {path} does not exist")
         return path
 
+    def responder_certificates(self, name: str) -> tuple[tuple[Path, x509.Certificate], ...]:
+        """A file, a list of files or a directory of them (*.pem, *.crt, *.der): every
+        certificate of the responder key, the next one installed ahead included."""
+        raw = self.table.get(name)
+        if raw is None:
+            return ()
+        names = raw if isinstance(raw, list) else [raw]
+        if not names or not all(isinstance(n, str) for n in names):
+            raise self.error(name, "must be a file name, a list of them or a directory")
+        paths: list[Path] = []
+        for text in names:
+            path = Path(text) if Path(text).is_absolute() else self.path.parent / text
+            if path.is_dir():
+                found = sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".der"))
+                if not found:
+                    raise self.error(name, f"directory {path} holds no .pem, .crt or .der")
+                paths += found
+            elif path.is_file():
+                paths.append(path)
+            else:
+                raise self.error(name, f"file {path} does not exist")
+        certs = []
+        for path in paths:
+            try:
+                certs.append((path, load_certificate(path)))
+            except (OSError, ValueError) as exc:
+                raise self.error(name, f"{path} is not a PEM or DER certificate ({exc})") from None
+        first_path, first = certs[0]
+        for path, cert in certs[1:]:
+            if _spki(cert) != _spki(first):
+                raise self.error(
+                    name,
+                    f"{path} is for another key than {first_path}: all of a CA's responder "
+                    "certificates must be of its key (a new key needs its own key=)",
+                )
+        return tuple(certs)
+
     def certificate(self, name: str, *, required: bool = True) -> tuple[Path | None, Any]:
         path = self.file(name, required=required)
         if path is None:
@@ -251,6 +291,16 @@ def _host_port(section: _Section, name: str, default: str | None) -> tuple[str, 
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise section.error(name, f"{raw!r} is not host:port")
     return host, int(port)
+
+
+def in_use(
+    certs: Sequence[tuple[Path, x509.Certificate]], now: dt.datetime | None = None
+) -> tuple[Path, x509.Certificate]:
+    """The certificate that signs at ``now``: the valid one with the latest notBefore
+    (else, none being valid, the one with the latest notBefore)."""
+    now = now or dt.datetime.now(dt.UTC)
+    valid = [c for c in certs if c[1].not_valid_before_utc <= now < c[1].not_valid_after_utc]
+    return max(valid or certs, key=lambda c: c[1].not_valid_before_utc)
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -341,7 +391,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             raise ca.error("name", f"{name!r} is used by another [[ca]]")
         names.add(name)
         cert_path, cert = ca.certificate("certificate")
-        resp_path, resp_cert = ca.certificate("responder_certificate", required=False)
+        responders = ca.responder_certificates("responder_certificate")
+        resp_path, resp_cert = in_use(responders) if responders else (None, None)
         index = ca.file("index")
         assert cert_path is not None and index is not None
         issuer = (cert.subject.public_bytes(), _spki(cert))
@@ -365,6 +416,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             validity=ca.duration("validity", "1d"),
             responder_certificate_path=resp_path,
             responder_certificate=resp_cert,
+            responder_certificates=responders,
             signature_hash=ca.choice("signature_hash", "sha256", ("sha256", "sha384", "sha512")),
             rsa_padding=ca.choice("rsa_padding", "pkcs1", ("pkcs1", "pss")),
             unknown_serials=ca.choice("unknown_serials", "unknown", ("unknown", "revoked")),

@@ -25,6 +25,7 @@ from .http_keys import CA_NAME, REPLY
 from .index_source import IndexSource
 from .login_gate import LoginGate
 from .metrics import METRICS_PATH, Metrics
+from .reload import read_reloadable
 from .responder import Issuer
 from .service import OCSPService, Reply
 from .signing import verify
@@ -40,6 +41,7 @@ SOURCES = web.AppKey("sources", dict[str, IndexSource])
 TOKEN = web.AppKey("token", TokenProcess)
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
+RUNNING = web.AppKey("running", dict[str, Config])
 
 OCSP_RESPONSE = "application/ocsp-response"
 _ERROR_HEADERS = {"Cache-Control": "no-cache"}
@@ -367,6 +369,20 @@ async def _watch_token(app: web.Application) -> None:
             log.exception("token probe failed")
 
 
+def issuers_of(config: Config) -> list[Issuer]:
+    """Each CA as the service sees it, with every certificate of its signing key."""
+    return [
+        Issuer.from_certificates(
+            ca.name,
+            ca.certificate,
+            [cert for _, cert in ca.responder_certificates] or None,
+            ca.validity,
+            unknown_as_revoked=ca.unknown_serials == "revoked",
+        )
+        for ca in config.cas
+    ]
+
+
 def create_app(
     config: Config,
     *,
@@ -382,16 +398,7 @@ def create_app(
         ca.name: IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes) for ca in config.cas
     }
     app[TOKEN] = token if token is not None else build_token(config, pin, login_gate)
-    issuers = [
-        Issuer.from_certificates(
-            ca.name,
-            ca.certificate,
-            ca.responder_certificate,
-            ca.validity,
-            unknown_as_revoked=ca.unknown_serials == "revoked",
-        )
-        for ca in config.cas
-    ]
+    issuers = issuers_of(config)
     sources = app[SOURCES]
     metrics = app[METRICS] = _metrics(config, sources, app[TOKEN])
     app[SERVICE] = OCSPService(
@@ -405,6 +412,7 @@ def create_app(
         max_pending_signatures=config.server.max_pending_signatures,
         events=metrics,
     )
+    app[RUNNING] = {"config": config}  # what a reload replaces (the app itself is frozen)
     app.cleanup_ctx.append(_lifecycle(handle_signals))
     app.on_response_prepare.append(_server_header)
     handler = OCSPHandler(app)
@@ -430,7 +438,10 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProces
     """Metrics of this process, fed by the token and index hooks."""
     metrics = Metrics()
     for ca in config.cas:
-        signer = ca.signer_certificate
+        signer = max(
+            (c for _, c in ca.responder_certificates or [(None, ca.certificate)]),
+            key=lambda c: c.not_valid_after_utc,
+        )  # the last to expire: the alert is on when the CA runs out of them
         metrics.add_ca(ca.name, signer.not_valid_after_utc)
         sources[ca.name].on_reload = metrics.index_reloaded(ca.name)
         sources[ca.name].on_error = metrics.index_failed(ca.name)
@@ -441,11 +452,18 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProces
 
 
 def _on_reload(app: web.Application, wake: asyncio.Event) -> None:
-    """SIGHUP: re-read the indexes; a lone worker also lets a refused login be tried again
-    (with several workers the parent, which owns the login gate, does that)."""
+    """SIGHUP: re-read the configuration and the indexes; a lone worker also lets a
+    refused login be tried again (with several workers the parent, which owns the
+    login gate, does that)."""
     gate = app[TOKEN].gate
     if gate is not None and app[CONFIG].server.workers == 1:
         gate.reset()
+    running = app[RUNNING]["config"]
+    new = read_reloadable(running, quiet=running.server.workers > 1)
+    if new is not None:
+        app[RUNNING]["config"] = new
+        app[SERVICE].replace_issuers(issuers_of(new))
+        log.info("configuration reloaded from %s", new.path)
     wake.set()
 
 

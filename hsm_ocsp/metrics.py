@@ -292,10 +292,10 @@ class Metrics(Events):
         self.sign_duration.observe(seconds)
 
     # Events (from the service)
-    def signer_invalid(self, ca: str, not_before: dt.datetime, not_after: dt.datetime) -> None:
+    def signer_invalid(self, ca: str) -> None:
         self.signer_ok.labels(ca).set(0)
 
-    def validity_capped(self, ca: str, next_update: dt.datetime) -> None:
+    def validity_capped(self, ca: str) -> None:
         self.capped.labels(ca).set(1)
 
     def served_unrefreshed(self) -> None:

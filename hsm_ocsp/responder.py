@@ -15,7 +15,7 @@ from .index import IndexSnapshot
 from .model import NON_ISSUED, CertStatus
 from .ocsp import CertID, SingleResponse
 
-__all__ = ["Issuer", "key_hash", "select_issuer", "single_responses"]
+__all__ = ["Issuer", "SigningCertificate", "key_hash", "select_issuer", "single_responses"]
 
 _HASHES = ("sha1", "sha256", "sha384", "sha512")
 _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -32,6 +32,23 @@ def key_hash(certificate: x509.Certificate, algorithm: str = "sha1") -> bytes:
 
 
 @dataclasses.dataclass(frozen=True)
+class SigningCertificate:
+    """A certificate that may sign a CA's answers, and when."""
+
+    der: bytes | None  # put into each answer; None when the CA itself signs
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    @classmethod
+    def of(cls, cert: x509.Certificate, *, delegated: bool) -> SigningCertificate:
+        der = cert.public_bytes(serialization.Encoding.DER) if delegated else None
+        return cls(der, cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+_ALWAYS = SigningCertificate(None, _EARLIEST, _LATEST)
+
+
+@dataclasses.dataclass(frozen=True)
 class Issuer:
     """A CA as the protocol sees it: how its CertIDs look and who signs for it."""
 
@@ -39,42 +56,45 @@ class Issuer:
     name_hashes: Mapping[str, bytes]
     key_hashes: Mapping[str, bytes]
     responder_key_hash: bytes
-    certs: tuple[bytes, ...]  # DER certificates put into each response
     validity: dt.timedelta
     unknown_as_revoked: bool = False
-    # The signing certificate's validity: no answer is signed outside it, and no
-    # answer's nextUpdate passes its notAfter.
-    signer_not_before: dt.datetime = _EARLIEST
-    signer_not_after: dt.datetime = _LATEST
+    # Every certificate of the signing key; the one that signs an answer is the
+    # valid one with the latest notBefore, so a next certificate installed ahead
+    # takes over by itself at its notBefore. None valid: no answer is signed.
+    signers: tuple[SigningCertificate, ...] = (_ALWAYS,)
+
+    def signer_at(self, when: dt.datetime) -> SigningCertificate | None:
+        valid = [s for s in self.signers if s.not_before <= when < s.not_after]
+        return max(valid, key=lambda s: s.not_before) if valid else None
 
     def signer_valid_at(self, when: dt.datetime) -> bool:
-        return self.signer_not_before <= when < self.signer_not_after
+        return self.signer_at(when) is not None
 
     @classmethod
     def from_certificates(
         cls,
         name: str,
         ca_certificate: x509.Certificate,
-        responder_certificate: x509.Certificate | None,
+        responder_certificates: x509.Certificate | Sequence[x509.Certificate] | None,
         validity: dt.timedelta,
         *,
         unknown_as_revoked: bool = False,
     ) -> Issuer:
+        """``responder_certificates``: the delegated responder's (one key), or None when
+        the CA signs its own answers."""
+        if isinstance(responder_certificates, x509.Certificate):
+            responder_certificates = [responder_certificates]
+        delegated = list(responder_certificates or ())
         subject = ca_certificate.subject.public_bytes()
-        signer = responder_certificate or ca_certificate
-        certs: tuple[bytes, ...] = ()
-        if responder_certificate is not None:
-            certs = (responder_certificate.public_bytes(serialization.Encoding.DER),)
+        signing = delegated or [ca_certificate]
         return cls(
             name=name,
             name_hashes={h: hashlib.new(h, subject).digest() for h in _HASHES},
             key_hashes={h: key_hash(ca_certificate, h) for h in _HASHES},
-            responder_key_hash=key_hash(signer, "sha1"),
-            certs=certs,
+            responder_key_hash=key_hash(signing[0], "sha1"),
             validity=validity,
             unknown_as_revoked=unknown_as_revoked,
-            signer_not_before=signer.not_valid_before_utc,
-            signer_not_after=signer.not_valid_after_utc,
+            signers=tuple(SigningCertificate.of(c, delegated=bool(delegated)) for c in signing),
         )
 
     def matches(self, cert_id: CertID) -> bool:

@@ -36,6 +36,7 @@ from .metrics import (
     remove_multiprocess_dir,
 )
 from .pin import forbid_core_dumps, take_pin
+from .reload import read_reloadable
 from .responder_profile import blocking
 
 __all__ = ["EXIT_CONFIG", "new_event_loop", "run_server"]
@@ -258,17 +259,17 @@ def _fork_worker(config: Config, pin: str, gate: LoginGate) -> int:
 def run_server(config: Config) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
     for number, ca in enumerate(config.cas):
-        cert = ca.responder_certificate
-        for problem in blocking(cert, ca.certificate) if cert is not None else ():
-            # Every answer signed with it would fail validation: do not start.
-            log.error(
-                "%s: ca[%d].responder_certificate: %s %s",
-                config.path,
-                number,
-                ca.responder_certificate_path,
-                problem,
-            )
-            return EXIT_CONFIG
+        for path, cert in ca.responder_certificates:
+            for problem in blocking(cert, ca.certificate):
+                # Every answer signed with it would fail validation: do not start.
+                log.error(
+                    "%s: ca[%d].responder_certificate: %s %s",
+                    config.path,
+                    number,
+                    path,
+                    problem,
+                )
+                return EXIT_CONFIG
     forbid_core_dumps()
     try:
         pin = take_pin(config)  # before any worker or signer starts: none inherits it
@@ -306,6 +307,7 @@ def _supervise(config: Config, workers: int, pin: str, gate: LoginGate) -> int:
             signum = received.pop()
             if signum == signal.SIGHUP:
                 gate.reset()  # the operator acted: a refused login may be tried once more
+                config = read_reloadable(config) or config  # for the workers forked later
                 for pid in children:
                     os.kill(pid, signal.SIGHUP)
             elif not stopping:

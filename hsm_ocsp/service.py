@@ -28,7 +28,7 @@ from .ocsp import (
     encode_unsuccessful,
 )
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
-from .responder import Issuer, select_issuer, single_responses
+from .responder import Issuer, SigningCertificate, select_issuer, single_responses
 from .sign_queue import Busy, Kind, SignQueue
 
 __all__ = ["Events", "OCSPService", "Reply", "Signer"]
@@ -60,10 +60,10 @@ class Events:
     def sign_failed(self) -> None:
         """A signature could not be made."""
 
-    def signer_invalid(self, ca: str, not_before: dt.datetime, not_after: dt.datetime) -> None:
-        """No answer was signed for ``ca``: its signing certificate is not valid now."""
+    def signer_invalid(self, ca: str) -> None:
+        """No answer was signed for ``ca``: no signing certificate of it is valid now."""
 
-    def validity_capped(self, ca: str, next_update: dt.datetime) -> None:
+    def validity_capped(self, ca: str) -> None:
         """An answer's nextUpdate was cut to the signing certificate's notAfter."""
 
     def served_unrefreshed(self) -> None:
@@ -162,6 +162,7 @@ class OCSPService:
         self._queue = SignQueue(signer.sign, max_pending_signatures)
         self.events = events or Events()
         self._clock = clock
+        self._cache_bytes = cache_bytes
         self._cache: ReplyCache[_CacheEntry] = ReplyCache(cache_entries, cache_bytes)
         self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}
         # Exact request bytes (and the CA of the URL) -> cache key, so a repeated
@@ -295,13 +296,14 @@ class OCSPService:
         kind: Kind,
     ) -> Reply:
         now = self._clock()
-        if not issuer.signer_valid_at(now):  # never a signature it cannot vouch for
+        signer = issuer.signer_at(now)
+        if signer is None:  # never a signature no valid certificate vouches for
             self._signer_invalid(issuer, now)
             return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         next_update = now + issuer.validity
-        if next_update > issuer.signer_not_after:  # no answer outlives its signer
-            next_update = issuer.signer_not_after.replace(microsecond=0)
-            self._validity_capped(issuer, next_update)
+        if next_update > signer.not_after:  # no answer outlives its signer
+            next_update = signer.not_after.replace(microsecond=0)
+            self._validity_capped(issuer, signer)
         singles = single_responses(issuer, snapshot, cert_ids)
         tbs = encode_response_data(
             responder_key_hash=issuer.responder_key_hash,
@@ -325,7 +327,10 @@ class OCSPService:
         self.events.signed(time.perf_counter() - started)
         body = encode_successful(
             encode_basic_response(
-                tbs, self._signer.algorithm_identifier(issuer.name), signature, issuer.certs
+                tbs,
+                self._signer.algorithm_identifier(issuer.name),
+                signature,
+                () if signer.der is None else (signer.der,),
             )
         )
         return Reply(
@@ -339,27 +344,37 @@ class OCSPService:
         )
 
     def _signer_invalid(self, issuer: Issuer, now: dt.datetime) -> None:
-        self.events.signer_invalid(issuer.name, issuer.signer_not_before, issuer.signer_not_after)
+        self.events.signer_invalid(issuer.name)
         if now.timestamp() - self._said.get(("invalid", issuer.name), -1e9) < 60:
             return
         self._said["invalid", issuer.name] = now.timestamp()
-        if now < issuer.signer_not_before:
-            when = f"is not valid before {issuer.signer_not_before:%Y-%m-%d %H:%M:%S} UTC"
+        soonest = min(issuer.signers, key=lambda s: s.not_before)
+        if all(now < s.not_before for s in issuer.signers):
+            when = f"is not valid before {soonest.not_before:%Y-%m-%d %H:%M:%S} UTC"
         else:
-            when = f"expired {issuer.signer_not_after:%Y-%m-%d %H:%M:%S} UTC"
+            latest = max(s.not_after for s in issuer.signers)
+            when = f"expired {latest:%Y-%m-%d %H:%M:%S} UTC"
         log.error("CA %s: the signing certificate %s: answering tryLater", issuer.name, when)
 
-    def _validity_capped(self, issuer: Issuer, next_update: dt.datetime) -> None:
-        self.events.validity_capped(issuer.name, next_update)
-        if ("capped", issuer.name) not in self._said:
-            self._said["capped", issuer.name] = 0.0
+    def _validity_capped(self, issuer: Issuer, signer: SigningCertificate) -> None:
+        self.events.validity_capped(issuer.name)
+        if self._said.get(("capped", issuer.name)) != signer.not_after.timestamp():
+            self._said["capped", issuer.name] = signer.not_after.timestamp()
             log.warning(
                 "CA %s: nextUpdate cut to the signing certificate's notAfter %s UTC "
                 "(less than the validity %s is left)",
                 issuer.name,
-                f"{issuer.signer_not_after:%Y-%m-%d %H:%M:%S}",
+                f"{signer.not_after:%Y-%m-%d %H:%M:%S}",
                 issuer.validity,
             )
+
+    def replace_issuers(self, issuers: Sequence[Issuer]) -> None:
+        """New certificates or rules for the same CAs (a reload); the cached answers,
+        signed under the old ones, are dropped."""
+        self.issuers = tuple(issuers)
+        self.issuer_names = frozenset(i.name for i in issuers)
+        self._cache = ReplyCache(self.cache_entries, self._cache_bytes)
+        self._known.clear()
 
     def cache_size(self) -> int:
         return len(self._cache)

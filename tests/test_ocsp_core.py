@@ -22,7 +22,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from hsm_ocsp.errors import TokenError
 from hsm_ocsp.index import IndexSnapshot, parse_index
 from hsm_ocsp.model import OCSPResponseStatus
-from hsm_ocsp.responder import Issuer, key_hash
+from hsm_ocsp.responder import Issuer, SigningCertificate, key_hash
 from hsm_ocsp.service import OCSPService
 from hsm_ocsp.signing import SignatureScheme, scheme_for_public_key
 
@@ -30,6 +30,7 @@ from .pki import OpenSSLCA
 from .requests import build_request, cert_id
 
 NOW = dt.datetime(2026, 11, 24, 12, 0, 0, tzinfo=dt.UTC)
+_FAR = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 INDEX = (
     "V\t301231235959Z\t\t1000\tunknown\t/CN=good\n"
     "R\t301231235959Z\t261124011953Z,keyCompromise\t1001\tunknown\t/CN=revoked\n"
@@ -79,7 +80,7 @@ class World:
             ),
             # The fixed clock is older than the CA made for this run: let its
             # certificate count as valid then (its own checks are tested apart).
-            signer_not_before=NOW - dt.timedelta(days=1),
+            signers=(SigningCertificate(None, NOW - dt.timedelta(days=1), _FAR),),
         )
         self.service = OCSPService(
             [self.issuer],
