@@ -8,11 +8,13 @@ makes its CA answer tryLater (never a signature) and /readyz 503.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -124,3 +126,138 @@ def test_rule_29_refresh_at_half_under_16h_else_8h_before_and_within_4_days() ->
     assert refresh_time(start, start + 24 * hours) == start + 16 * hours
     assert refresh_time(start, start + 7 * 24 * hours) == start + 4 * 24 * hours  # BR 4.9.10
     assert refresh_time(start, start + 10 * 24 * hours) == start + 4 * 24 * hours
+
+
+@pytest.mark.slow
+def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_verifies(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """Issue 15's rollover under load: A is replaced by B with a SIGHUP (and nine more
+    SIGHUPs follow), then C, installed ahead, takes over at its notBefore. Every request
+    is answered, and every answer verifies against the certificate it carries, which
+    was valid at its producedAt and is the one in use then."""
+    import shutil
+    import signal
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    key = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes()).public_key()  # type: ignore[union-attr]
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    switch = now + dt.timedelta(seconds=14)
+    paths = {
+        "A": setup.ca.sign_responder(key, "Responder A", not_before=now - dt.timedelta(hours=1)),
+        "B": setup.ca.sign_responder(key, "Responder B", not_before=now - dt.timedelta(minutes=1)),
+        "C": setup.ca.sign_responder(key, "Responder C", not_before=switch),
+    }
+    certs = {n: x509.load_pem_x509_certificate(p.read_bytes()) for n, p in paths.items()}
+    by_der = {c.public_bytes(Encoding.DER): n for n, c in certs.items()}
+    folder = tmp_path / "responder"
+    folder.mkdir()
+    shutil.copy(paths["A"], folder / "current.pem")
+    shutil.copy(paths["C"], folder / "next.pem")  # installed ahead
+    setup.responder_cert = folder
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server="workers = 2")  # fmt: skip
+    server = start_server(config, port, tmp_path / "server.log")
+    answers: list[tuple[int, bytes]] = []
+    stop = threading.Event()
+
+    def client(nonce: bool) -> None:
+        cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
+        while not stop.is_set():
+            builder = ocsp.OCSPRequestBuilder().add_certificate(
+                cert, setup.ca.certificate, hashes.SHA256()
+            )
+            if nonce:
+                builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+            req = urllib.request.Request(
+                server.url, data=builder.build().public_bytes(Encoding.DER),
+                headers={"Content-Type": "application/ocsp-request"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=10) as response:
+                    answers.append((response.status, response.read()))
+            except OSError as exc:
+                answers.append((0, str(exc).encode()))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in (True, True, False)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(2)
+        replaced = folder / "current.new"
+        shutil.copy(paths["B"], replaced)
+        os.replace(replaced, folder / "current.pem")
+        for _ in range(10):  # the replacement, then nine reloads of the same files
+            os.kill(server.process.pid, signal.SIGHUP)
+            time.sleep(0.5)
+        time.sleep(max(0.0, switch.timestamp() - time.time() + 3))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        server.stop()
+
+    assert answers and all(status == 200 for status, _ in answers), [
+        body[:200] for status, body in answers if status != 200
+    ][:3]
+    seen = []
+    for _, body in answers:
+        response = ocsp.load_der_ocsp_response(body)
+        assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+        (carried,) = response.certificates
+        name = by_der[carried.public_bytes(Encoding.DER)]
+        produced = response.produced_at_utc
+        assert carried.not_valid_before_utc <= produced < carried.not_valid_after_utc, name
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        carried.public_key().verify(  # type: ignore[union-attr]
+            response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256())
+        )
+        seen.append((produced, name))
+    order = [name for _, name in sorted(seen)]
+    first = {name: order.index(name) for name in "ABC" if name in order}
+    assert set(first) == {"A", "B", "C"}, sorted(set(order))
+    assert first["A"] < first["B"] < first["C"]
+    late = [name for produced, name in seen if produced >= switch + dt.timedelta(seconds=1)]
+    assert late and set(late) == {"C"}  # answers made after C's notBefore carry C
+    log = server.log.read_text()
+    assert log.count("configuration reloaded") >= 10 and "reload refused" not in log
+
+
+def test_a_reload_that_cannot_be_taken_is_refused_in_one_line_and_the_old_one_serves(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    import signal
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server="workers = 2")  # fmt: skip
+    good = config.read_text()
+    server = start_server(config, port, tmp_path / "server.log")
+    try:
+        for broken, says in (
+            (good.replace("[[ca]]", "[[ca]\n"), "not valid TOML"),
+            (good.replace("workers = 2", "workers = 3"), "server changed, which needs a restart"),
+            (good.replace(str(setup.ca.index), str(tmp_path / "none.txt")), "ca[0].index"),
+        ):
+            before = server.log.read_text().count("reload refused")
+            config.write_text(broken)
+            os.kill(server.process.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while server.log.read_text().count("reload refused") == before:
+                assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+                time.sleep(0.1)
+            time.sleep(0.5)
+            refusals = [
+                line for line in server.log.read_text().splitlines() if "reload refused" in line
+            ]
+            assert len(refusals) == before + 1 and says in refusals[-1], refusals
+            response = _ask(server.url, setup, "revoked")  # the running configuration serves
+            assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        server.stop()
