@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from cryptography.exceptions import InvalidSignature
 
-from .config import CAConfig, Config, load_config, read_pin
+from .config import CAConfig, Config, in_use, load_config, read_pin
 from .errors import IndexFormatError, TokenError
 from .index import parse_index
 from .responder_profile import Level, profile_findings
@@ -94,27 +94,45 @@ def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iter
         token.close()
 
 
-def _check_validity(ca: CAConfig, now: dt.datetime) -> Iterator[Finding]:
-    cert, path = ca.signer_certificate, ca.signer_path
-    which = "responder certificate" if ca.responder_certificate else "CA certificate"
+def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[Finding]:
+    """The certificate in use now, the next one, and the days left (rollover)."""
+    certs = list(ca.responder_certificates) or [(ca.certificate_path, ca.certificate)]
+    which = "responder certificate" if ca.responder_certificates else "CA certificate"
+    path, cert = in_use(certs, now)
     not_after = cert.not_valid_after_utc
     if now < cert.not_valid_before_utc:
-        yield Finding(
-            "error",
-            ca.name,
-            f"{which} {path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
-        )
-    elif now > not_after:
+        when = f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        yield Finding("error", ca.name, f"{which} {path} is not valid before {when}")
+        return
+    if now >= not_after:
         yield Finding("error", ca.name, f"{which} {path} expired {not_after:%Y-%m-%d %H:%M} UTC")
-    elif not_after - now < EXPIRY_WARNING:
-        days = (not_after - now).days
+        return
+    days = (not_after - now).days
+    yield Finding(
+        "ok", ca.name, f"{which} in use: {path}, valid until {not_after:%Y-%m-%d} UTC ({days} days)"
+    )
+    ahead = sorted(
+        (c for c in certs if c[1].not_valid_before_utc > now),
+        key=lambda c: c[1].not_valid_before_utc,
+    )
+    covered = False
+    for next_path, next_cert in ahead[:1]:
+        start = next_cert.not_valid_before_utc
+        covered = start <= not_after
+        level = "ok" if covered else "warning"
+        gap = "" if covered else f" (a gap: {path} expires before)"
+        yield Finding(
+            level,
+            ca.name,
+            f"next {which} {next_path} takes over {start:%Y-%m-%d %H:%M} UTC{gap}",
+        )
+    if days < warn_days and not covered:
         yield Finding(
             "warning",
             ca.name,
-            f"{which} {path} expires in {days} days ({not_after:%Y-%m-%d %H:%M} UTC); renew it",
+            f"{which} {path} expires in {days} days ({not_after:%Y-%m-%d %H:%M} UTC) and no "
+            "next one is installed: renew it (docs/operators-guide.md, rollover)",
         )
-    else:
-        yield Finding("ok", ca.name, f"{which} valid until {not_after:%Y-%m-%d} UTC")
 
 
 def _check_delegated(ca: CAConfig) -> Iterator[Finding]:
@@ -173,7 +191,9 @@ def _check_index(ca: CAConfig) -> Iterator[Finding]:
         yield Finding("ok", ca.name, f"index {ca.index} parses ({len(snapshot.entries)} entries)")
 
 
-def check_config(config: Config, *, now: dt.datetime | None = None) -> list[Finding]:
+def check_config(
+    config: Config, *, now: dt.datetime | None = None, warn_days: int = EXPIRY_WARNING.days
+) -> list[Finding]:
     """Every finding for every CA, in config order."""
     now = now or dt.datetime.now(dt.UTC)
     pin = read_pin(config.token, config.path)
@@ -181,7 +201,7 @@ def check_config(config: Config, *, now: dt.datetime | None = None) -> list[Find
     for ca in config.cas:
         findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout)
         findings += _check_delegated(ca)
-        findings += _check_validity(ca, now)
+        findings += _check_validity(ca, now, warn_days)
         findings += _check_validity_window(ca)
         findings += _check_algorithm_reach(ca)
         findings += _check_index(ca)
@@ -190,7 +210,7 @@ def check_config(config: Config, *, now: dt.datetime | None = None) -> list[Find
 
 def run_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    findings = check_config(config)
+    findings = check_config(config, warn_days=args.warn_days)
     for finding in findings:
         print(finding)
     errors = sum(f.level == "error" for f in findings)

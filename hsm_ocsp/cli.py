@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="check the token, keys, certificates and indexes")
     check.add_argument("--config", required=True)
+    check.add_argument(
+        "--warn-days",
+        type=int,
+        default=30,
+        help="warn when the signing certificate has fewer days left and no next one (30)",
+    )
 
     demo = sub.add_parser("demo", help="make a demo token and CA, then serve them")
     demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")

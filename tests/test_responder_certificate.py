@@ -261,3 +261,36 @@ def test_a_reload_that_cannot_be_taken_is_refused_in_one_line_and_the_old_one_se
             assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
     finally:
         server.stop()
+
+
+def test_check_reports_the_certificate_in_use_the_next_one_and_warns_without_one(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    from hsm_ocsp.check import check_config
+    from hsm_ocsp.config import load_config
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    key = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes()).public_key()  # type: ignore[union-attr]
+    now = dt.datetime.now(dt.UTC)
+    current = setup.ca.sign_responder(key, "Current", not_after=now + dt.timedelta(days=10))
+    upcoming = setup.ca.sign_responder(
+        key,
+        "Upcoming",
+        not_before=now + dt.timedelta(days=5),
+        not_after=now + dt.timedelta(days=60),
+    )
+    setup.responder_cert = current
+    alone = write_config(tmp_path / "alone.toml", {"root": setup})
+    messages = [(f.level, f.message) for f in check_config(load_config(alone), warn_days=30)]
+    assert any(level == "ok" and "in use" in m and "Current" in m for level, m in messages)
+    assert any(level == "warning" and "no next one is installed" in m for level, m in messages)
+    quiet = [f for f in check_config(load_config(alone), warn_days=7) if f.level == "warning"]
+    assert not [f for f in quiet if "no next one" in f.message]  # 10 days > --warn-days 7
+
+    both = tmp_path / "both.toml"
+    listed = f'responder_certificate = ["{current}", "{upcoming}"]'
+    both.write_text(alone.read_text().replace(f'responder_certificate = "{current}"', listed))
+    messages = [(f.level, f.message) for f in check_config(load_config(both), warn_days=30)]
+    assert any(level == "ok" and "next responder certificate" in m and "Upcoming" in m
+               for level, m in messages)  # fmt: skip
+    assert not [m for level, m in messages if level == "warning"], messages
