@@ -480,6 +480,25 @@ def _logins(spy_log: Path) -> tuple[int, int]:
     return text.count(": C_Login\n"), text.count("CKR_PIN_INCORRECT")
 
 
+def _spied(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch, workers: int, token: str = ""
+) -> tuple[CASetup, Path, int, Path]:
+    """A CA and a config whose module is the spy in front of SoftHSM, logging to spy.log."""
+    from .conftest import MODULE
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server=f"workers = {workers}"
+    )
+    text = config.read_text().replace(f'module = "{MODULE}"', f'module = "{SPY}"\n{token}')
+    config.write_text(text)
+    spy_log = tmp_path / "spy.log"
+    monkeypatch.setenv("PKCS11SPY", MODULE)
+    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(spy_log))
+    return setup, config, port, spy_log
+
+
 @pytest.mark.skipif(not Path(SPY).exists(), reason="pkcs11-spy (Debian opensc-pkcs11)")
 def test_hardening_4_wrong_pin_makes_one_failed_login_per_start_whatever_the_workers(
     tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
@@ -487,21 +506,10 @@ def test_hardening_4_wrong_pin_makes_one_failed_login_per_start_whatever_the_wor
     import subprocess
     import sys
 
-    from .conftest import MODULE
-
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(
-        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 4"
-    )
     pin_file = tmp_path / "pin"
     pin_file.write_text("99999999\n")  # wrong
     pin_file.chmod(0o600)
-    text = config.read_text().replace(f'module = "{MODULE}"', f'module = "{SPY}"\npin_file = "pin"')
-    config.write_text(text)
-    spy_log = tmp_path / "spy.log"
-    monkeypatch.setenv("PKCS11SPY", MODULE)
-    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(spy_log))
+    _, config, _, spy_log = _spied(tmp_path, softhsm, monkeypatch, 4, 'pin_file = "pin"')
     done = subprocess.run(
         [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
         capture_output=True, text=True, timeout=60,
@@ -523,15 +531,7 @@ def test_hardening_4_pin_refused_at_run_time_stops_logins_until_sighup(
 
     from .conftest import MODULE
 
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(
-        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 2"
-    )
-    config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{SPY}"'))
-    spy_log = tmp_path / "spy.log"
-    monkeypatch.setenv("PKCS11SPY", MODULE)
-    monkeypatch.setenv("PKCS11SPY_OUTPUT", str(spy_log))
+    _, config, port, spy_log = _spied(tmp_path, softhsm, monkeypatch, 2)
     server = start_server(config, port, tmp_path / "server.log")
     token = pkcs11.lib(MODULE).get_token(token_label=softhsm.label)
     try:
