@@ -520,6 +520,7 @@ def test_hardening_4_wrong_pin_makes_one_failed_login_per_start_whatever_the_wor
     assert "99999999" not in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path(SPY).exists(), reason="pkcs11-spy (Debian opensc-pkcs11)")
 def test_hardening_4_pin_refused_at_run_time_stops_logins_until_sighup(
     tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
