@@ -14,9 +14,12 @@ repository root; everything listens on 127.0.0.1 and stops by itself.
 
 Measured here (--seconds 15 --clients 16, 48 flooding clients, one run each):
 before the queues (one line for all, nonces capped at 3/4), a new issued serial
-waited behind the flood: median 1,664 ms, 8 asked in the window; with them,
-median 183 ms (37 ms with no flood), 21 asked, all signed, and each flood held
-to its own line (about 97 % of its requests tryLater).
+waited behind the flood: median 1,664 ms, 8 asked in the window. With them and
+4 signatures handed to the signer at once (sign_queue.WINDOW), median 225 ms (38
+ms with no flood), 19 asked, all signed, and each flood held to its own line
+(about 97 % of its requests tryLater). A window of 2 gave 183 ms but cost nonce
+throughput on a fast token (benchmarks/run.py: 1,643 against 1,908 nonce answers a
+second before the queues); 4 gave 1,838, 8 gave 1,927 but 370 ms here.
 """
 
 from __future__ import annotations

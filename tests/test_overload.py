@@ -248,15 +248,17 @@ class GatedSigner:
 async def test_hardening_8_each_kind_of_live_signature_waits_in_its_own_bounded_line(
     tmp_path: Path,
 ) -> None:
-    """max_pending_signatures = 12: nonce, unknown-serial and multi-CertID signatures may
-    hold 2 places each, issued serials 6. A full line gets tryLater at once; the token's
-    free places go to the kinds in turn, so an issued serial asked for behind a flood
-    is signed before the flood's second request."""
+    """max_pending_signatures = 60: nonce, unknown-serial and multi-CertID signatures may
+    hold 10 places each, issued serials 30. A full line gets tryLater at once; the
+    token's free places go to the kinds in turn, so an issued serial asked for behind a
+    flood of each kind is signed before the floods' last requests."""
+    from hsm_ocsp.sign_queue import WINDOW
+
     ca = OpenSSLCA(tmp_path / "ca")
     issuer = Issuer.from_certificates("root", ca.certificate, None, dt.timedelta(hours=1))
     snapshot = parse_index(b"V\t301231235959Z\t\t1000\tunknown\t/CN=a\n")
     signer = GatedSigner()
-    service = OCSPService([issuer], lambda name: snapshot, signer, max_pending_signatures=12)
+    service = OCSPService([issuer], lambda name: snapshot, signer, max_pending_signatures=60)
     done: list[str] = []
 
     def start(name: str, request: bytes) -> asyncio.Task[object]:
@@ -265,26 +267,30 @@ async def test_hardening_8_each_kind_of_live_signature_waits_in_its_own_bounded_
         return task
 
     def nonce(i: int) -> bytes:
-        return build_request([(ca.certificate, 0x1000)], nonce=bytes([i + 1]) * 16)
+        return build_request([(ca.certificate, 0x1000)], nonce=i.to_bytes(2, "big") * 8)
+
+    def unknown(i: int) -> bytes:
+        return build_request([(ca.certificate, 0x20000 + i)])
 
     def multi(i: int) -> bytes:
-        return build_request([(ca.certificate, 0x3000 + i), (ca.certificate, 0x1000)])
+        return build_request([(ca.certificate, 0x30000 + i), (ca.certificate, 0x1000)])
 
-    tasks = [start(f"nonce{i}", nonce(i)) for i in range(2)]
-    tasks += [start(f"unknown{i}", build_request([(ca.certificate, 0x2000 + i)])) for i in range(2)]
-    tasks += [start(f"multi{i}", multi(i)) for i in range(2)]
+    tasks = []
+    for kind, make in (("nonce", nonce), ("unknown", unknown), ("multi", multi)):
+        tasks += [start(f"{kind}{i}", make(i)) for i in range(10)]
     await asyncio.sleep(0)
-    for full in (nonce(9), build_request([(ca.certificate, 0x2009)]), multi(9)):
+    for full in (nonce(99), unknown(99), multi(99)):
         refused = await service.respond(full)  # that kind's line is full
         assert refused.status is OCSPResponseStatus.TRY_LATER
     tasks.append(start("issued", build_request([(ca.certificate, 0x1000)])))
     await asyncio.sleep(0)
-    assert signer.waiting == 2  # the token holds two; the rest wait in their lines
+    assert signer.waiting == WINDOW  # the token holds WINDOW; the rest wait in their lines
     signer.gate.set()
     replies = await asyncio.gather(*tasks)
     assert all(r.status is OCSPResponseStatus.SUCCESSFUL for r in replies)  # type: ignore[attr-defined]
-    assert done.index("issued") < done.index("unknown1")
-    assert done.index("issued") < done.index("multi1")
+    assert done.index("issued") < done.index("unknown9")
+    assert done.index("issued") < done.index("multi9")
+    assert done.index("issued") < len(done) - 10  # not last in line behind 30 others
 
 
 # --- a'. the same against a real server, token and clients -------------------
