@@ -127,7 +127,9 @@ def summary(name: str, results: list[tuple]) -> str:
     signed = [seconds for status, seconds in results if status == "SUCCESSFUL"]
     text = f"{name}: {len(signed)} of {len(results)} new issued serials signed"
     if signed:
-        text += f", median {statistics.median(signed) * 1000:.0f} ms, max {max(signed) * 1000:.0f} ms"
+        text += (
+            f", median {statistics.median(signed) * 1000:.0f} ms, max {max(signed) * 1000:.0f} ms"
+        )
     return text
 
 
@@ -135,7 +137,10 @@ async def run(server: RunningServer, ca: OpenSSLCA, issued: list[int], args) -> 
     url = server.url
     quiet = await legit(url, ca, issued, 5)
     floods = asyncio.gather(
-        *(flood(url, ca, kind, args.clients, args.seconds) for kind in ("nonce", "unknown", "multi"))
+        *(
+            flood(url, ca, kind, args.clients, args.seconds)
+            for kind in ("nonce", "unknown", "multi")
+        )
     )
     during = await legit(url, ca, issued, args.seconds - 1)
     counts = await floods
