@@ -1,6 +1,6 @@
 """The OpenSSL CA database (``index.txt``) as an immutable status snapshot.
 
-Format (FACTS.md): one record a line, six TAB-separated fields: status
+Format (as ``openssl ca`` writes it): one record a line, six TAB-separated fields: status
 (V/R/E), expiry, revocation info, serial (hex), file name, subject. A
 backslash before a TAB keeps the TAB inside a field. Like OpenSSL we refuse
 the whole file when one line is wrong, so that a half-written or damaged file

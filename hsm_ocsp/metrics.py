@@ -1,6 +1,7 @@
 """Observability adapter: Prometheus metrics and the access log.
 
-Metric names are fixed by DESIGN.md. Labels take only bounded values: CA
+Metric names are part of the interface (README lists them; the alerts use them).
+Labels take only bounded values: CA
 names from the config, the HTTP method folded to GET/POST/HEAD/other, the
 OCSP response status by its RFC 6960 name (or ``http_error`` when no OCSP
 response was sent), certificate and cache-lookup results from fixed sets.

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .errors import HsmOcspError, MalformedRequestError
@@ -381,12 +381,3 @@ class OCSPService:
 
     def cache_bytes(self) -> int:
         return self._cache.bytes
-
-
-def snapshot_lookup(sources: Mapping[str, object]) -> Callable[[str], IndexSnapshot | None]:
-    """A ``snapshots`` callable over objects with a ``snapshot`` attribute."""
-
-    def lookup(name: str) -> IndexSnapshot | None:
-        return getattr(sources[name], "snapshot", None)
-
-    return lookup

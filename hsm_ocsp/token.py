@@ -2,7 +2,8 @@
 
 Every call into the module runs on one thread that this object owns: python-
 pkcs11 initialises with ``C_Initialize(NULL)``, which turns SoftHSM's locking
-off, so two threads in one process must never call it at once (FACTS.md).
+off, so two threads in one process must never call it at once (measured with
+SoftHSM 2.6 and python-pkcs11 0.10: concurrent calls corrupt its sessions).
 Failures mark the token down; the next attempt after a growing back-off
 re-initialises the module, opens the sessions and logs in again, so a token
 that comes back is used again without a restart.

@@ -2,7 +2,7 @@
 
 ``CertificateSigningRequestBuilder.sign`` (and the certificate, CRL and OCSP
 builders) check ``isinstance`` against cryptography's private-key classes and
-then call ``key.sign(...)`` (FACTS.md; checked with cryptography 48). So a
+then call ``key.sign(...)`` (checked with cryptography 48 to 50). So a
 subclass whose ``sign`` asks the token is enough to sign on the token. The
 key never leaves it: ``private_bytes`` and friends refuse.
 

@@ -1,8 +1,9 @@
 """The token in a signer process of its own, one per worker.
 
 A signing thread next to a busy event loop must re-take the GIL a few times
-for every signature and, under load, waits for it most of the time (FACTS.md:
-4 % of its solo rate). So each worker starts one child process that owns the
+for every signature and, under load, waits for it most of the time (measured:
+4 % of its solo rate; benchmarks/signing_under_load.py compares both designs).
+So each worker starts one child process that owns the
 PKCS#11 module and does nothing but sign, on its only thread; the worker's
 event loop sends it the data over a socket pair and awaits the signature. The
 child has no GIL to share, and the worker never blocks on the token.
