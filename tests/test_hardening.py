@@ -719,3 +719,48 @@ def test_hardening_6_unfinished_headers_cost_bounded_memory_that_returns(
     print(f"RSS MiB: {before:.0f} before, {during:.0f} with 300 half-sent, {after:.0f} after")
     assert during - before < 64, (before, during)
     assert after - before < 32, (before, during, after)
+
+
+def test_hardening_1_an_index_not_taken_up_past_the_bound_fails_readiness(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """server.index_stale_after: /readyz 503 and hsm_ocsp_index_stale 1 past it, back after."""
+    setup, server = _start(tmp_path, softhsm, server='index_stale_after = "2s"')
+
+    def ready() -> int:
+        try:
+            with urllib.request.urlopen(server.url + "readyz", timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code
+
+    def stale() -> str:
+        with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
+            text = response.read().decode()
+        return next(x for x in text.splitlines() if x.startswith('hsm_ocsp_index_stale{ca="root"}'))
+
+    try:
+        good = setup.ca.index.read_bytes()
+        broken = setup.ca.index.with_name("index.txt.new")
+        broken.write_bytes(good + b"V\tnot-a-date\t\t0BAD\tunknown\t/CN=x\n")
+        os.replace(broken, setup.ca.index)
+        time.sleep(1.2)
+        assert ready() == 200  # within the bound: the last good index serves, still ready
+        deadline = time.monotonic() + 10
+        while ready() != 503:
+            assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1.2)  # the watcher's tick sets the gauge
+        assert stale().endswith(" 1.0")
+        repaired = setup.ca.index.with_name("index.txt.new")
+        repaired.write_bytes(good)
+        os.replace(repaired, setup.ca.index)
+        deadline = time.monotonic() + 10
+        while ready() != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1.2)
+        assert stale().endswith(" 0.0")
+    finally:
+        server.stop()
