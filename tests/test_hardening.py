@@ -67,14 +67,31 @@ def test_hardening_1_revocation_taken_up_during_a_descriptor_flood(
 ) -> None:
     """ulimit -n 256 and more idle connections than that: the revocation still lands."""
     setup, server = _start(tmp_path, softhsm, max_fds=256)
-    port = server.port
-    flood: list[socket.socket] = []
     try:
         body = _request(setup, "good")
         assert _post_status(server.url, body) is ocsp.OCSPCertStatus.GOOD
+        _revoke_during_a_flood(setup, server)
+        deadline = time.monotonic() + 5  # until the server has seen the flood close
+        while True:
+            try:
+                status = _post_status(server.url, body)
+                break
+            except ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        assert status is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        server.stop()  # whatever failed: no server outlives the test
+
+
+def _revoke_during_a_flood(setup: CASetup, server: RunningServer) -> None:
+    """400 idle connections hold the server while ``good`` is revoked; the index must be
+    taken up while they do."""
+    flood: list[socket.socket] = []
+    try:
         for _ in range(400):  # idle connections, as a flood leaves them
             try:
-                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+                flood.append(socket.create_connection(("127.0.0.1", server.port), timeout=2))
             except OSError:
                 break
         time.sleep(0.5)
@@ -89,18 +106,6 @@ def test_hardening_1_revocation_taken_up_during_a_descriptor_flood(
     finally:
         for sock in flood:
             sock.close()
-    try:
-        deadline = time.monotonic() + 5  # until the server has seen the flood close
-        while True:
-            try:
-                status = _post_status(server.url, body)
-                break
-            except ConnectionError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-        assert status is ocsp.OCSPCertStatus.REVOKED
-    finally:
-        server.stop()
 
 
 def test_hardening_1_transient_errors_are_retried_and_a_stale_index_fails_readiness(
@@ -623,11 +628,29 @@ def test_hardening_12_token_watcher_survives_running_out_of_descriptors(
 ) -> None:
     """The signer dies while the worker has no descriptor left to start another: the
     watcher logs it, keeps going, and restores the token once descriptors are back."""
-    import signal
-
     # No cap and a long read timeout: the flood holds every descriptor until let go.
     options = 'max_connections = 1000\nread_timeout = "60s"'
     _, server = _start(tmp_path, softhsm, server=options, max_fds=128)
+    try:
+        _kill_the_signer_while_descriptors_run_out(server)
+        deadline = time.monotonic() + 8  # a dead watcher would leave /readyz 503
+        while True:
+            try:
+                with urllib.request.urlopen(server.url + "readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.HTTPError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+            time.sleep(0.3)
+    finally:
+        server.stop()  # whatever failed: no server outlives the test
+    assert "Traceback" not in server.log.read_text()
+
+
+def _kill_the_signer_while_descriptors_run_out(server: RunningServer) -> None:
+    import signal
+
     flood: list[socket.socket] = []
     try:
         signers = [
@@ -648,20 +671,6 @@ def test_hardening_12_token_watcher_survives_running_out_of_descriptors(
     finally:
         for sock in flood:
             sock.close()
-    try:
-        deadline = time.monotonic() + 8  # a dead watcher would leave /readyz 503
-        while True:
-            try:
-                with urllib.request.urlopen(server.url + "readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.HTTPError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
-            time.sleep(0.3)
-    finally:
-        server.stop()
-    assert "Traceback" not in server.log.read_text()
 
 
 def test_hardening_14_metrics_on_the_main_listener_is_said_in_the_log(

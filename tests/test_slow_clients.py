@@ -206,7 +206,11 @@ def test_sigterm_with_a_slow_body_arriving_exits_0_within_the_drain_bound(
         server=f'workers = {workers}\nread_timeout = "60s"\ndrain_timeout = "3s"',
     )
     server = start_server(config, port, tmp_path / "server.log")
-    slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except OSError:
+        server.stop()
+        raise
     try:
         slow.sendall(
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/ocsp-request\r\n"
