@@ -197,16 +197,11 @@ class OCSPService:
             self._remember((ca_name, data), key)
         now = self._clock()
         entry = self._cache.get(key)
-        fallback = None  # still valid and still true: served if the refresh fails
         if entry is not None:
-            unchanged = self._unchanged(entry, snapshot)
-            if entry.refresh_at > now and unchanged:
+            if entry.refresh_at > now and self._unchanged(entry, snapshot):
                 self.events.cache_lookup("hit")
                 return entry.reply
             self.events.cache_lookup("stale")
-            assert entry.reply.next_update is not None
-            if unchanged and entry.reply.next_update > now:
-                fallback = entry.reply
         else:
             self.events.cache_lookup("miss")
         waiting = self._inflight.get(key)
@@ -220,9 +215,8 @@ class OCSPService:
             )
             if reply.successful:
                 self._store(key, reply, issuer, snapshot, request.cert_ids)
-            elif fallback is not None and self._clock() < (fallback.next_update or now):
-                self.events.served_unrefreshed()  # never past its own nextUpdate
-                reply = fallback
+            elif entry is not None:
+                reply = self._unrefreshed(entry, issuer.name) or reply
             future.set_result(reply)
         except BaseException as exc:
             future.set_exception(exc)
@@ -231,6 +225,20 @@ class OCSPService:
         finally:
             del self._inflight[key]
         return reply
+
+    def _unrefreshed(self, entry: _CacheEntry, ca: str) -> Reply | None:
+        """A cached answer whose refresh could not be signed, if it may still be served:
+        before its own nextUpdate, and only while the index says what it says. The index
+        is asked now, not when the refresh began: a revocation that came in meanwhile
+        must not be answered with the old status."""
+        snapshot = self._snapshots(ca)
+        next_update = entry.reply.next_update
+        if snapshot is None or next_update is None or self._clock() >= next_update:
+            return None
+        if not self._unchanged(entry, snapshot):
+            return None
+        self.events.served_unrefreshed()
+        return entry.reply
 
     def _fresh(self, key: tuple[str, tuple[bytes, ...]]) -> Reply | None:
         """The cached reply for ``key`` if it is fresh and its serials unchanged."""

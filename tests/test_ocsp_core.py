@@ -48,11 +48,14 @@ class SoftwareSigner:
         self.scheme: SignatureScheme = scheme_for_public_key(self.key.public_key())
         self.count = 0
         self.fail = False
+        self.meanwhile: Callable[[], None] | None = None  # runs while a signature is made
 
     def algorithm_identifier(self, name: str) -> bytes:
         return self.scheme.algorithm_identifier
 
     async def sign(self, name: str, data: bytes) -> bytes:
+        if self.meanwhile is not None:
+            self.meanwhile()
         if self.fail:
             raise TokenError("token unavailable")
         self.count += 1
@@ -424,3 +427,25 @@ def test_issuer_hashes_match_cryptography_request_builder(ca: OpenSSLCA) -> None
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     assert hashlib.sha1(spki).digest() != issuer.key_hashes["sha1"]  # bits, not the whole SPKI
+
+
+async def test_unrefreshed_answer_is_not_served_once_the_index_changed_during_the_refresh(
+    world: Callable[..., World],
+) -> None:
+    """Hardening item 3's fault path: the refresh fails while a revocation comes in. The
+    cached `good` is served past its refresh time only while the index still says so."""
+    w = world()
+    request = build_request([(w.ca.certificate, 0x1000)])
+    first = await w.service.respond(request)
+    w.now = NOW + dt.timedelta(minutes=45)  # past the refresh, before nextUpdate
+    w.signer.fail = True
+    assert (await w.service.respond(request)).body == first.body  # still true: served
+
+    revoked = INDEX.replace("V\t301231235959Z\t\t1000", "R\t301231235959Z\t261124120000Z\t1000")
+
+    def revoke() -> None:
+        w.snapshot = parse_index(revoked.encode())  # the index changes meanwhile
+
+    w.signer.meanwhile = revoke
+    reply = await w.service.respond(request)
+    assert reply.status is OCSPResponseStatus.TRY_LATER  # never the withdrawn `good`
