@@ -450,16 +450,17 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProces
     return metrics
 
 
-def _on_reload(app: web.Application, wake: asyncio.Event) -> None:
+async def _reload(app: web.Application, wake: asyncio.Event) -> None:
     """SIGHUP: re-read the configuration and the indexes; a lone worker also lets a
     refused login be tried again (with several workers the parent, which owns the
-    login gate, does that)."""
+    login gate, does that). Files are read off the event loop."""
     gate = app[TOKEN].gate
     if gate is not None and app[CONFIG].server.workers == 1:
         gate.reset()
     running = app[RUNNING]["config"]
-    new = read_reloadable(running, quiet=running.server.workers > 1)
-    if new is not None:
+    read = functools.partial(read_reloadable, running, quiet=running.server.workers > 1)
+    new = await asyncio.get_running_loop().run_in_executor(None, read)
+    if new is not None and app[RUNNING]["config"] is running:  # no newer reload won
         app[RUNNING]["config"] = new
         app[SERVICE].replace_issuers(issuers_of(new))
         log.info("configuration reloaded from %s", new.path)
@@ -478,8 +479,15 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
             await token.aclose()
             raise
         wake = asyncio.Event()
+        reloads: set[asyncio.Task[None]] = set()  # held until done, never collected midway
+
+        def on_sighup() -> None:
+            task = asyncio.create_task(_reload(app, wake))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
         if handle_signals:
-            loop.add_signal_handler(signal.SIGHUP, _on_reload, app, wake)
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
         tasks = [
             asyncio.create_task(_watch_indexes(app, wake)),
             asyncio.create_task(_watch_token(app)),
@@ -488,11 +496,11 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             if handle_signals:
                 loop.remove_signal_handler(signal.SIGHUP)
+            for task in [*tasks, *reloads]:
+                task.cancel()
+            await asyncio.gather(*tasks, *reloads, return_exceptions=True)
             await token.aclose()
 
     return lifecycle

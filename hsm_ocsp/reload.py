@@ -18,7 +18,7 @@ from .config import CAConfig, Config, load_config
 from .errors import ConfigError
 from .responder_profile import blocking
 
-__all__ = ["changes_needing_restart", "read_reloadable"]
+__all__ = ["changes_needing_restart", "read_reloadable", "unservable"]
 
 log = logging.getLogger("hsm_ocsp.reload")
 
@@ -69,17 +69,19 @@ def read_reloadable(running: Config, *, quiet: bool = False) -> Config | None:
             ", ".join(changed),
         )
         return None
-    for number, ca in enumerate(new.cas):
-        for path, cert in ca.responder_certificates:
-            for problem in blocking(cert, ca.certificate):
-                log.log(
-                    level,
-                    "reload refused, the running configuration stays: %s: "
-                    "ca[%d].responder_certificate: %s %s",
-                    running.path,
-                    number,
-                    path,
-                    problem,
-                )
-                return None
+    problems = unservable(new)
+    if problems:
+        log.log(level, "reload refused, the running configuration stays: %s", problems[0])
+        return None
     return new
+
+
+def unservable(config: Config) -> list[str]:
+    """Responder certificates every answer would fail validation with, one line each,
+    naming the file and the key: serve does not start, a reload is refused."""
+    return [
+        f"{config.path}: ca[{number}].responder_certificate: {path} {problem}"
+        for number, ca in enumerate(config.cas)
+        for path, cert in ca.responder_certificates
+        for problem in blocking(cert, ca.certificate)
+    ]

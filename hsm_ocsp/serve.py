@@ -36,8 +36,7 @@ from .metrics import (
     remove_multiprocess_dir,
 )
 from .pin import forbid_core_dumps, take_pin
-from .reload import read_reloadable
-from .responder_profile import blocking
+from .reload import read_reloadable, unservable
 
 __all__ = ["EXIT_CONFIG", "new_event_loop", "run_server"]
 
@@ -258,18 +257,10 @@ def _fork_worker(config: Config, pin: str, gate: LoginGate) -> int:
 
 def run_server(config: Config) -> int:
     """Serve until SIGTERM/SIGINT; returns the process exit code."""
-    for number, ca in enumerate(config.cas):
-        for path, cert in ca.responder_certificates:
-            for problem in blocking(cert, ca.certificate):
-                # Every answer signed with it would fail validation: do not start.
-                log.error(
-                    "%s: ca[%d].responder_certificate: %s %s",
-                    config.path,
-                    number,
-                    path,
-                    problem,
-                )
-                return EXIT_CONFIG
+    problems = unservable(config)
+    if problems:  # every answer signed with it would fail validation: do not start
+        log.error("%s", problems[0])
+        return EXIT_CONFIG
     forbid_core_dumps()
     try:
         pin = take_pin(config)  # before any worker or signer starts: none inherits it
