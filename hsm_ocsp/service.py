@@ -213,7 +213,7 @@ class OCSPService:
             reply = await self._sign(
                 issuer, snapshot, request.cert_ids, None, _kind(request.cert_ids, snapshot)
             )
-            if reply.successful:
+            if reply.successful and issuer in self.issuers:  # not replaced by a reload meanwhile
                 self._store(key, reply, issuer, snapshot, request.cert_ids)
             elif entry is not None:
                 reply = self._unrefreshed(entry, issuer.name) or reply
