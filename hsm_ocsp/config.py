@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .errors import ConfigError
+from .index_source import DEFAULT_MAX_BYTES
 from .pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from .signing import SignatureScheme, scheme_for_public_key
 
@@ -85,7 +86,7 @@ class CAConfig:
     signature_hash: str = "sha256"
     rsa_padding: str = "pkcs1"
     unknown_serials: str = "unknown"
-    max_index_bytes: int = 1 << 30
+    max_index_bytes: int = DEFAULT_MAX_BYTES
 
     @property
     def signer_certificate(self) -> x509.Certificate:
@@ -340,7 +341,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         log_format=server.choice("log_format", "text", ("text", "json")),
         nonce=server.choice("nonce", "echo", ("echo", "ignore")),
         cache_entries=server.positive("cache_entries", 100_000),
-        cache_bytes=server.positive("cache_bytes", 64 << 20),
+        cache_bytes=server.positive("cache_bytes", ServerConfig.cache_bytes),
         max_pending_signatures=server.positive("max_pending_signatures", 256),
         read_timeout=read_timeout,
         index_stale_after=server.duration("index_stale_after", "60s").total_seconds(),
@@ -420,7 +421,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             signature_hash=ca.choice("signature_hash", "sha256", ("sha256", "sha384", "sha512")),
             rsa_padding=ca.choice("rsa_padding", "pkcs1", ("pkcs1", "pss")),
             unknown_serials=ca.choice("unknown_serials", "unknown", ("unknown", "revoked")),
-            max_index_bytes=ca.positive("max_index_bytes", 1 << 30),
+            max_index_bytes=ca.positive("max_index_bytes", DEFAULT_MAX_BYTES),
         )
         try:
             ca_config.signature_scheme  # noqa: B018  # a key type we cannot sign with
