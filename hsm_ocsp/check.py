@@ -21,9 +21,10 @@ from cryptography.exceptions import InvalidSignature
 from .config import CAConfig, Config, in_use, load_config, read_pin
 from .errors import IndexFormatError, TokenError
 from .index import parse_index
+from .key_set import SigningKey, signing_keys
 from .responder_profile import Level, profile_findings
 from .signing import verify
-from .token import KeySpec, Token
+from .token import Token
 
 __all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
 
@@ -42,52 +43,65 @@ class Finding:
 
 
 def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iterator[Finding]:
-    cert, path, scheme = ca.signer_certificate, ca.signer_path, ca.signature_scheme
+    keys = signing_keys(ca)
+    for key in keys:
+        yield from _check_one_key(key, module, pin, sign_timeout, alone=len(keys) == 1)
+
+
+def _check_one_key(
+    key: SigningKey, module: str, pin: str, sign_timeout: float, *, alone: bool
+) -> Iterator[Finding]:
+    ca, spec, cert, path = key.ca, key.spec, key.certificate, key.certificate_path
     which = "responder certificate" if ca.responder_certificate else "CA certificate"
-    token = Token(module, pin, [KeySpec(ca.name, ca.key, scheme)], sign_timeout=sign_timeout)
+    named = f"key {ca.key}"
+    token = Token(module, pin, [spec], sign_timeout=sign_timeout)
     try:
         try:
             token.open_blocking()
         except TokenError as exc:
-            yield Finding("error", ca.name, f"key {ca.key}: {exc}")
+            yield Finding("error", ca.name, f"{named}: {exc} for {path}")
             return
-        yield Finding("ok", ca.name, f"key {ca.key} found")
-        attributes = token.key_attributes_blocking(ca.name)
+        label = token.key_label_blocking(spec.name)
+        if ca.key.object is not None and label != ca.key.object:
+            named = f"the key of {path} (label {label!r})"
+            if alone:  # in a rollover the next key is found by its certificate, as meant
+                yield Finding(
+                    "warning",
+                    ca.name,
+                    f"key {ca.key} is not the key of {path}; that one is on the token as "
+                    f"{label!r} and signs: point key= at it",
+                )
+        yield Finding("ok", ca.name, f"{named} found")
+        attributes = token.key_attributes_blocking(spec.name)
         if attributes.get("always_authenticate"):
             yield Finding(
                 "error",
                 ca.name,
-                f"key {ca.key} needs a login before every signature "
+                f"{named} needs a login before every signature "
                 "(CKA_ALWAYS_AUTHENTICATE), which hsm-ocsp does not do: make the "
                 "responder key without it",
             )
             return
         try:
-            signature = token.sign_blocking(ca.name, _PROBE)
+            signature = token.sign_blocking(spec.name, _PROBE)
         except TokenError as exc:
             yield Finding(
                 "error",
                 ca.name,
-                f"key {ca.key} cannot sign as {scheme.kind} ({exc}); "
+                f"{named} cannot sign as {spec.scheme.kind} ({exc}); "
                 f"is {path} the certificate of this key?",
             )
             return
         try:
-            verify(cert.public_key(), scheme, _PROBE, signature)
+            verify(cert.public_key(), spec.scheme, _PROBE, signature)
         except InvalidSignature:
-            yield Finding(
-                "error", ca.name, f"{which} {path} does not match key {ca.key} (wrong key)"
-            )
+            yield Finding("error", ca.name, f"{which} {path} does not match {named} (wrong key)")
         else:
             yield Finding("ok", ca.name, f"key signs and matches {which} {path}")
         if attributes.get("extractable") is not False:
-            yield Finding(
-                "warning", ca.name, f"key {ca.key} is extractable: it can leave the token"
-            )
+            yield Finding("warning", ca.name, f"{named} is extractable: it can leave the token")
         if attributes.get("sensitive") is not True:
-            yield Finding(
-                "warning", ca.name, f"key {ca.key} is not sensitive: its value can be read"
-            )
+            yield Finding("warning", ca.name, f"{named} is not sensitive: its value can be read")
         if attributes.get("extractable") is False and attributes.get("sensitive") is True:
             yield Finding("ok", ca.name, "key is sensitive and not extractable")
     finally:

@@ -102,11 +102,22 @@ class CAConfig:
         """The config key that names the signing certificate, for messages."""
         return "responder_certificate" if self.responder_certificate else "certificate"
 
+    @property
+    def signing_certificates(self) -> tuple[tuple[Path, x509.Certificate], ...]:
+        """Every certificate that may sign this CA's answers: the responder
+        certificates, or else the CA certificate."""
+        return self.responder_certificates or ((self.certificate_path, self.certificate),)
+
     @functools.cached_property
     def signature_scheme(self) -> SignatureScheme:
-        """How the token key signs (ValueError for a key type we cannot use)."""
+        """How the key of the certificate in use signs (ValueError for a key type we
+        cannot use)."""
+        return self.scheme_for(self.signer_certificate)
+
+    def scheme_for(self, certificate: x509.Certificate) -> SignatureScheme:
+        """How the key of ``certificate`` signs (ValueError for a key type we cannot use)."""
         return scheme_for_public_key(
-            self.signer_certificate.public_key(),
+            certificate.public_key(),
             signature_hash=self.signature_hash,
             rsa_padding=self.rsa_padding,
         )
@@ -238,7 +249,8 @@ class _Section:
 
     def responder_certificates(self, name: str) -> tuple[tuple[Path, x509.Certificate], ...]:
         """A file, a list of files or a directory of them (*.pem, *.crt, *.der): every
-        certificate of the responder key, the next one installed ahead included."""
+        responder certificate, the next one installed ahead included (of the same key or
+        of a new one on the same token)."""
         raw = self.table.get(name)
         if raw is None:
             return ()
@@ -263,14 +275,6 @@ class _Section:
                 certs.append((path, load_certificate(path)))
             except (OSError, ValueError) as exc:
                 raise self.error(name, f"{path} is not a PEM or DER certificate ({exc})") from None
-        first_path, first = certs[0]
-        for path, cert in certs[1:]:
-            if _spki(cert) != _spki(first):
-                raise self.error(
-                    name,
-                    f"{path} is for another key than {first_path}: all of a CA's responder "
-                    "certificates must be of its key (a new key needs its own key=)",
-                )
         return tuple(certs)
 
     def certificate(self, name: str, *, required: bool = True) -> tuple[Path | None, Any]:
@@ -423,9 +427,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             unknown_serials=ca.choice("unknown_serials", "unknown", ("unknown", "revoked")),
             max_index_bytes=ca.positive("max_index_bytes", DEFAULT_MAX_BYTES),
         )
-        try:
-            ca_config.signature_scheme  # noqa: B018  # a key type we cannot sign with
-        except ValueError as exc:
-            raise ca.error(ca_config.signer_key, str(exc)) from None
+        for path, certificate in ca_config.signing_certificates:
+            try:
+                ca_config.scheme_for(certificate)  # a key type we cannot sign with
+            except ValueError as exc:
+                raise ca.error(ca_config.signer_key, f"{path}: {exc}") from None
         cas.append(ca_config)
     return Config(path=file, server=server_config, token=token_config, cas=tuple(cas))

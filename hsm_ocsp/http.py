@@ -17,19 +17,17 @@ from email.utils import format_datetime
 from urllib.parse import unquote
 
 from aiohttp import ClientPayloadError, web, web_response
-from cryptography.exceptions import InvalidSignature
 
 from .config import Config, read_pin
-from .errors import HsmOcspError, TokenError
+from .errors import HsmOcspError
 from .http_keys import CA_NAME, REPLY
 from .index_source import IndexSource
+from .key_set import key_specs, prove_keys, take_keys
 from .login_gate import LoginGate
 from .metrics import METRICS_PATH, Metrics
 from .reload import read_reloadable
 from .responder import Issuer
 from .service import OCSPService, Reply
-from .signing import verify
-from .token import KeySpec
 from .token_process import TokenProcess
 
 __all__ = ["METRICS", "SERVICE", "SOURCES", "TOKEN", "build_token", "create_app"]
@@ -48,7 +46,6 @@ _ERROR_HEADERS = {"Cache-Control": "no-cache"}
 _PROBE = b"hsm-ocsp key check"
 SERVER_SOFTWARE = "hsm-ocsp"
 WATCH_INTERVAL = 1.0
-STARTUP_ATTEMPTS = 5
 PROBE_INTERVAL = 10.0
 
 
@@ -57,41 +54,14 @@ def build_token(
 ) -> TokenProcess:
     """The token with one key a CA (not yet started); the PIN read as the config says
     unless given."""
-    keys = [KeySpec(ca.name, ca.key, ca.signature_scheme) for ca in config.cas]
     return TokenProcess(
         config.token.module,
         pin if pin is not None else read_pin(config.token, config.path),
-        keys,
+        key_specs(config),
         sign_timeout=config.token.sign_timeout,
         log_format=config.server.log_format,
         gate=gate,
     )
-
-
-async def prove_keys(token: TokenProcess, config: Config) -> None:
-    """Sign a probe with every key and verify it against the certificate.
-
-    A passing fault (several workers opening a token at once, a network HSM
-    slow to answer) is tried again a few times; a wrong PIN or a missing key
-    fails at once.
-    """
-    for attempt in range(STARTUP_ATTEMPTS):
-        try:
-            await token.open()
-            break
-        except TokenError as exc:
-            if not exc.retryable or attempt == STARTUP_ATTEMPTS - 1:
-                raise
-            log.warning("token not ready (%s); trying again", exc)
-            await asyncio.sleep(0.5 * (attempt + 1))
-    for ca in config.cas:
-        signature = await token.sign(ca.name, _PROBE)
-        try:
-            verify(ca.signer_certificate.public_key(), ca.signature_scheme, _PROBE, signature)
-        except InvalidSignature:
-            raise TokenError(
-                f"CA {ca.name}: key {ca.key} does not belong to {ca.signer_key} {ca.signer_path}"
-            ) from None
 
 
 @functools.lru_cache(maxsize=1024)  # a cached reply's two dates, on every answer
@@ -352,13 +322,12 @@ async def _watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
 
 async def _watch_token(app: web.Application) -> None:
     token = app[TOKEN]
-    name = next(iter(token.keys))
     refused = app[METRICS].login_refused
     while True:
         await asyncio.sleep(1.0 if not token.up else PROBE_INTERVAL)
         refused.set(int(token.gate is not None and token.gate.refused() is not None))
         try:
-            await token.sign(name, _PROBE)
+            await token.sign(next(iter(token.keys)), _PROBE)
         except HsmOcspError:
             pass
         except Exception:  # out of descriptors, say: keep watching, the token comes back
@@ -366,7 +335,7 @@ async def _watch_token(app: web.Application) -> None:
 
 
 def issuers_of(config: Config) -> list[Issuer]:
-    """Each CA as the service sees it, with every certificate of its signing key."""
+    """Each CA as the service sees it, with every certificate that may sign for it."""
     return [
         Issuer.from_certificates(
             ca.name,
@@ -444,7 +413,7 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProces
         metrics.add_ca(ca.name, signer.not_valid_after_utc)
         sources[ca.name].on_reload = metrics.index_reloaded(ca.name)
         sources[ca.name].on_error = metrics.index_failed(ca.name)
-    token.on_state_change = metrics.token_state(token.keys)
+    token.on_state_change = metrics.token_state([ca.name for ca in config.cas])
     token.on_sign = metrics.token_signed
     token.on_state_change(token.up)
     return metrics
@@ -461,9 +430,15 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
     read = functools.partial(read_reloadable, running, quiet=running.server.workers > 1)
     new = await asyncio.get_running_loop().run_in_executor(None, read)
     if new is not None and app[RUNNING]["config"] is running:  # no newer reload won
-        app[RUNNING]["config"] = new
-        app[SERVICE].replace_issuers(issuers_of(new))
-        log.info("configuration reloaded from %s", new.path)
+        try:
+            await take_keys(app[TOKEN], new)  # a new key: found and proven first
+        except HsmOcspError as exc:  # with several workers the supervisor said it
+            level = logging.DEBUG if running.server.workers > 1 else logging.ERROR
+            log.log(level, "reload refused, the running configuration stays: %s", exc)
+        else:
+            app[RUNNING]["config"] = new
+            app[SERVICE].replace_issuers(issuers_of(new))
+            log.info("configuration reloaded from %s", new.path)
     wake.set()
 
 

@@ -1,7 +1,10 @@
 """SIGHUP: read the configuration again and take what can change without a restart.
 
 What a running responder takes: each CA's responder certificates (a renewed one,
-or the next one installed ahead), its validity and its unknown_serials rule.
+or the next one installed ahead, of the same key or of a new key on the token),
+its validity and its unknown_serials rule. A new key is found on the token and
+proven (it signs, and the signature verifies against its certificate) before the
+reload is taken; if that fails the reload is refused (see key_set.py).
 Anything else (listeners, workers, the token, a CA's key, index or certificate,
 CAs added or removed) needs a restart: the reload is then refused and says what
 changed. A configuration that does not load, or a certificate every answer would
@@ -44,8 +47,6 @@ def changes_needing_restart(running: Config, new: Config) -> list[str]:
         return [*changed, "the list of [[ca]]"]
     for number, (old, ca) in enumerate(zip(running.cas, new.cas, strict=True)):
         changed += [f"ca[{number}].{k}" for k, v in _fixed(ca).items() if _fixed(old)[k] != v]
-        if old.signer_certificate.public_key() != ca.signer_certificate.public_key():
-            changed.append(f"ca[{number}].responder_certificate (another key)")
     return changed
 
 

@@ -15,7 +15,14 @@ from .index import IndexSnapshot
 from .model import NON_ISSUED, CertStatus
 from .ocsp import CertID, SingleResponse
 
-__all__ = ["Issuer", "SigningCertificate", "key_hash", "select_issuer", "single_responses"]
+__all__ = [
+    "Issuer",
+    "SigningCertificate",
+    "key_hash",
+    "key_names",
+    "select_issuer",
+    "single_responses",
+]
 
 _HASHES = ("sha1", "sha256", "sha384", "sha512")
 _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -31,21 +38,40 @@ def key_hash(certificate: x509.Certificate, algorithm: str = "sha1") -> bytes:
     return hashlib.new(algorithm, bits).digest()
 
 
+def spki(certificate: x509.Certificate) -> bytes:
+    """The DER SubjectPublicKeyInfo of a certificate: which key it vouches for."""
+    return certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def key_names(ca_name: str, certificates: Sequence[x509.Certificate]) -> dict[bytes, str]:
+    """The name of the token key of each public key (SPKI) among a CA's signing
+    certificates: the CA's name and the key's fingerprint, so that a name never
+    stands for two keys (a call on its way during a reload signs with the key its
+    certificate vouches for)."""
+    return {
+        key: f"{ca_name}/{hashlib.sha256(key).hexdigest()[:12]}"
+        for key in dict.fromkeys(spki(c) for c in certificates)
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class SigningCertificate:
-    """A certificate that may sign a CA's answers, and when."""
+    """A certificate that may sign a CA's answers, when, and with which token key."""
 
     der: bytes | None  # put into each answer; None when the CA itself signs
     not_before: dt.datetime
     not_after: dt.datetime
+    key: str  # the token key's name
+    responder_key_hash: bytes  # responderID byKey: SHA-1 of its public key
 
     @classmethod
-    def of(cls, cert: x509.Certificate, *, delegated: bool) -> SigningCertificate:
+    def of(cls, cert: x509.Certificate, *, delegated: bool, key: str) -> SigningCertificate:
         der = cert.public_bytes(serialization.Encoding.DER) if delegated else None
-        return cls(der, cert.not_valid_before_utc, cert.not_valid_after_utc)
-
-
-_ALWAYS = SigningCertificate(None, _EARLIEST, _LATEST)
+        return cls(
+            der, cert.not_valid_before_utc, cert.not_valid_after_utc, key, key_hash(cert, "sha1")
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +84,18 @@ class Issuer:
     responder_key_hash: bytes
     validity: dt.timedelta
     unknown_as_revoked: bool = False
-    # Every certificate of the signing key; the one that signs an answer is the
-    # valid one with the latest notBefore, so a next certificate installed ahead
-    # takes over by itself at its notBefore. None valid: no answer is signed.
-    signers: tuple[SigningCertificate, ...] = (_ALWAYS,)
+    # Every certificate that may sign, of one key or several; the one that signs an
+    # answer is the valid one with the latest notBefore, so a next certificate
+    # installed ahead (of the same key or a new one) takes over by itself at its
+    # notBefore. None valid: no answer is signed. Empty: the CA's key, always.
+    signers: tuple[SigningCertificate, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.signers:
+            always = SigningCertificate(
+                None, _EARLIEST, _LATEST, self.name, self.responder_key_hash
+            )
+            object.__setattr__(self, "signers", (always,))
 
     def signer_at(self, when: dt.datetime) -> SigningCertificate | None:
         valid = [s for s in self.signers if s.not_before <= when < s.not_after]
@@ -80,13 +114,14 @@ class Issuer:
         *,
         unknown_as_revoked: bool = False,
     ) -> Issuer:
-        """``responder_certificates``: the delegated responder's (one key), or None when
-        the CA signs its own answers."""
+        """``responder_certificates``: the delegated responder's (of one key or several),
+        or None when the CA signs its own answers."""
         if isinstance(responder_certificates, x509.Certificate):
             responder_certificates = [responder_certificates]
         delegated = list(responder_certificates or ())
         subject = ca_certificate.subject.public_bytes()
         signing = delegated or [ca_certificate]
+        names = key_names(name, signing)
         return cls(
             name=name,
             name_hashes={h: hashlib.new(h, subject).digest() for h in _HASHES},
@@ -94,7 +129,10 @@ class Issuer:
             responder_key_hash=key_hash(signing[0], "sha1"),
             validity=validity,
             unknown_as_revoked=unknown_as_revoked,
-            signers=tuple(SigningCertificate.of(c, delegated=bool(delegated)) for c in signing),
+            signers=tuple(
+                SigningCertificate.of(c, delegated=bool(delegated), key=names[spki(c)])
+                for c in signing
+            ),
         )
 
     def matches(self, cert_id: CertID) -> bool:

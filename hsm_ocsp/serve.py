@@ -27,6 +27,7 @@ from .capped_site import CappedTCPSite, default_max_connections
 from .config import Config
 from .errors import ConfigError, HsmOcspError, IndexFormatError
 from .http import METRICS, create_app
+from .key_set import keys_changed, prove_new_keys
 from .login_gate import LoginGate
 from .metrics import (
     AccessLogger,
@@ -281,6 +282,20 @@ def run_server(config: Config) -> int:
         gate.remove()
 
 
+def _reloaded(config: Config, pin: str, gate: LoginGate) -> Config:
+    """The configuration a SIGHUP brings, or the running one if it is refused. A new
+    key is proven first on the token, so that a worker forked later can use it."""
+    new = read_reloadable(config)
+    if new is None or not keys_changed(config, new):
+        return new or config
+    try:
+        asyncio.run(prove_new_keys(new, pin, gate))
+    except HsmOcspError as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        return config
+    return new
+
+
 def _supervise(config: Config, workers: int, pin: str, gate: LoginGate) -> int:
     stopping = False
     received: list[int] = []
@@ -298,7 +313,7 @@ def _supervise(config: Config, workers: int, pin: str, gate: LoginGate) -> int:
             signum = received.pop()
             if signum == signal.SIGHUP:
                 gate.reset()  # the operator acted: a refused login may be tried once more
-                config = read_reloadable(config) or config  # for the workers forked later
+                config = _reloaded(config, pin, gate)  # for the workers forked later
                 for pid in children:
                     os.kill(pid, signal.SIGHUP)
             elif not stopping:

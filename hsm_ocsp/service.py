@@ -314,7 +314,7 @@ class OCSPService:
             self._validity_capped(issuer, signer)
         singles = single_responses(issuer, snapshot, cert_ids)
         tbs = encode_response_data(
-            responder_key_hash=issuer.responder_key_hash,
+            responder_key_hash=signer.responder_key_hash,
             produced_at=now,
             this_update=now,
             next_update=next_update,
@@ -324,7 +324,7 @@ class OCSPService:
         )
         started = time.perf_counter()
         try:
-            signature = await self._queue.sign(kind, issuer.name, tbs)
+            signature = await self._queue.sign(kind, signer.key, tbs)
         except Busy:
             self.events.sign_failed()
             return _UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
@@ -336,7 +336,7 @@ class OCSPService:
         body = encode_successful(
             encode_basic_response(
                 tbs,
-                self._signer.algorithm_identifier(issuer.name),
+                self._signer.algorithm_identifier(signer.key),
                 signature,
                 () if signer.der is None else (signer.der,),
             )

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pkcs11
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.mechanisms import MGF
 
 from .errors import TokenError
-from .keys import select_token
+from .keys import public_key_from_token, select_token
 from .login_gate import LoginGate, LoginRefused
 from .pkcs11_uri import Pkcs11Uri
 from .signing import SignatureScheme
@@ -75,11 +76,18 @@ _DEFINITE_ERRORS = (
 
 @dataclasses.dataclass(frozen=True)
 class KeySpec:
-    """A key the responder signs with: where it is and how to use it."""
+    """A key the responder signs with: where it is and how to use it.
+
+    The key is the private key the URI names (label, id), unless ``public_key``
+    (DER SubjectPublicKeyInfo, of the certificate) says otherwise: then it is the
+    private key paired with the public-key object of that value on the URI's token,
+    whatever its label, so a new key joins without a new URI.
+    """
 
     name: str
     uri: Pkcs11Uri
     scheme: SignatureScheme
+    public_key: bytes | None = None
 
 
 def describe_error(exc: BaseException) -> str:
@@ -131,6 +139,56 @@ _HINTS: dict[type[BaseException], str] = {
 }
 
 
+def _spki(public: Any) -> bytes | None:
+    try:
+        key = public_key_from_token(public)
+    except (ValueError, p11e.PKCS11Error):  # a key type we do not sign with
+        return None
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _find_key(session: Any, spec: KeySpec) -> Any:
+    """The private-key object of ``spec``; python-pkcs11's NoSuchKey if none.
+
+    The key the URI names, unless the public-key object beside it (same label and
+    id) is of another key than ``spec.public_key``; then the private key paired with
+    the public-key object of that value on the token, whatever its label.
+    """
+    uri = spec.uri
+    try:
+        named = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=uri.object, id=uri.id)
+    except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
+        if spec.public_key is None:
+            raise
+        named = None
+    if named is not None and spec.public_key is not None:
+        beside = list(session.get_objects(_public_of(named)))
+        if beside and _spki(beside[0]) != spec.public_key:
+            named = None  # the URI names another key than the certificate's
+    if named is not None:
+        return named
+    if spec.public_key is None:
+        raise p11e.NoSuchKey(spec.name)
+    # Read the whole search first: a search left open makes the next one fail
+    # (CKR_OPERATION_ACTIVE).
+    for public in list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})):
+        if _spki(public) == spec.public_key:
+            return session.get_key(object_class=ObjectClass.PRIVATE_KEY, **_pair_of(public))
+    raise p11e.NoSuchKey(spec.name)
+
+
+def _pair_of(obj: Any) -> dict[str, Any]:
+    """How to find the other half of a key pair: by id, else by label."""
+    key_id = obj[Attribute.ID] or None
+    return {"id": key_id} if key_id else {"label": obj[Attribute.LABEL]}
+
+
+def _public_of(private: Any) -> dict[Attribute, Any]:
+    pair = _pair_of(private)
+    where = Attribute.ID if "id" in pair else Attribute.LABEL
+    return {Attribute.CLASS: ObjectClass.PUBLIC_KEY, where: next(iter(pair.values()))}
+
+
 class Token:
     """One PKCS#11 module in this process, used from one thread."""
 
@@ -160,6 +218,7 @@ class Token:
         self._lib: Any = None
         self._sessions: dict[int, Any] = {}  # slot id -> the logged-in session
         self._handles: dict[str, Any] = {}
+        self._retired: dict[str, KeySpec] = {}  # replaced by a reload, until a reconnect
         self._connected = False
         self._next_attempt = 0.0
         self._backoff = min_backoff
@@ -196,6 +255,7 @@ class Token:
                 pass
         self._sessions.clear()
         self._handles.clear()
+        self._retired.clear()
 
     def _connect(self) -> None:
         self._disconnect()
@@ -207,18 +267,18 @@ class Token:
             except p11e.PKCS11Error:
                 self._lib.initialize()
         for spec in self.keys.values():
-            uri = spec.uri
-            token = select_token(self._lib, uri)
-            # One session (one login) a token, whatever each key's URI says of it:
-            # a second login to the same token fails with UserAlreadyLoggedIn.
-            where = token.slot.slot_id
-            session = self._sessions.get(where)
-            if session is None:
-                session = self._login(token)
-                self._sessions[where] = session
-            self._handles[spec.name] = session.get_key(
-                object_class=ObjectClass.PRIVATE_KEY, label=uri.object, id=uri.id
-            )
+            self._handles[spec.name] = _find_key(self._session_for(spec), spec)
+
+    def _session_for(self, spec: KeySpec) -> Any:
+        """The logged-in session on the key's token. One session (one login) a token,
+        whatever each key's URI says of it: a second login to the same token fails
+        with UserAlreadyLoggedIn."""
+        token = select_token(self._lib, spec.uri)
+        where = token.slot.slot_id
+        session = self._sessions.get(where)
+        if session is None:
+            session = self._sessions[where] = self._login(token)
+        return session
 
     def _login(self, token: Any) -> Any:
         """A logged-in session; never a second try of a PIN the token refused."""
@@ -264,8 +324,10 @@ class Token:
         self._set_connected(False)
 
     def _sign_raw(self, name: str, data: bytes) -> bytes:
-        spec = self.keys[name]
         self._ensure_connected()
+        spec = self.keys.get(name) or self._retired.get(name)
+        if spec is None or name not in self._handles:
+            raise TokenError(f"no key {name} (replaced by a reload)", retryable=False)
         scheme = spec.scheme
         mechanism, param = mechanism_for(scheme)
         prepared = scheme.prepare(data)
@@ -307,6 +369,25 @@ class Token:
                 out[attr.name.lower()] = None
         return out
 
+    def _set_keys(self, keys: list[KeySpec]) -> None:
+        """Sign with ``keys`` from now on (a reload); each new one is found on the token
+        first, and if one is missing nothing changes. Keys no longer listed keep their
+        handles until the next reconnect, for the calls already on their way."""
+        self._ensure_connected()
+        found = {}
+        for spec in keys:
+            if self.keys.get(spec.name) == spec and spec.name in self._handles:
+                continue
+            try:
+                found[spec.name] = _find_key(self._session_for(spec), spec)
+            except (p11e.PKCS11Error, LoginRefused) as exc:
+                raise TokenError(
+                    f"key {spec.name}: {describe_error(exc)}", retryable=False
+                ) from None
+        self._retired.update(self.keys)
+        self.keys = {k.name: k for k in keys}
+        self._handles.update(found)
+
     # --- the signer process: its only thread uses the token ---------------
 
     def open_here(self) -> None:
@@ -317,6 +398,11 @@ class Token:
     def sign_here(self, name: str, data: bytes) -> bytes:
         """Sign on the calling thread, which must be the only one using this Token."""
         return self._sign_raw(name, data)
+
+    def set_keys_here(self, keys: list[KeySpec]) -> None:
+        """Take another key set on the calling thread (see ``_set_keys``)."""
+        self._next_attempt = 0.0
+        self._set_keys(keys)
 
     # --- any thread -----------------------------------------------------
 
@@ -337,6 +423,11 @@ class Token:
         """Connect now; TokenError says what failed."""
         self._next_attempt = 0.0
         self._submit(self._ensure_connected).result()
+
+    def key_label_blocking(self, name: str) -> str | None:
+        """The label of the private key found for ``name``."""
+        label: str | None = self._submit(lambda: self._handles[name].label).result()
+        return label
 
     def key_attributes_blocking(self, name: str) -> dict[str, Any]:
         return self._submit(self._read_attributes, name).result()

@@ -72,7 +72,8 @@ class _Setup:
         return f"_Setup(module={self.module!r})"
 
 
-# A request is (id, deadline, key name or None for "open", data).
+# A request is (id, deadline, key name, data), or (id, deadline, None, b"") to open
+# the token, or (id, deadline, None, the pickled list of KeySpec) to take those keys.
 # A reply is (id, signature or error text, ok, retryable, seconds, up, last_error).
 _Request = tuple[int, float, str | None, bytes]
 _Reply = tuple[int, bytes | str, bool, bool, float | None, bool, str | None]
@@ -98,6 +99,7 @@ class TokenProcess:
     ) -> None:
         self.module = module
         self.keys = {k.name: k for k in keys}
+        self._retired: dict[str, KeySpec] = {}
         self.sign_timeout = sign_timeout
         self.gate = gate
         self._setup = _Setup(
@@ -125,7 +127,8 @@ class TokenProcess:
         return f"TokenProcess(module={self.module!r}, keys={sorted(self.keys)!r})"
 
     def algorithm_identifier(self, name: str) -> bytes:
-        return self.keys[name].scheme.algorithm_identifier
+        spec = self.keys.get(name) or self._retired[name]  # retired: signed before a reload
+        return spec.scheme.algorithm_identifier
 
     @property
     def up(self) -> bool:
@@ -276,6 +279,15 @@ class TokenProcess:
         """Sign ``data`` with the key ``name``; TokenError if the token fails."""
         return await self._call(name, data)
 
+    async def set_keys(self, keys: list[KeySpec]) -> None:
+        """Sign with ``keys`` from now on (a reload). The child finds each new key on
+        the token first; if one is missing, TokenError and the running keys stay.
+        Calls already sent are signed with the keys they name."""
+        await self._call(None, pickle.dumps(keys, protocol=pickle.HIGHEST_PROTOCOL))
+        self._retired.update(self.keys)
+        self.keys = {k.name: k for k in keys}
+        self._setup = dataclasses.replace(self._setup, keys=keys)  # for a restarted child
+
     async def aclose(self) -> None:
         """Stop the child: close its socket, then wait for it (or kill it)."""
         child, self._child = self._child, None
@@ -336,7 +348,10 @@ def _serve(sock: socket.socket) -> None:
             ok = retryable = False
         else:
             try:
-                if name is None:
+                if name is None and data:
+                    token.set_keys_here(pickle.loads(data))
+                    payload = b""
+                elif name is None:
                     token.open_here()
                     payload = b""
                 else:

@@ -16,12 +16,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pkcs11 import Attribute, KeyType
+from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from hsm_ocsp.cli import main
 from hsm_ocsp.keys import public_key_from_token
-from hsm_ocsp.pkcs11_uri import Pkcs11Uri
+from hsm_ocsp.pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 
 from .conftest import PIN, CASetup, SoftHSM, build_ca, write_config
 
@@ -107,31 +107,57 @@ def test_check_a_sound_configuration_is_all_ok(
     assert len(lines) == len(expected) + 1
 
 
-def test_check_finds_a_certificate_of_another_key(
+def test_check_warns_when_key_names_another_key_than_the_certificates(
     tmp_path: Path, setup: CASetup, softhsm: SoftHSM, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """key= names a key that is not the certificate's, which is on the token too: the
+    certificate's own key signs (found by its public key), and check says so."""
     other_uri, _ = softhsm.make_key("ec-p256")
     code, lines = _check(tmp_path, setup, capsys, key_uri=other_uri)
+    assert code == 0
+    (warning,) = _lines(lines, "warning")
+    assert f"key {other_uri} is not the key of {setup.responder_cert}" in warning
+    assert "point key= at it" in warning
+    assert any("matches responder certificate" in line for line in _lines(lines, "ok"))
+
+
+def test_check_finds_a_certificate_whose_key_is_not_on_the_token(
+    tmp_path: Path, setup: CASetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stranger = _responder(setup, ec.generate_private_key(ec.SECP256R1()).public_key())
+    code, lines = _check(tmp_path, setup, capsys, responder_cert=stranger)
     assert code == 1
-    assert any("does not match key" in line for line in _lines(lines, "error"))
+    (error,) = _lines(lines, "error")
+    assert "no such private key" in error and str(stranger) in error
 
 
 def test_check_finds_a_key_type_the_certificate_does_not_have(
     tmp_path: Path, setup: CASetup, softhsm: SoftHSM, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rsa_uri, _ = softhsm.make_key("rsa-2048")
+    label = parse_pkcs11_uri(rsa_uri).object
+    with softhsm.session() as session:  # no public half: nothing says it is not the key
+        for public in list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                                                 Attribute.LABEL: label})):  # fmt: skip
+            public.destroy()
     code, lines = _check(tmp_path, setup, capsys, key_uri=rsa_uri)
     assert code == 1
     assert any("cannot sign" in line for line in _lines(lines, "error"))
 
 
-def test_check_finds_a_missing_key(
+def test_check_finds_a_missing_key_and_a_key_uri_that_misses(
     tmp_path: Path, setup: CASetup, softhsm: SoftHSM, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """key= names no key at all: an error if the certificate's key is not on the
+    token either, a warning (that key signs) if it is."""
     missing = str(Pkcs11Uri(token=softhsm.label, object="no-such-key"))
-    code, lines = _check(tmp_path, setup, capsys, key_uri=missing)
+    stranger = _responder(setup, ec.generate_private_key(ec.SECP256R1()).public_key())
+    code, lines = _check(tmp_path, setup, capsys, key_uri=missing, responder_cert=stranger)
     assert code == 1
     assert any("no such private key" in line for line in _lines(lines, "error"))
+    code, lines = _check(tmp_path, setup, capsys, key_uri=missing)
+    assert code == 0
+    assert any("point key= at it" in line for line in _lines(lines, "warning"))
 
 
 def test_check_finds_a_responder_not_issued_by_the_ca(

@@ -83,7 +83,11 @@ class World:
             ),
             # The fixed clock is older than the CA made for this run: let its
             # certificate count as valid then (its own checks are tested apart).
-            signers=(SigningCertificate(None, NOW - dt.timedelta(days=1), _FAR),),
+            signers=(
+                SigningCertificate(
+                    None, NOW - dt.timedelta(days=1), _FAR, "root", key_hash(ca.certificate)
+                ),
+            ),
         )
         self.service = OCSPService(
             [self.issuer],

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -294,3 +295,177 @@ def test_check_reports_the_certificate_in_use_the_next_one_and_warns_without_one
     assert any(level == "ok" and "next responder certificate" in m and "Upcoming" in m
                for level, m in messages)  # fmt: skip
     assert not [m for level, m in messages if level == "warning"], messages
+
+
+def _signed_by_carried_certificate(body: bytes) -> tuple[x509.Certificate, dt.datetime]:
+    """The certificate an answer carries, once its signature verifies against it."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    response = ocsp.load_der_ocsp_response(body)
+    assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    (carried,) = response.certificates
+    public_key = carried.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    algorithm = response.signature_hash_algorithm
+    assert algorithm is not None
+    public_key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(algorithm))
+    return carried, response.produced_at_utc
+
+
+def _wait_for_log(server: Any, text: str, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while server.log.read_text().count(text) < count:
+        assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_new_key_rolls_in_under_load_without_a_restart(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """Issue 15 items 3 and 5 with new keys, as the operator's guide runs it: keygen
+    makes key B under a new label (key A keeps signing), csr, the CA signs it with
+    ``-extensions ocsp``, its certificate goes beside A's and a SIGHUP brings it in;
+    then key C's certificate, installed ahead, takes over at its notBefore. Under
+    load, every request is answered and every answer verifies against the
+    certificate it carries, which was valid at its producedAt."""
+    import shutil
+    import signal
+    import threading
+
+    from hsm_ocsp.cli import main
+    from hsm_ocsp.keys import find_public_key, public_key_from_token
+
+    from .conftest import MODULE
+    from .pki import run
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    folder = tmp_path / "responder"
+    folder.mkdir()
+    assert setup.responder_cert is not None
+    shutil.copy(setup.responder_cert, folder / "a.pem")
+    setup.responder_cert = folder
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server="workers = 2")  # fmt: skip
+    server = start_server(config, port, tmp_path / "server.log")
+    answers: list[tuple[int, bytes]] = []
+    stop = threading.Event()
+
+    def client(nonce: bool) -> None:
+        cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
+        while not stop.is_set():
+            builder = ocsp.OCSPRequestBuilder().add_certificate(
+                cert, setup.ca.certificate, hashes.SHA256()
+            )
+            if nonce:
+                builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+            req = urllib.request.Request(
+                server.url, data=builder.build().public_bytes(Encoding.DER),
+                headers={"Content-Type": "application/ocsp-request"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=10) as response:
+                    answers.append((response.status, response.read()))
+            except OSError as exc:
+                answers.append((0, str(exc).encode()))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in (True, True, False)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.5)
+        # Key B, P-384: another key and another curve, made while A signs.
+        label = f"next-{os.getpid()}"
+        uri_b = f"pkcs11:token={softhsm.label};object={label}"
+        assert main(["keygen", "--module", MODULE, "--key", uri_b, "--algorithm", "ec-p384"]) == 0
+        request = tmp_path / "b.csr"
+        assert main(["csr", "--module", MODULE, "--key", uri_b, "--subject", "/CN=Responder B",
+                     "--out", str(request)]) == 0  # fmt: skip
+        run("openssl", "x509", "-req", "-in", request, "-CA", setup.ca.cert_path,
+            "-CAkey", setup.ca.dir / "ca.key", "-set_serial", "0x0B0B", "-days", "30",
+            "-extfile", setup.ca.cnf, "-extensions", "ocsp", "-out", folder / "b.pem")  # fmt: skip
+        os.kill(server.process.pid, signal.SIGHUP)
+        _wait_for_log(server, "configuration reloaded", 2)  # by each of the 2 workers
+        time.sleep(1.5)
+        # Key C, installed ahead: it takes over by itself at its notBefore.
+        _, public_c = softhsm.make_key("ec-p256")
+        switch = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=6)
+        shutil.copy(setup.ca.sign_responder(public_c, "Responder C", not_before=switch),
+                    folder / "c.pem")  # fmt: skip
+        os.kill(server.process.pid, signal.SIGHUP)
+        _wait_for_log(server, "configuration reloaded", 4)
+        time.sleep(max(0.0, switch.timestamp() - time.time() + 2.5))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+        server.stop()
+
+    with softhsm.session() as session:
+        public_b = public_key_from_token(find_public_key(session, label=label, key_id=None))
+    names = {"Responder B": "B", "Responder C": "C"}
+    assert answers and all(status == 200 for status, _ in answers), [
+        body[:200] for status, body in answers if status != 200
+    ][:3]
+    seen = []
+    for _, body in answers:
+        carried, produced = _signed_by_carried_certificate(body)
+        assert carried.not_valid_before_utc <= produced < carried.not_valid_after_utc
+        common_name = carried.subject.rfc4514_string().removeprefix("CN=")
+        seen.append((produced, names.get(common_name, "A")))
+        if names.get(common_name) == "B":
+            assert carried.public_key() == public_b
+    order = [name for _, name in sorted(seen)]
+    first = {name: order.index(name) for name in "ABC" if name in order}
+    assert set(first) == {"A", "B", "C"}, sorted(set(order))
+    assert first["A"] < first["B"] < first["C"]
+    late = [name for produced, name in seen if produced >= switch + dt.timedelta(seconds=1)]
+    assert late and set(late) == {"C"}
+    assert "reload refused" not in server.log.read_text()
+
+
+def test_a_certificate_whose_key_is_not_on_the_token_is_refused_at_reload(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A new certificate of a key the token lacks (the operator forgot keygen, or
+    signed the wrong CSR) is refused in one line naming the file and the key; the
+    running key keeps signing, and a worker started later still starts."""
+    import signal
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    assert setup.responder_cert is not None
+    current = setup.responder_cert
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server="workers = 2")  # fmt: skip
+    server = start_server(config, port, tmp_path / "server.log")
+    try:
+        stranger = setup.ca.sign_responder(ec.generate_private_key(ec.SECP256R1()).public_key(),
+                                           "Not On The Token")  # fmt: skip
+        listed = f'responder_certificate = ["{current}", "{stranger}"]'
+        config.write_text(
+            config.read_text().replace(f'responder_certificate = "{current}"', listed)
+        )
+        os.kill(server.process.pid, signal.SIGHUP)
+        _wait_for_log(server, "reload refused", 1)
+        time.sleep(1.0)
+        refusals = [line for line in server.log.read_text().splitlines()
+                    if "reload refused" in line]  # fmt: skip
+        assert len(refusals) == 1, refusals  # the supervisor's; the workers say it quietly
+        assert f"ca[0].responder_certificate: {stranger}" in refusals[0]
+        assert "no such private key" in refusals[0] and "Traceback" not in server.log.read_text()
+        response = _ask(server.url, setup, "revoked")
+        assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
+        (carried,) = response.certificates
+        assert carried.subject.rfc4514_string() == "CN=OCSP Responder"
+        # A worker that dies now is replaced with the running configuration and starts.
+        pid = str(server.process.pid)
+        worker = int((Path("/proc") / pid / "task" / pid / "children").read_text().split()[0])
+        os.kill(worker, signal.SIGKILL)
+        _wait_for_log(server, "starting another", 1)
+        for _ in range(4):
+            assert _ask(server.url, setup, "good").certificate_status is ocsp.OCSPCertStatus.GOOD
+    finally:
+        server.stop()
