@@ -19,7 +19,7 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hsm_ocsp.serve import new_event_loop
+from hsm_ocsp.server.worker import new_event_loop
 
 
 def main() -> None:

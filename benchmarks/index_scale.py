@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def write_index(path: Path, lines: int) -> None:
     sys.path.insert(0, str(ROOT))
-    from tests.pki import generated_index_lines
+    from tests.support.pki import generated_index_lines
 
     with path.open("w") as out:
         for line in generated_index_lines(lines):
@@ -55,8 +55,8 @@ def _rss_mib() -> float:
 def measure(path: Path) -> None:
     """Load as a worker does (its modules imported first), then reload a changed file."""
     sys.path.insert(0, str(ROOT))
-    import hsm_ocsp.http  # noqa: F401  # everything a worker holds besides the index
-    from hsm_ocsp.index_source import IndexSource
+    import hsm_ocsp.server.app  # noqa: F401  # everything a worker holds besides the index
+    from hsm_ocsp.server.index_source import IndexSource
 
     base = _rss_mib()
     source = IndexSource("scale", path)

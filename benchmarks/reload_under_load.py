@@ -39,10 +39,14 @@ from cryptography.x509 import ocsp as x509_ocsp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
-from tests.conftest import SoftHSM, build_ca, free_port, start_server, write_config  # noqa: E402
-from tests.pki import generated_index_lines  # noqa: E402
-from tests.requests import build_request  # noqa: E402
+from tests.support.ca import build_ca, write_config
+from tests.support.pki import generated_index_lines
+from tests.support.requests import build_request
+from tests.support.server import free_port, start_server
+from tests.support.softhsm import (
+    SoftHSM,
+    use_softhsm_token,
+)
 
 PIN = "61730428"
 SO_PIN = "20893174"

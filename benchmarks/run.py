@@ -61,7 +61,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
+from tests.support.softhsm import use_softhsm_token
 
 HERE = Path(__file__).resolve().parent
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
@@ -113,9 +113,9 @@ def make_ca(tmp: Path, algorithm: str) -> Setup:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from hsm_ocsp.keys import generate_key_pair, public_key_from_token
-    from tests.pki import OpenSSLCA, generated_index_lines
-    from tests.requests import build_request
+    from hsm_ocsp.pkcs11.keys import generate_key_pair, public_key_from_token
+    from tests.support.pki import OpenSSLCA, generated_index_lines
+    from tests.support.requests import build_request
 
     directory = tmp / algorithm
     ca = OpenSSLCA(directory, f"Bench {algorithm} CA")
@@ -391,8 +391,8 @@ def sign_loop(label: str, seconds: float, start_at: float) -> None:
     import pkcs11
     from pkcs11 import Mechanism, ObjectClass
 
-    from hsm_ocsp.keys import public_key_from_token
-    from hsm_ocsp.signing import scheme_for_public_key
+    from hsm_ocsp.core.signing import scheme_for_public_key
+    from hsm_ocsp.pkcs11.keys import public_key_from_token
 
     for attempt in range(5):  # SoftHSM can fail a log-in racing another process's
         try:

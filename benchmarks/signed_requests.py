@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from hsm_ocsp import der
-from hsm_ocsp.ocsp import decode_request_full
+from hsm_ocsp.core import der
+from hsm_ocsp.core.request_full import decode_request_full
 
 
 def _certificate(name: str) -> x509.Certificate:

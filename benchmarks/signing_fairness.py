@@ -40,11 +40,14 @@ from cryptography.x509 import ocsp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
-from hsm_ocsp.pkcs11_uri import Pkcs11Uri  # noqa: E402
-from tests.conftest import MODULE, RunningServer, start_server  # noqa: E402
-from tests.pki import OpenSSLCA, generated_index_lines  # noqa: E402
-from tests.requests import build_request  # noqa: E402
+from hsm_ocsp.core.pkcs11_uri import Pkcs11Uri
+from tests.support.pki import OpenSSLCA, generated_index_lines
+from tests.support.requests import build_request
+from tests.support.server import RunningServer, start_server
+from tests.support.softhsm import (
+    MODULE,
+    use_softhsm_token,
+)
 
 PIN = "24681357"
 TYPE = {"Content-Type": "application/ocsp-request"}
@@ -54,7 +57,7 @@ def set_up(tmp: Path) -> tuple[OpenSSLCA, Path, list[int]]:
     import pkcs11
     from pkcs11 import KeyType
 
-    from hsm_ocsp.keys import public_key_from_token
+    from hsm_ocsp.pkcs11.keys import public_key_from_token
 
     use_softhsm_token(tmp / "softhsm" / "softhsm2.conf", label="fair", pin=PIN, so_pin="13579")
     ca = OpenSSLCA(tmp / "ca", "Fairness CA")
@@ -159,7 +162,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hsm-ocsp-fair-") as name:
         tmp = Path(name)
         ca, config, issued = set_up(tmp)
-        from tests.conftest import free_port
+        from tests.support.server import free_port
 
         port = free_port()
         config.write_text(config.read_text().replace("{port}", str(port)))

@@ -50,12 +50,12 @@ def busy_step() -> None:
 async def measure(case: str, uri: str, seconds: float) -> tuple[float, int, int]:
     from pkcs11 import ObjectClass
 
-    from hsm_ocsp.errors import TokenError
-    from hsm_ocsp.keys import open_session, public_key_from_token
-    from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
-    from hsm_ocsp.signing import scheme_for_public_key
-    from hsm_ocsp.token import KeySpec, Token
-    from hsm_ocsp.token_process import TokenProcess
+    from hsm_ocsp.core.errors import TokenError
+    from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
+    from hsm_ocsp.core.signing import scheme_for_public_key
+    from hsm_ocsp.pkcs11.keys import open_session, public_key_from_token
+    from hsm_ocsp.pkcs11.signer_process import TokenProcess
+    from hsm_ocsp.pkcs11.token import KeySpec, Token
 
     parsed = parse_pkcs11_uri(uri)
     with open_session(MODULE, PIN, parsed) as session:
@@ -137,7 +137,7 @@ def main() -> int:
         print(rate, steps, failed)
         return 0
 
-    from hsm_ocsp.demo import use_softhsm_token
+    from tests.support.softhsm import use_softhsm_token
 
     with tempfile.TemporaryDirectory(prefix="sign-under-load-") as tmp:
         conf = Path(tmp) / "softhsm2.conf"

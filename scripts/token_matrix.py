@@ -23,11 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hsm_ocsp.demo import use_softhsm_token  # noqa: E402
-from hsm_ocsp.keys import ALGORITHMS  # noqa: E402
-from tests.conftest import MODULE  # noqa: E402
-from tests.test_tokens import operator_path  # noqa: E402
-from tests.tokens import TokenUnderTest, opencryptoki, tpm2  # noqa: E402
+from hsm_ocsp.pkcs11.keys import ALGORITHMS
+from tests.support.softhsm import (
+    MODULE,
+    use_softhsm_token,
+)
+from tests.support.tokens import TokenUnderTest, opencryptoki, operator_path, tpm2
 
 
 def softhsm(directory: Path) -> Iterator[TokenUnderTest]:
@@ -38,9 +39,9 @@ def softhsm(directory: Path) -> Iterator[TokenUnderTest]:
 _RATE = """
 import sys, time
 from cryptography import x509
-from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
-from hsm_ocsp.signing import scheme_for_public_key
-from hsm_ocsp.token import KeySpec, Token
+from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
+from hsm_ocsp.core.signing import scheme_for_public_key
+from hsm_ocsp.pkcs11.token import KeySpec, Token
 module, pin, uri, pem = sys.argv[1:]
 scheme = scheme_for_public_key(x509.load_pem_x509_certificate(open(pem, "rb").read()).public_key())
 signer = Token(module, pin, [KeySpec("k", parse_pkcs11_uri(uri), scheme)])

@@ -17,15 +17,17 @@ from typing import Any
 
 import pytest
 
-from hsm_ocsp.http_keys import REPLY
-from hsm_ocsp.metrics import AccessLogger
-from hsm_ocsp.model import CertStatus, OCSPResponseStatus
-from hsm_ocsp.serve import _log_lines_once_a_turn
-from hsm_ocsp.service import Reply
+from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
+from hsm_ocsp.core.service import Reply
+from hsm_ocsp.server.access_log import AccessLogger
+from hsm_ocsp.server.app_keys import REPLY
+from hsm_ocsp.server.per_turn import log_lines_once_a_turn
 
-from .conftest import PIN, RunningServer, SoftHSM, build_ca, free_port, write_config
-from .requests import build_request
-from .test_metrics import UNKNOWN_SERIAL, get_path, http
+from .support.ca import build_ca, write_config
+from .support.http_client import UNKNOWN_SERIAL, get_path, http
+from .support.requests import build_request
+from .support.server import RunningServer, free_port
+from .support.softhsm import PIN, SoftHSM
 
 
 def run_requests(
@@ -159,7 +161,7 @@ async def test_log_lines_of_a_loop_turn_are_written_when_the_turn_ends() -> None
     root.addHandler(handler)
     log = logging.getLogger("hsm_ocsp.turn-test")
     try:
-        with _log_lines_once_a_turn(asyncio.get_running_loop()):
+        with log_lines_once_a_turn(asyncio.get_running_loop()):
             log.warning("one")
             log.warning("two")
             assert stream.getvalue() == ""
@@ -178,7 +180,7 @@ async def test_log_lines_of_a_loop_turn_are_written_when_the_turn_ends() -> None
 def test_log_time_worked_out_once_a_second_reads_as_loggings_own() -> None:
     import random
 
-    from hsm_ocsp.logs import JsonFormatter, TextFormatter
+    from hsm_ocsp.config.logs import JsonFormatter, TextFormatter
 
     text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     stock, ours, ours_json = logging.Formatter(text), TextFormatter(text), JsonFormatter()
@@ -210,7 +212,7 @@ def test_direct_access_line_reads_as_the_logging_path_writes_it(
     fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Set up as ``serve`` does, the line skips ``logging`` but must not differ."""
-    from hsm_ocsp.logs import direct_handler, setup_logging
+    from hsm_ocsp.config.logs import direct_handler, setup_logging
 
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])

@@ -19,11 +19,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from hsm_ocsp.cli import main
-from hsm_ocsp.keys import public_key_from_token
-from hsm_ocsp.pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
+from hsm_ocsp.cli.main import main
+from hsm_ocsp.core.pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
+from hsm_ocsp.pkcs11.keys import public_key_from_token
 
-from .conftest import PIN, CASetup, SoftHSM, build_ca, write_config
+from .support.ca import CASetup, build_ca, write_config
+from .support.softhsm import PIN, SoftHSM
 
 _count = iter(range(10**6))
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from hsm_ocsp.cli import main
-from hsm_ocsp.config import TokenConfig, load_config, parse_duration, read_pin
-from hsm_ocsp.errors import ConfigError
+from hsm_ocsp.cli.main import main
+from hsm_ocsp.config.file import TokenConfig, load_config, parse_duration, read_pin
+from hsm_ocsp.core.errors import ConfigError
 
-from .pki import OpenSSLCA
+from .support.pki import OpenSSLCA
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hsm_ocsp.cli import main
-from hsm_ocsp.csr import parse_subject
-from hsm_ocsp.signing import scheme_for_public_key
-from hsm_ocsp.token_key import token_private_key
+from hsm_ocsp.cli.csr import parse_subject
+from hsm_ocsp.cli.main import main
+from hsm_ocsp.core.signing import scheme_for_public_key
+from hsm_ocsp.pkcs11.private_key import token_private_key
 
-from .conftest import MODULE, PIN, CASetup, SoftHSM, build_ca, free_port, write_config
-from .pki import run
+from .support.ca import CASetup, build_ca, write_config
+from .support.pki import run
+from .support.server import free_port
+from .support.softhsm import MODULE, PIN, SoftHSM
 
 _count = iter(range(10**6))
 _SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -31,7 +33,7 @@ def _new_key(softhsm: SoftHSM, algorithm: str) -> tuple[str, Any]:
     uri = f"pkcs11:token={softhsm.label};object={label}"
     assert main(["keygen", "--module", MODULE, "--key", uri, "--algorithm", algorithm]) == 0
     with softhsm.session() as session:
-        from hsm_ocsp.keys import find_public_key, public_key_from_token
+        from hsm_ocsp.pkcs11.keys import find_public_key, public_key_from_token
 
         public_key = public_key_from_token(find_public_key(session, label=label, key_id=None))
     return uri, public_key

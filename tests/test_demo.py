@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from hsm_ocsp.cli import main
+from hsm_ocsp.cli.main import main
 
-from .conftest import ROOT, free_port
+from .support import ROOT
+from .support.server import free_port
 
 DEMO_PIN = "86420975"  # distinctive, so finding it in output means a leak
 _MADE = ["softhsm/softhsm2.conf", "softhsm/so-pin", "ca/ca.pem", "ca/ca.key", "ca/index.txt"]

@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 import yaml
 
-from hsm_ocsp.config import load_config, parse_duration, read_pin
+from hsm_ocsp.config.file import load_config, parse_duration, read_pin
 
-from .conftest import ROOT, CASetup, RunningServer, free_port, write_config
+from .support import ROOT
+from .support.ca import CASetup, write_config
+from .support.server import RunningServer, free_port
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -351,7 +353,7 @@ def test_compose_stop_grace_is_above_the_drain_bound() -> None:
 
 def load_config_text_default(key: str) -> float:
     """A [server] duration of the container's config, or its default."""
-    from hsm_ocsp.config import ServerConfig
+    from hsm_ocsp.config.file import ServerConfig
 
     value = tomllib.loads(CONTAINER_CONFIG.read_text()).get("server", {}).get(key)
     if value is None:

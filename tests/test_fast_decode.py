@@ -12,11 +12,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hsm_ocsp.errors import MalformedRequestError
-from hsm_ocsp.http import decode_get
-from hsm_ocsp.ocsp import OCSPRequest, decode_request, decode_request_fast, decode_request_full
+from hsm_ocsp.core.errors import MalformedRequestError
+from hsm_ocsp.core.ocsp import OCSPRequest
+from hsm_ocsp.core.request import decode_request
+from hsm_ocsp.core.request_fast import decode_request_fast
+from hsm_ocsp.core.request_full import decode_request_full
+from hsm_ocsp.server.handlers import decode_get
 
-from .test_fuzz import _CERT_ID, _wrap, fuzz
+from .support import fuzz
+from .support.fuzz import CERT_ID, wrap_request
 
 SEED = 9919
 CASES = 4_000
@@ -121,7 +125,7 @@ def test_fast_reader_leaves_more_cert_ids_than_allowed_to_the_full_decoder() -> 
     ],
 )
 def test_fast_reader_and_full_decoder_agree_on_extension_shapes(extensions: str) -> None:
-    body = _wrap(_CERT_ID, bytes.fromhex(extensions))
+    body = wrap_request(CERT_ID, bytes.fromhex(extensions))
     fast = decode_request_fast(body)
     assert fast is None or fast == _full(body)
 
@@ -129,7 +133,7 @@ def test_fast_reader_and_full_decoder_agree_on_extension_shapes(extensions: str)
 def test_nonce_request_takes_the_fast_path() -> None:
     oid = bytes.fromhex("06092b0601050507300102")
     value = fuzz._tlv(0x04, fuzz._tlv(0x04, b"n" * 32))
-    body = _wrap(_CERT_ID, fuzz._tlv(0xA2, fuzz._tlv(0x30, fuzz._tlv(0x30, oid + value))))
+    body = wrap_request(CERT_ID, fuzz._tlv(0xA2, fuzz._tlv(0x30, fuzz._tlv(0x30, oid + value))))
     fast = decode_request_fast(body)
     assert fast is not None and fast.nonce == bytes(fuzz._tlv(0x04, b"n" * 32))
     assert fast == _full(body)

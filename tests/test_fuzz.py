@@ -7,37 +7,25 @@ a fixed seed so that a failure replays.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from cryptography import x509
 
-from hsm_ocsp.config import load_config
-from hsm_ocsp.errors import MalformedRequestError
-from hsm_ocsp.http import create_app
-from hsm_ocsp.ocsp import decode_request
+from hsm_ocsp.config.file import load_config
+from hsm_ocsp.core.errors import MalformedRequestError
+from hsm_ocsp.core.request import decode_request
+from hsm_ocsp.server.app import create_app
 
-from .conftest import ROOT, SoftHSM, build_ca, write_config
+from .support import fuzz
+from .support.ca import build_ca, write_config
+from .support.fuzz import CERT_ID, wrap_request
+from .support.softhsm import SoftHSM
 
 CASES = 10_000
 SEED = 6960
-
-
-def _fuzz_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hsm_ocsp_fuzz", ROOT / "scripts" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _fuzz_module()
 
 
 @pytest.fixture
@@ -93,20 +81,6 @@ def test_fuzz_oracle_rejects_a_wrong_answer(fuzz_target: tuple[Path, object]) ->
         fuzz.check(case, target, 200, {"content-type": fuzz.OCSP_TYPE}, malformed)  # cacheable
 
 
-_CERT_ID = (
-    bytes.fromhex("303b300906052b0e03021a0500")
-    + b"\x04\x14" + b"n" * 20
-    + b"\x04\x14" + b"k" * 20
-    + bytes.fromhex("02021001")
-)  # fmt: skip
-
-
-def _wrap(cert_id: bytes, extensions: bytes = b"") -> bytes:
-    """OCSPRequest { TBSRequest { requestList { Request { cert_id } } [extensions] } }."""
-    tlv = fuzz._tlv
-    return bytes(tlv(0x30, tlv(0x30, tlv(0x30, tlv(0x30, cert_id)) + extensions)))
-
-
 @pytest.mark.parametrize(
     ("good", "bad"),
     [
@@ -118,19 +92,19 @@ def _wrap(cert_id: bytes, extensions: bytes = b"") -> bytes:
 )
 def test_cert_id_that_is_ber_not_der_is_malformed_not_echoed(good: str, bad: str) -> None:
     """The CertID is echoed byte for byte, so BER would make the response undecodable."""
-    assert decode_request(_wrap(_CERT_ID)).cert_ids[0].der == _CERT_ID
-    body = _CERT_ID[2:].replace(bytes.fromhex(good), bytes.fromhex(bad))
+    assert decode_request(wrap_request(CERT_ID)).cert_ids[0].der == CERT_ID
+    body = CERT_ID[2:].replace(bytes.fromhex(good), bytes.fromhex(bad))
     ber = bytes([0x30, len(body)]) + body
-    assert ber != _CERT_ID
+    assert ber != CERT_ID
     with pytest.raises(MalformedRequestError):
-        decode_request(_wrap(ber))
+        decode_request(wrap_request(ber))
 
 
 def test_nonce_that_is_ber_not_der_is_malformed() -> None:
     def request(nonce_value: bytes) -> bytes:
         oid = bytes.fromhex("06092b0601050507300102")
         extension = fuzz._tlv(0x30, oid + fuzz._tlv(0x04, nonce_value))
-        return _wrap(_CERT_ID, fuzz._tlv(0xA2, fuzz._tlv(0x30, extension)))
+        return wrap_request(CERT_ID, fuzz._tlv(0xA2, fuzz._tlv(0x30, extension)))
 
     assert decode_request(request(bytes.fromhex("0410") + b"x" * 16)).nonce is not None
     with pytest.raises(MalformedRequestError):

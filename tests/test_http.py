@@ -16,11 +16,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509 import ocsp as x509_ocsp
 
-from hsm_ocsp.config import load_config
-from hsm_ocsp.http import create_app
+from hsm_ocsp.config.file import load_config
+from hsm_ocsp.server.app import create_app
 
-from .conftest import CASetup, SoftHSM, build_ca, write_config
-from .requests import build_request
+from .support.ca import CASetup, build_ca, write_config
+from .support.requests import build_request
+from .support.softhsm import SoftHSM
 
 Client = Any
 

@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from hsm_ocsp.errors import IndexFormatError
-from hsm_ocsp.index import IndexSnapshot, parse_index, parse_time
-from hsm_ocsp.model import RevocationReason
+from hsm_ocsp.core.errors import IndexFormatError
+from hsm_ocsp.core.index import IndexSnapshot, parse_index, parse_time
+from hsm_ocsp.core.model import RevocationReason
 
 UTC = dt.UTC
 
@@ -147,7 +147,7 @@ def big_index(lines: int) -> bytes:
 def test_fast_and_careful_parsers_agree_across_blocks() -> None:
     import io
 
-    from hsm_ocsp.index import _parse_stream
+    from hsm_ocsp.core.index import _parse_stream
 
     data = big_index(120_000)  # several 4 MiB blocks
     assert len(data) > (1 << 22)  # more than one block
@@ -179,7 +179,7 @@ def test_a_bad_line_deep_in_a_large_file_is_named() -> None:
 def _reload(new: bytes, old: bytes) -> IndexSnapshot:
     import io
 
-    from hsm_ocsp.index import parse_index_stream
+    from hsm_ocsp.core.index import parse_index_stream
 
     base = parse_index(old, "i")
     return parse_index_stream(io.BytesIO(new), "i", base)
@@ -231,7 +231,7 @@ def test_reload_against_the_old_snapshot_gives_what_a_fresh_parse_gives(change: 
 def test_reload_shares_the_unchanged_entries_of_the_old_snapshot() -> None:
     import io
 
-    from hsm_ocsp.index import parse_index_stream
+    from hsm_ocsp.core.index import parse_index_stream
 
     old_data = big_index(50_000)
     base = parse_index(old_data, "i")

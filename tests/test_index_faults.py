@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from hsm_ocsp.config import load_config
-from hsm_ocsp.http import SOURCES, create_app
+from hsm_ocsp.config.file import load_config
+from hsm_ocsp.server.app import create_app
+from hsm_ocsp.server.app_state import SOURCES
 
-from .conftest import CASetup, SoftHSM, build_ca, write_config
+from .support.ca import CASetup, build_ca, write_config
+from .support.softhsm import SoftHSM
 
 Fault = Callable[[Path, bytes], int | None]  # damages the file; returns the bad line
 
@@ -255,7 +257,7 @@ def test_the_gap_between_openssl_ca_renames_is_not_an_error(tmp_path: Path) -> N
     """openssl ca renames index.txt away, then index.txt.new in: no file for a moment."""
     import threading
 
-    from hsm_ocsp.index_source import RENAME_GRACE, IndexSource
+    from hsm_ocsp.server.index_source import RENAME_GRACE, IndexSource
 
     index = tmp_path / "index.txt"
     index.write_text("V\t301231235959Z\t\t01\tunknown\t/CN=a\n")

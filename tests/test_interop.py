@@ -16,17 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    CASetup,
-    RunningServer,
-    SoftHSM,
-    build_ca,
-    free_port,
-    start_server,
-    write_config,
-)
-from .pki import OpenSSLCA
-from .requests import build_request
+from .support.ca import CASetup, build_ca, write_config
+from .support.pki import OpenSSLCA
+from .support.requests import build_request
+from .support.server import RunningServer, free_port, start_server
+from .support.softhsm import SoftHSM
 
 
 @pytest.fixture(scope="module")

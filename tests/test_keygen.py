@@ -11,13 +11,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from pkcs11 import Attribute, ObjectClass
 
-from hsm_ocsp.cli import main
-from hsm_ocsp.keys import public_key_from_token
-from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
-from hsm_ocsp.signing import scheme_for_public_key, verify
-from hsm_ocsp.token_key import session_signer
+from hsm_ocsp.cli.main import main
+from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
+from hsm_ocsp.core.signing import scheme_for_public_key, verify
+from hsm_ocsp.pkcs11.keys import public_key_from_token
+from hsm_ocsp.pkcs11.private_key import session_signer
 
-from .conftest import MODULE, PIN, SoftHSM
+from .support.softhsm import MODULE, PIN, SoftHSM
 
 _count = iter(range(10**6))
 

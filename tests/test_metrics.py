@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import re
@@ -23,15 +22,17 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from hsm_ocsp import __version__
-from hsm_ocsp.metrics import Metrics
-from hsm_ocsp.model import CertStatus, OCSPResponseStatus
-from hsm_ocsp.service import Reply
+from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
+from hsm_ocsp.core.service import Reply
+from hsm_ocsp.server.metrics import Metrics
 
-from .conftest import CASetup, RunningServer, SoftHSM, build_ca, free_port, write_config
-from .requests import build_request
+from .support.ca import CASetup, build_ca, write_config
+from .support.http_client import UNKNOWN_SERIAL, get_path, http
+from .support.requests import build_request
+from .support.server import RunningServer, free_port
+from .support.softhsm import SoftHSM
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-UNKNOWN_SERIAL = 0x7E57AB1E
 
 
 def scrape(url: str) -> tuple[str, Samples]:
@@ -49,23 +50,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def http(url: str, data: bytes | None = None, method: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/ocsp-request")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def ocsp_status(body: bytes) -> str:
     return str(asn1_ocsp.OCSPResponse.load(body)["response_status"].native)
-
-
-def get_path(der: bytes) -> str:
-    return urllib.request.quote(base64.b64encode(der).decode(), safe="")
 
 
 def send_mix(base: str, setup: CASetup) -> None:
@@ -413,14 +399,15 @@ async def test_metrics_page_counts_the_requests_of_the_current_turn() -> None:
 def test_observations_written_together_fill_the_same_buckets_as_one_by_one() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from hsm_ocsp.metrics import BUCKETS, _observe_all
+    from hsm_ocsp.server.metric_families import BUCKETS
+    from hsm_ocsp.server.per_turn import observe_all
 
     durations = [0.0, 0.0001, 0.00011, 0.001, 0.0099, 0.01, 9.9, 10.0, 11.0, 3600.0]
     one, many = CollectorRegistry(), CollectorRegistry()
     single = Histogram("d", "d", buckets=BUCKETS, registry=one)
     for seconds in durations:
         single.observe(seconds)
-    _observe_all(Histogram("d", "d", buckets=BUCKETS, registry=many), durations)
+    observe_all(Histogram("d", "d", buckets=BUCKETS, registry=many), durations)
     samples = [
         [
             (s.name, s.labels, s.value)
@@ -439,7 +426,7 @@ def test_many_observations_at_once_equal_one_by_one() -> None:
 
     from prometheus_client import CollectorRegistry, Histogram
 
-    from hsm_ocsp.metrics import _observe_all
+    from hsm_ocsp.server.per_turn import observe_all
 
     one, many = CollectorRegistry(), CollectorRegistry()
     by_one = Histogram("d", "d", registry=one)
@@ -449,7 +436,7 @@ def test_many_observations_at_once_equal_one_by_one() -> None:
     values += [0.0, 0.005, 0.01, 0.025, 10.0]  # on the bounds: counted in that bucket
     for v in values:
         by_one.observe(v)
-    _observe_all(at_once, values)
+    observe_all(at_once, values)
 
     def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
         return {

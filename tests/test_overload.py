@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib.util
 import os
 import signal
 import subprocess
@@ -22,7 +21,6 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,15 +30,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import OCSPExtensionOID
 
-from hsm_ocsp.index import parse_index
-from hsm_ocsp.model import OCSPResponseStatus
-from hsm_ocsp.responder import Issuer
-from hsm_ocsp.service import OCSPService
-from hsm_ocsp.signing import scheme_for_public_key
+from hsm_ocsp.core.index import parse_index
+from hsm_ocsp.core.model import OCSPResponseStatus
+from hsm_ocsp.core.responder import Issuer
+from hsm_ocsp.core.service import OCSPService
+from hsm_ocsp.core.signing import scheme_for_public_key
 
-from .conftest import ROOT, CASetup, SoftHSM, build_ca, free_port, write_config
-from .pki import OpenSSLCA
-from .requests import build_request
+from .support import ROOT
+from .support.ca import CASetup, build_ca, write_config
+from .support.pki import OpenSSLCA
+from .support.requests import build_request
+from .support.server import free_port
+from .support.softhsm import SoftHSM
 
 S = ocsp.OCSPResponseStatus
 TRY_LATER = bytes.fromhex("30030a0103")
@@ -252,7 +253,7 @@ async def test_hardening_8_each_kind_of_live_signature_waits_in_its_own_bounded_
     hold 10 places each, issued serials 30. A full line gets tryLater at once; the
     token's free places go to the kinds in turn, so an issued serial asked for behind a
     flood of each kind is signed before the floods' last requests."""
-    from hsm_ocsp.sign_queue import WINDOW
+    from hsm_ocsp.core.sign_queue import WINDOW
 
     ca = OpenSSLCA(tmp_path / "ca")
     issuer = Issuer.from_certificates("root", ca.certificate, None, dt.timedelta(hours=1))
@@ -541,18 +542,10 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
 # --- issue 6.5: the soak script, as a short run -----------------------------------
 
 
-def _soak_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("hsm_ocsp_soak", ROOT / "scripts" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_soak_verdict_fails_on_errors_replaced_workers_unseen_changes_and_growth() -> None:
     """The soak's verdict is not a rubber stamp."""
-    soak = _soak_module()
+    from .support import soak
+
     clean: dict[str, object] = {
         "errors": [],
         "workers_before": [10, 11],
@@ -571,7 +564,7 @@ def test_soak_verdict_fails_on_errors_replaced_workers_unseen_changes_and_growth
         ("rss_growth", 0.11),
         ("sign_errors", 3.0),
         ("index_reload_errors", 1.0),
-        ("server_log_errors", ["2026-11-24 02:50:01 ERROR hsm_ocsp.index: not reloaded"]),
+        ("server_log_errors", ["2026-11-24 02:50:01 ERROR hsm_ocsp.core.index: not reloaded"]),
     ]:
         assert len(soak.verdict({**clean, key: value}, 0.10)) == 1, key
 

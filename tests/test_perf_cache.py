@@ -12,14 +12,16 @@ from collections.abc import Callable
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from hsm_ocsp.index import parse_index
+from hsm_ocsp.core.index import parse_index
 
-from . import test_ocsp_core as core
-from .pki import OpenSSLCA
-from .requests import build_request
-from .test_ocsp_core import INDEX, World
+from .support.pki import OpenSSLCA
+from .support.requests import build_request
+from .support.world import INDEX, World
 
-ca = core.ca  # the module-scoped CA fixture of the core tests
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> OpenSSLCA:
+    return OpenSSLCA(tmp_path_factory.mktemp("perfca"))
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from .conftest import CASetup, free_port, write_config
-from .requests import build_request
+from .support.ca import CASetup, write_config
+from .support.requests import build_request
+from .support.server import free_port
 
 
 def status(url: str, setup: CASetup, name: str, method: str = "POST") -> x509_ocsp.OCSPCertStatus:

@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from .conftest import CASetup, SoftHSM, build_ca, free_port, start_server, write_config
+from .support.ca import CASetup, build_ca, write_config
+from .support.server import free_port, start_server
+from .support.softhsm import SoftHSM
 
 
 def _ask(url: str, setup: CASetup, name: str) -> ocsp.OCSPResponse:
@@ -117,7 +119,7 @@ def test_try_later_while_the_responder_certificate_is_not_valid_yet(
 
 
 def test_rule_29_refresh_at_half_under_16h_else_8h_before_and_within_4_days() -> None:
-    from hsm_ocsp.service import refresh_time
+    from hsm_ocsp.core.service import refresh_time
 
     start = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
     hours = dt.timedelta(hours=1)
@@ -267,8 +269,8 @@ def test_a_reload_that_cannot_be_taken_is_refused_in_one_line_and_the_old_one_se
 def test_check_reports_the_certificate_in_use_the_next_one_and_warns_without_one(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
-    from hsm_ocsp.check import check_config
-    from hsm_ocsp.config import load_config
+    from hsm_ocsp.cli.check import check_config
+    from hsm_ocsp.config.file import load_config
 
     setup = build_ca(tmp_path / "ca", softhsm)
     key = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes()).public_key()  # type: ignore[union-attr]
@@ -331,11 +333,11 @@ def test_a_new_key_rolls_in_under_load_without_a_restart(tmp_path: Path, softhsm
     import signal
     import threading
 
-    from hsm_ocsp.cli import main
-    from hsm_ocsp.keys import find_public_key, public_key_from_token
+    from hsm_ocsp.cli.main import main
+    from hsm_ocsp.pkcs11.keys import find_public_key, public_key_from_token
 
-    from .conftest import MODULE
-    from .pki import run
+    from .support.pki import run
+    from .support.softhsm import MODULE
 
     setup = build_ca(tmp_path / "ca", softhsm)
     folder = tmp_path / "responder"

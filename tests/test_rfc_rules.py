@@ -20,14 +20,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hsm_ocsp import der
-from hsm_ocsp.check import check_config
-from hsm_ocsp.config import load_config
-from hsm_ocsp.http import create_app
-from hsm_ocsp.responder_profile import Level, profile_findings
+from hsm_ocsp.cli.check import check_config
+from hsm_ocsp.config.file import load_config
+from hsm_ocsp.core import der
+from hsm_ocsp.core.responder_profile import Level, profile_findings
+from hsm_ocsp.server.app import create_app
 
-from .conftest import CASetup, SoftHSM, build_ca, write_config
-from .pki import OpenSSLCA
+from .support.ca import CASetup, build_ca, write_config
+from .support.pki import OpenSSLCA
+from .support.softhsm import SoftHSM
 
 TYPE = {"Content-Type": "application/ocsp-request"}
 

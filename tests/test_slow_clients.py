@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from .conftest import SoftHSM, build_ca, free_port, start_server, write_config
+from .support.ca import build_ca, write_config
+from .support.server import free_port, start_server
+from .support.softhsm import SoftHSM
 
 pytestmark = pytest.mark.slow
 

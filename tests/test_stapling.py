@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, CASetup, RunningServer, SoftHSM, build_ca, free_port, start_server
-from .conftest import write_config as write_responder_config
-from .test_nginx import Nginx, start_nginx
+from .support import ROOT
+from .support.ca import CASetup, build_ca
+from .support.ca import write_config as write_responder_config
+from .support.nginx import Nginx, start_nginx
+from .support.server import RunningServer, free_port, start_server
+from .support.softhsm import SoftHSM
 
 STAPLING_CONF = ROOT / "deploy" / "nginx" / "hsm-ocsp-stapling.conf"
 SITES = ("good", "revoked", "file")

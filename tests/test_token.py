@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from hsm_ocsp.errors import TokenError
-from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
-from hsm_ocsp.signing import scheme_for_public_key
-from hsm_ocsp.token import KeySpec, Token
+from hsm_ocsp.core.errors import TokenError
+from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
+from hsm_ocsp.core.signing import scheme_for_public_key
+from hsm_ocsp.pkcs11.token import KeySpec, Token
 
-from .conftest import MODULE, SoftHSM
+from .support.softhsm import MODULE, SoftHSM
 
 P11_KIT_CLIENT = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 

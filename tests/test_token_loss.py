@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from .conftest import MODULE, CASetup, SoftHSM, build_ca, free_port, write_config
+from .support.ca import CASetup, build_ca, write_config
+from .support.server import free_port
+from .support.softhsm import MODULE, SoftHSM
 
 CLIENT_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-client.so"
 

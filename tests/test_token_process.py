@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hsm_ocsp.errors import TokenError
-from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
-from hsm_ocsp.signing import scheme_for_public_key, verify
-from hsm_ocsp.token import KeySpec
-from hsm_ocsp.token_process import TokenProcess
+from hsm_ocsp.core.errors import TokenError
+from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
+from hsm_ocsp.core.signing import scheme_for_public_key, verify
+from hsm_ocsp.pkcs11.signer_process import TokenProcess
+from hsm_ocsp.pkcs11.token import KeySpec
 
-from .conftest import MODULE, SoftHSM
+from .support.softhsm import MODULE, SoftHSM
 
 
 def _spec(softhsm: SoftHSM, algorithm: str) -> tuple[KeySpec, object]:
@@ -65,7 +65,7 @@ async def test_signs_in_a_child_whose_argv_has_no_pin(
     assert len(seconds) == 1 and 0 < seconds[0] < 5
     assert token.pid is not None and token.pid != os.getpid()
     cmdline = Path(f"/proc/{token.pid}/cmdline").read_bytes()
-    assert b"hsm_ocsp.token_process" in cmdline
+    assert b"hsm_ocsp.pkcs11.signer_process" in cmdline
     assert softhsm.pin.encode() not in cmdline
 
 
@@ -129,10 +129,10 @@ def test_child_dies_with_its_worker(softhsm: SoftHSM, tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, os, sys
-        from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
-        from hsm_ocsp.signing import scheme_for_public_key
-        from hsm_ocsp.token import KeySpec
-        from hsm_ocsp.token_process import TokenProcess
+        from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
+        from hsm_ocsp.core.signing import scheme_for_public_key
+        from hsm_ocsp.pkcs11.token import KeySpec
+        from hsm_ocsp.pkcs11.signer_process import TokenProcess
 
         async def main():
             from cryptography.hazmat.primitives.asymmetric import ec

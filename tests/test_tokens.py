@@ -13,20 +13,20 @@ from pathlib import Path
 import pkcs11
 import pytest
 
-from hsm_ocsp.keys import open_session, select_token
-from hsm_ocsp.pkcs11_uri import parse_pkcs11_uri
+from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
+from hsm_ocsp.pkcs11.keys import open_session, select_token
 
-from .conftest import (
-    MODULE,
-    CASetup,
-    SoftHSM,
-    build_ca,
-    free_port,
-    start_server,
-    write_config,
+from .support.ca import build_ca, write_config
+from .support.server import free_port, start_server
+from .support.softhsm import MODULE, SoftHSM
+from .support.tokens import (
+    TokenUnderTest,
+    opencryptoki,
+    opencryptoki_available,
+    operator_path,
+    tpm2,
+    tpm2_available,
 )
-from .pki import OpenSSLCA, run
-from .tokens import TokenUnderTest, opencryptoki, opencryptoki_available, tpm2, tpm2_available
 
 SPY = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"
 
@@ -139,60 +139,6 @@ def _softhsm_under_test(softhsm: SoftHSM) -> TokenUnderTest:
     )
 
 
-def operator_path(token: TokenUnderTest, algorithm: str, directory: Path) -> None:
-    """keygen, csr, the CA signs it, check, serve, openssl ocsp good and revoked: all as
-    an operator runs them, as processes, with the PIN in HSM_OCSP_PIN."""
-    env = {**os.environ, "HSM_OCSP_PIN": token.pin}
-    ca = OpenSSLCA(directory / "ca", f"{token.name} {algorithm} CA")
-    certs = {"good": ca.issue("good"), "revoked": ca.issue("revoked")}
-    ca.revoke(certs["revoked"], "-crl_reason", "keyCompromise")
-    uri = f"pkcs11:token={token.label};object=ocsp-{algorithm}-{directory.name}"[:120]
-    cli = [sys.executable, "-m", "hsm_ocsp"]
-    for step in (
-        ["keygen", "--module", token.module, "--key", uri, "--algorithm", algorithm],
-        ["csr", "--module", token.module, "--key", uri, "--subject", "CN=OCSP " + algorithm,
-         "--out", str(directory / "responder.csr")],
-    ):  # fmt: skip
-        done = subprocess.run([*cli, *step], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, f"{step[0]}: {done.stderr}"
-    responder = directory / "responder.pem"
-    run("openssl", "x509", "-req", "-in", directory / "responder.csr", "-CA", ca.cert_path,
-        "-CAkey", ca.dir / "ca.key", "-set_serial", "0x7E57", "-days", "30", "-extfile", ca.cnf,
-        "-extensions", "ocsp", "-out", responder)  # fmt: skip
-    setup = CASetup(ca=ca, certs=certs, key_uri=uri, responder_cert=responder)
-    port = free_port()
-    config = write_config(directory / "config.toml", {"root": setup}, port=port)
-    config.write_text(
-        config.read_text().replace(f'module = "{MODULE}"', f'module = "{token.module}"')
-    )
-    done = subprocess.run(
-        [*cli, "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert done.returncode == 0, f"check: {done.stdout}{done.stderr}"
-    saved = os.environ.get("HSM_OCSP_PIN")
-    os.environ["HSM_OCSP_PIN"] = token.pin
-    try:
-        server = start_server(config, port, directory / "server.log", timeout=60)
-    finally:
-        if saved is not None:
-            os.environ["HSM_OCSP_PIN"] = saved
-    try:
-        for name in ("good", "revoked"):
-            done = subprocess.run(
-                ["openssl", "ocsp", "-issuer", str(ca.cert_path), "-cert", str(certs[name]),
-                 "-url", server.url, "-CAfile", str(ca.cert_path)],
-                capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
-            assert "Response verify OK" in done.stderr, done.stderr + done.stdout
-            assert f"{certs[name]}: {name}" in done.stdout
-    finally:
-        server.stop()
-
-
 @pytest.mark.parametrize("algorithm", ["rsa-2048", "ec-p384"])
 def test_operator_path_on_softhsm(softhsm: SoftHSM, tmp_path: Path, algorithm: str) -> None:
     operator_path(_softhsm_under_test(softhsm), algorithm, tmp_path)
@@ -233,9 +179,9 @@ def test_check_names_always_authenticate_as_the_reason(
     check with that reason, not blamed on the certificate."""
     from pkcs11 import Attribute, KeyType
 
-    from hsm_ocsp.cli import main
-    from hsm_ocsp.keys import public_key_from_token
-    from hsm_ocsp.pkcs11_uri import Pkcs11Uri
+    from hsm_ocsp.cli.main import main
+    from hsm_ocsp.core.pkcs11_uri import Pkcs11Uri
+    from hsm_ocsp.pkcs11.keys import public_key_from_token
 
     label = f"always-auth-{tmp_path.name}"[:60]
     with softhsm.session() as session:

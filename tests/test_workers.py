@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
-from .conftest import CASetup, free_port, write_config
-from .requests import build_request
+from .support.ca import CASetup, write_config
+from .support.requests import build_request
+from .support.server import free_port
 
 
 def _children(pid: int) -> set[int]:
@@ -90,7 +91,7 @@ def test_workers_run_uvloop_unless_asyncio_is_asked_for(monkeypatch: pytest.Monk
 
     import uvloop
 
-    from hsm_ocsp.serve import EVENT_LOOP_ENV, new_event_loop
+    from hsm_ocsp.server.worker import EVENT_LOOP_ENV, new_event_loop
 
     monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
     loop = new_event_loop()

@@ -86,5 +86,5 @@ fi
 
 # 5. Smoke test: the command runs and the package imports from the venv.
 "$PREFIX/venv/bin/hsm-ocsp" --version
-"$PREFIX/venv/bin/python" -c "import hsm_ocsp.serve, pkcs11, cryptography, aiohttp"
+"$PREFIX/venv/bin/python" -c "import hsm_ocsp.server.supervisor, pkcs11, cryptography, aiohttp"
 echo "build-image: installed in $PREFIX"

@@ -1,0 +1,233 @@
+"""``hsm-ocsp check``: is this configuration ready to serve?
+
+For every CA: the key is on the token and signs; the certificate that will
+sign responses belongs to that key; a delegated responder certificate is
+issued by the CA, has EKU OCSPSigning and id-pkix-ocsp-nocheck, and is valid
+now (a warning 30 days before it expires); the key is sensitive and not
+extractable (a warning otherwise); the index parses. One line per finding,
+``ok``, ``warning`` or ``error``; exit 1 when there is an error. The PIN is
+read once and never printed (``Token`` and its errors never show it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+
+from cryptography.exceptions import InvalidSignature
+
+from ..config.file import CAConfig, Config, in_use, load_config, read_pin
+from ..core.errors import IndexFormatError, TokenError
+from ..core.index import parse_index
+from ..core.responder_profile import Level, profile_findings
+from ..core.signing import verify
+from ..pkcs11.key_set import SigningKey, signing_keys
+from ..pkcs11.token import Token
+
+__all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
+
+EXPIRY_WARNING = dt.timedelta(days=30)
+_PROBE = b"hsm-ocsp check"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    level: str  # "ok", "warning", "error"
+    ca: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level:<7} ca {self.ca}: {self.message}"
+
+
+def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iterator[Finding]:
+    keys = signing_keys(ca)
+    for key in keys:
+        yield from _check_one_key(key, module, pin, sign_timeout, alone=len(keys) == 1)
+
+
+def _check_one_key(
+    key: SigningKey, module: str, pin: str, sign_timeout: float, *, alone: bool
+) -> Iterator[Finding]:
+    ca, spec, cert, path = key.ca, key.spec, key.certificate, key.certificate_path
+    which = "responder certificate" if ca.responder_certificate else "CA certificate"
+    named = f"key {ca.key}"
+    token = Token(module, pin, [spec], sign_timeout=sign_timeout)
+    try:
+        try:
+            token.open_blocking()
+        except TokenError as exc:
+            yield Finding("error", ca.name, f"{named}: {exc} for {path}")
+            return
+        label = token.key_label_blocking(spec.name)
+        if ca.key.object is not None and label != ca.key.object:
+            named = f"the key of {path} (label {label!r})"
+            if alone:  # in a rollover the next key is found by its certificate, as meant
+                yield Finding(
+                    "warning",
+                    ca.name,
+                    f"key {ca.key} is not the key of {path}; that one is on the token as "
+                    f"{label!r} and signs: point key= at it",
+                )
+        yield Finding("ok", ca.name, f"{named} found")
+        attributes = token.key_attributes_blocking(spec.name)
+        if attributes.get("always_authenticate"):
+            yield Finding(
+                "error",
+                ca.name,
+                f"{named} needs a login before every signature "
+                "(CKA_ALWAYS_AUTHENTICATE), which hsm-ocsp does not do: make the "
+                "responder key without it",
+            )
+            return
+        try:
+            signature = token.sign_blocking(spec.name, _PROBE)
+        except TokenError as exc:
+            yield Finding(
+                "error",
+                ca.name,
+                f"{named} cannot sign as {spec.scheme.kind} ({exc}); "
+                f"is {path} the certificate of this key?",
+            )
+            return
+        try:
+            verify(cert.public_key(), spec.scheme, _PROBE, signature)
+        except InvalidSignature:
+            yield Finding("error", ca.name, f"{which} {path} does not match {named} (wrong key)")
+        else:
+            yield Finding("ok", ca.name, f"key signs and matches {which} {path}")
+        if attributes.get("extractable") is not False:
+            yield Finding("warning", ca.name, f"{named} is extractable: it can leave the token")
+        if attributes.get("sensitive") is not True:
+            yield Finding("warning", ca.name, f"{named} is not sensitive: its value can be read")
+        if attributes.get("extractable") is False and attributes.get("sensitive") is True:
+            yield Finding("ok", ca.name, "key is sensitive and not extractable")
+    finally:
+        token.close()
+
+
+def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[Finding]:
+    """The certificate in use now, the next one, and the days left (rollover)."""
+    certs = list(ca.responder_certificates) or [(ca.certificate_path, ca.certificate)]
+    which = "responder certificate" if ca.responder_certificates else "CA certificate"
+    path, cert = in_use(certs, now)
+    not_after = cert.not_valid_after_utc
+    if now < cert.not_valid_before_utc:
+        when = f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        yield Finding("error", ca.name, f"{which} {path} is not valid before {when}")
+        return
+    if now >= not_after:
+        yield Finding("error", ca.name, f"{which} {path} expired {not_after:%Y-%m-%d %H:%M} UTC")
+        return
+    days = (not_after - now).days
+    yield Finding(
+        "ok", ca.name, f"{which} in use: {path}, valid until {not_after:%Y-%m-%d} UTC ({days} days)"
+    )
+    ahead = sorted(
+        (c for c in certs if c[1].not_valid_before_utc > now),
+        key=lambda c: c[1].not_valid_before_utc,
+    )
+    covered = False
+    for next_path, next_cert in ahead[:1]:
+        start = next_cert.not_valid_before_utc
+        covered = start <= not_after
+        level = "ok" if covered else "warning"
+        gap = "" if covered else f" (a gap: {path} expires before)"
+        yield Finding(
+            level,
+            ca.name,
+            f"next {which} {next_path} takes over {start:%Y-%m-%d %H:%M} UTC{gap}",
+        )
+    if days < warn_days and not covered:
+        yield Finding(
+            "warning",
+            ca.name,
+            f"{which} {path} expires in {days} days ({not_after:%Y-%m-%d %H:%M} UTC) and no "
+            "next one is installed: renew it (docs/operators-guide.md, rollover)",
+        )
+
+
+def _check_delegated(ca: CAConfig) -> Iterator[Finding]:
+    cert = ca.responder_certificate
+    if cert is None:
+        return
+    for found in profile_findings(cert, ca.certificate):
+        yield Finding(
+            found.level.value,
+            ca.name,
+            f"responder certificate {found.message}"
+            if found.level is Level.OK
+            else f"responder certificate {ca.responder_certificate_path} {found.message}",
+        )
+
+
+BR_SHORTEST = dt.timedelta(hours=8)
+BR_LONGEST = dt.timedelta(days=10)
+
+
+def _check_validity_window(ca: CAConfig) -> Iterator[Finding]:
+    """Rule 28: nextUpdate - thisUpdate, counted inclusively (+1 s), in 8 h .. 10 days."""
+    counted = ca.validity + dt.timedelta(seconds=1)
+    if BR_SHORTEST <= counted <= BR_LONGEST:
+        yield Finding("ok", ca.name, f"validity {ca.validity} is within the BR's 8 h to 10 days")
+        return
+    yield Finding(
+        "warning",
+        ca.name,
+        f"validity {ca.validity} is outside 8 hours to 10 days (CA/B Baseline Requirements "
+        "4.9.10; they bind publicly trusted CAs only)",
+    )
+
+
+def _check_algorithm_reach(ca: CAConfig) -> Iterator[Finding]:
+    kind = ca.signature_scheme.kind
+    if kind in ("eddsa", "rsa-pss"):
+        name = "Ed25519" if kind == "eddsa" else "RSA-PSS"
+        nss = "; NSS before 3.99 cannot verify Ed25519 either" if kind == "eddsa" else ""
+        yield Finding(
+            "note",
+            ca.name,
+            f"answers are signed with {name}: Go's x/crypto/ocsp (and so Caddy/certmagic, "
+            f"cfssl, Vault) cannot verify them{nss}; ECDSA or RSA PKCS#1 reach every client",
+        )
+
+
+def _check_index(ca: CAConfig) -> Iterator[Finding]:
+    try:
+        snapshot = parse_index(ca.index.read_bytes(), ca.index)
+    except OSError as exc:
+        yield Finding("error", ca.name, f"index {ca.index}: cannot read: {exc.strerror}")
+    except IndexFormatError as exc:
+        yield Finding("error", ca.name, f"index {exc}")
+    else:
+        yield Finding("ok", ca.name, f"index {ca.index} parses ({len(snapshot.entries)} entries)")
+
+
+def check_config(
+    config: Config, *, now: dt.datetime | None = None, warn_days: int = EXPIRY_WARNING.days
+) -> list[Finding]:
+    """Every finding for every CA, in config order."""
+    now = now or dt.datetime.now(dt.UTC)
+    pin = read_pin(config.token, config.path)
+    findings: list[Finding] = []
+    for ca in config.cas:
+        findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout)
+        findings += _check_delegated(ca)
+        findings += _check_validity(ca, now, warn_days)
+        findings += _check_validity_window(ca)
+        findings += _check_algorithm_reach(ca)
+        findings += _check_index(ca)
+    return findings
+
+
+def run_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    findings = check_config(config, warn_days=args.warn_days)
+    for finding in findings:
+        print(finding)
+    errors = sum(f.level == "error" for f in findings)
+    warnings = sum(f.level == "warning" for f in findings)
+    print(f"{errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0

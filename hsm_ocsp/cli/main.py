@@ -1,0 +1,96 @@
+"""The ``hsm-ocsp`` command: serve, keygen, csr, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..config.logs import setup_logging
+from ..core.errors import EXIT_USAGE, HsmOcspError, exit_code
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hsm-ocsp", description="OCSP responder on a PKCS#11 token"
+    )
+    parser.add_argument("--version", action="version", version=f"hsm-ocsp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the responder")
+    serve.add_argument("--config", required=True, help="TOML configuration file")
+
+    keygen = sub.add_parser("keygen", help="make the responder key pair on the token")
+    keygen.add_argument("--config", help="take the module and PIN from this config")
+    keygen.add_argument("--module", help="PKCS#11 module (.so)")
+    keygen.add_argument(
+        "--key", required=True, help="RFC 7512 URI, e.g. pkcs11:token=ocsp;object=responder"
+    )
+    keygen.add_argument(
+        "--algorithm",
+        default="ec-p256",
+        choices=["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519"],
+    )
+
+    csr = sub.add_parser("csr", help="write a PKCS#10 request signed by the token key")
+    csr.add_argument("--config", help="take the module and PIN from this config")
+    csr.add_argument("--module", help="PKCS#11 module (.so)")
+    csr.add_argument("--key", required=True, help="RFC 7512 URI of the private key")
+    csr.add_argument("--subject", required=True, help='e.g. "CN=ocsp.example.com,O=Example"')
+    csr.add_argument("--out", help="file to write (default: standard output)")
+
+    check = sub.add_parser("check", help="check the token, keys, certificates and indexes")
+    check.add_argument("--config", required=True)
+    check.add_argument(
+        "--warn-days",
+        type=int,
+        default=30,
+        help="warn when the signing certificate has fewer days left and no next one (30)",
+    )
+
+    demo = sub.add_parser("demo", help="make a demo token and CA, then serve them")
+    demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--no-serve", action="store_true", help="set up only, do not serve")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns 0 ok, 1 runtime failure, 2 bad usage or configuration."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        if args.command == "serve":
+            from ..config.file import load_config
+            from ..server.supervisor import run_server
+
+            config = load_config(args.config)
+            setup_logging(config.server.log_format)
+            return run_server(config)
+        if args.command == "keygen":
+            from .keygen import run_keygen
+
+            return run_keygen(args)
+        if args.command == "csr":
+            from .csr import run_csr
+
+            return run_csr(args)
+        if args.command == "check":
+            from .check import run_check
+
+            return run_check(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args)
+    except HsmOcspError as exc:
+        print(f"hsm-ocsp: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE

@@ -1,0 +1,392 @@
+"""The token in a signer process of its own, one per worker.
+
+A signing thread next to a busy event loop must re-take the GIL a few times
+for every signature and, under load, waits for it most of the time (measured:
+4 % of its solo rate; benchmarks/signing_under_load.py compares both designs).
+So each worker starts one child process that owns the
+PKCS#11 module and does nothing but sign, on its only thread; the worker's
+event loop sends it the data over a socket pair and awaits the signature. The
+child has no GIL to share, and the worker never blocks on the token.
+
+The worker side (:class:`TokenProcess`) keeps the promises the in-process
+:class:`~hsm_ocsp.pkcs11.token.Token` made: a call that takes longer than
+``sign_timeout`` fails with TokenError and marks the token down, and while a
+call sent that long ago is still unanswered (a hung token) new calls fail at
+once instead of queueing behind it. The child skips work whose caller has
+given up, so a token that comes back is not kept busy with stale requests. A
+child stuck in one call for two timeouts is killed, and a child that dies is
+started again on the next call, at most once a second.
+
+The PIN reaches the child over the socket, never on its command line. The
+child ends when the socket closes (its worker stopped) and, through
+``PR_SET_PDEATHSIG``, when its worker dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..config.pin import forbid_core_dumps
+from ..core.errors import TokenError
+from .login_gate import LoginGate
+from .token import KeySpec, Token
+
+__all__ = ["TokenProcess", "child_main"]
+
+log = logging.getLogger("hsm_ocsp.token")
+_LENGTH = struct.Struct("!I")
+_RESTART_INTERVAL = 1.0
+_STOP_WAIT = 2.0
+_REPLACE_AFTER = 2  # sign timeouts a child may be stuck in one call before it is killed
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """The first message to the child: what to open and how to log."""
+
+    module: str
+    pin: str
+    keys: list[KeySpec]
+    sign_timeout: float
+    log_format: str
+    log_level: int
+    gate: str | None  # the login gate's directory
+
+    def __repr__(self) -> str:  # never show the PIN
+        return f"_Setup(module={self.module!r})"
+
+
+# A request is (id, deadline, key name, data), or (id, deadline, None, b"") to open
+# the token, or (id, deadline, None, the pickled list of KeySpec) to take those keys.
+# A reply is (id, signature or error text, ok, retryable, seconds, up, last_error).
+_Request = tuple[int, float, str | None, bytes]
+_Reply = tuple[int, bytes | str, bool, bool, float | None, bool, str | None]
+
+
+def _frame(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body)) + body
+
+
+class TokenProcess:
+    """The worker's handle on its signer process; the interface of Token."""
+
+    def __init__(
+        self,
+        module: str,
+        pin: str,
+        keys: list[KeySpec],
+        *,
+        sign_timeout: float = 5.0,
+        log_format: str = "text",
+        gate: LoginGate | None = None,
+    ) -> None:
+        self.module = module
+        self.keys = {k.name: k for k in keys}
+        self._retired: dict[str, KeySpec] = {}
+        self.sign_timeout = sign_timeout
+        self.gate = gate
+        self._setup = _Setup(
+            module,
+            pin,
+            keys,
+            sign_timeout,
+            log_format,
+            logging.getLogger().getEffectiveLevel(),
+            None if gate is None else str(gate.directory),
+        )
+        self.last_error: str | None = None
+        self.on_state_change: Callable[[bool], None] | None = None
+        self.on_sign: Callable[[float], None] | None = None
+        self._up = False
+        self._child: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._sent: dict[int, float] = {}  # id -> when sent, until the child answers
+        self._next_id = 0
+        self._next_start = 0.0
+
+    def __repr__(self) -> str:  # never show the PIN
+        return f"TokenProcess(module={self.module!r}, keys={sorted(self.keys)!r})"
+
+    def algorithm_identifier(self, name: str) -> bytes:
+        spec = self.keys.get(name) or self._retired[name]  # retired: signed before a reload
+        return spec.scheme.algorithm_identifier
+
+    @property
+    def up(self) -> bool:
+        """True while the child is connected to the token and its last call worked."""
+        return self._up
+
+    @property
+    def pid(self) -> int | None:
+        """The signer process's PID while one runs."""
+        return self._child.pid if self._child is not None else None
+
+    def _set_up(self, value: bool) -> None:
+        changed = value != self._up
+        self._up = value
+        if changed and self.on_state_change is not None:
+            self.on_state_change(value)
+
+    # --- the child ------------------------------------------------------
+
+    async def _start(self) -> None:
+        now = time.monotonic()
+        if now < self._next_start:
+            raise TokenError(f"token unavailable ({self.last_error}); retrying soon")
+        self._next_start = now + _RESTART_INTERVAL
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors: a token fault of the moment
+            raise TokenError(f"cannot start the signer process: {exc.strerror}") from None
+        try:
+            self._child = subprocess.Popen(
+                # -I: the working directory (and PYTHON* variables) never reach its
+                # import path, so nothing planted there runs beside the PIN.
+                [sys.executable, "-I", "-m", __name__, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            raise TokenError(f"cannot start the signer process: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=ours)
+        self._writer.write(_frame(self._setup))
+        self._reader_task = asyncio.create_task(self._read_replies(reader, self._child))
+
+    async def _read_replies(
+        self, reader: asyncio.StreamReader, child: subprocess.Popen[bytes]
+    ) -> None:
+        try:
+            while True:
+                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+                reply: _Reply = pickle.loads(await reader.readexactly(length))
+                self._answered(reply)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self._ended(child)
+
+    def _answered(self, reply: _Reply) -> None:
+        call_id, payload, ok, retryable, seconds, up, last_error = reply
+        self._sent.pop(call_id, None)
+        self.last_error = last_error
+        self._set_up(up)
+        if seconds is not None and self.on_sign is not None:
+            self.on_sign(seconds)
+        future = self._waiting.pop(call_id, None)
+        if future is None or future.done():
+            return
+        if ok:
+            assert isinstance(payload, bytes)
+            future.set_result(payload)
+        else:
+            assert isinstance(payload, str)
+            future.set_exception(TokenError(payload, retryable=retryable))
+
+    def _ended(self, child: subprocess.Popen[bytes]) -> None:
+        """The child's socket closed: fail what it held and forget it."""
+        if self._child is not child:
+            return
+        try:
+            code = child.wait(0.2)  # a child that closed its socket is ending
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
+        self._child = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._sent.clear()
+        error = TokenError(f"signer process ended (exit {code})")
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
+        if self._up:
+            log.error("signer process %d ended (exit %s)", child.pid, code)
+        self.last_error = f"signer process ended (exit {code})"
+        self._set_up(False)
+
+    # --- calls ------------------------------------------------------------
+
+    async def _call(self, name: str | None, data: bytes) -> bytes:
+        now = time.monotonic()
+        if self._sent:
+            stuck = now - next(iter(self._sent.values()))
+            if stuck > self.sign_timeout:
+                self._replace_if_stuck(stuck)
+                raise TokenError("token call hung; retrying when it returns")
+        if self._child is None:
+            await self._start()
+        assert self._writer is not None
+        self._next_id += 1
+        call_id = self._next_id
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = future
+        self._sent[call_id] = now
+        request: _Request = (call_id, now + self.sign_timeout, name, data)
+        self._writer.write(_frame(request))
+        try:
+            return await asyncio.wait_for(future, self.sign_timeout)
+        except TimeoutError:
+            self.last_error = "timeout"
+            self._set_up(False)
+            raise TokenError(f"token did not answer within {self.sign_timeout:g} s") from None
+        finally:
+            self._waiting.pop(call_id, None)
+
+    def _replace_if_stuck(self, stuck: float) -> None:
+        """Kill a child stuck in one call for several timeouts; the next call starts another.
+
+        A thread stuck in C_Sign can only be waited for; a process can be
+        replaced, and a fresh session often works where the old one hangs.
+        """
+        child = self._child
+        if child is None or stuck < _REPLACE_AFTER * self.sign_timeout:
+            return
+        log.error(
+            "signer process %d stuck in a token call for %.1f s; replacing it", child.pid, stuck
+        )
+        child.kill()  # its socket closes: _read_replies fails its calls and forgets it
+
+    async def open(self) -> None:
+        """Connect now; TokenError says what failed."""
+        self._next_start = 0.0
+        await self._call(None, b"")
+
+    async def sign(self, name: str, data: bytes) -> bytes:
+        """Sign ``data`` with the key ``name``; TokenError if the token fails."""
+        return await self._call(name, data)
+
+    async def set_keys(self, keys: list[KeySpec]) -> None:
+        """Sign with ``keys`` from now on (a reload). The child finds each new key on
+        the token first; if one is missing, TokenError and the running keys stay.
+        Calls already sent are signed with the keys they name."""
+        await self._call(None, pickle.dumps(keys, protocol=pickle.HIGHEST_PROTOCOL))
+        self._retired.update(self.keys)
+        self.keys = {k.name: k for k in keys}
+        self._setup = dataclasses.replace(self._setup, keys=keys)  # for a restarted child
+
+    async def aclose(self) -> None:
+        """Stop the child: close its socket, then wait for it (or kill it)."""
+        child, self._child = self._child, None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader_task
+        if child is None:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, child.wait, _STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            await loop.run_in_executor(None, child.wait)
+
+
+# --- in the child ---------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _serve(sock: socket.socket) -> None:
+    stream = sock.makefile("rb")
+
+    def read() -> Any:
+        head = stream.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack(head)
+        body = stream.read(length)
+        if len(body) < length:
+            return None
+        return pickle.loads(body)
+
+    setup = read()
+    if not isinstance(setup, _Setup):
+        return
+    from ..config.logs import setup_logging
+
+    setup_logging(setup.log_format, setup.log_level)
+    gate = None if setup.gate is None else LoginGate(Path(setup.gate))
+    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate)
+    signed: list[float] = []
+    token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
+    while (request := read()) is not None:
+        call_id, deadline, name, data = request
+        signed.clear()
+        if time.monotonic() > deadline:  # the caller has given up: skip
+            payload: bytes | str = "expired"
+            ok = retryable = False
+        else:
+            try:
+                if name is None and data:
+                    token.set_keys_here(pickle.loads(data))
+                    payload = b""
+                elif name is None:
+                    token.open_here()
+                    payload = b""
+                else:
+                    payload = token.sign_here(name, data)
+                ok, retryable = True, False
+            except TokenError as exc:
+                payload, ok, retryable = str(exc), False, exc.retryable
+        seconds = signed[0] if signed else None
+        reply: _Reply = (call_id, payload, ok, retryable, seconds, token.up, token.last_error)
+        sock.sendall(_frame(reply))
+
+
+def child_main(argv: list[str]) -> int:
+    """``python -m hsm_ocsp.pkcs11.signer_process FD``: sign for the worker on FD."""
+    _die_with_parent()
+    forbid_core_dumps()  # it is about to hold the PIN (PR_SET_DUMPABLE resets on exec)
+    # The worker decides when to stop: a SIGTERM or Ctrl-C sent to the whole group
+    # (systemctl stop) must not take signatures from requests it is still answering.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[0]))
+    try:
+        _serve(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    # Through the package's module, not __main__: the setup message was pickled
+    # with hsm_ocsp.pkcs11.signer_process's classes.
+    from hsm_ocsp.pkcs11.signer_process import child_main as main
+
+    code = main(sys.argv[1:])
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown: a dead token's finalizer could hang

@@ -1,0 +1,171 @@
+"""An index file on disk, watched, with the last good snapshot kept in service."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..core.errors import IndexFormatError
+from ..core.index import DEFAULT_MAX_BYTES, IndexSnapshot, parse_index_stream
+
+__all__ = ["TRANSIENT_ERRNOS", "IndexSource"]
+
+log = logging.getLogger("hsm_ocsp.index")
+
+StatKey = tuple[int, int, int, int]
+# How long a missing index may be gone before it is an error (a rename pair).
+RENAME_GRACE = 0.2
+# Failures of the moment, not of the file: the next tick reads it again.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EINTR, errno.EAGAIN, errno.ENOMEM})
+
+
+def _key(info: os.stat_result) -> StatKey:
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _cannot(path: Path, what: str, exc: OSError) -> IndexFormatError:
+    return IndexFormatError(
+        path, None, f"cannot {what}: {exc.strerror}", transient=exc.errno in TRANSIENT_ERRNOS
+    )
+
+
+class IndexSource:
+    """One CA's ``index.txt``: loads it, notices changes, keeps the last good one.
+
+    ``check()`` is blocking (it reads and parses the file): call it off the
+    event loop. The snapshot is replaced by one attribute assignment, so a
+    reader sees either the old or the new one, never a mix.
+
+    A file replaced by a rename (what ``openssl ca`` does) is complete when it
+    appears and is read at once. A file rewritten in place may be caught half
+    written, even at a line's end: it is read once the watcher has seen the
+    same size and times on two ticks in a row, and a read during which its size
+    or times moved is thrown away.
+    """
+
+    def __init__(self, name: str, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.name = name
+        self.path = path
+        self.max_bytes = max_bytes
+        self.snapshot: IndexSnapshot | None = None
+        self.last_error: str | None = None
+        # Monotonic time since which the file on disk has not been taken up
+        # (None while the snapshot is the file's current content).
+        self.failing_since: float | None = None
+        self._seen: StatKey | None = None
+        self._loaded_inode: int | None = None
+        self._changing: StatKey | None = None  # an in-place change seen once, not yet read
+        self.on_reload: Callable[[IndexSnapshot], None] | None = None
+        self.on_error: Callable[[IndexFormatError], None] | None = None
+
+    def _stat(self) -> StatKey:
+        return _key(os.stat(self.path))
+
+    def stale_for(self, now: float | None = None) -> float:
+        """Seconds the file on disk has not been taken up (0 while it has)."""
+        if self.failing_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.failing_since
+
+    def load(self) -> IndexSnapshot:
+        """Read and parse now; IndexFormatError if the file is unusable."""
+        try:
+            # O_NONBLOCK: opening a FIFO put in its place must not block the watcher.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise _cannot(self.path, "read", exc) from None
+        info = os.fstat(fd)  # the key of the very file that is read
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise IndexFormatError(self.path, None, "not a regular file")
+        self._seen = _key(info)
+        if info.st_size > self.max_bytes:  # refused before a byte is read
+            os.close(fd)
+            raise IndexFormatError(
+                self.path, None, f"{info.st_size} bytes, over ca.max_index_bytes ({self.max_bytes})"
+            )
+        with os.fdopen(fd, "rb", buffering=1 << 20) as file:
+            try:  # parsed line by line: a large index is never held whole
+                snapshot = parse_index_stream(file, self.path, self.snapshot)
+                read, after = file.tell(), os.fstat(fd)
+            except OSError as exc:
+                raise _cannot(self.path, "read", exc) from None
+        if (read, after.st_size, after.st_mtime_ns) != (info.st_size,) * 2 + (info.st_mtime_ns,):
+            self._seen = None  # read it again next tick
+            raise IndexFormatError(
+                self.path, None, "changed while being read (written in place?)", transient=True
+            )
+        if not snapshot and self.snapshot:  # truncated by a writer that has not written yet
+            raise IndexFormatError(
+                self.path,
+                None,
+                f"empty, but the last good index had {len(self.snapshot)} entries",
+            )
+        self.snapshot = snapshot
+        self._loaded_inode = info.st_ino
+        self._changing = None
+        self.last_error = None
+        self.failing_since = None
+        if self.on_reload is not None:
+            self.on_reload(snapshot)
+        return snapshot
+
+    def check(self, *, force: bool = False) -> bool:
+        """Reload if the file changed (or ``force``); True if a new snapshot is in."""
+        try:
+            key = self._stat_settled()
+        except OSError as exc:
+            self._failed(_cannot(self.path, "stat", exc))
+            return False
+        if key == self._seen and not force:
+            return False
+        if not force and key[0] == self._loaded_inode and key != self._changing:
+            # Changed in place: wait one tick for the writer to finish.
+            self._changing = key
+            self._failing()
+            return False
+        try:
+            self.load()
+        except IndexFormatError as exc:
+            if not exc.transient:
+                self._seen = key  # do not re-parse the same broken file every second
+            self._failed(exc)
+            return False
+        log.info(
+            "index %s reloaded for CA %s: %d entries",
+            self.path,
+            self.name,
+            len(self.snapshot or ()),
+        )
+        return True
+
+    def _stat_settled(self) -> StatKey:
+        """Stat the file; one that is missing is looked at again a moment later.
+
+        ``openssl ca`` renames index.txt away and then index.txt.new into place:
+        between the two renames there is no file, and that is no error.
+        """
+        try:
+            return self._stat()
+        except FileNotFoundError:
+            time.sleep(RENAME_GRACE)
+            return self._stat()
+
+    def _failing(self) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+
+    def _failed(self, exc: IndexFormatError) -> None:
+        """Log and count a failure; one that repeats tick after tick is said once."""
+        self._failing()
+        if self.last_error == str(exc) and (exc.transient or exc.line is None):
+            return
+        self.last_error = str(exc)
+        log.error("index for CA %s not reloaded, keeping the last good one: %s", self.name, exc)
+        if self.on_error is not None:
+            self.on_error(exc)

@@ -1,0 +1,167 @@
+"""The hsm_ocsp_ metric families: names, help, labels and how several workers add up.
+
+Metric names are part of the interface (README lists them; the alerts use them).
+Labels take only bounded values: CA names from the config, the HTTP method folded
+to GET/POST/HEAD/other, the OCSP response status by its RFC 6960 name, certificate
+and cache-lookup results from fixed sets. ``metrics.Metrics`` feeds them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .. import __version__
+from ..core.model import CertStatus
+
+__all__ = ["BUCKETS", "CACHE_RESULTS", "PREFIX", "MetricFamilies"]
+
+PREFIX = "hsm_ocsp_"
+CACHE_RESULTS = ("hit", "miss", "stale")
+# 0.1 ms (a cached answer) to 10 s (a token that hangs until sign_timeout).
+BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class MetricFamilies:
+    """Every hsm_ocsp_ metric family, in a registry of its own (so tests may build
+    many applications in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            PREFIX + "requests_total",
+            "OCSP HTTP requests by method and OCSP response status.",
+            ["method", "ocsp_status"],
+            registry=r,
+        )
+        self.cert_statuses = Counter(
+            PREFIX + "cert_status_total",
+            "Certificate statuses answered (one per SingleResponse).",
+            ["status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Time from the start of the handler to the response of an OCSP request.",
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.sign_duration = Histogram(
+            PREFIX + "sign_duration_seconds",
+            "Time of the PKCS#11 signing call alone (responses and key probes).",
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.sign_errors = Counter(
+            PREFIX + "sign_errors_total",
+            "Responses that could not be signed (token failure or too many pending).",
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            PREFIX + "cache_lookups_total",
+            "Pre-signed response cache look-ups by result (hit, miss, stale).",
+            ["result"],
+            registry=r,
+        )
+        # Gauge modes for several workers: the least healthy living worker
+        # decides token_up (an alert must fire if any worker cannot sign);
+        # index gauges take the newest living value (all workers read the same
+        # file, the newest reload is the truth); static values take the max.
+        self.token_up = Gauge(
+            PREFIX + "token_up",
+            "1 while the CA's key on the token can sign, else 0.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.index_entries = Gauge(
+            PREFIX + "index_entries",
+            "Entries in the CA's index by status letter (V, R, E).",
+            ["ca", "status"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.index_last_reload = Gauge(
+            PREFIX + "index_last_reload_timestamp_seconds",
+            "Unix time the CA's index was last loaded successfully.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.unrefreshed = Counter(
+            PREFIX + "cache_served_unrefreshed_total",
+            "Cached answers served past their refresh time, before their nextUpdate, "
+            "because the refresh could not be signed (token down or busy).",
+            registry=r,
+        )
+        self.login_refused = Gauge(
+            PREFIX + "token_login_refused",
+            "1 while logins are stopped because the token refused the PIN (until SIGHUP).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.signer_ok = Gauge(
+            PREFIX + "responder_certificate_valid",
+            "1 while the certificate that signs the CA's answers is valid now, else 0 "
+            "(then the CA answers tryLater).",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.capped = Gauge(
+            PREFIX + "validity_capped",
+            "1 once answers' nextUpdate had to be cut to the signing certificate's notAfter.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.index_stale = Gauge(
+            PREFIX + "index_stale",
+            "1 while the CA's index file has not been taken up for longer than "
+            "server.index_stale_after (the last good index is still served), else 0.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.index_reload_errors = Counter(
+            PREFIX + "index_reload_errors_total",
+            "Index reloads refused (the last good index stays in service).",
+            ["ca"],
+            registry=r,
+        )
+        self.responder_expiry = Gauge(
+            PREFIX + "responder_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate that signs the CA's responses, as Unix time.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.build_info = Gauge(
+            PREFIX + "build_info",
+            "Always 1; the label carries the hsm-ocsp version.",
+            ["version"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(__version__).set(1)
+        for result in CACHE_RESULTS:
+            self.cache_lookups.labels(result)
+        for status in CertStatus:
+            self.cert_statuses.labels(status.value)

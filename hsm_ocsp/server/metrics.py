@@ -1,0 +1,240 @@
+"""The metrics fed: by the service (answers, cache look-ups, signatures), the token
+(up or down, C_Sign time), the indexes (entries, reloads) and the OCSP routes
+(requests by method and status, durations), and served on /metrics.
+
+Requests and cache look-ups are counted once a loop turn (see per_turn.py); in
+multiprocess mode (metrics_files.py) /metrics sums every worker's files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_response import StreamResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    generate_latest,
+    multiprocess,
+)
+
+from ..core.index import IndexSnapshot
+from ..core.model import RESPONSE_STATUS_NAMES, CertStatus
+from ..core.service import Events, Reply
+from .app_keys import REPLY, STARTED
+from .metric_families import CACHE_RESULTS, MetricFamilies
+from .metrics_files import MULTIPROC_ENV
+from .per_turn import observe_all
+
+__all__ = ["METRICS_PATH", "Metrics", "create_metrics_app"]
+
+METRICS_PATH = "/metrics"
+
+
+HTTP_ERROR = "http_error"  # no OCSP response sent: 404, 405, 413, 500
+METHODS = ("GET", "POST", "HEAD")
+OTHER_METHOD = "other"
+INDEX_STATUSES = ("V", "R", "E")
+
+
+class Metrics(MetricFamilies, Events):
+    """Every hsm_ocsp_ metric of one process, fed by the service, token and indexes.
+
+    Each instance has its own registry, so tests may build many applications
+    in one process. In multiprocess mode the values also go to the shared
+    files and :meth:`exposition` reads those instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Children looked up once: labels() costs more than inc() on the hot path.
+        self._request_children: dict[tuple[str, str], Counter] = {}
+        self._cert_children = {s: self.cert_statuses.labels(s.value) for s in CertStatus}
+        self._cache_children = {r: self.cache_lookups.labels(r) for r in CACHE_RESULTS}
+        # Counted, not yet written (see _flush_soon).
+        self._done: list[tuple[str, Reply | None, float]] = []
+        self._lookups: list[str] = []
+        self._flush_scheduled = False
+
+    # --- sources of values ----------------------------------------------
+
+    def add_ca(self, name: str, signer_not_after: dt.datetime) -> None:
+        """A CA served by this process and the notAfter of its signing certificate."""
+        self.responder_expiry.labels(name).set(signer_not_after.timestamp())
+        self.token_up.labels(name).set(0)
+        self.index_stale.labels(name).set(0)
+        self.index_reload_errors.labels(name)
+
+    def token_state(self, ca_names: Iterable[str]) -> Callable[[bool], None]:
+        """A ``Token.on_state_change`` callback that sets token_up for ``ca_names``."""
+        gauges = [self.token_up.labels(name) for name in ca_names]
+
+        def changed(up: bool) -> None:
+            for gauge in gauges:
+                gauge.set(1 if up else 0)
+
+        return changed
+
+    def index_reloaded(self, ca: str) -> Callable[[IndexSnapshot], None]:
+        """An ``IndexSource.on_reload`` callback for CA ``ca``."""
+        entries = {s: self.index_entries.labels(ca, s) for s in INDEX_STATUSES}
+        last = self.index_last_reload.labels(ca)
+
+        def reloaded(snapshot: IndexSnapshot) -> None:
+            for status, gauge in entries.items():
+                gauge.set(snapshot.counts.get(status, 0))
+            last.set(time.time())
+
+        return reloaded
+
+    def index_failed(self, ca: str) -> Callable[[Exception], None]:
+        """An ``IndexSource.on_error`` callback for CA ``ca``."""
+        errors = self.index_reload_errors.labels(ca)
+
+        def failed(exc: Exception) -> None:
+            errors.inc()
+
+        return failed
+
+    def token_signed(self, seconds: float) -> None:
+        """``Token.on_sign``: one PKCS#11 signature took ``seconds``."""
+        self.sign_duration.observe(seconds)
+
+    # Events (from the service)
+    def signer_invalid(self, ca: str) -> None:
+        self.signer_ok.labels(ca).set(0)
+
+    def validity_capped(self, ca: str) -> None:
+        self.capped.labels(ca).set(1)
+
+    def served_unrefreshed(self) -> None:
+        self.unrefreshed.inc()
+
+    def cache_lookup(self, result: str) -> None:
+        self._lookups.append(result)
+        self._flush_soon()
+
+    def sign_failed(self) -> None:
+        self.sign_errors.inc()
+
+    # --- HTTP -------------------------------------------------------------
+
+    def request_done(self, method: str, reply: Reply | None, seconds: float) -> None:
+        """Count one OCSP HTTP request; ``reply`` is None when none was sent."""
+        self._done.append((method, reply, seconds))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Write the counts at the end of this loop turn, with the turn's other requests.
+
+        Each write to a metric takes a lock and, with several workers, writes the
+        shared file: per request that was most of the metrics' cost. A loop turn
+        under load answers many requests and a metric is written once for all of
+        them, a few microseconds after the answers; this process's /metrics flushes
+        first, so it always counts every request it answered.
+        """
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a direct call): count now
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the requests and cache look-ups counted since the last flush."""
+        self._flush_scheduled = False
+        done, self._done = self._done, []
+        lookups, self._lookups = self._lookups, []
+        # A cached reply answers many requests: count by reply, then by label.
+        by_reply: dict[tuple[str, int], tuple[Reply | None, int]] = {}
+        for method, reply, _ in done:
+            key = (method, id(reply))
+            by_reply[key] = (reply, by_reply.get(key, (reply, 0))[1] + 1)
+        requests: dict[tuple[str, str], int] = {}
+        certs: dict[CertStatus, int] = {}
+        for (method, _), (reply, count) in by_reply.items():
+            if method not in METHODS:
+                method = OTHER_METHOD
+            status = HTTP_ERROR if reply is None else RESPONSE_STATUS_NAMES[reply.status]
+            requests[method, status] = requests.get((method, status), 0) + count
+            for cert_status in reply.cert_statuses if reply is not None else ():
+                certs[cert_status] = certs.get(cert_status, 0) + count
+        for (method, status), count in requests.items():
+            child = self._request_children.get((method, status))
+            if child is None:
+                child = self.requests.labels(method, status)
+                self._request_children[method, status] = child
+            child.inc(count)
+        for cert_status, count in certs.items():
+            self._cert_children[cert_status].inc(count)
+        for result, count in collections.Counter(lookups).items():
+            self._cache_children[result].inc(count)
+        if done:
+            observe_all(self.request_duration, [seconds for _, _, seconds in done])
+
+    def observe(
+        self, handler: Handler, skip_paths: Iterable[str] = ()
+    ) -> Callable[[web.Request], Awaitable[StreamResponse]]:
+        """``handler``, timed and counted, except for requests to ``skip_paths``.
+
+        A wrapper on the OCSP routes rather than a middleware: with no
+        middleware, aiohttp calls the handler without building a chain for each
+        request.
+        """
+        skip = frozenset(skip_paths)
+        done = self.request_done
+
+        async def observed(request: web.Request) -> StreamResponse:
+            if skip and request.path in skip:
+                return await handler(request)
+            started = request[STARTED] = time.perf_counter()
+            reply: Reply | None = None
+            try:
+                response = await handler(request)
+                reply = request.get(REPLY)
+                return response
+            finally:
+                done(request.method, reply, time.perf_counter() - started)
+
+        return observed
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this process, or of all workers in multiprocess mode."""
+        self.flush()
+        directory = os.environ.get(MULTIPROC_ENV)
+        if not directory:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = self.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_metrics_app(metrics: Metrics) -> web.Application:
+    """An application that serves only /metrics (for ``metrics_listen``)."""
+    app = web.Application()
+    app.router.add_get(METRICS_PATH, metrics.handle)
+    return app
+
+
+# --- several workers ----------------------------------------------------
+
+
+# --- access log ---------------------------------------------------------
+
+
+# (ocsp_status, cert_statuses, certs as text, cached) of a request that got no OCSP answer

@@ -1,0 +1,140 @@
+"""``hsm-ocsp serve``: run the responder in one or several worker processes.
+
+Workers share the port through the kernel (``SO_REUSEPORT``): each worker
+binds its own socket and the kernel spreads new connections over them, so no
+process sits in the data path and a worker's death touches only its own
+connections. The parent only forks, watches and replaces workers; it never
+opens the token, because a PKCS#11 module must be initialised after fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from ..config.file import Config
+from ..config.pin import forbid_core_dumps, take_pin
+from ..config.reload import read_reloadable, unservable
+from ..core.errors import EXIT_CRASHED, EXIT_FAILURE, EXIT_USAGE, ConfigError, HsmOcspError
+from ..pkcs11.key_set import keys_changed, prove_new_keys
+from ..pkcs11.login_gate import LoginGate
+from .metrics_files import prepare_multiprocess, process_dead, remove_multiprocess_dir
+from .worker import run_worker
+
+__all__ = ["run_server"]
+
+log = logging.getLogger("hsm_ocsp.serve")
+_STARTUP_GRACE = 10.0
+
+
+def _fork_worker(config: Config, pin: str, gate: LoginGate) -> int:
+    pid = os.fork()
+    if pid == 0:  # child
+        code = EXIT_CRASHED
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            code = run_worker(config, reuse_port=True, pin=pin, gate=gate)
+        except BaseException:
+            log.exception("worker crashed")
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return pid
+
+
+def run_server(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    problems = unservable(config)
+    if problems:  # every answer signed with it would fail validation: do not start
+        log.error("%s", problems[0])
+        return EXIT_USAGE
+    forbid_core_dumps()
+    try:
+        pin = take_pin(config)  # before any worker or signer starts: none inherits it
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    gate = LoginGate.create()  # shared by every worker's signer: one failed login at most
+    try:
+        workers = config.server.workers
+        if workers == 1:
+            return run_worker(config, reuse_port=False, pin=pin, gate=gate)
+        metrics_dir = prepare_multiprocess()  # before fork: workers sum their metrics there
+        try:
+            return _supervise(config, workers, pin, gate)
+        finally:
+            remove_multiprocess_dir(metrics_dir)
+    finally:
+        gate.remove()
+
+
+def _reloaded(config: Config, pin: str, gate: LoginGate) -> Config:
+    """The configuration a SIGHUP brings, or the running one if it is refused. A new
+    key is proven first on the token, so that a worker forked later can use it."""
+    new = read_reloadable(config)
+    if new is None or not keys_changed(config, new):
+        return new or config
+    try:
+        asyncio.run(prove_new_keys(new, pin, gate))
+    except HsmOcspError as exc:
+        log.error("reload refused, the running configuration stays: %s", exc)
+        return config
+    return new
+
+
+def _supervise(config: Config, workers: int, pin: str, gate: LoginGate) -> int:
+    stopping = False
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    started = time.monotonic()
+    children = {_fork_worker(config, pin, gate): time.monotonic() for _ in range(workers)}
+    exit_code = 0
+    while children:
+        while received:
+            signum = received.pop()
+            if signum == signal.SIGHUP:
+                gate.reset()  # the operator acted: a refused login may be tried once more
+                config = _reloaded(config, pin, gate)  # for the workers forked later
+                for pid in children:
+                    os.kill(pid, signal.SIGHUP)
+            elif not stopping:
+                stopping = True
+                for pid in children:
+                    os.kill(pid, signal.SIGTERM)
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.05)
+            continue
+        born = children.pop(pid, None)
+        if born is None:
+            continue
+        process_dead(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            continue
+        # A worker that could not start (not one that crashed) stops the service.
+        if code in (EXIT_FAILURE, EXIT_USAGE) and time.monotonic() - started < _STARTUP_GRACE:
+            log.error("worker %d could not start; stopping", pid)
+            stopping = True
+            exit_code = code
+            for other in children:
+                os.kill(other, signal.SIGTERM)
+            continue
+        log.error("worker %d ended (exit %s); starting another", pid, code)
+        if time.monotonic() - born < 1.0:
+            time.sleep(1.0)  # a worker that dies at once must not spin the CPU
+        children[_fork_worker(config, pin, gate)] = time.monotonic()
+    return exit_code

@@ -1,0 +1,86 @@
+"""The tree draws the architecture: each folder of hsm_ocsp imports only what its
+``__init__`` docstring allows, read from the source with ``ast``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "hsm_ocsp"
+LAYERS = ["core", "config", "pkcs11", "server", "cli"]  # each may import the ones before
+THIRD_PARTY = {
+    "core": {"asn1crypto", "cryptography"},
+    "config": {"cryptography"},
+    "pkcs11": {"asn1crypto", "cryptography", "pkcs11"},
+    "server": {"aiohttp", "prometheus_client", "cryptography", "uvloop", "multidict", "yarl"},
+    "cli": {"cryptography", "asn1crypto", "pkcs11"},
+}
+# Standard-library modules that do I/O or run processes: not in the pure core.
+NOT_IN_CORE = {"os", "subprocess", "socket", "shutil", "tempfile", "signal", "pathlib"}
+STDLIB = set(__import__("sys").stdlib_module_names)
+
+
+def _imports(path: Path) -> list[str]:
+    """The absolute names a module imports (relative ones resolved)."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(here[: len(here) - node.level])
+                module = ".".join(base + ([node.module] if node.module else []))
+                if node.module is None:  # from . import x
+                    names += [f"{module}.{alias.name}" for alias in node.names]
+                    continue
+                names.append(module)
+            else:
+                names.append(node.module or "")
+    return names
+
+
+def _modules() -> list[tuple[str, Path]]:
+    return [(path.parent.name, path) for layer in LAYERS
+            for path in sorted((PACKAGE / layer).glob("*.py"))]  # fmt: skip
+
+
+def _allowed(layer: str, name: str) -> bool:
+    top = name.split(".")[0]
+    if top == "hsm_ocsp":
+        parts = name.split(".")
+        if len(parts) == 1 or parts[1] in ("__version__", "__init__"):
+            return True
+        return parts[1] in LAYERS[: LAYERS.index(layer) + 1]
+    if top in STDLIB or top == "__future__":
+        return not (layer == "core" and top in NOT_IN_CORE)
+    return top in THIRD_PARTY[layer]
+
+
+@pytest.mark.parametrize(("layer", "path"), _modules(), ids=lambda v: getattr(v, "name", v))
+def test_each_module_imports_only_its_own_and_inner_layers(layer: str, path: Path) -> None:
+    wrong = [name for name in _imports(path) if not _allowed(layer, name)]
+    assert not wrong, f"{path.relative_to(PACKAGE.parent)} ({layer}) imports {wrong}"
+
+
+def test_the_checker_catches_an_inner_layer_importing_an_outer_one() -> None:
+    assert not _allowed("core", "hsm_ocsp.server.app")
+    assert not _allowed("core", "aiohttp.web")
+    assert not _allowed("core", "pkcs11")
+    assert not _allowed("core", "subprocess")
+    assert not _allowed("pkcs11", "hsm_ocsp.server.metrics")
+    assert not _allowed("pkcs11", "prometheus_client")
+    assert not _allowed("server", "hsm_ocsp.cli.main")
+    assert _allowed("server", "hsm_ocsp.pkcs11.token")
+    assert _allowed("cli", "hsm_ocsp.server.supervisor")
+
+
+def test_no_module_is_left_outside_a_layer_and_none_is_long() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py"], loose
+    long = {str(p.relative_to(PACKAGE)): n for _, p in _modules()
+            if (n := len(p.read_text().splitlines())) > 300}  # fmt: skip
+    assert not long, long
