@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
-from hsm_ocsp.core.service import Reply
+from hsm_ocsp.core.reply import Reply
 from hsm_ocsp.server.access_log import AccessLogger
 from hsm_ocsp.server.app_keys import REPLY
 from hsm_ocsp.server.per_turn import log_lines_once_a_turn

@@ -10,7 +10,10 @@ import pytest
 from cryptography import x509
 
 from hsm_ocsp.cli.main import main
-from hsm_ocsp.config.file import TokenConfig, load_config, parse_duration, read_pin
+from hsm_ocsp.config.file import load_config
+from hsm_ocsp.config.model import TokenConfig
+from hsm_ocsp.config.pin import read_pin
+from hsm_ocsp.config.section import parse_duration
 from hsm_ocsp.core.errors import ConfigError
 
 from .support.pki import OpenSSLCA

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hsm_ocsp.config.file import load_config, parse_duration, read_pin
+from hsm_ocsp.config.file import load_config
+from hsm_ocsp.config.pin import read_pin
+from hsm_ocsp.config.section import parse_duration
 
 from .support import ROOT
 from .support.ca import CASetup, write_config
@@ -353,7 +355,7 @@ def test_compose_stop_grace_is_above_the_drain_bound() -> None:
 
 def load_config_text_default(key: str) -> float:
     """A [server] duration of the container's config, or its default."""
-    from hsm_ocsp.config.file import ServerConfig
+    from hsm_ocsp.config.model import ServerConfig
 
     value = tomllib.loads(CONTAINER_CONFIG.read_text()).get("server", {}).get(key)
     if value is None:

@@ -331,7 +331,9 @@ def test_hardening_5_pin_leaves_the_environment_no_core_dumps_no_planted_module(
     planted.mkdir(parents=True)
     marker = tmp_path / "planted-ran"
     (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    (planted / "token_process.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "pkcs11").mkdir()
+    for name in ("pkcs11/__init__.py", "pkcs11/signer_child.py"):
+        (planted / name).write_text(f"open({str(marker)!r}, 'w').close()\n")
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -362,7 +364,7 @@ def test_hardening_5_pin_leaves_the_environment_no_core_dumps_no_planted_module(
         signers = [
             p
             for p in pids
-            if "hsm_ocsp.pkcs11.signer_process" in Path(f"/proc/{p}/cmdline").read_text()
+            if "hsm_ocsp.pkcs11.signer_child" in Path(f"/proc/{p}/cmdline").read_text()
         ]
         assert len(signers) == 2
         for pid in signers:  # started after the PIN left the environment: not even its name
@@ -546,7 +548,7 @@ def test_hardening_4_pin_refused_at_run_time_stops_logins_until_sighup(
             session.set_pin(softhsm.pin, "13572468")
         signers = [
             p for p in _processes_of(server.process.pid)
-            if "token_process" in Path(f"/proc/{p}/cmdline").read_text()
+            if "signer_child" in Path(f"/proc/{p}/cmdline").read_text()
         ]  # fmt: skip
         for pid in signers:
             os.kill(pid, signal.SIGKILL)  # new signers must log in again
@@ -651,7 +653,7 @@ def _kill_the_signer_while_descriptors_run_out(server: RunningServer) -> None:
     try:
         signers = [
             p for p in _processes_of(server.process.pid)
-            if "token_process" in Path(f"/proc/{p}/cmdline").read_text()
+            if "signer_child" in Path(f"/proc/{p}/cmdline").read_text()
         ]  # fmt: skip
         assert len(signers) == 1
         for _ in range(200):  # more than the worker's 128 descriptors

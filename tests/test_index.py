@@ -1,4 +1,4 @@
-"""The OpenSSL index format, every form `openssl ca` writes (FACTS.md)."""
+"""The OpenSSL index format, every form `openssl ca` writes (as `openssl ca` 3.0 writes them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import datetime as dt
 import pytest
 
 from hsm_ocsp.core.errors import IndexFormatError
-from hsm_ocsp.core.index import IndexSnapshot, parse_index, parse_time
+from hsm_ocsp.core.index import IndexSnapshot, parse_index
+from hsm_ocsp.core.index_fields import parse_time
 from hsm_ocsp.core.model import RevocationReason
 
 UTC = dt.UTC

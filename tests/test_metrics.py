@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hsm_ocsp import __version__
 from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
-from hsm_ocsp.core.service import Reply
+from hsm_ocsp.core.reply import Reply
 from hsm_ocsp.server.metrics import Metrics
 
 from .support.ca import CASetup, build_ca, write_config

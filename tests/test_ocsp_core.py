@@ -314,7 +314,7 @@ async def test_nonce_requests_are_signed_every_time(world: Callable[..., World])
 
 
 async def test_nonce_ignore_answers_from_cache_without_nonce(world: Callable[..., World]) -> None:
-    w = world(nonce="ignore")
+    w = world(echo_nonce=False)
     for i in range(3):
         resp = await w.ask(build_request([(w.ca.certificate, 0x1000)], nonce=bytes([i]) * 16))
         assert len(resp.extensions) == 0

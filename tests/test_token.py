@@ -9,7 +9,8 @@ import pytest
 from hsm_ocsp.core.errors import TokenError
 from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
 from hsm_ocsp.core.signing import scheme_for_public_key
-from hsm_ocsp.pkcs11.token import KeySpec, Token
+from hsm_ocsp.pkcs11.key_lookup import KeySpec
+from hsm_ocsp.pkcs11.token import Token
 
 from .support.softhsm import MODULE, SoftHSM
 

@@ -1,8 +1,9 @@
 """Issue 6.1: the token goes away or hangs; the responder survives and comes back.
 
 The token is remote: ``p11-kit server`` in front of the session's SoftHSM token,
-and the responder loads ``p11-kit-client.so`` (FACTS.md). Killing the server's
-process group is a real token loss; SIGSTOP is a real hang.
+and the responder loads ``p11-kit-client.so`` (a remote module, as a network HSM
+is). Killing the server's process group is a real token loss; SIGSTOP is a real
+hang.
 """
 
 from __future__ import annotations

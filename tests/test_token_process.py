@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hsm_ocsp.core.errors import TokenError
 from hsm_ocsp.core.pkcs11_uri import parse_pkcs11_uri
 from hsm_ocsp.core.signing import scheme_for_public_key, verify
+from hsm_ocsp.pkcs11.key_lookup import KeySpec
 from hsm_ocsp.pkcs11.signer_process import TokenProcess
-from hsm_ocsp.pkcs11.token import KeySpec
 
 from .support.softhsm import MODULE, SoftHSM
 
@@ -65,7 +65,7 @@ async def test_signs_in_a_child_whose_argv_has_no_pin(
     assert len(seconds) == 1 and 0 < seconds[0] < 5
     assert token.pid is not None and token.pid != os.getpid()
     cmdline = Path(f"/proc/{token.pid}/cmdline").read_bytes()
-    assert b"hsm_ocsp.pkcs11.signer_process" in cmdline
+    assert b"hsm_ocsp.pkcs11.signer_child" in cmdline
     assert softhsm.pin.encode() not in cmdline
 
 

@@ -16,25 +16,24 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterator
 
-from cryptography.exceptions import InvalidSignature
-
-from ..config.file import CAConfig, Config, in_use, load_config, read_pin
+from ..config.file import load_config
+from ..config.model import CAConfig, Config, in_use
+from ..config.pin import read_pin
 from ..core.errors import IndexFormatError, TokenError
 from ..core.index import parse_index
 from ..core.responder_profile import Level, profile_findings
-from ..core.signing import verify
-from ..pkcs11.key_set import SigningKey, signing_keys
+from ..core.signing import SchemeKind
+from ..pkcs11.key_set import PROBE, SigningKey, proves, signing_keys
 from ..pkcs11.token import Token
 
 __all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
 
 EXPIRY_WARNING = dt.timedelta(days=30)
-_PROBE = b"hsm-ocsp check"
 
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    level: str  # "ok", "warning", "error"
+    level: Level
     ca: str
     message: str
 
@@ -51,7 +50,7 @@ def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iter
 def _check_one_key(
     key: SigningKey, module: str, pin: str, sign_timeout: float, *, alone: bool
 ) -> Iterator[Finding]:
-    ca, spec, cert, path = key.ca, key.spec, key.certificate, key.certificate_path
+    ca, spec, path = key.ca, key.spec, key.certificate_path
     which = "responder certificate" if ca.responder_certificate else "CA certificate"
     named = f"key {ca.key}"
     token = Token(module, pin, [spec], sign_timeout=sign_timeout)
@@ -59,23 +58,23 @@ def _check_one_key(
         try:
             token.open_blocking()
         except TokenError as exc:
-            yield Finding("error", ca.name, f"{named}: {exc} for {path}")
+            yield Finding(Level.ERROR, ca.name, f"{named}: {exc} for {path}")
             return
         label = token.key_label_blocking(spec.name)
         if ca.key.object is not None and label != ca.key.object:
             named = f"the key of {path} (label {label!r})"
             if alone:  # in a rollover the next key is found by its certificate, as meant
                 yield Finding(
-                    "warning",
+                    Level.WARNING,
                     ca.name,
                     f"key {ca.key} is not the key of {path}; that one is on the token as "
                     f"{label!r} and signs: point key= at it",
                 )
-        yield Finding("ok", ca.name, f"{named} found")
+        yield Finding(Level.OK, ca.name, f"{named} found")
         attributes = token.key_attributes_blocking(spec.name)
         if attributes.get("always_authenticate"):
             yield Finding(
-                "error",
+                Level.ERROR,
                 ca.name,
                 f"{named} needs a login before every signature "
                 "(CKA_ALWAYS_AUTHENTICATE), which hsm-ocsp does not do: make the "
@@ -83,29 +82,34 @@ def _check_one_key(
             )
             return
         try:
-            signature = token.sign_blocking(spec.name, _PROBE)
+            signature = token.sign_blocking(spec.name, PROBE)
         except TokenError as exc:
             yield Finding(
-                "error",
+                Level.ERROR,
                 ca.name,
                 f"{named} cannot sign as {spec.scheme.kind} ({exc}); "
                 f"is {path} the certificate of this key?",
             )
             return
-        try:
-            verify(cert.public_key(), spec.scheme, _PROBE, signature)
-        except InvalidSignature:
-            yield Finding("error", ca.name, f"{which} {path} does not match {named} (wrong key)")
+        if proves(key, signature):
+            yield Finding(Level.OK, ca.name, f"key signs and matches {which} {path}")
         else:
-            yield Finding("ok", ca.name, f"key signs and matches {which} {path}")
-        if attributes.get("extractable") is not False:
-            yield Finding("warning", ca.name, f"{named} is extractable: it can leave the token")
-        if attributes.get("sensitive") is not True:
-            yield Finding("warning", ca.name, f"{named} is not sensitive: its value can be read")
-        if attributes.get("extractable") is False and attributes.get("sensitive") is True:
-            yield Finding("ok", ca.name, "key is sensitive and not extractable")
+            yield Finding(
+                Level.ERROR, ca.name, f"{which} {path} does not match {named} (wrong key)"
+            )
+        yield from _attribute_findings(ca.name, named, attributes)
     finally:
         token.close()
+
+
+def _attribute_findings(ca: str, named: str, attributes: dict[str, object]) -> Iterator[Finding]:
+    """What the key's attributes say: it must stay on the token."""
+    if attributes.get("extractable") is not False:
+        yield Finding(Level.WARNING, ca, f"{named} is extractable: it can leave the token")
+    if attributes.get("sensitive") is not True:
+        yield Finding(Level.WARNING, ca, f"{named} is not sensitive: its value can be read")
+    if attributes.get("extractable") is False and attributes.get("sensitive") is True:
+        yield Finding(Level.OK, ca, "key is sensitive and not extractable")
 
 
 def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[Finding]:
@@ -116,14 +120,18 @@ def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[
     not_after = cert.not_valid_after_utc
     if now < cert.not_valid_before_utc:
         when = f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-        yield Finding("error", ca.name, f"{which} {path} is not valid before {when}")
+        yield Finding(Level.ERROR, ca.name, f"{which} {path} is not valid before {when}")
         return
     if now >= not_after:
-        yield Finding("error", ca.name, f"{which} {path} expired {not_after:%Y-%m-%d %H:%M} UTC")
+        yield Finding(
+            Level.ERROR, ca.name, f"{which} {path} expired {not_after:%Y-%m-%d %H:%M} UTC"
+        )
         return
     days = (not_after - now).days
     yield Finding(
-        "ok", ca.name, f"{which} in use: {path}, valid until {not_after:%Y-%m-%d} UTC ({days} days)"
+        Level.OK,
+        ca.name,
+        f"{which} in use: {path}, valid until {not_after:%Y-%m-%d} UTC ({days} days)",
     )
     ahead = sorted(
         (c for c in certs if c[1].not_valid_before_utc > now),
@@ -133,7 +141,7 @@ def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[
     for next_path, next_cert in ahead[:1]:
         start = next_cert.not_valid_before_utc
         covered = start <= not_after
-        level = "ok" if covered else "warning"
+        level = Level.OK if covered else Level.WARNING
         gap = "" if covered else f" (a gap: {path} expires before)"
         yield Finding(
             level,
@@ -142,7 +150,7 @@ def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[
         )
     if days < warn_days and not covered:
         yield Finding(
-            "warning",
+            Level.WARNING,
             ca.name,
             f"{which} {path} expires in {days} days ({not_after:%Y-%m-%d %H:%M} UTC) and no "
             "next one is installed: renew it (docs/operators-guide.md, rollover)",
@@ -155,7 +163,7 @@ def _check_delegated(ca: CAConfig) -> Iterator[Finding]:
         return
     for found in profile_findings(cert, ca.certificate):
         yield Finding(
-            found.level.value,
+            found.level,
             ca.name,
             f"responder certificate {found.message}"
             if found.level is Level.OK
@@ -171,10 +179,12 @@ def _check_validity_window(ca: CAConfig) -> Iterator[Finding]:
     """Rule 28: nextUpdate - thisUpdate, counted inclusively (+1 s), in 8 h .. 10 days."""
     counted = ca.validity + dt.timedelta(seconds=1)
     if BR_SHORTEST <= counted <= BR_LONGEST:
-        yield Finding("ok", ca.name, f"validity {ca.validity} is within the BR's 8 h to 10 days")
+        yield Finding(
+            Level.OK, ca.name, f"validity {ca.validity} is within the BR's 8 h to 10 days"
+        )
         return
     yield Finding(
-        "warning",
+        Level.WARNING,
         ca.name,
         f"validity {ca.validity} is outside 8 hours to 10 days (CA/B Baseline Requirements "
         "4.9.10; they bind publicly trusted CAs only)",
@@ -183,11 +193,11 @@ def _check_validity_window(ca: CAConfig) -> Iterator[Finding]:
 
 def _check_algorithm_reach(ca: CAConfig) -> Iterator[Finding]:
     kind = ca.signature_scheme.kind
-    if kind in ("eddsa", "rsa-pss"):
-        name = "Ed25519" if kind == "eddsa" else "RSA-PSS"
-        nss = "; NSS before 3.99 cannot verify Ed25519 either" if kind == "eddsa" else ""
+    if kind in (SchemeKind.EDDSA, SchemeKind.RSA_PSS):
+        name = "Ed25519" if kind is SchemeKind.EDDSA else "RSA-PSS"
+        nss = "; NSS before 3.99 cannot verify Ed25519 either" if kind is SchemeKind.EDDSA else ""
         yield Finding(
-            "note",
+            Level.NOTE,
             ca.name,
             f"answers are signed with {name}: Go's x/crypto/ocsp (and so Caddy/certmagic, "
             f"cfssl, Vault) cannot verify them{nss}; ECDSA or RSA PKCS#1 reach every client",
@@ -198,11 +208,13 @@ def _check_index(ca: CAConfig) -> Iterator[Finding]:
     try:
         snapshot = parse_index(ca.index.read_bytes(), ca.index)
     except OSError as exc:
-        yield Finding("error", ca.name, f"index {ca.index}: cannot read: {exc.strerror}")
+        yield Finding(Level.ERROR, ca.name, f"index {ca.index}: cannot read: {exc.strerror}")
     except IndexFormatError as exc:
-        yield Finding("error", ca.name, f"index {exc}")
+        yield Finding(Level.ERROR, ca.name, f"index {exc}")
     else:
-        yield Finding("ok", ca.name, f"index {ca.index} parses ({len(snapshot.entries)} entries)")
+        yield Finding(
+            Level.OK, ca.name, f"index {ca.index} parses ({len(snapshot.entries)} entries)"
+        )
 
 
 def check_config(
@@ -227,7 +239,7 @@ def run_check(args: argparse.Namespace) -> int:
     findings = check_config(config, warn_days=args.warn_days)
     for finding in findings:
         print(finding)
-    errors = sum(f.level == "error" for f in findings)
-    warnings = sum(f.level == "warning" for f in findings)
+    errors = sum(f.level is Level.ERROR for f in findings)
+    warnings = sum(f.level is Level.WARNING for f in findings)
     print(f"{errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0

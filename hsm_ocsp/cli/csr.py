@@ -17,18 +17,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from pkcs11 import exceptions as p11e
 
+from ..config.pin import module_and_pin
 from ..core.errors import ConfigError, TokenError
 from ..core.pkcs11_uri import Pkcs11Uri
 from ..core.signing import PublicKey, scheme_for_public_key
 from ..pkcs11.keys import (
     find_private_key,
     find_public_key,
-    module_and_pin,
     open_session,
     public_key_from_token,
 )
 from ..pkcs11.private_key import session_signer, token_private_key
-from ..pkcs11.token import describe_error
+from ..pkcs11.token_errors import describe_error
 from .keygen import parse_key_uri
 
 __all__ = ["build_csr", "csr_hash", "parse_subject", "run_csr"]

@@ -25,7 +25,6 @@ import dataclasses
 import os
 import secrets
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,16 +32,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pkcs11 import exceptions as p11e
 
-from ..config.file import DEFAULT_MODULE, DEFAULT_PIN_ENV, load_config
-from ..core.errors import ConfigError, HsmOcspError
+from ..config.file import load_config
+from ..config.model import DEFAULT_MODULE, DEFAULT_PIN_ENV
+from ..core.errors import ConfigError
 from ..core.index import parse_index
 from ..core.pkcs11_uri import Pkcs11Uri
 from ..core.signing import PublicKey
 from ..pkcs11.keys import find_private_key, find_public_key, open_session, public_key_from_token
 from .csr import build_csr, parse_subject
 from .keygen import generate
+from .softhsm_token import init_softhsm_token, run
 
-__all__ = ["DemoSetup", "init_softhsm_token", "init_token_script", "run_demo", "set_up"]
+__all__ = ["DemoSetup", "run_demo", "set_up"]
 
 TOKEN_LABEL = "hsm-ocsp-demo"
 KEY_LABEL = "ocsp-responder"
@@ -56,48 +57,6 @@ LEAVES: dict[str, tuple[str, ...] | None] = {
     "revoked": ("-crl_reason", "keyCompromise"),
     "superseded": ("-crl_reason", "superseded"),
 }
-
-OPENSSL_CNF = """\
-# openssl ca configuration of the hsm-ocsp demo CA
-[ ca ]
-default_ca = CA_default
-
-[ CA_default ]
-dir = {dir}
-database = $dir/index.txt
-new_certs_dir = $dir/newcerts
-serial = $dir/serial
-certificate = $dir/ca.pem
-private_key = $dir/ca.key
-default_md = sha256
-default_days = 365
-policy = policy_any
-unique_subject = no
-copy_extensions = none
-
-[ policy_any ]
-commonName = supplied
-organizationName = optional
-
-[ req ]
-distinguished_name = dn
-[ dn ]
-
-[ leaf ]
-basicConstraints = CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-authorityKeyIdentifier = keyid
-subjectKeyIdentifier = hash
-
-[ ocsp ]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = OCSPSigning
-noCheck = ignored
-authorityKeyIdentifier = keyid
-subjectKeyIdentifier = hash
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,40 +78,10 @@ class DemoSetup:
         )  # fmt: skip
 
 
-def init_token_script() -> Path:
-    """``init-token.sh``, package data of this installation."""
-    script = Path(__file__).resolve().parent.parent / "data" / "init-token.sh"
-    if not script.is_file():
-        raise HsmOcspError(f"{script} not found: this hsm-ocsp installation is incomplete")
-    return script
-
-
-def _run(*args: str | Path, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
-        [str(a) for a in args], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        raise HsmOcspError(
-            f"{Path(str(args[0])).name} {args[1] if len(args) > 1 else ''} failed "
-            f"(exit {done.returncode}): {(done.stderr or done.stdout).strip()}"
-        )
-    return done.stdout
-
-
-def init_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None:
-    """Make the SoftHSM token ``label`` (kept if it exists) through data/init-token.sh.
-
-    ``conf`` is the softhsm2.conf to use, written when missing with the token
-    directory beside it.
-    """
-    env = {
-        **os.environ,
-        "SOFTHSM2_CONF": str(conf),
-        "TOKEN_LABEL": label,
-        "HSM_OCSP_PIN": pin,
-        "HSM_OCSP_SO_PIN": so_pin,
-    }
-    _run("/bin/sh", init_token_script(), env=env)  # by sh: a wheel may drop the exec bit
+def openssl_cnf(ca_dir: Path) -> str:
+    """The demo CA's ``openssl ca`` configuration (data/openssl-ca.cnf.in) for ``ca_dir``."""
+    template = Path(__file__).resolve().parent.parent / "data" / "openssl-ca.cnf.in"
+    return template.read_text().format(dir=ca_dir)
 
 
 def _make_token(softhsm_dir: Path, pin: str) -> Path:
@@ -184,15 +113,15 @@ def _make_ca(ca_dir: Path, made: list[str]) -> Path:
         return ca_cert
     (ca_dir / "newcerts").mkdir(parents=True, exist_ok=True)
     cnf = ca_dir / "openssl.cnf"
-    cnf.write_text(OPENSSL_CNF.format(dir=ca_dir))
+    cnf.write_text(openssl_cnf(ca_dir))
     (ca_dir / "index.txt").write_text("")
     (ca_dir / "serial").write_text("1000\n")
     key = ca_dir / "ca.key"
-    _run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
          "-out", key)  # fmt: skip
     key.chmod(0o600)
     partial = ca_dir / "ca.pem.new"
-    _run(
+    run(
         "openssl", "req", "-config", cnf, "-x509", "-new", "-key", key, "-subj", CA_SUBJECT,
         "-days", "3650", "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign",
@@ -213,7 +142,7 @@ def _same_key(cert_path: Path, public_key: PublicKey) -> bool:
 
 def _sign(ca_dir: Path, csr: Path, out: Path, extensions: str) -> None:
     partial = out.with_suffix(".pem.new")
-    _run("openssl", "ca", "-batch", "-config", ca_dir / "openssl.cnf", "-extensions",
+    run("openssl", "ca", "-batch", "-config", ca_dir / "openssl.cnf", "-extensions",
          extensions, "-notext", "-in", csr, "-out", partial)  # fmt: skip
     partial.rename(out)
 
@@ -224,7 +153,7 @@ def _leaves(ca_dir: Path, made: list[str]) -> dict[str, Path]:
         pem = ca_dir / f"{name}.pem"
         if not pem.exists():
             csr = ca_dir / f"{name}.csr"
-            _run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+            run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
                  "ec_paramgen_curve:P-256", "-nodes", "-keyout", ca_dir / f"{name}.key",
                  "-subj", f"/O=hsm-ocsp demo/CN={name}.demo.example", "-out", csr)  # fmt: skip
             _sign(ca_dir, csr, pem, "leaf")
@@ -233,7 +162,7 @@ def _leaves(ca_dir: Path, made: list[str]) -> dict[str, Path]:
             serial = x509.load_pem_x509_certificate(pem.read_bytes()).serial_number
             index = ca_dir / "index.txt"
             if parse_index(index.read_bytes(), index).entries.get(serial) is None:
-                _run("openssl", "ca", "-config", ca_dir / "openssl.cnf", "-revoke", pem, *revoke)
+                run("openssl", "ca", "-config", ca_dir / "openssl.cnf", "-revoke", pem, *revoke)
                 made.append(f"revocation of {name}")
         certs[name] = pem
     return certs

@@ -16,17 +16,17 @@ import pkcs11
 from cryptography.hazmat.primitives import serialization
 from pkcs11 import Attribute
 
+from ..config.pin import module_and_pin
 from ..core.errors import ConfigError, TokenError
 from ..core.pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from ..core.signing import PublicKey
 from ..pkcs11.keys import (
     existing_objects,
     generate_key_pair,
-    module_and_pin,
     open_session,
     public_key_from_token,
 )
-from ..pkcs11.token import describe_error, return_code
+from ..pkcs11.token_errors import describe_error, return_code
 
 __all__ = ["NewKey", "generate", "run_keygen"]
 

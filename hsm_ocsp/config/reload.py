@@ -19,7 +19,8 @@ import logging
 
 from ..core.errors import ConfigError
 from ..core.responder_profile import blocking
-from .file import CAConfig, Config, load_config
+from .file import load_config
+from .model import CAConfig, Config
 
 __all__ = ["changes_needing_restart", "read_reloadable", "unservable"]
 

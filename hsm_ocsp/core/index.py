@@ -10,34 +10,18 @@ never replaces a good snapshot.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import BinaryIO
 
 from .errors import IndexFormatError
-from .model import Revocation, RevocationReason
+from .index_fields import parse_revocation, split_escaped
+from .model import Revocation
 
-__all__ = ["IndexSnapshot", "parse_index", "parse_index_stream", "parse_time"]
+__all__ = ["IndexSnapshot", "parse_index", "parse_index_stream"]
 
-_UTC = dt.UTC
-_REASONS = {
-    "unspecified": RevocationReason.UNSPECIFIED,
-    "keycompromise": RevocationReason.KEY_COMPROMISE,
-    "cacompromise": RevocationReason.CA_COMPROMISE,
-    "affiliationchanged": RevocationReason.AFFILIATION_CHANGED,
-    "superseded": RevocationReason.SUPERSEDED,
-    "cessationofoperation": RevocationReason.CESSATION_OF_OPERATION,
-    "certificatehold": RevocationReason.CERTIFICATE_HOLD,
-    "removefromcrl": RevocationReason.REMOVE_FROM_CRL,
-}
-_HOLD_INSTRUCTIONS = {
-    "holdinstructionnone": "1.2.840.10040.2.1",
-    "holdinstructioncallissuer": "1.2.840.10040.2.2",
-    "holdinstructionreject": "1.2.840.10040.2.3",
-}
 # Whole lines as ``openssl ca`` writes them, for the fast path (see parse_index_stream).
 _EXPIRY_RE = (
     rb"(?:\d\d)?\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:[01]\d|2[0-3])[0-5]\d[0-5]\dZ"
@@ -57,67 +41,12 @@ _FAST_RECORD = re.compile(
 )
 _COMMENT = re.compile(rb"^#[^\n\x00]{0,%d}$" % MAX_LINE, re.M)
 _BLOCK = 1 << 22
-_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
-_TIME = re.compile(r"(\d{12}|\d{14})Z")
 # The expiry is checked, not kept (status does not depend on it); a bytes
 # pattern keeps a million-line load fast while still refusing bad dates.
 _EXPIRY = re.compile(
     rb"(\d\d)?\d\d(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])([01]\d|2[0-3])[0-5]\d[0-5]\dZ"
 )
-
-
-def parse_time(text: str) -> dt.datetime:
-    """UTCTime ``YYMMDDHHMMSSZ`` or GeneralizedTime ``YYYYMMDDHHMMSSZ``."""
-    if not _TIME.fullmatch(text):
-        raise ValueError(f"{text!r} is not YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ")
-    if len(text) == 13:
-        year = int(text[:2])
-        year += 2000 if year < 50 else 1900  # RFC 5280 4.1.2.5.1
-        rest = text[2:]
-    else:
-        year = int(text[:4])
-        rest = text[4:]
-    return dt.datetime(
-        year,
-        int(rest[0:2]),
-        int(rest[2:4]),
-        int(rest[4:6]),
-        int(rest[6:8]),
-        int(rest[8:10]),
-        tzinfo=_UTC,
-    )
-
-
-def parse_revocation(field: str) -> Revocation:
-    """``revtime[,reason[,extra]]`` as ``openssl ca`` writes it."""
-    parts = field.split(",")
-    if len(parts) > 3:
-        raise ValueError(f"revocation field {field!r} has more than three parts")
-    revocation_time = parse_time(parts[0])
-    if len(parts) == 1:
-        return Revocation(revocation_time)
-    name = parts[1].lower()
-    extra = parts[2] if len(parts) == 3 else None
-    if name == "holdinstruction":
-        if extra is None:
-            raise ValueError("holdInstruction needs an instruction")
-        oid = _HOLD_INSTRUCTIONS.get(extra.lower(), extra)
-        if not _OID.fullmatch(oid):
-            raise ValueError(f"unknown hold instruction {extra!r}")
-        return Revocation(revocation_time, RevocationReason.CERTIFICATE_HOLD, None, oid)
-    if name in ("keytime", "cakeytime"):
-        if extra is None:
-            raise ValueError(f"{parts[1]} needs a time")
-        reason = (
-            RevocationReason.KEY_COMPROMISE if name == "keytime" else RevocationReason.CA_COMPROMISE
-        )
-        return Revocation(revocation_time, reason, parse_time(extra))
-    if name not in _REASONS:
-        raise ValueError(f"unknown revocation reason {parts[1]!r}")
-    if extra is not None:
-        raise ValueError(f"reason {parts[1]} takes no third part")
-    return Revocation(revocation_time, _REASONS[name])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -137,24 +66,6 @@ class IndexSnapshot:
 
     def __len__(self) -> int:
         return len(self.entries)
-
-
-def _split_escaped(line: str) -> list[str]:
-    fields, current, i = [], [], 0
-    while i < len(line):
-        ch = line[i]
-        if ch == "\\" and i + 1 < len(line) and line[i + 1] == "\t":
-            current.append("\t")
-            i += 2
-            continue
-        if ch == "\t":
-            fields.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-        i += 1
-    fields.append("".join(current))
-    return fields
 
 
 def parse_index(data: bytes, path: object = "index.txt") -> IndexSnapshot:
@@ -202,6 +113,16 @@ class _NotFast(Exception):
 _UNSEEN = object()
 
 
+def _line_blocks(stream: BinaryIO) -> Iterator[tuple[bytes, bytes]]:
+    """Blocks of whole lines, each with the start of the line cut at its end."""
+    rest = b""
+    while chunk := stream.read(_BLOCK):
+        data = rest + chunk
+        cut = data.rfind(b"\n") + 1
+        block, rest = data[:cut], data[cut:]
+        yield block, rest
+
+
 def _reread(stream: BinaryIO, path: object, old: dict[int, Revocation | None]) -> IndexSnapshot:
     # The old serials, each marked unseen, in a table of their own: the int
     # objects are shared with ``old``; a key keeps its object when updated.
@@ -209,10 +130,7 @@ def _reread(stream: BinaryIO, path: object, old: dict[int, Revocation | None]) -
     counts = {b"V": 0, b"R": 0, b"E": 0}
     records = 0
     rest = b""
-    while chunk := stream.read(_BLOCK):
-        data = rest + chunk
-        cut = data.rfind(b"\n") + 1
-        block, rest = data[:cut], data[cut:]
+    for block, rest in _line_blocks(stream):
         if len(rest) > MAX_LINE:
             raise _NotFast  # the careful parser names the line
         if block:
@@ -257,10 +175,7 @@ def _parse_stream(stream: BinaryIO, path: object, *, fast: bool) -> IndexSnapsho
     counts = {b"V": 0, b"R": 0, b"E": 0}
     line_no = 0
     rest = b""
-    while chunk := stream.read(_BLOCK):
-        data = rest + chunk
-        cut = data.rfind(b"\n") + 1
-        block, rest = data[:cut], data[cut:]
+    for block, rest in _line_blocks(stream):
         if block and not (fast and _take_block(block, entries, counts)):
             _parse_lines(io.BytesIO(block), path, entries, counts, line_no)
         line_no += block.count(b"\n")
@@ -319,47 +234,60 @@ def _parse_lines(
     first: int,
 ) -> None:
     """The careful parser: line by line, naming the first bad line."""
-    hex_match = _HEX.fullmatch
-    expiry_match = _EXPIRY.fullmatch
     for number, raw in enumerate(lines, first + 1):
-        if len(raw) > MAX_LINE:
-            raise IndexFormatError(path, number, f"line longer than {MAX_LINE} bytes")
-        if raw[-1:] != b"\n":
-            raise IndexFormatError(path, number, "last line does not end in a newline (truncated?)")
-        if b"\0" in raw:
-            raise IndexFormatError(path, number, "NUL byte: this is not a text index")
-        if raw[:1] == b"#":
-            continue
-        fields = raw.split(b"\t")  # the newline stays in the subject, which is not kept
-        if len(fields) != 6 or b"\\" in raw:
-            if raw == b"\n":
-                raise IndexFormatError(path, number, "empty line")
-            try:
-                text = raw[:-1].decode("utf-8")
-            except UnicodeDecodeError:
-                raise IndexFormatError(path, number, "not UTF-8 text") from None
-            fields = [f.encode() for f in _split_escaped(text)]
-            if len(fields) != 6:
-                raise IndexFormatError(
-                    path, number, f"{len(fields)} TAB-separated fields, 6 expected"
-                )
-        status, expiry, revinfo, serial_hex = fields[0], fields[1], fields[2], fields[3]
-        if hex_match(serial_hex) is None:
+        if _checked_line(raw, path, number):
+            continue  # a comment
+        fields = _fields(raw, path, number)
+        serial_hex = fields[3]
+        if _HEX.fullmatch(serial_hex) is None:
             raise IndexFormatError(path, number, f"serial {serial_hex!r} is not hexadecimal")
         serial = int(serial_hex, 16)
         if serial in entries:
             raise IndexFormatError(path, number, f"serial {serial_hex.decode()} appears twice")
         try:
-            if expiry_match(expiry) is None:
-                raise ValueError(f"expiry {expiry!r} is not YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ")
-            if status == b"R":
-                entries[serial] = parse_revocation(revinfo.decode("ascii"))
-            elif status == b"V" or status == b"E":
-                if revinfo:
-                    raise ValueError(f"status {status.decode()} with a revocation field")
-                entries[serial] = None
-            else:
-                raise ValueError(f"status {status!r} is not V, R or E")
+            entries[serial] = _status(fields[0], fields[1], fields[2])
         except (ValueError, UnicodeDecodeError) as exc:
             raise IndexFormatError(path, number, str(exc)) from None
-        counts[status] += 1
+        counts[fields[0]] += 1
+
+
+def _checked_line(raw: bytes, path: object, number: int) -> bool:
+    """IndexFormatError for a line no field can be read from; True for a comment."""
+    if len(raw) > MAX_LINE:
+        raise IndexFormatError(path, number, f"line longer than {MAX_LINE} bytes")
+    if raw[-1:] != b"\n":
+        raise IndexFormatError(path, number, "last line does not end in a newline (truncated?)")
+    if b"\0" in raw:
+        raise IndexFormatError(path, number, "NUL byte: this is not a text index")
+    return raw[:1] == b"#"
+
+
+def _fields(raw: bytes, path: object, number: int) -> list[bytes]:
+    """The six fields of a record (a backslash before a TAB keeps it in its field)."""
+    fields = raw.split(b"\t")  # the newline stays in the subject, which is not kept
+    if len(fields) == 6 and b"\\" not in raw:
+        return fields
+    if raw == b"\n":
+        raise IndexFormatError(path, number, "empty line")
+    try:
+        text = raw[:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise IndexFormatError(path, number, "not UTF-8 text") from None
+    fields = [f.encode() for f in split_escaped(text)]
+    if len(fields) != 6:
+        raise IndexFormatError(path, number, f"{len(fields)} TAB-separated fields, 6 expected")
+    return fields
+
+
+def _status(status: bytes, expiry: bytes, revinfo: bytes) -> Revocation | None:
+    """What the index says of a serial: None (good) or its revocation; ValueError if
+    the fields do not say it right."""
+    if _EXPIRY.fullmatch(expiry) is None:
+        raise ValueError(f"expiry {expiry!r} is not YYMMDDHHMMSSZ or YYYYMMDDHHMMSSZ")
+    if status == b"R":
+        return parse_revocation(revinfo.decode("ascii"))
+    if status not in (b"V", b"E"):
+        raise ValueError(f"status {status!r} is not V, R or E")
+    if revinfo:
+        raise ValueError(f"status {status.decode()} with a revocation field")
+    return None

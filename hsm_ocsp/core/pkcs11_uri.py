@@ -55,6 +55,16 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
     path = body.partition("?")[0]
     if "pin-value" in body or "pin-source" in body:
         raise ValueError("the URI must not carry a PIN; use pin_env or pin_file")
+    values = _attributes(path)
+    if values.get("type", "private") not in ("private", "public", "cert"):
+        raise ValueError("type must be private, public or cert")
+    if "object" not in values and "id" not in values:
+        raise ValueError("the URI names no key: give object= or id=")
+    return Pkcs11Uri(**values)  # type: ignore[arg-type]
+
+
+def _attributes(path: str) -> dict[str, str | bytes]:
+    """The path attributes, decoded: ``id`` as bytes, the others as text."""
     values: dict[str, str | bytes] = {}
     for part in filter(None, path.split(";")):
         name, eq, raw = part.partition("=")
@@ -67,15 +77,8 @@ def parse_pkcs11_uri(text: str) -> Pkcs11Uri:
         if name not in _KNOWN:
             raise ValueError(f"unknown attribute {name!r}")
         decoded = unquote_to_bytes(raw)
-        if name == "id":
-            values[name] = decoded
-        else:
-            try:
-                values[name] = decoded.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"attribute {name!r} is not UTF-8") from exc
-    if values.get("type", "private") not in ("private", "public", "cert"):
-        raise ValueError("type must be private, public or cert")
-    if "object" not in values and "id" not in values:
-        raise ValueError("the URI names no key: give object= or id=")
-    return Pkcs11Uri(**values)  # type: ignore[arg-type]
+        try:
+            values[name] = decoded if name == "id" else decoded.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"attribute {name!r} is not UTF-8") from exc
+    return values

@@ -125,20 +125,8 @@ def decode_request_fast(data: bytes, *, max_cert_ids: int = 64) -> OCSPRequest |
     if request_list is None or request_list[0] != 0x30:  # version or requestor name
         return None
     list_end = request_list[2]
-    cert_ids: list[CertID] = []
-    i = request_list[1]
-    while i < list_end:
-        if len(cert_ids) == max_cert_ids:
-            return None
-        item = _tlv_at(data, i, list_end)
-        if item is None or item[0] != 0x30:
-            return None
-        cert_id = _fast_cert_id(data, item[1], item[2])  # None too if extensions follow it
-        if cert_id is None:
-            return None
-        cert_ids.append(cert_id)
-        i = item[2]
-    if not cert_ids:
+    cert_ids = _fast_cert_ids(data, request_list[1], list_end, max_cert_ids)
+    if not cert_ids:  # None, or an empty list
         return None
     nonce = None
     if list_end < end:
@@ -146,3 +134,20 @@ def decode_request_fast(data: bytes, *, max_cert_ids: int = 64) -> OCSPRequest |
         if nonce is None:
             return None
     return OCSPRequest(cert_ids=tuple(cert_ids), nonce=nonce)
+
+
+def _fast_cert_ids(data: bytes, i: int, end: int, max_cert_ids: int) -> list[CertID] | None:
+    """The CertIDs of the requestList whose content is ``data[i:end]``."""
+    cert_ids: list[CertID] = []
+    while i < end:
+        if len(cert_ids) == max_cert_ids:
+            return None
+        item = _tlv_at(data, i, end)
+        if item is None or item[0] != 0x30:
+            return None
+        cert_id = _fast_cert_id(data, item[1], item[2])  # None too if extensions follow it
+        if cert_id is None:
+            return None
+        cert_ids.append(cert_id)
+        i = item[2]
+    return cert_ids

@@ -22,8 +22,11 @@ _NOCHECK_OID = "1.3.6.1.5.5.7.48.1.5"
 _NULL = b"\x05\x00"
 
 
-class Level(enum.Enum):
+class Level(enum.StrEnum):
+    """How much a finding of ``check`` matters."""
+
     OK = "ok"
+    NOTE = "note"  # worth knowing, nothing to fix
     WARNING = "warning"
     ERROR = "error"
 

@@ -11,13 +11,14 @@ AlgorithmIdentifier encoded as the Baseline Requirements (7.1.3.2) list it.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from . import der
 
-__all__ = ["SignatureScheme", "scheme_for_public_key"]
+__all__ = ["RsaPadding", "SchemeKind", "SignatureScheme", "scheme_for_public_key"]
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
@@ -44,11 +45,25 @@ def _hash_identifier(name: str) -> bytes:
     return der.sequence(der.oid(_HASH_OID[name]), der.null())
 
 
+class SchemeKind(enum.StrEnum):
+    RSA_PKCS1 = "rsa-pkcs1"
+    RSA_PSS = "rsa-pss"
+    ECDSA = "ecdsa"
+    EDDSA = "eddsa"
+
+
+class RsaPadding(enum.StrEnum):
+    """``ca.rsa_padding``."""
+
+    PKCS1 = "pkcs1"
+    PSS = "pss"
+
+
 @dataclasses.dataclass(frozen=True)
 class SignatureScheme:
     """How to sign for one key: mechanism, host hash and wire encoding."""
 
-    kind: str  # "rsa-pkcs1", "rsa-pss", "ecdsa", "eddsa"
+    kind: SchemeKind
     hash_name: str | None  # None for EdDSA
     mechanism: str  # PKCS#11 mechanism name: RSA_PKCS, RSA_PKCS_PSS, ECDSA, EDDSA
     algorithm_identifier: bytes
@@ -58,13 +73,13 @@ class SignatureScheme:
         if self.hash_name is None:
             return message
         digest = hashlib.new(self.hash_name, message).digest()
-        if self.kind == "rsa-pkcs1":
+        if self.kind is SchemeKind.RSA_PKCS1:
             return der.sequence(_hash_identifier(self.hash_name), der.octet_string(digest))
         return digest
 
     def finish(self, raw: bytes) -> bytes:
         """The signature as it goes into the BIT STRING."""
-        if self.kind != "ecdsa":
+        if self.kind is not SchemeKind.ECDSA:
             return raw
         half = len(raw) // 2
         if len(raw) % 2 or not half:
@@ -80,7 +95,10 @@ class SignatureScheme:
 
 
 def scheme_for_public_key(
-    public_key: object, *, signature_hash: str = "sha256", rsa_padding: str = "pkcs1"
+    public_key: object,
+    *,
+    signature_hash: str = "sha256",
+    rsa_padding: RsaPadding = RsaPadding.PKCS1,
 ) -> SignatureScheme:
     """Pick the scheme for a responder public key.
 
@@ -91,7 +109,7 @@ def scheme_for_public_key(
     if isinstance(public_key, rsa.RSAPublicKey):
         if signature_hash not in _RSA_OID:
             raise ValueError(f"unsupported RSA hash {signature_hash}")
-        if rsa_padding == "pss":
+        if rsa_padding == RsaPadding.PSS:
             hash_id = _hash_identifier(signature_hash)
             params = der.sequence(
                 der.explicit(0, hash_id),
@@ -99,18 +117,20 @@ def scheme_for_public_key(
                 der.explicit(2, der.integer(_DIGEST_SIZE[signature_hash])),
             )
             ident = der.sequence(der.oid("1.2.840.113549.1.1.10"), params)
-            return SignatureScheme("rsa-pss", signature_hash, "RSA_PKCS_PSS", ident)
+            return SignatureScheme(SchemeKind.RSA_PSS, signature_hash, "RSA_PKCS_PSS", ident)
         ident = der.sequence(der.oid(_RSA_OID[signature_hash]), der.null())
-        return SignatureScheme("rsa-pkcs1", signature_hash, "RSA_PKCS", ident)
+        return SignatureScheme(SchemeKind.RSA_PKCS1, signature_hash, "RSA_PKCS", ident)
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         hash_name = _CURVE_HASH.get(public_key.curve.name)
         if hash_name is None:
             raise ValueError(f"unsupported curve {public_key.curve.name}")
         return SignatureScheme(
-            "ecdsa", hash_name, "ECDSA", der.sequence(der.oid(_ECDSA_OID[hash_name]))
+            SchemeKind.ECDSA, hash_name, "ECDSA", der.sequence(der.oid(_ECDSA_OID[hash_name]))
         )
     if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return SignatureScheme("eddsa", None, "EDDSA", der.sequence(der.oid("1.3.101.112")))
+        return SignatureScheme(
+            SchemeKind.EDDSA, None, "EDDSA", der.sequence(der.oid("1.3.101.112"))
+        )
     raise ValueError(f"unsupported responder key type {type(public_key).__name__}")
 
 
@@ -136,7 +156,7 @@ def verify(public_key: object, scheme: SignatureScheme, message: bytes, signatur
         public_key.verify(signature, message, ec.ECDSA(algorithm))
     elif isinstance(public_key, rsa.RSAPublicKey):
         pad: padding.AsymmetricPadding = padding.PKCS1v15()
-        if scheme.kind == "rsa-pss":
+        if scheme.kind is SchemeKind.RSA_PSS:
             pad = padding.PSS(padding.MGF1(algorithm), scheme.pss_salt_length)
         public_key.verify(signature, message, pad, algorithm)
     else:

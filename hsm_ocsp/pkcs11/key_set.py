@@ -23,26 +23,28 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from ..config.file import CAConfig, Config
+from ..config.model import CAConfig, Config
 from ..core.errors import TokenError
 from ..core.responder import key_names, spki
 from ..core.signing import verify
+from .key_lookup import KeySpec
 from .login_gate import LoginGate
 from .signer_process import TokenProcess
-from .token import KeySpec
 
 __all__ = [
+    "PROBE",
     "SigningKey",
     "key_specs",
     "keys_changed",
     "prove_keys",
     "prove_new_keys",
+    "proves",
     "signing_keys",
     "take_keys",
 ]
 
 log = logging.getLogger("hsm_ocsp.token")
-_PROBE = b"hsm-ocsp key check"
+PROBE = b"hsm-ocsp key check"  # what a key signs to prove itself
 STARTUP_ATTEMPTS = 5
 
 
@@ -54,6 +56,16 @@ class SigningKey:
     spec: KeySpec
     certificate_path: Path
     certificate: x509.Certificate
+
+
+def proves(key: SigningKey, signature: bytes) -> bool:
+    """Whether ``signature`` of PROBE verifies against the key's certificate: the token
+    key is the certificate's (start-up, reload and ``check`` all ask this)."""
+    try:
+        verify(key.certificate.public_key(), key.spec.scheme, PROBE, signature)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def signing_keys(ca: CAConfig) -> list[SigningKey]:
@@ -89,10 +101,7 @@ async def _open(token: TokenProcess) -> None:
 
 
 async def _prove(token: TokenProcess, key: SigningKey) -> None:
-    signature = await token.sign(key.spec.name, _PROBE)
-    try:
-        verify(key.certificate.public_key(), key.spec.scheme, _PROBE, signature)
-    except InvalidSignature:
+    if not proves(key, await token.sign(key.spec.name, PROBE)):
         raise TokenError(
             f"CA {key.ca.name}: key {key.ca.key} does not belong to {key.ca.signer_key} "
             f"{key.certificate_path}",

@@ -2,7 +2,7 @@
 
 Blocking calls on an open python-pkcs11 session; callers own the session and
 run this on the thread that owns the module (the CLI's main thread).
-``open_session`` and ``module_and_pin`` are how the command-line tools
+``open_session`` is how the command-line tools
 (keygen, csr, demo) reach the token: module from ``--module`` or the config's
 ``[token]`` table, PIN from the environment or the PIN file, never argv.
 """
@@ -10,8 +10,6 @@ run this on the thread that owns the module (the CLI's main thread).
 from __future__ import annotations
 
 import os
-import tomllib
-from pathlib import Path
 from typing import Any
 
 import pkcs11
@@ -21,8 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pkcs11 import DEFAULT, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from ..config.file import DEFAULT_MODULE, DEFAULT_PIN_ENV, TokenConfig, read_pin
-from ..core.errors import ConfigError, TokenError
+from ..core.errors import TokenError
 from ..core.pkcs11_uri import Pkcs11Uri
 
 __all__ = [
@@ -31,7 +28,6 @@ __all__ = [
     "find_private_key",
     "find_public_key",
     "generate_key_pair",
-    "module_and_pin",
     "open_session",
     "public_key_from_token",
     "select_token",
@@ -203,7 +199,7 @@ def _field(token: Any, name: str) -> Any:
 
 def open_session(module: str, pin: str, uri: Pkcs11Uri, *, rw: bool = False) -> Any:
     """Log in to the token the URI names; TokenError (never with the PIN) if not possible."""
-    from .token import describe_error
+    from .token_errors import describe_error
 
     try:
         lib = pkcs11.lib(module)
@@ -214,42 +210,3 @@ def open_session(module: str, pin: str, uri: Pkcs11Uri, *, rw: bool = False) -> 
         raise TokenError(
             f"cannot open {where} with module {module}: {describe_error(exc)}"
         ) from None
-
-
-def module_and_pin(config_path: str | None, module: str | None) -> tuple[str, str]:
-    """The PKCS#11 module and user PIN for a command-line tool.
-
-    With a config file, its ``[token]`` table gives the module (``--module``
-    wins) and says where the PIN is; only that table is read, so a config whose
-    certificates do not exist yet still works. Without one, ``--module`` is
-    required and the PIN comes from ``HSM_OCSP_PIN``. The PIN is never taken
-    from the command line.
-    """
-    if config_path is None:
-        if module is None:
-            raise ConfigError("(command line)", "--module", "give --module or --config")
-        return module, read_pin(TokenConfig(module=module), "(environment)")
-    path = Path(config_path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(path, "(file)", f"cannot read: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "(file)", f"not valid TOML: {exc}") from None
-    table = data.get("token", {})
-    if not isinstance(table, dict):
-        raise ConfigError(path, "token", "must be a table")
-    values: dict[str, str] = {}
-    for key in ("module", "pin_env", "pin_file"):
-        value = table.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(path, f"token.{key}", "must be a str")
-        if value is not None:
-            values[key] = value
-    pin_file = values.get("pin_file")
-    token_config = TokenConfig(
-        module=module or values.get("module", DEFAULT_MODULE),
-        pin_env=None if pin_file else values.get("pin_env", DEFAULT_PIN_ENV),
-        pin_file=None if pin_file is None else path.parent / pin_file,
-    )
-    return token_config.module, read_pin(token_config, path)

@@ -22,8 +22,8 @@ from typing import Any, Generic, NoReturn, Self, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from ..core.signing import SignatureScheme
-from .token import mechanism_for
+from ..core.signing import SchemeKind, SignatureScheme
+from .mechanisms import mechanism_for
 
 __all__ = ["TokenPrivateKey", "session_signer", "token_private_key"]
 
@@ -84,7 +84,7 @@ class _TokenRSAPrivateKey(_TokenKey[rsa.RSAPublicKey], rsa.RSAPrivateKey):
         padding: padding.AsymmetricPadding,
         algorithm: object,  # Prehashed | HashAlgorithm (| NoDigestInfo from cryptography 48)
     ) -> bytes:
-        wanted = "rsa-pss" if padding.name == "EMSA-PSS" else "rsa-pkcs1"
+        wanted = SchemeKind.RSA_PSS if padding.name == "EMSA-PSS" else SchemeKind.RSA_PKCS1
         if wanted != self.scheme.kind:
             raise ValueError(f"this token key signs with {self.scheme.kind}, not {wanted}")
         _check_hash(self.scheme, algorithm)
@@ -146,10 +146,13 @@ def token_private_key(
     ``public_key`` is the token key's public half; ``scheme`` says which
     hash and padding the token signs with (see ``scheme_for_public_key``).
     """
-    if isinstance(public_key, rsa.RSAPublicKey) and scheme.kind.startswith("rsa-"):
+    if isinstance(public_key, rsa.RSAPublicKey) and scheme.kind in (
+        SchemeKind.RSA_PKCS1,
+        SchemeKind.RSA_PSS,
+    ):
         return _TokenRSAPrivateKey(public_key, scheme, sign)
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and scheme.kind == "ecdsa":
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and scheme.kind is SchemeKind.ECDSA:
         return _TokenECPrivateKey(public_key, scheme, sign)
-    if isinstance(public_key, ed25519.Ed25519PublicKey) and scheme.kind == "eddsa":
+    if isinstance(public_key, ed25519.Ed25519PublicKey) and scheme.kind is SchemeKind.EDDSA:
         return _TokenEd25519PrivateKey(public_key, scheme, sign)
     raise TypeError(f"scheme {scheme.kind} does not fit a {type(public_key).__name__}")

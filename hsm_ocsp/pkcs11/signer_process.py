@@ -26,65 +26,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
-import os
 import pickle
-import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from ..config.pin import forbid_core_dumps
 from ..core.errors import TokenError
+from . import signer_child
+from .key_lookup import KeySpec
 from .login_gate import LoginGate
-from .token import KeySpec, Token
+from .signer_protocol import LENGTH, Reply, Request, Setup, frame
+from .token_state import TokenState
 
-__all__ = ["TokenProcess", "child_main"]
+__all__ = ["TokenProcess"]
 
 log = logging.getLogger("hsm_ocsp.token")
-_LENGTH = struct.Struct("!I")
 _RESTART_INTERVAL = 1.0
 _STOP_WAIT = 2.0
 _REPLACE_AFTER = 2  # sign timeouts a child may be stuck in one call before it is killed
-_PR_SET_PDEATHSIG = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class _Setup:
-    """The first message to the child: what to open and how to log."""
-
-    module: str
-    pin: str
-    keys: list[KeySpec]
-    sign_timeout: float
-    log_format: str
-    log_level: int
-    gate: str | None  # the login gate's directory
-
-    def __repr__(self) -> str:  # never show the PIN
-        return f"_Setup(module={self.module!r})"
-
-
-# A request is (id, deadline, key name, data), or (id, deadline, None, b"") to open
-# the token, or (id, deadline, None, the pickled list of KeySpec) to take those keys.
-# A reply is (id, signature or error text, ok, retryable, seconds, up, last_error).
-_Request = tuple[int, float, str | None, bytes]
-_Reply = tuple[int, bytes | str, bool, bool, float | None, bool, str | None]
-
-
-def _frame(message: object) -> bytes:
-    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LENGTH.pack(len(body)) + body
-
-
-class TokenProcess:
+class TokenProcess(TokenState):
     """The worker's handle on its signer process; the interface of Token."""
 
     def __init__(
@@ -97,12 +62,13 @@ class TokenProcess:
         log_format: str = "text",
         gate: LoginGate | None = None,
     ) -> None:
+        super().__init__()
         self.module = module
         self.keys = {k.name: k for k in keys}
         self._retired: dict[str, KeySpec] = {}
         self.sign_timeout = sign_timeout
         self.gate = gate
-        self._setup = _Setup(
+        self._setup = Setup(
             module,
             pin,
             keys,
@@ -111,10 +77,6 @@ class TokenProcess:
             logging.getLogger().getEffectiveLevel(),
             None if gate is None else str(gate.directory),
         )
-        self.last_error: str | None = None
-        self.on_state_change: Callable[[bool], None] | None = None
-        self.on_sign: Callable[[float], None] | None = None
-        self._up = False
         self._child: subprocess.Popen[bytes] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
@@ -131,20 +93,9 @@ class TokenProcess:
         return spec.scheme.algorithm_identifier
 
     @property
-    def up(self) -> bool:
-        """True while the child is connected to the token and its last call worked."""
-        return self._up
-
-    @property
     def pid(self) -> int | None:
         """The signer process's PID while one runs."""
         return self._child.pid if self._child is not None else None
-
-    def _set_up(self, value: bool) -> None:
-        changed = value != self._up
-        self._up = value
-        if changed and self.on_state_change is not None:
-            self.on_state_change(value)
 
     # --- the child ------------------------------------------------------
 
@@ -161,7 +112,7 @@ class TokenProcess:
             self._child = subprocess.Popen(
                 # -I: the working directory (and PYTHON* variables) never reach its
                 # import path, so nothing planted there runs beside the PIN.
-                [sys.executable, "-I", "-m", __name__, str(theirs.fileno())],
+                [sys.executable, "-I", "-m", signer_child.__name__, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -171,7 +122,7 @@ class TokenProcess:
         finally:
             theirs.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
-        self._writer.write(_frame(self._setup))
+        self._writer.write(frame(self._setup))
         self._reader_task = asyncio.create_task(self._read_replies(reader, self._child))
 
     async def _read_replies(
@@ -179,15 +130,15 @@ class TokenProcess:
     ) -> None:
         try:
             while True:
-                (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-                reply: _Reply = pickle.loads(await reader.readexactly(length))
+                (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+                reply: Reply = pickle.loads(await reader.readexactly(length))
                 self._answered(reply)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             self._ended(child)
 
-    def _answered(self, reply: _Reply) -> None:
+    def _answered(self, reply: Reply) -> None:
         call_id, payload, ok, retryable, seconds, up, last_error = reply
         self._sent.pop(call_id, None)
         self.last_error = last_error
@@ -245,8 +196,8 @@ class TokenProcess:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = future
         self._sent[call_id] = now
-        request: _Request = (call_id, now + self.sign_timeout, name, data)
-        self._writer.write(_frame(request))
+        request: Request = (call_id, now + self.sign_timeout, name, data)
+        self._writer.write(frame(request))
         try:
             return await asyncio.wait_for(future, self.sign_timeout)
         except TimeoutError:
@@ -309,84 +260,3 @@ class TokenProcess:
 
 
 # --- in the child ---------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _serve(sock: socket.socket) -> None:
-    stream = sock.makefile("rb")
-
-    def read() -> Any:
-        head = stream.read(_LENGTH.size)
-        if len(head) < _LENGTH.size:
-            return None
-        (length,) = _LENGTH.unpack(head)
-        body = stream.read(length)
-        if len(body) < length:
-            return None
-        return pickle.loads(body)
-
-    setup = read()
-    if not isinstance(setup, _Setup):
-        return
-    from ..config.logs import setup_logging
-
-    setup_logging(setup.log_format, setup.log_level)
-    gate = None if setup.gate is None else LoginGate(Path(setup.gate))
-    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate)
-    signed: list[float] = []
-    token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
-    while (request := read()) is not None:
-        call_id, deadline, name, data = request
-        signed.clear()
-        if time.monotonic() > deadline:  # the caller has given up: skip
-            payload: bytes | str = "expired"
-            ok = retryable = False
-        else:
-            try:
-                if name is None and data:
-                    token.set_keys_here(pickle.loads(data))
-                    payload = b""
-                elif name is None:
-                    token.open_here()
-                    payload = b""
-                else:
-                    payload = token.sign_here(name, data)
-                ok, retryable = True, False
-            except TokenError as exc:
-                payload, ok, retryable = str(exc), False, exc.retryable
-        seconds = signed[0] if signed else None
-        reply: _Reply = (call_id, payload, ok, retryable, seconds, token.up, token.last_error)
-        sock.sendall(_frame(reply))
-
-
-def child_main(argv: list[str]) -> int:
-    """``python -m hsm_ocsp.pkcs11.signer_process FD``: sign for the worker on FD."""
-    _die_with_parent()
-    forbid_core_dumps()  # it is about to hold the PIN (PR_SET_DUMPABLE resets on exec)
-    # The worker decides when to stop: a SIGTERM or Ctrl-C sent to the whole group
-    # (systemctl stop) must not take signatures from requests it is still answering.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    sock = socket.socket(fileno=int(argv[0]))
-    try:
-        _serve(sock)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    finally:
-        sock.close()
-    return 0
-
-
-if __name__ == "__main__":
-    # Through the package's module, not __main__: the setup message was pickled
-    # with hsm_ocsp.pkcs11.signer_process's classes.
-    from hsm_ocsp.pkcs11.signer_process import child_main as main
-
-    code = main(sys.argv[1:])
-    sys.stderr.flush()
-    os._exit(code)  # no interpreter teardown: a dead token's finalizer could hang

@@ -11,185 +11,33 @@ that comes back is used again without a restart.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pkcs11
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import Attribute
 from pkcs11 import exceptions as p11e
-from pkcs11.mechanisms import MGF
 
 from ..core.errors import TokenError
-from ..core.pkcs11_uri import Pkcs11Uri
-from ..core.signing import SignatureScheme
-from .keys import public_key_from_token, select_token
+from .key_lookup import KeySpec, find_key
+from .keys import select_token
 from .login_gate import LoginGate, LoginRefused
+from .mechanisms import mechanism_for
+from .token_errors import DEFINITE_ERRORS, PIN_ERRORS, describe_error
+from .token_state import TokenState
 
-__all__ = ["KeySpec", "Token", "describe_error", "mechanism_for", "return_code"]
+__all__ = ["Token"]
 
 log = logging.getLogger("hsm_ocsp.token")
 T = TypeVar("T")
 
-_PSS_PARAMS = {
-    "sha256": (Mechanism.SHA256, MGF.SHA256),
-    "sha384": (Mechanism.SHA384, MGF.SHA384),
-    "sha512": (Mechanism.SHA512, MGF.SHA512),
-}
 
-
-def mechanism_for(scheme: SignatureScheme) -> tuple[Mechanism, Any]:
-    """The PKCS#11 mechanism and its parameter for a signature scheme."""
-    if scheme.kind != "rsa-pss":
-        return Mechanism[scheme.mechanism], None
-    assert scheme.hash_name is not None
-    hash_mechanism, mgf = _PSS_PARAMS[scheme.hash_name]
-    return Mechanism[scheme.mechanism], (hash_mechanism, mgf, scheme.pss_salt_length)
-
-
-# Failures that another attempt cannot mend; a wrong PIN must not be retried
-# because every attempt counts towards the token's lock-out.
-# A login refused for one of these stops all logins (see login_gate.py).
-_PIN_ERRORS = (
-    p11e.PinIncorrect,
-    p11e.PinLocked,
-    p11e.PinExpired,
-    p11e.PinInvalid,
-    p11e.PinLenRange,
-)
-_DEFINITE_ERRORS = (
-    *_PIN_ERRORS,
-    LoginRefused,
-    p11e.NoSuchKey,
-    p11e.MultipleObjectsReturned,
-    p11e.MultipleTokensReturned,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class KeySpec:
-    """A key the responder signs with: where it is and how to use it.
-
-    The key is the private key the URI names (label, id), unless ``public_key``
-    (DER SubjectPublicKeyInfo, of the certificate) says otherwise: then it is the
-    private key paired with the public-key object of that value on the URI's token,
-    whatever its label, so a new key joins without a new URI.
-    """
-
-    name: str
-    uri: Pkcs11Uri
-    scheme: SignatureScheme
-    public_key: bytes | None = None
-
-
-def describe_error(exc: BaseException) -> str:
-    """A PKCS#11 failure in words; never includes the PIN."""
-    if isinstance(exc, p11e.PinIncorrect):
-        return "login failed: the PIN is incorrect"
-    if isinstance(exc, p11e.PinLocked):
-        return "login failed: the PIN is locked"
-    if isinstance(exc, p11e.PinExpired):
-        return "login failed: the PIN has expired"
-    if isinstance(exc, (p11e.PinInvalid, p11e.PinLenRange)):
-        return "login failed: the token refuses this PIN's characters or length"
-    if isinstance(exc, LoginRefused):
-        return f"login not tried: earlier {exc}; fix the PIN, then SIGHUP or restart"
-    if isinstance(exc, p11e.NoSuchToken):
-        return "no such token"
-    if isinstance(exc, p11e.NoSuchKey):
-        return "no such private key"
-    if isinstance(exc, p11e.MultipleObjectsReturned):
-        return "the URI matches more than one private key; add id= or object="
-    if isinstance(exc, p11e.MultipleTokensReturned):
-        return "several tokens match; add token= to the URI"
-    if type(exc) is p11e.PKCS11Error:  # no return code: the module did not load
-        return f"the module could not be loaded: {exc}"
-    if isinstance(exc, p11e.PKCS11Error):
-        hint = _HINTS.get(type(exc))
-        return f"{return_code(exc)}" + (f": {hint}" if hint else "")
-    return f"{type(exc).__name__}: {exc}"
-
-
-def return_code(exc: BaseException) -> str:
-    """The PKCS#11 return code's name of a python-pkcs11 exception: CKR_MECHANISM_INVALID."""
-    return "CKR_" + re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).upper()
-
-
-# What to try, for the failures seen on real tokens.
-_HINTS: dict[type[BaseException], str] = {
-    p11e.GeneralError: "the module failed (is its daemon, server or TPM running?)",
-    p11e.DeviceError: "the token's device failed",
-    p11e.DeviceRemoved: "the token was removed",
-    p11e.TokenNotPresent: "no token in the slot",
-    p11e.TokenNotRecognised: "the module does not recognise the token",
-    p11e.MechanismInvalid: "the token does not offer this mechanism",
-    p11e.AttributeValueInvalid: "the token refuses an attribute of the key template",
-    p11e.TemplateInconsistent: "the token refuses this combination of key attributes",
-    p11e.FunctionNotSupported: "the module does not implement this function",
-    p11e.UserNotLoggedIn: "the session is not logged in",
-    p11e.SessionHandleInvalid: "the session was closed (module restarted?)",
-}
-
-
-def _spki(public: Any) -> bytes | None:
-    try:
-        key = public_key_from_token(public)
-    except (ValueError, p11e.PKCS11Error):  # a key type we do not sign with
-        return None
-    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-
-
-def _find_key(session: Any, spec: KeySpec) -> Any:
-    """The private-key object of ``spec``; python-pkcs11's NoSuchKey if none.
-
-    The key the URI names, unless the public-key object beside it (same label and
-    id) is of another key than ``spec.public_key``; then the private key paired with
-    the public-key object of that value on the token, whatever its label.
-    """
-    uri = spec.uri
-    try:
-        named = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=uri.object, id=uri.id)
-    except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
-        if spec.public_key is None:
-            raise
-        named = None
-    if named is not None and spec.public_key is not None:
-        beside = list(session.get_objects(_public_of(named)))
-        if beside and _spki(beside[0]) != spec.public_key:
-            named = None  # the URI names another key than the certificate's
-    if named is not None:
-        return named
-    if spec.public_key is None:
-        raise p11e.NoSuchKey(spec.name)
-    # Read the whole search first: a search left open makes the next one fail
-    # (CKR_OPERATION_ACTIVE).
-    for public in list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})):
-        if _spki(public) == spec.public_key:
-            return session.get_key(object_class=ObjectClass.PRIVATE_KEY, **_pair_of(public))
-    raise p11e.NoSuchKey(spec.name)
-
-
-def _pair_of(obj: Any) -> dict[str, Any]:
-    """How to find the other half of a key pair: by id, else by label."""
-    key_id = obj[Attribute.ID] or None
-    return {"id": key_id} if key_id else {"label": obj[Attribute.LABEL]}
-
-
-def _public_of(private: Any) -> dict[Attribute, Any]:
-    pair = _pair_of(private)
-    where = Attribute.ID if "id" in pair else Attribute.LABEL
-    return {Attribute.CLASS: ObjectClass.PUBLIC_KEY, where: next(iter(pair.values()))}
-
-
-class Token:
+class Token(TokenState):
     """One PKCS#11 module in this process, used from one thread."""
 
     def __init__(
@@ -203,6 +51,7 @@ class Token:
         max_backoff: float = 2.0,
         gate: LoginGate | None = None,
     ) -> None:
+        super().__init__()
         self.module = module
         self._pin = pin
         self._gate = gate
@@ -219,14 +68,10 @@ class Token:
         self._sessions: dict[int, Any] = {}  # slot id -> the logged-in session
         self._handles: dict[str, Any] = {}
         self._retired: dict[str, KeySpec] = {}  # replaced by a reload, until a reconnect
-        self._connected = False
         self._next_attempt = 0.0
         self._backoff = min_backoff
         self._busy_since: float | None = None
         self._lock = threading.Lock()
-        self.last_error: str | None = None
-        self.on_state_change: Callable[[bool], None] | None = None
-        self.on_sign: Callable[[float], None] | None = None  # seconds of one C_Sign
 
     def __repr__(self) -> str:  # never show the PIN
         return f"Token(module={self.module!r}, keys={sorted(self.keys)!r})"
@@ -234,18 +79,7 @@ class Token:
     def algorithm_identifier(self, name: str) -> bytes:
         return self.keys[name].scheme.algorithm_identifier
 
-    @property
-    def up(self) -> bool:
-        """True while the module is connected and the last call worked."""
-        return self._connected
-
     # --- token thread ---------------------------------------------------
-
-    def _set_connected(self, value: bool) -> None:
-        changed = value != self._connected
-        self._connected = value
-        if changed and self.on_state_change is not None:
-            self.on_state_change(value)
 
     def _disconnect(self) -> None:
         for session in self._sessions.values():
@@ -267,7 +101,7 @@ class Token:
             except p11e.PKCS11Error:
                 self._lib.initialize()
         for spec in self.keys.values():
-            self._handles[spec.name] = _find_key(self._session_for(spec), spec)
+            self._handles[spec.name] = find_key(self._session_for(spec), spec)
 
     def _session_for(self, spec: KeySpec) -> Any:
         """The logged-in session on the key's token. One session (one login) a token,
@@ -288,7 +122,7 @@ class Token:
         with gate.attempt() if gate is not None else contextlib.nullcontext():
             try:
                 return token.open(user_pin=self._pin)
-            except _PIN_ERRORS as exc:
+            except PIN_ERRORS as exc:
                 reason = describe_error(exc)
                 if gate is not None:
                     gate.refuse(reason)
@@ -297,7 +131,7 @@ class Token:
                 raise
 
     def _ensure_connected(self) -> None:
-        if self._connected:
+        if self._up:
             return
         now = time.monotonic()
         if now < self._next_attempt:
@@ -308,20 +142,20 @@ class Token:
             self._failed(exc)
             raise TokenError(
                 f"cannot open token: {describe_error(exc)}",
-                retryable=not isinstance(exc, _DEFINITE_ERRORS),
+                retryable=not isinstance(exc, DEFINITE_ERRORS),
             ) from None
         self._backoff = self._min_backoff
         self.last_error = None
-        self._set_connected(True)
+        self._set_up(True)
         log.info("token connected: module %s, %d key(s)", self.module, len(self.keys))
 
     def _failed(self, exc: BaseException) -> None:
         self.last_error = describe_error(exc)
         self._next_attempt = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._max_backoff)
-        if self._connected:
+        if self._up:
             log.error("token lost: %s", self.last_error)
-        self._set_connected(False)
+        self._set_up(False)
 
     def _sign_raw(self, name: str, data: bytes) -> bytes:
         self._ensure_connected()
@@ -379,7 +213,7 @@ class Token:
             if self.keys.get(spec.name) == spec and spec.name in self._handles:
                 continue
             try:
-                found[spec.name] = _find_key(self._session_for(spec), spec)
+                found[spec.name] = find_key(self._session_for(spec), spec)
             except (p11e.PKCS11Error, LoginRefused) as exc:
                 raise TokenError(
                     f"key {spec.name}: {describe_error(exc)}", retryable=False
@@ -431,23 +265,6 @@ class Token:
 
     def key_attributes_blocking(self, name: str) -> dict[str, Any]:
         return self._submit(self._read_attributes, name).result()
-
-    async def sign(self, name: str, data: bytes) -> bytes:
-        """Sign ``data`` with the key ``name``; TokenError if the token fails."""
-        future = asyncio.wrap_future(self._submit(self._sign_raw, name, data))
-        try:
-            return await asyncio.wait_for(future, self.sign_timeout)
-        except TimeoutError:
-            self._connected_timeout()
-            raise TokenError(f"token did not answer within {self.sign_timeout:g} s") from None
-
-    def _connected_timeout(self) -> None:
-        self.last_error = "timeout"
-        self._set_connected(False)
-
-    async def open(self) -> None:
-        self._next_attempt = 0.0
-        await asyncio.wrap_future(self._submit(self._ensure_connected))
 
     def close(self) -> None:
         """Close sessions and stop the thread (waits for a running call)."""

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web, web_response
 
-from ..config.file import Config, read_pin
+from ..config.model import Config, NonceMode, UnknownSerials
+from ..config.pin import read_pin
 from ..config.reload import read_reloadable
 from ..core.errors import HsmOcspError
 from ..core.responder import Issuer
@@ -57,7 +58,7 @@ def issuers_of(config: Config) -> list[Issuer]:
             ca.certificate,
             [cert for _, cert in ca.responder_certificates] or None,
             ca.validity,
-            unknown_as_revoked=ca.unknown_serials == "revoked",
+            unknown_as_revoked=ca.unknown_serials is UnknownSerials.REVOKED,
         )
         for ca in config.cas
     ]
@@ -86,7 +87,7 @@ def create_app(
         lambda name: sources[name].snapshot,
         app[TOKEN],
         max_cert_ids=config.server.max_cert_ids,
-        nonce=config.server.nonce,
+        echo_nonce=config.server.nonce is NonceMode.ECHO,
         cache_entries=config.server.cache_entries,
         cache_bytes=config.server.cache_bytes,
         max_pending_signatures=config.server.max_pending_signatures,

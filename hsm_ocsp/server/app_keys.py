@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..core.service import Reply
+from ..core.reply import Reply
 
 __all__ = ["CA_NAME", "REPLY", "STARTED"]
 

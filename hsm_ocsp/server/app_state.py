@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..config.file import Config
+from ..config.model import Config
 from ..core.service import OCSPService
 from ..pkcs11.signer_process import TokenProcess
 from .index_source import IndexSource

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 from aiohttp import ClientPayloadError, web
 
-from ..core.service import Reply
+from ..core.reply import Reply
 from .app_keys import CA_NAME, REPLY
 from .app_state import CONFIG, SERVICE
 
@@ -110,8 +110,8 @@ class OCSPHandler:
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
-        # id(reply) -> headers of a cached reply (which they hold, so the id stays its own)
-        self._reply_headers: dict[int, _ReplyHeaders] = {}
+        # A cached Reply (hashed by identity) -> its headers, worked out once.
+        self._reply_headers: dict[Reply, _ReplyHeaders] = {}
         # raw GET path -> (CA name, DER request or None): repeated GETs skip the parsing
         self._get_paths: dict[str, tuple[str | None, bytes | None]] = {}
 
@@ -119,11 +119,11 @@ class OCSPHandler:
         if not reply.cached:  # signed for this request alone
             return _ReplyHeaders(reply)
         memo = self._reply_headers
-        headers = memo.get(id(reply))
-        if headers is None or headers.reply is not reply:
+        headers = memo.get(reply)
+        if headers is None:
             if len(memo) >= self.MEMO_ENTRIES:
                 memo.clear()
-            headers = memo[id(reply)] = _ReplyHeaders(reply)
+            headers = memo[reply] = _ReplyHeaders(reply)
         return headers
 
     def _reply(self, request: web.Request, reply: Reply, *, cacheable: bool) -> web.Response:

@@ -8,7 +8,6 @@ multiprocess mode (metrics_files.py) /metrics sums every worker's files.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import datetime as dt
 import os
@@ -27,12 +26,12 @@ from prometheus_client import (
 )
 
 from ..core.index import IndexSnapshot
-from ..core.model import RESPONSE_STATUS_NAMES, CertStatus
-from ..core.service import Events, Reply
+from ..core.model import CertStatus
+from ..core.reply import Events, Reply
 from .app_keys import REPLY, STARTED
 from .metric_families import CACHE_RESULTS, MetricFamilies
 from .metrics_files import MULTIPROC_ENV
-from .per_turn import observe_all
+from .per_turn import OncePerTurn, observe_all
 
 __all__ = ["METRICS_PATH", "Metrics", "create_metrics_app"]
 
@@ -62,7 +61,9 @@ class Metrics(MetricFamilies, Events):
         # Counted, not yet written (see _flush_soon).
         self._done: list[tuple[str, Reply | None, float]] = []
         self._lookups: list[str] = []
-        self._flush_scheduled = False
+        # Written at the end of the loop turn, with the turn's other requests (per_turn.py):
+        # this process's /metrics flushes first, so it counts every request it answered.
+        self._flush_soon = OncePerTurn(self.flush)
 
     # --- sources of values ----------------------------------------------
 
@@ -132,41 +133,19 @@ class Metrics(MetricFamilies, Events):
         self._done.append((method, reply, seconds))
         self._flush_soon()
 
-    def _flush_soon(self) -> None:
-        """Write the counts at the end of this loop turn, with the turn's other requests.
-
-        Each write to a metric takes a lock and, with several workers, writes the
-        shared file: per request that was most of the metrics' cost. A loop turn
-        under load answers many requests and a metric is written once for all of
-        them, a few microseconds after the answers; this process's /metrics flushes
-        first, so it always counts every request it answered.
-        """
-        if self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (a direct call): count now
-            self.flush()
-            return
-        self._flush_scheduled = True
-        loop.call_soon(self.flush)
-
     def flush(self) -> None:
         """Write the requests and cache look-ups counted since the last flush."""
-        self._flush_scheduled = False
         done, self._done = self._done, []
         lookups, self._lookups = self._lookups, []
-        # A cached reply answers many requests: count by reply, then by label.
-        by_reply: dict[tuple[str, int], tuple[Reply | None, int]] = {}
-        for method, reply, _ in done:
-            key = (method, id(reply))
-            by_reply[key] = (reply, by_reply.get(key, (reply, 0))[1] + 1)
+        # A cached Reply (hashed by identity) answers many requests: count by reply,
+        # then by label.
+        by_reply = collections.Counter((method, reply) for method, reply, _ in done)
         requests: dict[tuple[str, str], int] = {}
         certs: dict[CertStatus, int] = {}
-        for (method, _), (reply, count) in by_reply.items():
+        for (method, reply), count in by_reply.items():
             if method not in METHODS:
                 method = OTHER_METHOD
-            status = HTTP_ERROR if reply is None else RESPONSE_STATUS_NAMES[reply.status]
+            status = HTTP_ERROR if reply is None else reply.status_name
             requests[method, status] = requests.get((method, status), 0) + count
             for cert_status in reply.cert_statuses if reply is not None else ():
                 certs[cert_status] = certs.get(cert_status, 0) + count

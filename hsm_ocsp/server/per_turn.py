@@ -19,7 +19,7 @@ import bisect
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from prometheus_client import Histogram
@@ -105,3 +105,27 @@ def observe_all(histogram: Histogram, values: list[float]) -> None:
     for bucket, count in zip(buckets, counts, strict=True):
         if count:
             bucket.inc(count)
+
+
+class OncePerTurn:
+    """Call ``fn`` at the end of this loop turn, once however often it is asked for
+    during the turn; at once when no event loop runs (a direct call)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._scheduled = False
+
+    def __call__(self) -> None:
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._fn()
+            return
+        self._scheduled = True
+        loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self._scheduled = False
+        self._fn()

@@ -16,10 +16,10 @@ import signal
 import sys
 import time
 
-from ..config.file import Config
+from ..config.model import Config
 from ..config.pin import forbid_core_dumps, take_pin
 from ..config.reload import read_reloadable, unservable
-from ..core.errors import EXIT_CRASHED, EXIT_FAILURE, EXIT_USAGE, ConfigError, HsmOcspError
+from ..core.errors import EXIT_CRASHED, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, HsmOcspError
 from ..pkcs11.key_set import keys_changed, prove_new_keys
 from ..pkcs11.login_gate import LoginGate
 from .metrics_files import prepare_multiprocess, process_dead, remove_multiprocess_dir
@@ -88,53 +88,70 @@ def _reloaded(config: Config, pin: str, gate: LoginGate) -> Config:
 
 
 def _supervise(config: Config, workers: int, pin: str, gate: LoginGate) -> int:
-    stopping = False
-    received: list[int] = []
+    return _Supervisor(config, pin, gate).run(workers)
 
-    def on_signal(signum: int, frame: object) -> None:
-        received.append(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    started = time.monotonic()
-    children = {_fork_worker(config, pin, gate): time.monotonic() for _ in range(workers)}
-    exit_code = 0
-    while children:
-        while received:
-            signum = received.pop()
-            if signum == signal.SIGHUP:
-                gate.reset()  # the operator acted: a refused login may be tried once more
-                config = _reloaded(config, pin, gate)  # for the workers forked later
-                for pid in children:
-                    os.kill(pid, signal.SIGHUP)
-            elif not stopping:
-                stopping = True
-                for pid in children:
-                    os.kill(pid, signal.SIGTERM)
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid == 0:
-            time.sleep(0.05)
-            continue
-        born = children.pop(pid, None)
-        if born is None:
-            continue
+class _Supervisor:
+    """Forks the workers, replaces one that ends, passes SIGHUP on, stops them all."""
+
+    def __init__(self, config: Config, pin: str, gate: LoginGate) -> None:
+        self.config = config
+        self.pin = pin
+        self.gate = gate
+        self.children: dict[int, float] = {}  # pid -> when it was forked
+        self.received: list[int] = []
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.started = time.monotonic()
+
+    def run(self, workers: int) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, frame: self.received.append(signum))
+        for _ in range(workers):
+            self._fork()
+        while self.children:
+            self._take_signals()
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.05)
+            elif pid in self.children:
+                self._ended(pid, self.children.pop(pid), os.waitstatus_to_exitcode(status))
+        return self.exit_code
+
+    def _fork(self) -> None:
+        self.children[_fork_worker(self.config, self.pin, self.gate)] = time.monotonic()
+
+    def _take_signals(self) -> None:
+        while self.received:
+            if self.received.pop() == signal.SIGHUP:
+                self.gate.reset()  # the operator acted: a refused login may be tried once more
+                self.config = _reloaded(self.config, self.pin, self.gate)  # for later forks
+                self._signal_all(signal.SIGHUP)
+            elif not self.stopping:
+                self._stop(EXIT_OK)
+
+    def _ended(self, pid: int, born: float, code: int) -> None:
         process_dead(pid)
-        code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            continue
+        if self.stopping:
+            return
         # A worker that could not start (not one that crashed) stops the service.
-        if code in (EXIT_FAILURE, EXIT_USAGE) and time.monotonic() - started < _STARTUP_GRACE:
+        if code in (EXIT_FAILURE, EXIT_USAGE) and time.monotonic() - self.started < _STARTUP_GRACE:
             log.error("worker %d could not start; stopping", pid)
-            stopping = True
-            exit_code = code
-            for other in children:
-                os.kill(other, signal.SIGTERM)
-            continue
+            self._stop(code)
+            return
         log.error("worker %d ended (exit %s); starting another", pid, code)
         if time.monotonic() - born < 1.0:
             time.sleep(1.0)  # a worker that dies at once must not spin the CPU
-        children[_fork_worker(config, pin, gate)] = time.monotonic()
-    return exit_code
+        self._fork()
+
+    def _stop(self, code: int) -> None:
+        self.stopping = True
+        self.exit_code = code
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.children:
+            os.kill(pid, signum)

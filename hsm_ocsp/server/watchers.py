@@ -10,12 +10,11 @@ import logging
 from aiohttp import web
 
 from ..core.errors import HsmOcspError
+from ..pkcs11.key_set import PROBE
 from .app_state import METRICS, SOURCES, TOKEN
 from .health import signers_out_of_validity, stale_indexes
 
 log = logging.getLogger("hsm_ocsp.http")
-
-_PROBE = b"hsm-ocsp key check"
 
 
 WATCH_INTERVAL = 1.0
@@ -50,7 +49,7 @@ async def watch_token(app: web.Application) -> None:
         await asyncio.sleep(1.0 if not token.up else PROBE_INTERVAL)
         refused.set(int(token.gate is not None and token.gate.refused() is not None))
         try:
-            await token.sign(next(iter(token.keys)), _PROBE)
+            await token.sign(next(iter(token.keys)), PROBE)
         except HsmOcspError:
             pass
         except Exception:  # out of descriptors, say: keep watching, the token comes back

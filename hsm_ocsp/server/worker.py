@@ -11,7 +11,7 @@ import signal
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..config.file import Config
+from ..config.model import Config
 from ..core.errors import (
     EXIT_FAILURE,
     EXIT_OK,

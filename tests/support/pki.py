@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from hsm_ocsp.cli.demo import OPENSSL_CNF  # the same openssl ca set-up the demo uses
+from hsm_ocsp.cli.demo import openssl_cnf  # the same openssl ca set-up the demo uses
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> str:
@@ -52,7 +52,7 @@ class OpenSSLCA:
         (directory / "index.txt").write_text("")
         (directory / "serial").write_text("1000\n")
         self.cnf = directory / "openssl.cnf"
-        self.cnf.write_text(OPENSSL_CNF.format(dir=directory))
+        self.cnf.write_text(openssl_cnf(directory))
         key = ec.generate_private_key(ec.SECP256R1())
         self.key = key
         self.key_pem = key.private_bytes(

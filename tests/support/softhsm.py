@@ -11,7 +11,7 @@ from typing import Any
 
 import pkcs11
 
-from hsm_ocsp.cli.demo import init_softhsm_token
+from hsm_ocsp.cli.softhsm_token import init_softhsm_token
 from hsm_ocsp.core.pkcs11_uri import Pkcs11Uri
 from hsm_ocsp.pkcs11.keys import generate_key_pair, public_key_from_token
 

@@ -1,0 +1,141 @@
+"""What a configuration is, as the rest of the package sees it: typed, checked, with one
+default per setting (the dataclass field's)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+
+from ..core.index import DEFAULT_MAX_BYTES
+from ..core.pkcs11_uri import Pkcs11Uri
+from ..core.service import LIMITS
+from ..core.signing import RsaPadding, SignatureScheme, scheme_for_public_key
+
+DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+DEFAULT_PIN_ENV = "HSM_OCSP_PIN"
+DEFAULT_VALIDITY = dt.timedelta(days=1)  # ca.validity: within the BR's 8 h to 10 days
+
+
+class LogFormat(enum.StrEnum):
+    """``server.log_format``."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+class NonceMode(enum.StrEnum):
+    """``server.nonce``: echo a request's nonce (signing that answer live) or ignore it."""
+
+    ECHO = "echo"
+    IGNORE = "ignore"
+
+
+class UnknownSerials(enum.StrEnum):
+    """``ca.unknown_serials``: a serial the index lacks is unknown, or revoked (RFC 6960 2.2)."""
+
+    UNKNOWN = "unknown"
+    REVOKED = "revoked"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    workers: int = 1
+    metrics_listen: tuple[str, int] | None = None
+    max_request_bytes: int = 10 * 1024
+    max_cert_ids: int = LIMITS.max_cert_ids
+    log_format: LogFormat = LogFormat.TEXT
+    nonce: NonceMode = NonceMode.ECHO
+    cache_entries: int = LIMITS.cache_entries
+    cache_bytes: int = LIMITS.cache_bytes
+    max_pending_signatures: int = LIMITS.max_pending_signatures
+    read_timeout: float = 10.0
+    index_stale_after: float = 60.0
+    max_connections: int | None = None  # None: the descriptor limit less a reserve
+    drain_timeout: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenConfig:
+    module: str = DEFAULT_MODULE
+    pin_env: str | None = DEFAULT_PIN_ENV
+    pin_file: Path | None = None
+    sign_timeout: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CAConfig:
+    name: str
+    certificate_path: Path
+    certificate: x509.Certificate
+    index: Path
+    key: Pkcs11Uri
+    validity: dt.timedelta
+    # The delegated responder certificate in use when the config was read (see
+    # in_use), and all of them: the one that signs is chosen at each signature.
+    responder_certificate_path: Path | None = None
+    responder_certificate: x509.Certificate | None = None
+    responder_certificates: tuple[tuple[Path, x509.Certificate], ...] = ()
+    signature_hash: str = "sha256"
+    rsa_padding: RsaPadding = RsaPadding.PKCS1
+    unknown_serials: UnknownSerials = UnknownSerials.UNKNOWN
+    max_index_bytes: int = DEFAULT_MAX_BYTES
+
+    @property
+    def signer_certificate(self) -> x509.Certificate:
+        """The certificate whose key signs this CA's responses."""
+        return self.responder_certificate or self.certificate
+
+    @property
+    def signer_path(self) -> Path:
+        return self.responder_certificate_path or self.certificate_path
+
+    @property
+    def signer_key(self) -> str:
+        """The config key that names the signing certificate, for messages."""
+        return "responder_certificate" if self.responder_certificate else "certificate"
+
+    @property
+    def signing_certificates(self) -> tuple[tuple[Path, x509.Certificate], ...]:
+        """Every certificate that may sign this CA's answers: the responder
+        certificates, or else the CA certificate."""
+        return self.responder_certificates or ((self.certificate_path, self.certificate),)
+
+    @functools.cached_property
+    def signature_scheme(self) -> SignatureScheme:
+        """How the key of the certificate in use signs (ValueError for a key type we
+        cannot use)."""
+        return self.scheme_for(self.signer_certificate)
+
+    def scheme_for(self, certificate: x509.Certificate) -> SignatureScheme:
+        """How the key of ``certificate`` signs (ValueError for a key type we cannot use)."""
+        return scheme_for_public_key(
+            certificate.public_key(),
+            signature_hash=self.signature_hash,
+            rsa_padding=self.rsa_padding,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    path: Path
+    server: ServerConfig
+    token: TokenConfig
+    cas: tuple[CAConfig, ...]
+
+
+def in_use(
+    certs: Sequence[tuple[Path, x509.Certificate]], now: dt.datetime | None = None
+) -> tuple[Path, x509.Certificate]:
+    """The certificate that signs at ``now``: the valid one with the latest notBefore
+    (else, none being valid, the one with the latest notBefore)."""
+    now = now or dt.datetime.now(dt.UTC)
+    valid = [c for c in certs if c[1].not_valid_before_utc <= now < c[1].not_valid_after_utc]
+    return max(valid or certs, key=lambda c: c[1].not_valid_before_utc)

@@ -1,0 +1,124 @@
+"""One answer signed: the certificate that may sign now, nextUpdate within its life,
+ResponseData encoded, the signature waiting its turn in the sign queue (a bounded
+line per kind), the whole response wrapped. Never a signature that no valid
+certificate vouches for: such a CA answers tryLater, logged once a minute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from .errors import HsmOcspError
+from .index import IndexSnapshot
+from .model import NON_ISSUED, OCSPResponseStatus
+from .ocsp import CertID
+from .reply import UNSUCCESSFUL, Events, Reply, Signer
+from .responder import Issuer, SigningCertificate, single_responses
+from .response import encode_basic_response, encode_response_data, encode_successful
+from .sign_queue import Busy, Kind, SignQueue
+
+__all__ = ["AnswerSigner"]
+
+log = logging.getLogger("hsm_ocsp.service")
+
+
+class AnswerSigner:
+    """Signs answers for the service; the token (or a test's key) is ``signer``."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        max_pending_signatures: int,
+        events: Events,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._signer = signer
+        self._queue = SignQueue(signer.sign, max_pending_signatures)
+        self.events = events
+        self._clock = clock
+        self._said: dict[tuple[str, str], float] = {}  # what was logged, and when
+
+    async def sign(
+        self,
+        issuer: Issuer,
+        snapshot: IndexSnapshot,
+        cert_ids: Sequence[CertID],
+        nonce: bytes | None,
+        kind: Kind,
+    ) -> Reply:
+        now = self._clock()
+        signer = issuer.signer_at(now)
+        if signer is None:  # never a signature no valid certificate vouches for
+            self._signer_invalid(issuer, now)
+            return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        next_update = now + issuer.validity
+        if next_update > signer.not_after:  # no answer outlives its signer
+            next_update = signer.not_after.replace(microsecond=0)
+            self._validity_capped(issuer, signer)
+        singles = single_responses(issuer, snapshot, cert_ids)
+        tbs = encode_response_data(
+            responder_key_hash=signer.responder_key_hash,
+            produced_at=now,
+            this_update=now,
+            next_update=next_update,
+            responses=singles,
+            nonce=nonce,
+            extended_revoke=any(s.revocation is NON_ISSUED for s in singles),
+        )
+        started = time.perf_counter()
+        try:
+            signature = await self._queue.sign(kind, signer.key, tbs)
+        except Busy:
+            self.events.sign_failed()
+            return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        except HsmOcspError as exc:
+            self.events.sign_failed()
+            log.warning("cannot sign for CA %s: %s", issuer.name, exc)
+            return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        self.events.signed(time.perf_counter() - started)
+        body = encode_successful(
+            encode_basic_response(
+                tbs,
+                self._signer.algorithm_identifier(signer.key),
+                signature,
+                () if signer.der is None else (signer.der,),
+            )
+        )
+        return Reply(
+            body=body,
+            status=OCSPResponseStatus.SUCCESSFUL,
+            ca=issuer.name,
+            cert_statuses=tuple(s.status for s in singles),
+            produced_at=now,
+            next_update=next_update,
+            etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+        )
+
+    def _signer_invalid(self, issuer: Issuer, now: dt.datetime) -> None:
+        self.events.signer_invalid(issuer.name)
+        if now.timestamp() - self._said.get(("invalid", issuer.name), -1e9) < 60:
+            return
+        self._said["invalid", issuer.name] = now.timestamp()
+        soonest = min(issuer.signers, key=lambda s: s.not_before)
+        if all(now < s.not_before for s in issuer.signers):
+            when = f"is not valid before {soonest.not_before:%Y-%m-%d %H:%M:%S} UTC"
+        else:
+            latest = max(s.not_after for s in issuer.signers)
+            when = f"expired {latest:%Y-%m-%d %H:%M:%S} UTC"
+        log.error("CA %s: the signing certificate %s: answering tryLater", issuer.name, when)
+
+    def _validity_capped(self, issuer: Issuer, signer: SigningCertificate) -> None:
+        self.events.validity_capped(issuer.name)
+        if self._said.get(("capped", issuer.name)) != signer.not_after.timestamp():
+            self._said["capped", issuer.name] = signer.not_after.timestamp()
+            log.warning(
+                "CA %s: nextUpdate cut to the signing certificate's notAfter %s UTC "
+                "(less than the validity %s is left)",
+                issuer.name,
+                f"{signer.not_after:%Y-%m-%d %H:%M:%S}",
+                issuer.validity,
+            )

@@ -1,0 +1,105 @@
+"""The signer process itself: it owns the PKCS#11 module and does nothing but sign, on
+its only thread, for the worker at the other end of its socket. It ends when the
+socket closes and, through PR_SET_PDEATHSIG, when its worker dies."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config.pin import forbid_core_dumps
+from ..core.errors import TokenError
+from .login_gate import LoginGate
+from .signer_protocol import LENGTH, Reply, Setup, frame
+from .token import Token
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _serve(sock: socket.socket) -> None:
+    stream = sock.makefile("rb")
+
+    def read() -> Any:
+        head = stream.read(LENGTH.size)
+        if len(head) < LENGTH.size:
+            return None
+        (length,) = LENGTH.unpack(head)
+        body = stream.read(length)
+        if len(body) < length:
+            return None
+        return pickle.loads(body)
+
+    setup = read()
+    if not isinstance(setup, Setup):
+        return
+    from ..config.logs import setup_logging
+
+    setup_logging(setup.log_format, setup.log_level)
+    gate = None if setup.gate is None else LoginGate(Path(setup.gate))
+    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate)
+    signed: list[float] = []
+    token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
+    while (request := read()) is not None:
+        call_id, deadline, name, data = request
+        signed.clear()
+        if time.monotonic() > deadline:  # the caller has given up: skip
+            payload: bytes | str = "expired"
+            ok = retryable = False
+        else:
+            try:
+                if name is None and data:
+                    token.set_keys_here(pickle.loads(data))
+                    payload = b""
+                elif name is None:
+                    token.open_here()
+                    payload = b""
+                else:
+                    payload = token.sign_here(name, data)
+                ok, retryable = True, False
+            except TokenError as exc:
+                payload, ok, retryable = str(exc), False, exc.retryable
+        seconds = signed[0] if signed else None
+        reply: Reply = (call_id, payload, ok, retryable, seconds, token.up, token.last_error)
+        sock.sendall(frame(reply))
+
+
+def child_main(argv: list[str]) -> int:
+    """``python -m hsm_ocsp.pkcs11.signer_process FD``: sign for the worker on FD."""
+    _die_with_parent()
+    forbid_core_dumps()  # it is about to hold the PIN (PR_SET_DUMPABLE resets on exec)
+    # The worker decides when to stop: a SIGTERM or Ctrl-C sent to the whole group
+    # (systemctl stop) must not take signatures from requests it is still answering.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(argv[0]))
+    try:
+        _serve(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    # Through the package's module, not __main__: the setup message was pickled
+    # with hsm_ocsp.pkcs11.signer_child's classes.
+    from hsm_ocsp.pkcs11.signer_child import child_main as main
+
+    code = main(sys.argv[1:])
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown: a dead token's finalizer could hang

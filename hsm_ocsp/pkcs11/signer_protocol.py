@@ -1,0 +1,43 @@
+"""What the worker and its signer process say to each other over their socket pair: a
+set-up message first (module, PIN, keys), then requests and replies, each a length-
+prefixed pickle. Both ends are this package's own processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import struct
+
+from .key_lookup import KeySpec
+
+LENGTH = struct.Struct("!I")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The first message to the child: what to open and how to log."""
+
+    module: str
+    pin: str
+    keys: list[KeySpec]
+    sign_timeout: float
+    log_format: str
+    log_level: int
+    gate: str | None  # the login gate's directory
+
+    def __repr__(self) -> str:  # never show the PIN
+        return f"Setup(module={self.module!r})"
+
+
+# A request is (id, deadline, key name, data), or (id, deadline, None, b"") to open
+# the token, or (id, deadline, None, the pickled list of KeySpec) to take those keys.
+# A reply is (id, signature or error text, ok, retryable, seconds, up, last_error).
+Request = tuple[int, float, str | None, bytes]
+
+
+Reply = tuple[int, bytes | str, bool, bool, float | None, bool, str | None]
+
+
+def frame(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return LENGTH.pack(len(body)) + body
