@@ -13,8 +13,8 @@ from pathlib import Path
 from cryptography import x509
 
 from ..core.index import DEFAULT_MAX_BYTES
+from ..core.limits import LIMITS
 from ..core.pkcs11_uri import Pkcs11Uri
-from ..core.service import LIMITS
 from ..core.signing import RsaPadding, SignatureScheme, scheme_for_public_key
 
 DEFAULT_MODULE = "/usr/lib/softhsm/libsofthsm2.so"

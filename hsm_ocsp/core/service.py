@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from .answer_signer import AnswerSigner
 from .errors import MalformedRequestError
 from .index import IndexSnapshot
+from .limits import LIMITS
 from .model import OCSPResponseStatus
 from .ocsp import CertID, OCSPRequest
 from .refresh import refresh_time
@@ -59,19 +60,6 @@ def _utcnow() -> dt.datetime:
 @functools.lru_cache(maxsize=1)
 def _utc_at(seconds: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC)
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one service takes at most; the defaults of the matching [server] settings."""
-
-    max_cert_ids: int = 64
-    cache_entries: int = 100_000
-    cache_bytes: int = 64 << 20
-    max_pending_signatures: int = 256
-
-
-LIMITS = Limits()
 
 
 class OCSPService:

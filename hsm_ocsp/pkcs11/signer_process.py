@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 
+from ..config.model import ServerConfig, TokenConfig
 from ..core.errors import TokenError
 from . import signer_child
 from .key_lookup import KeySpec
@@ -58,8 +59,8 @@ class TokenProcess(TokenState):
         pin: str,
         keys: list[KeySpec],
         *,
-        sign_timeout: float = 5.0,
-        log_format: str = "text",
+        sign_timeout: float = TokenConfig.sign_timeout,
+        log_format: str = ServerConfig.log_format,
         gate: LoginGate | None = None,
     ) -> None:
         super().__init__()

@@ -23,6 +23,7 @@ import pkcs11
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11e
 
+from ..config.model import TokenConfig
 from ..core.errors import TokenError
 from .key_lookup import KeySpec, find_key
 from .keys import select_token
@@ -46,7 +47,7 @@ class Token(TokenState):
         pin: str,
         keys: list[KeySpec],
         *,
-        sign_timeout: float = 5.0,
+        sign_timeout: float = TokenConfig.sign_timeout,
         min_backoff: float = 0.25,
         max_backoff: float = 2.0,
         gate: LoginGate | None = None,

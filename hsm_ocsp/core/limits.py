@@ -1,0 +1,19 @@
+"""What one service takes at most: the defaults of the matching [server] settings,
+defined once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one service takes at most; the defaults of the matching [server] settings."""
+
+    max_cert_ids: int = 64
+    cache_entries: int = 100_000
+    cache_bytes: int = 64 << 20
+    max_pending_signatures: int = 256
+
+
+LIMITS = Limits()
