@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hsm_ocsp"
-LAYERS = ["core", "config", "pkcs11", "server", "cli"]  # each may import the ones before
+LAYERS = ["core", "config", "store", "pkcs11", "server", "cli"]  # each may import the ones before
 THIRD_PARTY = {
     "core": {"asn1crypto", "cryptography"},
     "config": {"cryptography"},
+    "store": {"lmdb"},
     "pkcs11": {"asn1crypto", "cryptography", "pkcs11"},
     "server": {"aiohttp", "prometheus_client", "cryptography", "uvloop", "multidict", "yarl"},
     "cli": {"cryptography", "asn1crypto", "pkcs11"},

@@ -89,10 +89,18 @@ def _server(server: Section) -> ServerConfig:
         read_timeout=server.seconds("read_timeout", _SERVER.read_timeout),
         index_stale_after=server.seconds("index_stale_after", _SERVER.index_stale_after),
         drain_timeout=server.seconds("drain_timeout", _SERVER.drain_timeout),
+        state_dir=_state_dir(server),
         max_connections=(
             server.positive("max_connections", 1) if "max_connections" in server.table else None
         ),
     )
+
+
+def _state_dir(server: Section) -> Path | None:
+    raw = server.get("state_dir", str)
+    if raw is None:
+        return None
+    return Path(raw) if Path(raw).is_absolute() else server.path.parent / raw
 
 
 def _token(token: Section) -> TokenConfig:

@@ -60,6 +60,9 @@ class ServerConfig:
     index_stale_after: float = 60.0
     max_connections: int | None = None  # None: the descriptor limit less a reserve
     drain_timeout: float = 5.0
+    # Where the host's shared answers live (answers.lmdb); None: a private directory
+    # serve makes for its run (shared by its workers, gone at exit).
+    state_dir: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -61,6 +61,9 @@ def read_reloadable(running: Config, *, quiet: bool = False) -> Config | None:
     except ConfigError as exc:
         log.log(level, "reload refused, the running configuration stays: %s", exc)
         return None
+    if new.server.state_dir is None:  # the private directory serve made stays in use
+        server = dataclasses.replace(new.server, state_dir=running.server.state_dir)
+        new = dataclasses.replace(new, server=server)
     changed = changes_needing_restart(running, new)
     if changed:
         log.log(

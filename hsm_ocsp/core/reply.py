@@ -39,6 +39,10 @@ class Events:
     def validity_capped(self, ca: str) -> None:
         """An answer's nextUpdate was cut to the signing certificate's notAfter."""
 
+    def from_store(self) -> None:
+        """An answer was taken from the host's store (signed by another worker, or
+        before a restart) instead of being signed."""
+
     def served_unrefreshed(self) -> None:
         """A cached answer past its refresh time (not its nextUpdate) was served
         because the refresh could not be signed."""

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from . import shared_answers
 from .answer_signer import AnswerSigner
 from .errors import MalformedRequestError
 from .index import IndexSnapshot
@@ -25,6 +26,7 @@ from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
 from .request import decode_request
 from .responder import Issuer, select_issuer
+from .shared_answers import SharedAnswers
 from .sign_queue import Kind
 
 __all__ = ["OCSPService"]
@@ -75,6 +77,7 @@ class OCSPService:
         cache_bytes: int = LIMITS.cache_bytes,
         max_pending_signatures: int = LIMITS.max_pending_signatures,
         events: Events | None = None,
+        shared: SharedAnswers | None = None,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.issuers = tuple(issuers)
@@ -85,6 +88,7 @@ class OCSPService:
         self.cache_entries = cache_entries
         self.max_pending = max_pending_signatures
         self.events = events or Events()
+        self._shared = shared  # answers of every worker of the host (store/)
         self._clock = clock
         self._answers = AnswerSigner(signer, max_pending_signatures, self.events, clock)
         self._cache_bytes = cache_bytes
@@ -112,6 +116,8 @@ class OCSPService:
         if known is None and len(data) <= _MAX_KNOWN_REQUEST:
             self._remember((ca_name, data), key)
         entry = self._cache.get(key)
+        if entry is None and self._shared is not None and len(request.cert_ids) == 1:
+            entry = self._from_shared(key, issuer, snapshot, request.cert_ids[0])
         if (hit := self._still_good(entry, snapshot)) is not None:
             return hit
         waiting = self._inflight.get(key)
@@ -243,6 +249,33 @@ class OCSPService:
         # One CertID of a serial the CA issued: the answers a flood cannot push out.
         main = len(serials) == 1 and values[0] is not _MISSING
         self._cache.put(key, entry, size, main=main)
+        signer = issuer.signer_at(reply.produced_at)
+        if main and self._shared is not None and signer is not None:  # every worker's now
+            shared_answers.save(
+                self._shared, entry.reply, key[1][0], values[0], signer, entry.refresh_at
+            )
+
+    def _from_shared(
+        self, key: tuple[str, tuple[bytes, ...]], issuer: Issuer, snapshot: IndexSnapshot,
+        cert_id: CertID,
+    ) -> _CacheEntry | None:  # fmt: skip
+        """The answer another worker (or this host before a restart) signed, if it may
+        be served now; kept in this worker's cache as if signed here."""
+        assert self._shared is not None
+        now = self._clock()
+        value = snapshot.entries.get(cert_id.serial_number, _MISSING)
+        signer = issuer.signer_at(now)
+        if value is _MISSING or signer is None:
+            return None
+        found = shared_answers.load(self._shared, issuer.name, cert_id.der, value, signer, now)
+        if found is None:
+            return None
+        self.events.from_store()
+        reply, refresh_at = found
+        entry = _CacheEntry(reply, refresh_at, snapshot, (cert_id.serial_number,), (value,))
+        size = len(reply.body) + len(cert_id.der) + ENTRY_OVERHEAD
+        self._cache.put(key, entry, size, main=True)
+        return entry
 
     def replace_issuers(self, issuers: Sequence[Issuer]) -> None:
         """New certificates or rules for the same CAs (a reload); the cached answers,

@@ -20,6 +20,7 @@ from ..core.service import OCSPService
 from ..pkcs11.key_set import key_specs, prove_keys, take_keys
 from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
+from ..store.lmdb_store import LmdbStore
 from .app_state import CONFIG, METRICS, RUNNING, SERVICE, SOURCES, TOKEN
 from .handlers import OCSPHandler, expect_within_limit, not_allowed
 from .health import healthz, readyz
@@ -82,6 +83,8 @@ def create_app(
     issuers = issuers_of(config)
     sources = app[SOURCES]
     metrics = app[METRICS] = _metrics(config, sources, app[TOKEN])
+    state_dir = config.server.state_dir
+    store = LmdbStore(state_dir) if state_dir is not None else None  # opened after fork
     app[SERVICE] = OCSPService(
         issuers,
         lambda name: sources[name].snapshot,
@@ -92,7 +95,10 @@ def create_app(
         cache_bytes=config.server.cache_bytes,
         max_pending_signatures=config.server.max_pending_signatures,
         events=metrics,
+        shared=store,
     )
+    if store is not None:
+        app.on_cleanup.append(lambda _: _close(store))
     app[RUNNING] = {"config": config}  # what a reload replaces (the app itself is frozen)
     app.cleanup_ctx.append(_lifecycle(handle_signals))
     # Server: hsm-ocsp, not Python's and aiohttp's versions for a scanner to match. aiohttp
@@ -156,6 +162,10 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
             app[SERVICE].replace_issuers(issuers_of(new))
             log.info("configuration reloaded from %s", new.path)
     wake.set()
+
+
+async def _close(store: LmdbStore) -> None:
+    store.close()
 
 
 def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]

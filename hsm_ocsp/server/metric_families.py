@@ -105,6 +105,17 @@ class MetricFamilies:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.answers_signed = Counter(
+            PREFIX + "answers_signed_total",
+            "Answers signed on the token (not key probes).",
+            registry=r,
+        )
+        self.store_hits = Counter(
+            PREFIX + "store_answers_total",
+            "Answers taken from the host's store, signed by another worker or before a "
+            "restart, instead of signed again.",
+            registry=r,
+        )
         self.unrefreshed = Counter(
             PREFIX + "cache_served_unrefreshed_total",
             "Cached answers served past their refresh time, before their nextUpdate, "

@@ -110,6 +110,12 @@ class Metrics(MetricFamilies, Events):
         self.sign_duration.observe(seconds)
 
     # Events (from the service)
+    def signed(self, seconds: float) -> None:
+        self.answers_signed.inc()
+
+    def from_store(self) -> None:
+        self.store_hits.inc()
+
     def signer_invalid(self, ca: str) -> None:
         self.signer_ok.labels(ca).set(0)
 

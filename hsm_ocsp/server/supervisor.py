@@ -10,11 +10,15 @@ opens the token, because a PKCS#11 module must be initialised after fork.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from ..config.model import Config
 from ..config.pin import forbid_core_dumps, take_pin
@@ -59,6 +63,19 @@ def run_server(config: Config) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    private = None
+    if config.server.state_dir is not None:
+        try:
+            config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("%s: server.state_dir: cannot make %s: %s", config.path,
+                      config.server.state_dir, exc.strerror)  # fmt: skip
+            return EXIT_USAGE
+    else:  # the workers share answers for this run only
+        private = Path(tempfile.mkdtemp(prefix="hsm-ocsp-state-"))
+        config = dataclasses.replace(
+            config, server=dataclasses.replace(config.server, state_dir=private)
+        )
     gate = LoginGate.create()  # shared by every worker's signer: one failed login at most
     try:
         workers = config.server.workers
@@ -71,6 +88,8 @@ def run_server(config: Config) -> int:
             remove_multiprocess_dir(metrics_dir)
     finally:
         gate.remove()
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 def _reloaded(config: Config, pin: str, gate: LoginGate) -> Config:
