@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -60,6 +62,21 @@ def test_what_one_process_writes_another_reads_and_a_reopened_store_keeps(tmp_pa
     again.close()
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    hsm_ocsp = Path(sys.executable).parent / "hsm-ocsp"
+    return subprocess.run([str(hsm_ocsp), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_store_stats_without_a_state_dir_is_one_line_naming_the_key(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    config = write_config(tmp_path / "config.toml", {"root": setup})
+    done = _cli("store", "stats", "--config", str(config))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "server.state_dir" in done.stderr, done.stderr
+
+
 def _ask(url: str, setup: CASetup, name: str) -> ocsp.OCSPResponse:
     cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
     builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
@@ -107,6 +124,10 @@ def test_one_signature_serves_every_worker_and_a_restart_starts_warm(
     assert signed == 1, (signed, from_store)  # two workers, thirty connections, one signature
     assert from_store == 1  # the other worker took it from the store
     assert len({a.produced_at_utc for a in answers}) == 1
+    stats = _cli("store", "stats", "--config", str(tmp_path / "config.toml"))
+    assert stats.returncode == 0, stats.stderr
+    assert stats.stdout.startswith("ca root: 1 answers (1 good), "), stats.stdout
+    assert "soonest nextUpdate" in stats.stdout
 
     server = _serve(tmp_path, setup, port, "second.log")  # the same state directory
     try:
@@ -114,7 +135,9 @@ def test_one_signature_serves_every_worker_and_a_restart_starts_warm(
         assert _counter(server, "hsm_ocsp_answers_signed_total") == 0  # warm: nothing signed
         assert again.produced_at_utc == answers[0].produced_at_utc
         assert again.certificate_status is ocsp.OCSPCertStatus.GOOD
-        # A revocation withdraws the stored good answer in every worker at once.
+        # A revocation withdraws the stored good answer in every worker at once, and
+        # one signature answers it in both.
+        before = _counter(server, "hsm_ocsp_answers_signed_total")
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
         deadline = time.monotonic() + 15
         statuses = set()
@@ -125,8 +148,10 @@ def test_one_signature_serves_every_worker_and_a_restart_starts_warm(
                 break
             time.sleep(0.2)
         assert ocsp.OCSPCertStatus.REVOKED in statuses
-        for _ in range(10):  # both workers: never the stored good again
+        time.sleep(2.5)  # both workers have taken the new index up (checked once a second)
+        for _ in range(20):  # both workers: never the stored good again
             assert _ask(server.url, setup, "good").certificate_status is ocsp.OCSPCertStatus.REVOKED
+        assert _counter(server, "hsm_ocsp_answers_signed_total") - before == 1
     finally:
         server.stop()
     assert dt.datetime.now(dt.UTC) < answers[0].next_update_utc  # still within its life

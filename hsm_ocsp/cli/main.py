@@ -1,4 +1,4 @@
-"""The ``hsm-ocsp`` command: serve, keygen, csr, check, demo."""
+"""The ``hsm-ocsp`` command: serve, keygen, csr, check, store, demo."""
 
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         help="warn when the signing certificate has fewer days left and no next one (30)",
     )
 
+    store = sub.add_parser("store", help="what the host's answer store holds")
+    store_sub = store.add_subparsers(dest="store_command", required=True)
+    stats = store_sub.add_parser(
+        "stats", help="answers per CA and status, bytes, soonest nextUpdate"
+    )
+    stats.add_argument("--config", required=True)
+
     demo = sub.add_parser("demo", help="make a demo token and CA, then serve them")
     demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")
     demo.add_argument("--port", type=int, default=8080)
@@ -85,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .check import run_check
 
             return run_check(args)
+        if args.command == "store":
+            from .store import run_store_stats
+
+            return run_store_stats(args)
         if args.command == "demo":
             from .demo import run_demo
 

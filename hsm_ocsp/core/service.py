@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 
 from . import shared_answers
 from .answer_signer import AnswerSigner
+from .clock import utcnow
 from .errors import MalformedRequestError
 from .index import IndexSnapshot
 from .limits import LIMITS
@@ -54,16 +53,6 @@ def _kind(cert_ids: Sequence[CertID], snapshot: IndexSnapshot) -> Kind:
     return Kind.ISSUED if cert_ids[0].serial_number in snapshot.entries else Kind.UNKNOWN
 
 
-def _utcnow() -> dt.datetime:
-    """Now, to the second (every cached answer asks)."""
-    return _utc_at(int(time.time()))
-
-
-@functools.lru_cache(maxsize=1)
-def _utc_at(seconds: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
-
-
 class OCSPService:
     def __init__(
         self,
@@ -78,7 +67,7 @@ class OCSPService:
         max_pending_signatures: int = LIMITS.max_pending_signatures,
         events: Events | None = None,
         shared: SharedAnswers | None = None,
-        clock: Callable[[], dt.datetime] = _utcnow,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.issuers = tuple(issuers)
         self.issuer_names = frozenset(i.name for i in issuers)
@@ -115,10 +104,8 @@ class OCSPService:
         key = (issuer.name, tuple(c.der for c in request.cert_ids))
         if known is None and len(data) <= _MAX_KNOWN_REQUEST:
             self._remember((ca_name, data), key)
-        entry = self._cache.get(key)
-        if entry is None and self._shared is not None and len(request.cert_ids) == 1:
-            entry = self._from_shared(key, issuer, snapshot, request.cert_ids[0])
-        if (hit := self._still_good(entry, snapshot)) is not None:
+        hit, entry = self._look_up(key, issuer, snapshot, request.cert_ids)
+        if hit is not None:
             return hit
         waiting = self._inflight.get(key)
         if waiting is not None:  # the same answer is being signed: wait for it
@@ -141,6 +128,22 @@ class OCSPService:
         if snapshot is None:
             return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         return issuer, snapshot, request
+
+    def _look_up(
+        self, key: tuple[str, tuple[bytes, ...]], issuer: Issuer, snapshot: IndexSnapshot,
+        cert_ids: Sequence[CertID],
+    ) -> tuple[Reply | None, _CacheEntry | None]:  # fmt: skip
+        """An answer that may be served now, from this worker's cache or else the host's
+        store; and the entry to fall back on if a new signature cannot be made."""
+        entry = self._cache.get(key)
+        if (hit := self._still_good(entry, snapshot)) is not None:
+            return hit, entry
+        if self._shared is None or len(cert_ids) != 1:
+            return None, entry
+        shared = self._from_shared(key, issuer, snapshot, cert_ids[0])
+        if shared is None:
+            return None, entry
+        return (shared.reply if shared.refresh_at > self._clock() else None), shared
 
     def _still_good(self, entry: _CacheEntry | None, snapshot: IndexSnapshot) -> Reply | None:
         """The cached answer if it answers now (each look-up counted: hit, stale, miss)."""

@@ -90,6 +90,16 @@ class LmdbStore:
         except lmdb.Error as exc:  # MapFullError included: the answer stays unshared
             self._fault("write", exc)
 
+    def records(self) -> list[tuple[str, int, StoredAnswer]]:
+        """Every record: its CA's name, its size in bytes, the answer."""
+        out = []
+        with self._env.begin(buffers=False) as txn:
+            for key, data in txn.cursor():
+                answer = decode(data)
+                if answer is not None:
+                    out.append((key.split(b"\0", 1)[0].decode(), len(key) + len(data), answer))
+        return out
+
     def entries(self) -> int:
         return int(self._env.stat()["entries"])
 
