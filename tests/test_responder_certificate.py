@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -131,6 +132,37 @@ def test_rule_29_refresh_at_half_under_16h_else_8h_before_and_within_4_days() ->
     assert refresh_time(start, start + 10 * 24 * hours) == start + 4 * 24 * hours
 
 
+def _load(
+    url: str, setup: CASetup, answers: list[tuple[int, bytes]], stop: threading.Event
+) -> list[threading.Thread]:
+    """Three clients asking for the good certificate until ``stop`` (two with a nonce,
+    signed live; one cached), each answer (status, body) kept in ``answers``."""
+
+    def client(nonce: bool) -> None:
+        cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
+        while not stop.is_set():
+            builder = ocsp.OCSPRequestBuilder().add_certificate(
+                cert, setup.ca.certificate, hashes.SHA256()
+            )
+            if nonce:
+                builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+            req = urllib.request.Request(
+                url, data=builder.build().public_bytes(Encoding.DER),
+                headers={"Content-Type": "application/ocsp-request"},
+            )  # fmt: skip
+            try:
+                with urllib.request.urlopen(req, timeout=10) as response:
+                    answers.append((response.status, response.read()))
+            except OSError as exc:
+                answers.append((0, str(exc).encode()))
+            time.sleep(0.02)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in (True, True, False)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 @pytest.mark.slow
 def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_verifies(
     tmp_path: Path, softhsm: SoftHSM
@@ -141,7 +173,6 @@ def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_ve
     was valid at its producedAt and is the one in use then."""
     import shutil
     import signal
-    import threading
 
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -167,29 +198,7 @@ def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_ve
     server = start_server(config, port, tmp_path / "server.log")
     answers: list[tuple[int, bytes]] = []
     stop = threading.Event()
-
-    def client(nonce: bool) -> None:
-        cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
-        while not stop.is_set():
-            builder = ocsp.OCSPRequestBuilder().add_certificate(
-                cert, setup.ca.certificate, hashes.SHA256()
-            )
-            if nonce:
-                builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
-            req = urllib.request.Request(
-                server.url, data=builder.build().public_bytes(Encoding.DER),
-                headers={"Content-Type": "application/ocsp-request"},
-            )  # fmt: skip
-            try:
-                with urllib.request.urlopen(req, timeout=10) as response:
-                    answers.append((response.status, response.read()))
-            except OSError as exc:
-                answers.append((0, str(exc).encode()))
-            time.sleep(0.02)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in (True, True, False)]
-    for thread in threads:
-        thread.start()
+    threads = _load(server.url, setup, answers, stop)
     try:
         time.sleep(2)
         replaced = folder / "current.new"
@@ -331,7 +340,6 @@ def test_a_new_key_rolls_in_under_load_without_a_restart(tmp_path: Path, softhsm
     certificate it carries, which was valid at its producedAt."""
     import shutil
     import signal
-    import threading
 
     from hsm_ocsp.cli.main import main
     from hsm_ocsp.pkcs11.keys import find_public_key, public_key_from_token
@@ -351,29 +359,7 @@ def test_a_new_key_rolls_in_under_load_without_a_restart(tmp_path: Path, softhsm
     server = start_server(config, port, tmp_path / "server.log")
     answers: list[tuple[int, bytes]] = []
     stop = threading.Event()
-
-    def client(nonce: bool) -> None:
-        cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
-        while not stop.is_set():
-            builder = ocsp.OCSPRequestBuilder().add_certificate(
-                cert, setup.ca.certificate, hashes.SHA256()
-            )
-            if nonce:
-                builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
-            req = urllib.request.Request(
-                server.url, data=builder.build().public_bytes(Encoding.DER),
-                headers={"Content-Type": "application/ocsp-request"},
-            )  # fmt: skip
-            try:
-                with urllib.request.urlopen(req, timeout=10) as response:
-                    answers.append((response.status, response.read()))
-            except OSError as exc:
-                answers.append((0, str(exc).encode()))
-            time.sleep(0.02)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in (True, True, False)]
-    for thread in threads:
-        thread.start()
+    threads = _load(server.url, setup, answers, stop)
     try:
         time.sleep(1.5)
         # Key B, P-384: another key and another curve, made while A signs.
