@@ -16,15 +16,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import time
 from collections.abc import Awaitable, Callable
 
 __all__ = ["Busy", "Kind", "SignQueue"]
 
-# Signatures handed to the signer at once: enough to keep a fast token busy between
-# two answers (2 cost ~14 % of nonce throughput on SoftHSM), few enough that the
-# order is decided here and not in its socket (a request behind a flood waits ~4
-# signatures; benchmarks/signing_fairness.py).
+# Signatures handed to the signer at once. At least WINDOW: enough to keep a token
+# busy between two answers (2 cost ~14 % of nonce throughput on SoftHSM). More while
+# the token is fast, as many as it signs in WINDOW_DELAY (at most MAX_WINDOW): with
+# 4 a fast token idled between answers (P-256 on SoftHSM: 5,400 nonce answers a
+# second with 4, 7,900 with 64, benchmarks/run.py --quick). Either way a request
+# behind a flood waits for at most max(WINDOW signatures, WINDOW_DELAY) at the token,
+# so the order is still decided here (benchmarks/signing_fairness.py).
 WINDOW = 4
+MAX_WINDOW = 64
+WINDOW_DELAY = 0.02  # seconds
+_MEASURE = 0.25  # seconds of completions the window is worked out from
 
 
 class Kind(enum.Enum):
@@ -55,6 +62,9 @@ class SignQueue:
         self._order = list(Kind)
         self._next = 0
         self._signing = 0
+        self.window = WINDOW
+        self._completed = 0
+        self._since = time.monotonic()
 
     def pending(self, kind: Kind | None = None) -> int:
         return sum(self._held.values()) if kind is None else self._held[kind]
@@ -70,12 +80,13 @@ class SignQueue:
                 return await self._sign(name, data)
             finally:
                 self._signing -= 1
+                self._measure()
                 self._hand_on()
         finally:
             self._held[kind] -= 1
 
     async def _turn(self, kind: Kind) -> None:
-        if self._signing < WINDOW and not any(self._lines.values()):
+        if self._signing < self.window and not any(self._lines.values()):
             self._signing += 1
             return
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -90,9 +101,19 @@ class SignQueue:
                 self._lines[kind].remove(place)
             raise
 
+    def _measure(self) -> None:
+        """Work the window out again from the signatures completed lately."""
+        self._completed += 1
+        now = time.monotonic()
+        elapsed = now - self._since
+        if elapsed >= _MEASURE:
+            rate = self._completed / elapsed
+            self.window = max(WINDOW, min(MAX_WINDOW, int(rate * WINDOW_DELAY)))
+            self._completed, self._since = 0, now
+
     def _hand_on(self) -> None:
         """Give free places to the waiting kinds, one each in turn."""
-        while self._signing < WINDOW:
+        while self._signing < self.window:
             for step in range(len(self._order)):
                 kind = self._order[(self._next + step) % len(self._order)]
                 if self._lines[kind]:
