@@ -109,7 +109,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     not_ocsp = ["/healthz", "/readyz"]
-    if config.server.metrics_listen is None:  # else serve.py listens there
+    if config.server.metrics_listen is None:  # else worker.py listens there
         app.router.add_get(METRICS_PATH, metrics.handle)
         not_ocsp.append(METRICS_PATH)
     # [\s\S], not ".": a path with a decoded newline (%0A) must reach the handler too

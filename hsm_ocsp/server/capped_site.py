@@ -35,7 +35,7 @@ def default_max_connections() -> int:
     """The cap when none is configured: 1024, or the descriptor limit less the reserve.
 
     Each connection may hold up to ~130 KiB (buffers, half-sent headers within
-    the bounds serve.py sets), so 1024 of them stay under ~130 MiB a worker.
+    the bounds worker.py sets), so 1024 of them stay under ~130 MiB a worker.
     """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
