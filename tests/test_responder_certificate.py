@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
@@ -457,3 +457,32 @@ def test_a_certificate_whose_key_is_not_on_the_token_is_refused_at_reload(
             assert _ask(server.url, setup, "good").certificate_status is ocsp.OCSPCertStatus.GOOD
     finally:
         server.stop()
+
+
+def test_the_key_of_an_expired_certificate_is_not_looked_for(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """Retiring a key: its certificate has expired and the key is deleted from the token
+    before the file is removed. The responder no longer needs that key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hsm_ocsp.config.file import load_config
+    from hsm_ocsp.pkcs11.key_set import key_specs
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    assert setup.responder_cert is not None
+    now = dt.datetime.now(dt.UTC)
+    gone = ec.generate_private_key(ec.SECP256R1()).public_key()  # on no token
+    expired = setup.ca.sign_responder(gone, "Expired", not_before=now - dt.timedelta(days=30),
+                                      not_after=now - dt.timedelta(days=1))  # fmt: skip
+    config = write_config(tmp_path / "config.toml", {"root": setup})
+    listed = f'responder_certificate = ["{setup.responder_cert}", "{expired}"]'
+    config.write_text(
+        config.read_text().replace(f'responder_certificate = "{setup.responder_cert}"', listed)
+    )
+    specs = key_specs(load_config(config))
+    current = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())
+    assert len(specs) == 1
+    assert specs[0].public_key == current.public_key().public_bytes(
+        Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 from pathlib import Path
 
@@ -69,8 +70,12 @@ def proves(key: SigningKey, signature: bytes) -> bool:
 
 
 def signing_keys(ca: CAConfig) -> list[SigningKey]:
-    """The CA's token keys, one for each public key among its signing certificates."""
-    certificates = ca.signing_certificates
+    """The CA's token keys, one for each public key among its signing certificates
+    that have not expired (an expired one never signs again, so its key may already
+    be gone from the token); all of them if every one has expired."""
+    now = dt.datetime.now(dt.UTC)
+    live = [(p, c) for p, c in ca.signing_certificates if c.not_valid_after_utc > now]
+    certificates = live or list(ca.signing_certificates)
     names = key_names(ca.name, [cert for _, cert in certificates])
     keys: dict[str, SigningKey] = {}
     for path, cert in certificates:
