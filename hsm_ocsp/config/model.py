@@ -22,6 +22,7 @@ DEFAULT_PIN_ENV = "HSM_OCSP_PIN"
 DEFAULT_VALIDITY = dt.timedelta(days=1)  # ca.validity: within the BR's 8 h to 10 days
 
 
+# The choices of the configuration, one enum each (they look alike by nature).
 class LogFormat(enum.StrEnum):
     """``server.log_format``."""
 

@@ -53,6 +53,7 @@ _REPLACE_AFTER = 2  # sign timeouts a child may be stuck in one call before it i
 class TokenProcess(TokenState):
     """The worker's handle on its signer process; the interface of Token."""
 
+    # The same parameters as Token's: a TokenProcess stands in for a Token.
     def __init__(
         self,
         module: str,

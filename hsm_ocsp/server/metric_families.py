@@ -43,6 +43,7 @@ class MetricFamilies:
     many applications in one process)."""
 
     def __init__(self) -> None:
+        # The families below look alike on purpose: each is one metric of the interface.
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
