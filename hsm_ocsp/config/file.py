@@ -11,11 +11,9 @@ import os
 import re
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 from ..core.errors import ConfigError
 from ..core.pkcs11_uri import parse_pkcs11_uri
+from ..core.responder import spki
 from .model import (
     DEFAULT_VALIDITY,
     CAConfig,
@@ -29,12 +27,6 @@ from .section import Section, host_port, read_toml
 __all__ = ["load_config"]
 
 _CA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -124,7 +116,7 @@ def _cas(file: Path, raw_cas: object) -> tuple[CAConfig, ...]:
         ca = Section(file, f"ca[{i}]", raw, _CA_KEYS)
         ca_config = _ca(ca, {c.name for c in cas})
         cert = ca_config.certificate
-        issuer = (cert.subject.public_bytes(), _spki(cert))
+        issuer = (cert.subject.public_bytes(), spki(cert))
         if issuer in issuers:  # one CertID, two indexes: which status would be the truth?
             raise ca.error(
                 "certificate",

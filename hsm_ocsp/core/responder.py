@@ -31,10 +31,7 @@ _LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 def key_hash(certificate: x509.Certificate, algorithm: str = "sha1") -> bytes:
     """Hash of the subjectPublicKey BIT STRING value (RFC 6960 4.1.1, 4.2.1)."""
-    spki = certificate.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    bits = asn1_keys.PublicKeyInfo.load(spki)["public_key"].contents[1:]
+    bits = asn1_keys.PublicKeyInfo.load(spki(certificate))["public_key"].contents[1:]
     return hashlib.new(algorithm, bits).digest()
 
 
