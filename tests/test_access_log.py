@@ -44,6 +44,7 @@ def run_requests(
         {"root": setup},
         server=f'log_format = "{log_format}"',
         port=port,
+        producer="pre_produce = false",  # the first GET is signed, the second cached
     )
     server = serve(config, port, tmp_path / "server.log")
     issuer = setup.ca.certificate

@@ -186,10 +186,6 @@ def ocsp_status(body: bytes) -> S:
     return ocsp.load_der_ocsp_response(body).response_status
 
 
-def children(pid: int) -> list[int]:
-    return sorted(int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -491,8 +487,8 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     port = free_port()
     config = write_config(tmp_path / "c.toml", {"root": setup}, server="workers = 2", port=port)
     server = serve(config, port, tmp_path / "server.log")
-    wait_for(lambda: len(children(server.process.pid)) == 2)
-    before = children(server.process.pid)
+    wait_for(lambda: len(server.worker_pids()) == 2)
+    before = server.worker_pids()
     for pid in before:  # both listen before one is killed
         wait_for(lambda pid=pid: b"(pid %d)" % pid in server.log.read_bytes())
     issuer = _issuer(setup)
@@ -515,7 +511,7 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
         ),
         kill(),
     )
-    after = children(server.process.pid)
+    after = server.worker_pids()
     answers = keep_alive.answers + new_connection.answers
     failed = [a for a in answers if a.status != 200 or ocsp_status(a.body) != S.SUCCESSFUL]
     rate = len(failed) / len(answers)
@@ -529,12 +525,8 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     assert len(answers) > 1000
     assert rate < 0.01
     assert not late, "requests still failed a second after the kill"
-    wait_for(
-        lambda: (
-            len(children(server.process.pid)) == 2 and before[0] not in children(server.process.pid)
-        )
-    )
-    replacement = (set(children(server.process.pid)) - set(before)).pop()
+    wait_for(lambda: len(server.worker_pids()) == 2 and before[0] not in server.worker_pids())
+    replacement = (set(server.worker_pids()) - set(before)).pop()
     wait_for(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
     assert server.process.poll() is None
 

@@ -390,3 +390,50 @@ def test_hardening_3_cached_answer_served_past_its_refresh_until_next_update_wit
     http, late, _ = _post(server.url, body)
     assert http == 200
     assert ocsp.load_der_ocsp_response(late).response_status is ocsp.OCSPResponseStatus.TRY_LATER
+
+
+def _answer(url: str, setup: CASetup, name: str) -> ocsp.OCSPResponse:
+    http, body, _ = _post(url, _request(setup, name))
+    assert http == 200
+    return ocsp.load_der_ocsp_response(body)
+
+
+def test_a_revocation_while_the_token_is_gone_is_try_later_never_the_stored_good(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    p11kit: P11KitServer,
+    serve: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14, item 4: stored answers keep flowing without the token, but a serial
+    the index changed is withdrawn at once: tryLater until it can be signed again."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = _config(tmp_path, setup, port, sign_timeout="2s")
+    state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"\n'
+    config.write_text(config.read_text().replace("[server]\n", "[server]\n" + state, 1))
+    monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
+    server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
+    entries = len(setup.ca.index.read_text().splitlines())
+    assert _wait_for(lambda: _fill_signatures(server.url) >= 2 * entries, 30) is not None
+    assert _answer(server.url, setup, "good").certificate_status is ocsp.OCSPCertStatus.GOOD
+    p11kit.kill()
+    setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+    setup.certs["new"] = setup.ca.issue("new")
+    time.sleep(3)  # the producer has taken the new index up (it looks once a second)
+    for _ in range(10):  # a new connection each: both workers
+        late = _answer(server.url, setup, "good")
+        assert late.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+        new = _answer(server.url, setup, "new")
+        assert new.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+        kept = _answer(server.url, setup, "keycompromise")  # unchanged: still from the store
+        assert kept.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+
+def _fill_signatures(url: str) -> float:
+    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    lines = [
+        x for x in text.splitlines() if x.startswith('hsm_ocsp_signatures_total{reason="fill"}')
+    ]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0

@@ -18,11 +18,6 @@ from .support.requests import build_request
 from .support.server import free_port
 
 
-def _children(pid: int) -> set[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return {int(x) for x in path.read_text().split()}
-
-
 def _ask(url: str, der: bytes) -> x509_ocsp.OCSPResponse:
     request = urllib.request.Request(
         url, data=der, headers={"Content-Type": "application/ocsp-request"}
@@ -47,8 +42,8 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
     config = write_config(tmp_path / "c.toml", {"root": ca_setup}, server="workers = 2", port=port)
     server = serve(config, port, tmp_path / "server.log")
     der = build_request([(ca_setup.ca.certificate, ca_setup.serial("good"))])
-    _wait_for(lambda: len(_children(server.process.pid)) == 2)
-    before = _children(server.process.pid)
+    _wait_for(lambda: len(set(server.worker_pids())) == 2)
+    before = set(server.worker_pids())
     # Both must listen before one is killed, or the kill may leave no listener.
     for pid in before:
         _wait_for(lambda pid=pid: b"(pid %d)" % pid in server.log.read_bytes())
@@ -70,11 +65,11 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
         assert response.response_status == x509_ocsp.OCSPResponseStatus.SUCCESSFUL
         assert response.certificate_status == x509_ocsp.OCSPCertStatus.GOOD
         answered += 1
-        now = _children(server.process.pid)
+        now = set(server.worker_pids())
         if victim not in now and len(now) == 2:
             break
         time.sleep(0.05)
-    after = _children(server.process.pid)
+    after = set(server.worker_pids())
     assert victim not in after and len(after) == 2, server.log.read_text()
     replacement = (after - before).pop()
 

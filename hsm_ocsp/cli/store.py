@@ -8,6 +8,7 @@ import datetime as dt
 
 from ..config.file import load_config
 from ..core.errors import EXIT_OK, ConfigError
+from ..core.shared_answers import decode, parse_key
 from ..store.lmdb_store import LmdbStore
 
 __all__ = ["run_store_stats"]
@@ -24,7 +25,11 @@ def run_store_stats(args: argparse.Namespace) -> int:
         return EXIT_OK
     store = LmdbStore(state_dir)
     try:
-        records = store.records()
+        records = []
+        for key, value in store.items():
+            parsed, answer = parse_key(key), decode(value)
+            if parsed is not None and answer is not None:
+                records.append((parsed[0], len(key) + len(value), answer))
     finally:
         store.close()
     now = int(dt.datetime.now(dt.UTC).timestamp())

@@ -18,6 +18,7 @@ from .model import (
     DEFAULT_VALIDITY,
     CAConfig,
     Config,
+    ProducerConfig,
     ServerConfig,
     TokenConfig,
     in_use,
@@ -33,18 +34,21 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the whole configuration; ConfigError names file and key."""
     file = Path(path)
     data = read_toml(file)
-    Section(file, "", data, {"server", "token", "ca"})
+    Section(file, "", data, {"server", "token", "ca", "producer"})
     return Config(
         path=file,
         server=_server(Section(file, "server", data.get("server", {}), _SERVER_KEYS)),
         token=_token(Section(file, "token", data.get("token", {}), _TOKEN_KEYS)),
         cas=_cas(file, data.get("ca")),
+        producer=_producer(Section(file, "producer", data.get("producer", {}), _PRODUCER_KEYS)),
     )
 
 
 _SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"listen_host", "listen_port"}
 _SERVER_KEYS |= {"listen"}
 _TOKEN_KEYS = {"module", "pin_env", "pin_file", "sign_timeout"}
+_PRODUCER_KEYS = {f.name for f in dataclasses.fields(ProducerConfig)}
+_CERT_ID_HASHES = ("sha1", "sha256", "sha384", "sha512")
 _CA_KEYS = {
     "name",
     "certificate",
@@ -56,9 +60,31 @@ _CA_KEYS = {
     "rsa_padding",
     "unknown_serials",
     "max_index_bytes",
+    "cert_id_hashes",
 }
 _SERVER = ServerConfig()  # every [server] default, once
 _TOKEN = TokenConfig()
+_PRODUCER = ProducerConfig()
+
+
+def _producer(producer: Section) -> ProducerConfig:
+    rate = producer.get("max_signatures_per_second", float, _PRODUCER.max_signatures_per_second)
+    if rate < 0:
+        raise producer.error("max_signatures_per_second", "must be 0 (no limit) or more")
+    return ProducerConfig(
+        pre_produce=producer.get("pre_produce", bool, _PRODUCER.pre_produce),
+        max_signatures_per_second=rate,
+        min_margin=producer.duration("min_margin", _PRODUCER.min_margin),
+    )
+
+
+def _cert_id_hashes(ca: Section) -> tuple[str, ...]:
+    names = ca.get("cert_id_hashes", list, list(CAConfig.cert_id_hashes))
+    for name in names:
+        if name not in _CERT_ID_HASHES:
+            raise ca.error("cert_id_hashes", f"{name!r}: each must be one of "
+                           f"{', '.join(_CERT_ID_HASHES)}")  # fmt: skip
+    return tuple(dict.fromkeys(names))
 
 
 def _server(server: Section) -> ServerConfig:
@@ -159,6 +185,7 @@ def _ca(ca: Section, taken: set[str]) -> CAConfig:
         rsa_padding=ca.choice("rsa_padding", CAConfig.rsa_padding),
         unknown_serials=ca.choice("unknown_serials", CAConfig.unknown_serials),
         max_index_bytes=ca.positive("max_index_bytes", CAConfig.max_index_bytes),
+        cert_id_hashes=_cert_id_hashes(ca),
     )
     for path, certificate in config.signing_certificates:
         try:

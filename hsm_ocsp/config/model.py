@@ -67,6 +67,16 @@ class ServerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProducerConfig:
+    """[producer]: what the host's producer signs ahead of clients, and how fast."""
+
+    pre_produce: bool = True  # keep a current answer for every serial of every index
+    max_signatures_per_second: float = 0.0  # for pre-production; 0: as fast as it signs
+    # /readyz fails while a stored answer is this close to its nextUpdate unrefreshed.
+    min_margin: dt.timedelta = dt.timedelta(hours=1)
+
+
+@dataclasses.dataclass(frozen=True)
 class TokenConfig:
     module: str = DEFAULT_MODULE
     pin_env: str | None = DEFAULT_PIN_ENV
@@ -91,6 +101,8 @@ class CAConfig:
     rsa_padding: RsaPadding = RsaPadding.PKCS1
     unknown_serials: UnknownSerials = UnknownSerials.UNKNOWN
     max_index_bytes: int = DEFAULT_MAX_BYTES
+    # The CertID hash algorithms answers are produced ahead for (the two clients send).
+    cert_id_hashes: tuple[str, ...] = ("sha1", "sha256")
 
     @property
     def signer_certificate(self) -> x509.Certificate:
@@ -133,6 +145,7 @@ class Config:
     server: ServerConfig
     token: TokenConfig
     cas: tuple[CAConfig, ...]
+    producer: ProducerConfig = ProducerConfig()
 
 
 def in_use(

@@ -16,6 +16,7 @@ from .errors import HsmOcspError
 from .index import IndexSnapshot
 from .model import NON_ISSUED, OCSPResponseStatus
 from .ocsp import CertID
+from .pre_production import SIGN_REASON, Reason
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .responder import Issuer, SigningCertificate, single_responses
 from .response import encode_basic_response, encode_response_data, encode_successful
@@ -24,6 +25,12 @@ from .sign_queue import Busy, Kind, SignQueue
 __all__ = ["AnswerSigner"]
 
 log = logging.getLogger("hsm_ocsp.service")
+_REASONS = {
+    Kind.ISSUED: Reason.LIVE,
+    Kind.MULTI: Reason.LIVE,
+    Kind.NONCE: Reason.NONCE,
+    Kind.UNKNOWN: Reason.UNKNOWN,
+}
 
 
 class AnswerSigner:
@@ -80,6 +87,7 @@ class AnswerSigner:
             log.warning("cannot sign for CA %s: %s", issuer.name, exc)
             return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         self.events.signed(time.perf_counter() - started)
+        self.events.signed_for((SIGN_REASON.get() or _REASONS[kind]).value)
         body = encode_successful(
             encode_basic_response(
                 tbs,

@@ -30,6 +30,9 @@ class Events:
     def signed(self, seconds: float) -> None:
         """A signature was made in ``seconds``."""
 
+    def signed_for(self, reason: str) -> None:
+        """An answer was signed, for ``reason`` (pre_production.Reason's values)."""
+
     def sign_failed(self) -> None:
         """A signature could not be made."""
 

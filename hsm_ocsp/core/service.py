@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -254,9 +255,11 @@ class OCSPService:
         self._cache.put(key, entry, size, main=main)
         signer = issuer.signer_at(reply.produced_at)
         if main and self._shared is not None and signer is not None:  # every worker's now
+            says = functools.partial(shared_answers.index_says, serial=serials[0], value=values[0])
             shared_answers.save(
-                self._shared, entry.reply, key[1][0], values[0], signer, entry.refresh_at
-            )
+                self._shared, entry.reply, cert_ids[0], values[0], signer, entry.refresh_at,
+                still_true=lambda: says(self._snapshots(issuer.name)),
+            )  # fmt: skip
 
     def _from_shared(
         self, key: tuple[str, tuple[bytes, ...]], issuer: Issuer, snapshot: IndexSnapshot,
@@ -270,7 +273,7 @@ class OCSPService:
         signer = issuer.signer_at(now)
         if value is _MISSING or signer is None:
             return None
-        found = shared_answers.load(self._shared, issuer.name, cert_id.der, value, signer, now)
+        found = shared_answers.load(self._shared, issuer.name, cert_id, value, signer, now)
         if found is None:
             return None
         self.events.from_store()

@@ -1,10 +1,13 @@
 """Answers shared between processes, as the service sees them: a StoredAnswer under a
 key, in a store it is handed (the LMDB file of the host in production).
 
-An answer is taken from the store only if it still says what the index says and was
-signed by the certificate that signs now: each record carries a digest of the index
-entry it was signed for, and the fingerprint of its signer. So a revocation withdraws
-a stored ``good`` in every process at once, whatever the store holds.
+An answer is taken from the store only if it was signed by the certificate that
+signs now and is before its nextUpdate. The process that holds the index (the
+producer) also checks that it still says what the index says: each record carries a
+digest of the index entry it was signed for. Processes without the index (workers)
+rely on the producer withdrawing a serial's records when the index changes it:
+keys begin with the CA and the serial, so every CertID of a serial (SHA-1, SHA-256,
+any encoding a client sent) goes in one range delete.
 """
 
 from __future__ import annotations
@@ -12,13 +15,33 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import struct
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from .index import IndexSnapshot
 from .model import CertStatus, OCSPResponseStatus
+from .ocsp import CertID
 from .reply import Reply
 from .responder import SigningCertificate
 
-__all__ = ["SharedAnswers", "StoredAnswer", "index_digest", "signer_fingerprint"]
+__all__ = [
+    "SharedAnswers",
+    "StoredAnswer",
+    "cert_id_of",
+    "decode",
+    "encode",
+    "index_digest",
+    "index_says",
+    "parse_key",
+    "serial_prefix",
+    "shared_key",
+    "signer_fingerprint",
+]
+
+_HEADER = struct.Struct("!qqq8s8sBH")  # produced, next, refresh, signer, truth, status, etag
+_STATUSES = list(CertStatus)
+_MISSING = object()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,11 +71,57 @@ class StoredAnswer:
 
 
 class SharedAnswers(Protocol):
-    """Where answers are shared; a failure to read or write is never the caller's."""
+    """Where answers are shared, as bytes; a failure to read or write is never the
+    caller's (a get that fails is None, a put that fails is dropped)."""
 
-    def get(self, key: bytes) -> StoredAnswer | None: ...
+    def get(self, key: bytes) -> bytes | None: ...
 
-    def put(self, key: bytes, answer: StoredAnswer) -> None: ...
+    def put(self, key: bytes, value: bytes, still_true: Callable[[], bool] | None = None) -> None:
+        """Store ``value`` unless ``still_true`` (asked under the store's lock, so no
+        withdrawal can pass between the question and the write) says no."""
+
+    def withdraw(self, prefixes: Iterable[bytes]) -> int:
+        """Delete every record whose key begins with one of ``prefixes``; how many."""
+
+
+def encode(answer: StoredAnswer) -> bytes:
+    etag = answer.etag.encode()
+    header = _HEADER.pack(
+        answer.produced_at,
+        answer.next_update,
+        answer.refresh_at,
+        answer.signer,
+        answer.truth,
+        _STATUSES.index(answer.cert_status),
+        len(etag),
+    )
+    return header + etag + answer.body
+
+
+def decode(data: bytes) -> StoredAnswer | None:
+    """The answer, or None for bytes that are not one (another version's, say)."""
+    if len(data) < _HEADER.size:
+        return None
+    produced, next_update, refresh, signer, truth, status, etag_length = _HEADER.unpack_from(data)
+    start = _HEADER.size + etag_length
+    if status >= len(_STATUSES) or len(data) <= start:
+        return None
+    return StoredAnswer(
+        body=data[start:],
+        cert_status=_STATUSES[status],
+        produced_at=produced,
+        next_update=next_update,
+        refresh_at=refresh,
+        signer=signer,
+        truth=truth,
+        etag=data[_HEADER.size : start].decode(),
+    )
+
+
+def index_says(snapshot: IndexSnapshot | None, serial: int, value: object) -> bool:
+    """Whether the index says now what an answer was signed for: an answer whose
+    signature took so long that the index changed meanwhile is not shared."""
+    return snapshot is not None and snapshot.entries.get(serial, _MISSING) == value
 
 
 def index_digest(value: object) -> bytes:
@@ -66,17 +135,43 @@ def signer_fingerprint(signer: SigningCertificate) -> bytes:
     return hashlib.sha256(material).digest()[:8]
 
 
-def shared_key(ca: str, cert_id: bytes) -> bytes:
-    return ca.encode() + b"\0" + cert_id
+def serial_prefix(ca: str, serial: int) -> bytes:
+    """The start of every key of one serial of one CA: name, NUL, length, serial."""
+    number = serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big")
+    return ca.encode() + b"\0" + bytes((len(number),)) + number
+
+
+def shared_key(ca: str, cert_id: CertID) -> bytes:
+    return serial_prefix(ca, cert_id.serial_number) + cert_id.der
+
+
+def parse_key(key: bytes) -> tuple[str, int] | None:
+    """(CA name, serial) of a key; None for a key of another layout."""
+    ca, nul, rest = key.partition(b"\0")
+    if not nul or not rest or len(rest) < 1 + rest[0]:
+        return None
+    try:
+        return ca.decode(), int.from_bytes(rest[1 : 1 + rest[0]], "big")
+    except UnicodeDecodeError:
+        return None
+
+
+def cert_id_of(key: bytes) -> bytes:
+    """The CertID DER a key ends with (b"" for a key of another layout)."""
+    nul = key.find(b"\0")
+    if nul < 0 or nul + 1 >= len(key):
+        return b""
+    return key[nul + 2 + key[nul + 1] :]
 
 
 def load(
-    store: SharedAnswers, ca: str, cert_id: bytes, value: object, signer: SigningCertificate,
+    store: SharedAnswers, ca: str, cert_id: CertID, value: object, signer: SigningCertificate,
     now: dt.datetime,
 ) -> tuple[Reply, dt.datetime] | None:  # fmt: skip
     """A stored answer for one CertID and its refresh time, if it may be served now: it
     says what the index says (``value``), ``signer`` signed it, it is before nextUpdate."""
-    record = store.get(shared_key(ca, cert_id))
+    data = store.get(shared_key(ca, cert_id))
+    record = None if data is None else decode(data)
     if record is None or now.timestamp() >= record.next_update:
         return None
     if record.truth != index_digest(value) or record.signer != signer_fingerprint(signer):
@@ -85,10 +180,12 @@ def load(
 
 
 def save(
-    store: SharedAnswers, reply: Reply, cert_id: bytes, value: object,
+    store: SharedAnswers, reply: Reply, cert_id: CertID, value: object,
     signer: SigningCertificate, refresh_at: dt.datetime,
+    still_true: Callable[[], bool] | None = None,
 ) -> None:  # fmt: skip
-    """Share an answer for one CertID of a serial the index holds (``value``)."""
+    """Share an answer for one CertID of a serial the index holds (``value``), if
+    ``still_true()`` at the moment of writing."""
     assert reply.ca is not None and reply.produced_at is not None
     assert reply.next_update is not None and reply.etag is not None
     record = StoredAnswer(
@@ -101,4 +198,4 @@ def save(
         truth=index_digest(value),
         etag=reply.etag,
     )
-    store.put(shared_key(reply.ca, cert_id), record)
+    store.put(shared_key(reply.ca, cert_id), encode(record), still_true)

@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import AsyncIterator
 
-from aiohttp import web, web_response
+from aiohttp import web
 
 from ..config.model import Config, NonceMode, UnknownSerials
 from ..config.pin import read_pin
@@ -21,19 +21,18 @@ from ..pkcs11.key_set import key_specs, prove_keys, take_keys
 from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
 from ..store.lmdb_store import LmdbStore
-from .app_state import CONFIG, METRICS, RUNNING, SERVICE, SOURCES, TOKEN
-from .handlers import OCSPHandler, expect_within_limit, not_allowed
-from .health import healthz, readyz
+from .app_state import CONFIG, METRICS, PRODUCTION, RUNNING, SERVICE, SOURCES, TOKEN
+from .health import problems, readyz
 from .index_source import IndexSource
-from .metrics import METRICS_PATH, Metrics
+from .metrics import Metrics
+from .producer_link import serve_link, socket_path
+from .production import Production
+from .routes import add_routes
 from .watchers import watch_indexes, watch_token
 
-__all__ = ["build_token", "create_app"]
+__all__ = ["build_token", "create_app", "issuers_of"]
 
 log = logging.getLogger("hsm_ocsp.http")
-
-
-SERVER_SOFTWARE = "hsm-ocsp"
 
 
 def build_token(
@@ -72,8 +71,11 @@ def create_app(
     handle_signals: bool = False,
     pin: str | None = None,
     login_gate: LoginGate | None = None,
+    role: str = "worker",
 ) -> web.Application:
-    """The application for one process; the token opens when the app starts."""
+    """The application of the process that holds the token and the indexes: a lone
+    worker, or the producer of several (``role``, which then serves its workers on
+    the link instead of HTTP). The token opens when the app starts."""
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
     app[SOURCES] = {
@@ -98,29 +100,14 @@ def create_app(
         shared=store,
     )
     if store is not None:
+        production = Production(config, app[SERVICE], sources, store, metrics)  # type: ignore[arg-type]
+        production.attach()  # withdrawals from the first index change on
+        app[PRODUCTION] = production
         app.on_cleanup.append(lambda _: _close(store))
     app[RUNNING] = {"config": config}  # what a reload replaces (the app itself is frozen)
     app.cleanup_ctx.append(_lifecycle(handle_signals))
-    # Server: hsm-ocsp, not Python's and aiohttp's versions for a scanner to match. aiohttp
-    # fills the header from this module constant; setting it once costs nothing a
-    # request (an on_response_prepare signal cost ~8 % of a cached answer's throughput).
-    setattr(web_response, "SERVER_SOFTWARE", SERVER_SOFTWARE)  # noqa: B010  (not exported)
-    handler = OCSPHandler(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    not_ocsp = ["/healthz", "/readyz"]
-    if config.server.metrics_listen is None:  # else worker.py listens there
-        app.router.add_get(METRICS_PATH, metrics.handle)
-        not_ocsp.append(METRICS_PATH)
-    # [\s\S], not ".": a path with a decoded newline (%0A) must reach the handler too
-    # and be answered malformedRequest, not 404. Every request to an OCSP path is
-    # timed and counted, a method other than GET, HEAD or POST too (405).
-    ocsp_path = r"/{tail:[\s\S]*}"
-    app.router.add_get(ocsp_path, metrics.observe(handler.get))
-    app.router.add_post(
-        ocsp_path, metrics.observe(handler.post), expect_handler=expect_within_limit
-    )
-    app.router.add_route("*", ocsp_path, metrics.observe(not_allowed, not_ocsp))
+    app.cleanup_ctx.append(_producing(role))
+    add_routes(app, config, metrics, readyz)
     return app
 
 
@@ -160,6 +147,8 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
         else:
             app[RUNNING]["config"] = new
             app[SERVICE].replace_issuers(issuers_of(new))
+            if PRODUCTION in app:
+                app[PRODUCTION].replaced_issuers()
             log.info("configuration reloaded from %s", new.path)
     wake.set()
 
@@ -193,7 +182,6 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
             asyncio.create_task(watch_indexes(app, wake)),
             asyncio.create_task(watch_token(app)),
         ]
-        log.info("worker %d ready", os.getpid())
         try:
             yield
         finally:
@@ -205,3 +193,36 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
             await token.aclose()
 
     return lifecycle
+
+
+def _producing(role: str):  # type: ignore[no-untyped-def]
+    """Once the indexes and the token are up: the store reconciled with the indexes,
+    pre-production started, and (a producer) the link to the workers opened."""
+
+    async def producing(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        production = app[PRODUCTION] if PRODUCTION in app else None
+        task = link = None
+        if production is not None:
+            production.start(loop)
+            await loop.run_in_executor(None, production.reconcile)  # before anyone reads it
+            if app[CONFIG].producer.pre_produce:
+                task = asyncio.create_task(production.run())
+        if role == "producer":
+            state_dir = app[CONFIG].server.state_dir
+            assert state_dir is not None
+            link = await serve_link(socket_path(state_dir), app[SERVICE].respond,
+                                    lambda: problems(app))  # fmt: skip
+        log.info("%s %d ready", role, os.getpid())
+        try:
+            yield
+        finally:
+            if link is not None:
+                link.close()
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            if production is not None:
+                await production.aclose()
+
+    return producing

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from aiohttp import web
 
 from ..config.model import Config
-from ..core.service import OCSPService
+from ..core.reply import Reply
+from ..core.responder import Issuer
 from ..pkcs11.signer_process import TokenProcess
 from .index_source import IndexSource
 from .metrics import Metrics
+from .producer_link import ProducerClient
+from .production import Production
 
-SERVICE = web.AppKey("service", OCSPService)
+
+class Answers(Protocol):
+    """What the routes ask for answers: the full service (core/service.py) where the
+    token and indexes are, the front (core/front_service.py) in a producer's worker."""
+
+    issuers: tuple[Issuer, ...]
+    issuer_names: frozenset[str]
+
+    async def respond(self, data: bytes, ca_name: str | None = None) -> Reply: ...
+
+    def replace_issuers(self, issuers: Sequence[Issuer]) -> None: ...
+
+    def cache_bytes(self) -> int: ...
+
+
+SERVICE = web.AppKey("service", Answers)
+
+
+PRODUCTION = web.AppKey("production", Production)
+
+
+PRODUCER = web.AppKey("producer", ProducerClient)
 
 
 SOURCES = web.AppKey("sources", dict[str, IndexSource])

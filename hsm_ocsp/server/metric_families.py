@@ -111,6 +111,34 @@ class MetricFamilies:
             "Answers signed on the token (not key probes).",
             registry=r,
         )
+        self.signatures = Counter(
+            PREFIX + "signatures_total",
+            "Answers signed on the token, by why: change (the index changed a status), "
+            "refresh, fill (none stored yet), live (a client waited), nonce, unknown.",
+            ["reason"],
+            registry=r,
+        )
+        self.production_backlog = Gauge(
+            PREFIX + "production_backlog",
+            "Answers of changed certificates the producer has still to sign, per CA.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.production_lag = Gauge(
+            PREFIX + "production_lag_seconds",
+            "Seconds from the last index change taken up to the last of its new "
+            "answers in the store, per CA.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.store_records = Gauge(
+            PREFIX + "store_records",
+            "Records in the host's answer store.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.store_hits = Counter(
             PREFIX + "store_answers_total",
             "Answers taken from the host's store, signed by another worker or before a "

@@ -27,6 +27,7 @@ from prometheus_client import (
 
 from ..core.index import IndexSnapshot
 from ..core.model import CertStatus
+from ..core.pre_production import SIGN_REASON
 from ..core.reply import Events, Reply
 from .app_keys import REPLY, STARTED
 from .metric_families import CACHE_RESULTS, MetricFamilies
@@ -67,9 +68,13 @@ class Metrics(MetricFamilies, Events):
 
     # --- sources of values ----------------------------------------------
 
-    def add_ca(self, name: str, signer_not_after: dt.datetime) -> None:
-        """A CA served by this process and the notAfter of its signing certificate."""
+    def add_ca(self, name: str, signer_not_after: dt.datetime, *, token: bool = True) -> None:
+        """A CA served by this process and the notAfter of its signing certificate;
+        ``token``: this process holds the token and the index (else the producer does,
+        and says their state)."""
         self.responder_expiry.labels(name).set(signer_not_after.timestamp())
+        if not token:
+            return
         self.token_up.labels(name).set(0)
         self.index_stale.labels(name).set(0)
         self.index_reload_errors.labels(name)
@@ -113,6 +118,9 @@ class Metrics(MetricFamilies, Events):
     def signed(self, seconds: float) -> None:
         self.answers_signed.inc()
 
+    def signed_for(self, reason: str) -> None:
+        self.signatures.labels(reason).inc()
+
     def from_store(self) -> None:
         self.store_hits.inc()
 
@@ -126,6 +134,8 @@ class Metrics(MetricFamilies, Events):
         self.unrefreshed.inc()
 
     def cache_lookup(self, result: str) -> None:
+        if SIGN_REASON.get() is not None:  # the producer's own look, not a client's
+            return
         self._lookups.append(result)
         self._flush_soon()
 

@@ -1,9 +1,12 @@
-"""``hsm-ocsp serve``: run the responder in one or several worker processes.
+"""``hsm-ocsp serve``: run the responder in one process, or a producer and workers.
 
-Workers share the port through the kernel (``SO_REUSEPORT``): each worker
+With several workers, one producer process alone opens the token and reads the
+indexes (producer.py); the workers answer from the host's store and ask the producer
+for the rest. Workers share the port through the kernel (``SO_REUSEPORT``): each
 binds its own socket and the kernel spreads new connections over them, so no
 process sits in the data path and a worker's death touches only its own
-connections. The parent only forks, watches and replaces workers; it never
+connections. Workers start once the producer's link is open (the store is then
+reconciled with the indexes). The parent only forks, watches and replaces; it never
 opens the token, because a PKCS#11 module must be initialised after fork.
 """
 
@@ -27,6 +30,8 @@ from ..core.errors import EXIT_CRASHED, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Confi
 from ..pkcs11.key_set import keys_changed, prove_new_keys
 from ..pkcs11.login_gate import LoginGate
 from .metrics_files import prepare_multiprocess, process_dead, remove_multiprocess_dir
+from .producer import run_producer
+from .producer_link import socket_path
 from .worker import run_worker
 
 __all__ = ["run_server"]
@@ -35,16 +40,19 @@ log = logging.getLogger("hsm_ocsp.serve")
 _STARTUP_GRACE = 10.0
 
 
-def _fork_worker(config: Config, pin: str, gate: LoginGate) -> int:
+def _fork_child(config: Config, pin: str, gate: LoginGate, producer: bool) -> int:
     pid = os.fork()
     if pid == 0:  # child
         code = EXIT_CRASHED
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            code = run_worker(config, reuse_port=True, pin=pin, gate=gate)
+            if producer:
+                code = run_producer(config, pin=pin, gate=gate)
+            else:  # no token in a worker: no PIN either
+                code = run_worker(config, reuse_port=True, pin="", gate=None)
         except BaseException:
-            log.exception("worker crashed")
+            log.exception("%s crashed", "producer" if producer else "worker")
         finally:
             sys.stderr.flush()
             os._exit(code)
@@ -111,25 +119,34 @@ def _supervise(config: Config, workers: int, pin: str, gate: LoginGate) -> int:
 
 
 class _Supervisor:
-    """Forks the workers, replaces one that ends, passes SIGHUP on, stops them all."""
+    """Forks the producer, then the workers; replaces one that ends, passes SIGHUP on,
+    stops them all."""
 
     def __init__(self, config: Config, pin: str, gate: LoginGate) -> None:
         self.config = config
         self.pin = pin
         self.gate = gate
         self.children: dict[int, float] = {}  # pid -> when it was forked
+        self.producer: int | None = None
+        self.workers_started = False
         self.received: list[int] = []
         self.stopping = False
         self.exit_code = EXIT_OK
         self.started = time.monotonic()
+        assert config.server.state_dir is not None
+        self.link = socket_path(config.server.state_dir)
 
     def run(self, workers: int) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda signum, frame: self.received.append(signum))
-        for _ in range(workers):
-            self._fork()
+        self.link.unlink(missing_ok=True)  # a socket of a run before is no sign of life
+        self._fork(producer=True)
         while self.children:
             self._take_signals()
+            if not self.workers_started and not self.stopping and self.link.exists():
+                self.workers_started = True
+                for _ in range(workers):
+                    self._fork(producer=False)
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -140,8 +157,11 @@ class _Supervisor:
                 self._ended(pid, self.children.pop(pid), os.waitstatus_to_exitcode(status))
         return self.exit_code
 
-    def _fork(self) -> None:
-        self.children[_fork_worker(self.config, self.pin, self.gate)] = time.monotonic()
+    def _fork(self, *, producer: bool) -> None:
+        pid = _fork_child(self.config, self.pin, self.gate, producer)
+        self.children[pid] = time.monotonic()
+        if producer:
+            self.producer = pid
 
     def _take_signals(self) -> None:
         while self.received:
@@ -154,22 +174,36 @@ class _Supervisor:
 
     def _ended(self, pid: int, born: float, code: int) -> None:
         process_dead(pid)
+        what = "producer" if pid == self.producer else "worker"
         if self.stopping:
+            self._stop_producer_when_alone()
             return
-        # A worker that could not start (not one that crashed) stops the service.
-        if code in (EXIT_FAILURE, EXIT_USAGE) and time.monotonic() - self.started < _STARTUP_GRACE:
-            log.error("worker %d could not start; stopping", pid)
+        # One that could not start (not one that crashed) stops the service.
+        starting = what == "producer" and not self.workers_started
+        if code in (EXIT_FAILURE, EXIT_USAGE) and (
+            starting or time.monotonic() - self.started < _STARTUP_GRACE
+        ):
+            log.error("%s %d could not start; stopping", what, pid)
             self._stop(code)
             return
-        log.error("worker %d ended (exit %s); starting another", pid, code)
+        log.error("%s %d ended (exit %s); starting another", what, pid, code)
         if time.monotonic() - born < 1.0:
-            time.sleep(1.0)  # a worker that dies at once must not spin the CPU
-        self._fork()
+            time.sleep(1.0)  # one that dies at once must not spin the CPU
+        self._fork(producer=what == "producer")
 
     def _stop(self, code: int) -> None:
+        """Workers first: the requests they finish may still need the producer."""
         self.stopping = True
         self.exit_code = code
-        self._signal_all(signal.SIGTERM)
+        for pid in self.children:
+            if pid != self.producer:
+                os.kill(pid, signal.SIGTERM)
+        self._stop_producer_when_alone()
+
+    def _stop_producer_when_alone(self) -> None:
+        if self.stopping and self.producer in self.children and len(self.children) == 1:
+            os.kill(self.producer, signal.SIGTERM)
+            self.producer = None  # signalled once
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.children:

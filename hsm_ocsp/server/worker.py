@@ -25,6 +25,7 @@ from .access_log import AccessLogger
 from .app import create_app
 from .app_state import METRICS
 from .capped_site import CappedTCPSite, default_max_connections
+from .front_app import create_front_app
 from .metrics import create_metrics_app
 from .per_turn import log_lines_once_a_turn
 
@@ -55,14 +56,19 @@ class _UnparsableRequests(logging.Filter):
         return not isinstance(exc, HttpProcessingError)
 
 
-async def _serve(config: Config, reuse_port: bool, pin: str, gate: LoginGate) -> None:
+async def _serve(config: Config, reuse_port: bool, pin: str, gate: LoginGate | None) -> None:
     logging.getLogger("aiohttp.server").addFilter(_UnparsableRequests())
     with log_lines_once_a_turn(asyncio.get_running_loop()):
         await _serve_app(config, reuse_port, pin, gate)
 
 
-async def _serve_app(config: Config, reuse_port: bool, pin: str, gate: LoginGate) -> None:
-    app = create_app(config, handle_signals=True, pin=pin, login_gate=gate)
+async def _serve_app(
+    config: Config, reuse_port: bool, pin: str, gate: LoginGate | None
+) -> None:  # fmt: skip
+    if gate is None:  # a worker of the host's producer: no token here
+        app = create_front_app(config, handle_signals=True)
+    else:
+        app = create_app(config, handle_signals=True, pin=pin, login_gate=gate)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -148,8 +154,9 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run_worker(config: Config, *, reuse_port: bool, pin: str, gate: LoginGate) -> int:
-    """Run one worker until SIGTERM; the exit code says why it ended."""
+def run_worker(config: Config, *, reuse_port: bool, pin: str, gate: LoginGate | None) -> int:
+    """Run one worker until SIGTERM; the exit code says why it ended. Without a login
+    gate it is a worker of the host's producer and opens no token."""
     # A reload asked for while the worker starts must not kill it; the event
     # loop's SIGHUP handler (an index reload) replaces this once the app runs.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

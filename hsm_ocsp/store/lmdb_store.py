@@ -2,62 +2,25 @@
 every worker (one writer at a time, readers never wait), so the answers take the same
 pages in every process and survive a restart.
 
-Keys are the CA's name and the CertID's DER; values a fixed header, the etag and the
-response. A store that cannot be read or written is skipped, never fatal: the worker
-signs (or answers from its own cache) as without one, and says so once.
+Keys and values are bytes (core/shared_answers.py says what they hold). A store that
+cannot be read or written is skipped, never fatal: the process signs (or answers from
+its own cache) as without one, and says so once.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import lmdb
 
-from ..core.model import CertStatus
-from ..core.shared_answers import StoredAnswer
-
 __all__ = ["DEFAULT_MAP_BYTES", "LmdbStore"]
 
 log = logging.getLogger("hsm_ocsp.store")
-DEFAULT_MAP_BYTES = 1 << 30  # address space, not memory: pages are mapped as used
-_HEADER = struct.Struct("!qqq8s8sBH")  # produced, next, refresh, signer, truth, status, etag
-_STATUSES = list(CertStatus)
-
-
-def encode(answer: StoredAnswer) -> bytes:
-    etag = answer.etag.encode()
-    header = _HEADER.pack(
-        answer.produced_at,
-        answer.next_update,
-        answer.refresh_at,
-        answer.signer,
-        answer.truth,
-        _STATUSES.index(answer.cert_status),
-        len(etag),
-    )
-    return header + etag + answer.body
-
-
-def decode(data: bytes) -> StoredAnswer | None:
-    """The answer, or None for bytes that are not one (another version's, say)."""
-    if len(data) < _HEADER.size:
-        return None
-    produced, next_update, refresh, signer, truth, status, etag_length = _HEADER.unpack_from(data)
-    start = _HEADER.size + etag_length
-    if status >= len(_STATUSES) or len(data) <= start:
-        return None
-    return StoredAnswer(
-        body=data[start:],
-        cert_status=_STATUSES[status],
-        produced_at=produced,
-        next_update=next_update,
-        refresh_at=refresh,
-        signer=signer,
-        truth=truth,
-        etag=data[_HEADER.size : start].decode(),
-    )
+DEFAULT_MAP_BYTES = 1 << 34  # address space, not memory: pages are mapped as used
+_BATCH = 10_000  # records deleted in one write transaction
 
 
 class LmdbStore:
@@ -73,32 +36,72 @@ class LmdbStore:
             readahead=False, max_readers=1024, mode=0o700,
         )  # fmt: skip
         self._failed = False
+        # A write that depends on the index (put's still_true) and a withdrawal for an
+        # index change do not interleave: the one that comes second sees the other.
+        self.lock = threading.Lock()
 
-    def get(self, key: bytes) -> StoredAnswer | None:
+    def get(self, key: bytes) -> bytes | None:
         try:
             with self._env.begin(buffers=False) as txn:
-                data = txn.get(key)
+                data: bytes | None = txn.get(key)
         except lmdb.Error as exc:
             self._fault("read", exc)
             return None
-        return None if data is None else decode(data)
+        return data
 
-    def put(self, key: bytes, answer: StoredAnswer) -> None:
-        try:
-            with self._env.begin(write=True) as txn:
-                txn.put(key, encode(answer))
-        except lmdb.Error as exc:  # MapFullError included: the answer stays unshared
-            self._fault("write", exc)
+    def put(self, key: bytes, value: bytes, still_true: Callable[[], bool] | None = None) -> None:
+        with self.lock:
+            if still_true is not None and not still_true():
+                return
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.put(key, value)
+            except lmdb.Error as exc:  # MapFullError included: the answer stays unshared
+                self._fault("write", exc)
 
-    def records(self) -> list[tuple[str, int, StoredAnswer]]:
-        """Every record: its CA's name, its size in bytes, the answer."""
-        out = []
+    def withdraw(self, prefixes: Iterable[bytes]) -> int:
+        """Delete every record whose key begins with one of ``prefixes``."""
+        deleted = 0
+        with self.lock:
+            try:
+                with self._env.begin(write=True) as txn:
+                    cursor = txn.cursor()
+                    for prefix in prefixes:
+                        if not cursor.set_range(prefix):
+                            continue
+                        while cursor.key().startswith(prefix):
+                            deleted += 1
+                            if not cursor.delete():  # moved to the next record
+                                break
+            except lmdb.Error as exc:  # said every time: a stored answer may outlive its truth
+                log.error("answer store %s: cannot withdraw answers (%s)", self.path, exc)
+                return -1
+        return deleted
+
+    def delete(self, keys: Iterable[bytes]) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) >= _BATCH:
+                deleted += self._delete(batch)
+                batch = []
+        return deleted + self._delete(batch)
+
+    def _delete(self, keys: list[bytes]) -> int:
+        with self.lock, self._env.begin(write=True) as txn:
+            return sum(bool(txn.delete(key)) for key in keys)
+
+    def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key begins with ``prefix``, in one read snapshot."""
         with self._env.begin(buffers=False) as txn:
-            for key, data in txn.cursor():
-                answer = decode(data)
-                if answer is not None:
-                    out.append((key.split(b"\0", 1)[0].decode(), len(key) + len(data), answer))
-        return out
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    return
+                yield key, value
 
     def entries(self) -> int:
         return int(self._env.stat()["entries"])

@@ -60,9 +60,17 @@ def build_ca(
 
 
 def write_config(
-    path: Path, setups: dict[str, CASetup], *, server: str = "", port: int = 0, **ca_extra: str
+    path: Path,
+    setups: dict[str, CASetup],
+    *,
+    server: str = "",
+    port: int = 0,
+    producer: str = "",
+    **ca_extra: str,
 ) -> Path:
     lines = ["[server]", f'listen = "127.0.0.1:{port or 8080}"', server, ""]
+    if producer:
+        lines += ["[producer]", producer, ""]
     lines += ["[token]", f'module = "{MODULE}"', ""]
     for name, setup in setups.items():
         lines += [

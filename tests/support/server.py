@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import resource
 import signal
 import socket
@@ -42,6 +43,18 @@ class RunningServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
+
+    def producer_pid(self) -> int | None:
+        """The host's producer (serve with several workers), from its last "ready" line."""
+        found = re.findall(r"producer (\d+) ready", self.log.read_text())
+        return int(found[-1]) if found else None
+
+    def worker_pids(self) -> list[int]:
+        """The live children of serve that are workers, not the producer."""
+        pid = self.process.pid
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        producer = self.producer_pid()
+        return [kid for kid in kids if kid != producer]
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL to the whole process group: no worker outlives a test."""

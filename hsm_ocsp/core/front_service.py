@@ -1,0 +1,165 @@
+"""A worker's answers when the host has a producer: no token and no index here.
+
+An answer for one CertID is read from the host's store (core/shared_answers.py),
+served until its nextUpdate if one of the CA's configured certificates valid now signed
+it. Everything else (a serial the store lacks, a nonce, several CertIDs) is asked of
+the producer, which holds the token and the indexes. Bad requests and CertIDs of CAs
+not served here are answered at once, without asking anyone.
+
+The producer withdraws a serial's records before it signs anew when the index changes
+its status: so a worker never needs the index to know that a stored answer is true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from .clock import utcnow
+from .errors import MalformedRequestError
+from .limits import LIMITS
+from .model import OCSPResponseStatus
+from .reply import UNSUCCESSFUL, Events, Reply
+from .reply_cache import ENTRY_OVERHEAD, ReplyCache
+from .request import decode_request
+from .responder import Issuer, SigningCertificate, select_issuer
+from .shared_answers import SharedAnswers, decode, shared_key, signer_fingerprint
+
+__all__ = ["Ask", "FrontService"]
+
+log = logging.getLogger("hsm_ocsp.service")
+Ask = Callable[[bytes, str | None], Awaitable[Reply]]  # the producer: request -> reply
+_MAX_KNOWN_REQUEST = 512  # as in service.py: only requests of the common size are memoised
+
+
+@dataclasses.dataclass(slots=True)
+class _Memo:
+    """A record read from the store, and the Reply made of it (served again while the
+    store holds the same bytes, so the HTTP layer's memos keyed on the Reply hold)."""
+
+    data: bytes
+    reply: Reply
+    next_update: float
+    signer: bytes
+
+
+class FrontService:
+    def __init__(
+        self,
+        issuers: Sequence[Issuer],
+        shared: SharedAnswers,
+        ask: Ask,
+        *,
+        max_cert_ids: int = LIMITS.max_cert_ids,
+        echo_nonce: bool = True,
+        cache_entries: int = LIMITS.cache_entries,
+        cache_bytes: int = LIMITS.cache_bytes,
+        events: Events | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.issuers = tuple(issuers)
+        self.issuer_names = frozenset(i.name for i in issuers)
+        self._shared = shared
+        self._ask = ask
+        self.max_cert_ids = max_cert_ids
+        self.echo_nonce = echo_nonce
+        self.events = events or Events()
+        self._clock = clock
+        self._entries = cache_entries
+        self._bytes = cache_bytes
+        self._memo: ReplyCache[_Memo] = ReplyCache(cache_entries, cache_bytes)
+        # Exact request bytes (and the CA of the URL) -> (CA, store key).
+        self._known: dict[tuple[str | None, bytes], tuple[Issuer, bytes]] = {}
+        self._fingerprints: dict[int, tuple[SigningCertificate, bytes]] = {}
+
+    async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
+        """Answer one DER request; never raises for bad input or a producer away."""
+        known = self._known.get((ca_name, data))
+        if known is None:
+            routed = self._route(data, ca_name)
+            if isinstance(routed, Reply):
+                return routed
+            if routed is None:  # not an answer the store holds
+                return await self._ask(data, ca_name)
+            known = routed
+            if len(data) <= _MAX_KNOWN_REQUEST:
+                self._remember((ca_name, data), known)
+        hit = self._stored(*known)
+        if hit is not None:
+            return hit
+        return await self._ask(data, ca_name)
+
+    def _route(self, data: bytes, ca_name: str | None) -> Reply | tuple[Issuer, bytes] | None:
+        """The answer now (a bad request, a CA not served), the store key of a
+        stored kind of answer, or None: only the producer can answer it."""
+        try:
+            request = decode_request(data, max_cert_ids=self.max_cert_ids)
+        except MalformedRequestError as exc:
+            log.debug("malformed request: %s", exc)
+            return UNSUCCESSFUL[OCSPResponseStatus.MALFORMED_REQUEST]
+        issuer = select_issuer(self.issuers, request.cert_ids, ca_name)
+        if issuer is None:
+            return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
+        if (self.echo_nonce and request.nonce is not None) or len(request.cert_ids) != 1:
+            return None
+        return issuer, shared_key(issuer.name, request.cert_ids[0])
+
+    def _stored(self, issuer: Issuer, key: bytes) -> Reply | None:
+        """The stored answer under ``key`` if it may be served now. Only a hit is
+        counted here: the producer counts what it is asked (miss, stale or its hit)."""
+        data = self._shared.get(key)
+        if data is None:
+            return None
+        now = self._clock()
+        memo = self._memo.get(key)
+        if memo is None or memo.data != data:
+            memo = self._read(issuer, key, data)
+        if memo is None or now.timestamp() >= memo.next_update:
+            return None
+        if memo.signer not in self._signing(issuer, now):
+            return None
+        self.events.cache_lookup("hit")
+        return memo.reply
+
+    def _signing(self, issuer: Issuer, now: dt.datetime) -> set[bytes]:
+        """Fingerprints of ``issuer``'s certificates valid now. Which of them signs is
+        the producer's choice (it may take up a reload a moment before or after this
+        worker); an answer of a certificate no longer configured is never served."""
+        return {self._fingerprint(s) for s in issuer.signers if s.not_before <= now < s.not_after}
+
+    def _read(self, issuer: Issuer, key: bytes, data: bytes) -> _Memo | None:
+        record = decode(data)
+        if record is None:
+            return None
+        memo = _Memo(data, record.reply(issuer.name), record.next_update, record.signer)
+        self._memo.put(key, memo, 2 * len(data) + len(key) + ENTRY_OVERHEAD, main=True)
+        return memo
+
+    def _fingerprint(self, signer: SigningCertificate) -> bytes:
+        known = self._fingerprints.get(id(signer))
+        if known is None or known[0] is not signer:
+            if len(self._fingerprints) > 64:
+                self._fingerprints.clear()
+            known = self._fingerprints[id(signer)] = (signer, signer_fingerprint(signer))
+        return known[1]
+
+    def _remember(self, request: tuple[str | None, bytes], found: tuple[Issuer, bytes]) -> None:
+        known = self._known
+        if len(known) >= self._entries:  # bounded like the memo: drop the oldest
+            del known[next(iter(known))]
+        known[request] = found
+
+    def replace_issuers(self, issuers: Sequence[Issuer]) -> None:
+        """A reload: new certificates or rules for the same CAs."""
+        self.issuers = tuple(issuers)
+        self.issuer_names = frozenset(i.name for i in issuers)
+        self._known.clear()
+        self._memo = ReplyCache(self._entries, self._bytes)
+
+    def cache_size(self) -> int:
+        return len(self._memo)
+
+    def cache_bytes(self) -> int:
+        return self._memo.bytes

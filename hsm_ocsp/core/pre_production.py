@@ -1,0 +1,115 @@
+"""What the producer signs ahead of any client: the pure part.
+
+For every serial of an index and every CertID hash algorithm a CA is configured with,
+the producer keeps a current answer in the host's store. This module says which
+CertID a client of that algorithm sends (OpenSSL's encoding: the algorithm with NULL
+parameters, as NSS, Java, Go and OpenSSL clients send it), which serials an index
+change touched, and why a stored record needs producing (missing, to refresh, or
+signed by a certificate that no longer signs).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import enum
+from collections.abc import Iterable, Iterator, Mapping
+
+from . import der
+from .index import IndexSnapshot
+from .ocsp import HASH_ALGORITHMS, CertID
+from .responder import Issuer
+from .shared_answers import decode, index_digest, parse_key, serial_prefix
+
+__all__ = [
+    "SIGN_REASON",
+    "Reason",
+    "cert_id",
+    "changed_serials",
+    "needs",
+    "prefixes",
+    "request_der",
+    "untrue_keys",
+]
+
+_OIDS = {name: dotted for dotted, name in HASH_ALGORITHMS.items()}
+_MISSING = object()
+
+
+class Reason(enum.Enum):
+    """Why an answer was signed (the ``reason`` label of hsm_ocsp_signatures_total)."""
+
+    CHANGE = "change"  # the index changed the serial's status
+    REFRESH = "refresh"  # the stored answer is due for refresh (refresh.py)
+    FILL = "fill"  # no answer stored yet
+    LIVE = "live"  # a client waited for it (a store miss, several CertIDs)
+    NONCE = "nonce"  # signed for one client alone
+    UNKNOWN = "unknown"  # a serial the index does not hold
+
+
+# Set by the producer around the answers it signs ahead; a client's answer has none.
+SIGN_REASON: contextvars.ContextVar[Reason | None] = contextvars.ContextVar(
+    "sign_reason", default=None
+)
+
+
+def cert_id(issuer: Issuer, algorithm: str, serial: int) -> CertID:
+    """The CertID a client sends for ``serial`` of ``issuer`` hashed with ``algorithm``."""
+    name_hash, key_hash = issuer.name_hashes[algorithm], issuer.key_hashes[algorithm]
+    encoded = der.sequence(
+        der.sequence(der.oid(_OIDS[algorithm]), der.null()),
+        der.octet_string(name_hash),
+        der.octet_string(key_hash),
+        der.integer(serial),
+    )
+    return CertID(algorithm, name_hash, key_hash, serial, encoded)
+
+
+def request_der(cert_id_der: bytes) -> bytes:
+    """An OCSPRequest for one CertID (its DER), no nonce: what a stapling server sends."""
+    return der.sequence(der.sequence(der.sequence(der.sequence(cert_id_der))))
+
+
+def changed_serials(old: IndexSnapshot | None, new: IndexSnapshot) -> list[int]:
+    """Serials whose status differs between two versions of an index (new, changed or
+    gone). Unchanged entries are shared between versions (index.py), so most compare
+    by identity."""
+    if old is None:
+        return []
+    before, after = old.entries, new.entries
+    changed = [s for s, v in after.items() if (b := before.get(s, _MISSING)) is not v and b != v]
+    changed += [s for s in before if s not in after]
+    return changed
+
+
+def needs(
+    data: bytes | None, value: object, signer: bytes, now: dt.datetime
+) -> Reason | None:  # fmt: skip
+    """Why the stored record ``data`` for a serial whose index entry is ``value`` must be
+    produced now (None: it is current). ``signer`` is the fingerprint that signs now."""
+    record = None if data is None else decode(data)
+    if record is None or record.truth != index_digest(value) or record.signer != signer:
+        return Reason.FILL
+    if record.refresh_at <= now.timestamp():
+        return Reason.REFRESH
+    return None
+
+
+def prefixes(ca: str, serials: Iterable[int]) -> Iterator[bytes]:
+    """The key prefixes of ``serials``: withdrawing them drops every CertID of each."""
+    return (serial_prefix(ca, s) for s in serials)
+
+
+def untrue_keys(
+    items: Iterable[tuple[bytes, bytes]], snapshots: Mapping[str, IndexSnapshot | None]
+) -> Iterator[bytes]:
+    """Keys of records the indexes no longer say (or of no CA served, or unreadable)."""
+    for key, value in items:
+        parsed, record = parse_key(key), decode(value)
+        snapshot = snapshots.get(parsed[0]) if parsed is not None else None
+        if parsed is None or record is None or snapshot is None:
+            yield key
+            continue
+        truth = snapshot.entries.get(parsed[1], _MISSING)
+        if truth is _MISSING or record.truth != index_digest(truth):
+            yield key

@@ -1,0 +1,93 @@
+"""The application of a worker when the host has a producer: it holds no token and no
+index. Answers come from the host's store, else from the producer over the link."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..config.model import Config, NonceMode
+from ..config.reload import read_reloadable
+from ..core.front_service import FrontService
+from ..store.lmdb_store import LmdbStore
+from .app import issuers_of
+from .app_state import CONFIG, METRICS, PRODUCER, RUNNING, SERVICE
+from .health import front_readyz
+from .metrics import Metrics
+from .producer_link import ProducerClient, socket_path
+from .routes import add_routes
+
+__all__ = ["create_front_app"]
+
+log = logging.getLogger("hsm_ocsp.http")
+
+
+def create_front_app(config: Config, *, handle_signals: bool = False) -> web.Application:
+    state_dir = config.server.state_dir
+    assert state_dir is not None  # serve makes one when the config has none
+    app = web.Application(client_max_size=config.server.max_request_bytes)
+    app[CONFIG] = config
+    metrics = app[METRICS] = Metrics()
+    for ca in config.cas:
+        signer = max((c for _, c in ca.signing_certificates), key=lambda c: c.not_valid_after_utc)
+        metrics.add_ca(ca.name, signer.not_valid_after_utc, token=False)
+    store = LmdbStore(state_dir)
+    producer = app[PRODUCER] = ProducerClient(socket_path(state_dir))
+    app[SERVICE] = FrontService(
+        issuers_of(config),
+        store,
+        producer.ask,
+        max_cert_ids=config.server.max_cert_ids,
+        echo_nonce=config.server.nonce is NonceMode.ECHO,
+        cache_entries=config.server.cache_entries,
+        cache_bytes=config.server.cache_bytes,
+        events=metrics,
+    )
+    app[RUNNING] = {"config": config}
+    app.cleanup_ctx.append(_lifecycle(store, handle_signals))
+    add_routes(app, config, metrics, front_readyz)
+    return app
+
+
+async def _reload(app: web.Application) -> None:
+    """SIGHUP: the new certificates and rules (the producer takes up keys and indexes)."""
+    running = app[RUNNING]["config"]
+    read = functools.partial(read_reloadable, running, quiet=True)
+    new = await asyncio.get_running_loop().run_in_executor(None, read)
+    if new is not None and app[RUNNING]["config"] is running:
+        app[RUNNING]["config"] = new
+        app[SERVICE].replace_issuers(issuers_of(new))
+        log.info("configuration reloaded from %s", new.path)
+
+
+def _lifecycle(store: LmdbStore, handle_signals: bool):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_sighup() -> None:
+            task = asyncio.create_task(_reload(app))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        log.info("worker %d ready", os.getpid())
+        try:
+            yield
+        finally:
+            if handle_signals:
+                loop.remove_signal_handler(signal.SIGHUP)
+            for task in reloads:
+                task.cancel()
+            await asyncio.gather(*reloads, return_exceptions=True)
+            await app[PRODUCER].aclose()
+            store.close()
+
+    return lifecycle

@@ -1,0 +1,201 @@
+"""The local link between the host's producer and its workers: a Unix socket in the
+state directory, one connection per worker, requests multiplexed on it.
+
+A frame is its length and a request id (``!II``), then the payload. A worker asks
+with an op byte, the CA of the URL (length-prefixed, empty for none) and the DER
+request; the producer answers with the same id and a reply (core/reply_wire.py) or,
+for a readiness question, the problems it sees, one a line. A worker whose producer is
+away answers what only the producer can answer with tryLater, and connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ..core.model import OCSPResponseStatus
+from ..core.reply import UNSUCCESSFUL, Reply
+from ..core.reply_wire import decode_reply, encode_reply
+
+__all__ = ["ProducerClient", "serve_link", "socket_path"]
+
+log = logging.getLogger("hsm_ocsp.producer")
+_FRAME = struct.Struct("!II")
+_ANSWER, _READY = 0, 1
+MAX_FRAME = 1 << 20  # a request is at most max_request_bytes (64 KiB at most), a reply small
+MAX_IN_FLIGHT = 4096  # requests one worker may have at the producer; beyond: tryLater
+TRY_LATER = UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+RETRY_AFTER = 0.2  # seconds between two attempts to reach an absent producer
+ASK_TIMEOUT = 30.0
+
+Respond = Callable[[bytes, str | None], Awaitable[Reply]]
+Problems = Callable[[], list[str]]
+
+
+def socket_path(state_dir: Path) -> Path:
+    return state_dir / "producer.sock"
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    size, ident = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+    if size > MAX_FRAME:
+        raise ConnectionError(f"frame of {size} bytes")
+    return ident, await reader.readexactly(size)
+
+
+def _frame(ident: int, payload: bytes) -> bytes:
+    return _FRAME.pack(len(payload), ident) + payload
+
+
+async def serve_link(path: Path, respond: Respond, problems: Problems) -> asyncio.Server:
+    """Listen on ``path`` (mode 0600) for workers; the caller closes the server."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                ident, payload = await _read_frame(reader)
+                if len(tasks) >= MAX_IN_FLIGHT:
+                    writer.write(_frame(ident, encode_reply(TRY_LATER)))
+                    continue
+                task = asyncio.create_task(_answer(ident, payload, writer, respond, problems))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker ended
+        finally:
+            for task in tasks:
+                task.cancel()
+            writer.close()
+
+    server = await asyncio.start_unix_server(connection, str(path))
+    os.chmod(path, 0o600)
+    return server
+
+
+async def _answer(
+    ident: int, payload: bytes, writer: asyncio.StreamWriter, respond: Respond,
+    problems: Problems,
+) -> None:  # fmt: skip
+    if payload[:1] == bytes((_READY,)):
+        writer.write(_frame(ident, "\n".join(problems()).encode()))
+        return
+    size = payload[1] if len(payload) > 1 else 0
+    ca = payload[2 : 2 + size].decode(errors="replace") or None
+    reply = await respond(payload[2 + size :], ca)
+    if not writer.is_closing():
+        writer.write(_frame(ident, encode_reply(reply)))
+
+
+class ProducerClient:
+    """A worker's end of the link."""
+
+    def __init__(self, path: Path, timeout: float = ASK_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[bytes]] = {}
+        self._ids = itertools.count(1)
+        self._connecting: asyncio.Future[bool] | None = None
+        self._failed_at = 0.0
+        self._said = False
+
+    async def ask(self, data: bytes, ca_name: str | None) -> Reply:
+        """The producer's answer; tryLater if it cannot be reached or does not answer."""
+        ca = (ca_name or "").encode()[:255]
+        payload = await self._call(bytes((_ANSWER, len(ca))) + ca + data)
+        if payload is None:
+            return TRY_LATER
+        try:
+            return decode_reply(payload)
+        except ValueError as exc:
+            log.error("producer sent a reply that is not one: %s", exc)
+            return TRY_LATER
+
+    async def problems(self) -> list[str]:
+        """What the producer says keeps it from answering ([] when ready)."""
+        payload = await self._call(bytes((_READY,)), timeout=2.0)
+        if payload is None:
+            return ["producer: not reachable"]
+        return [line for line in payload.decode().splitlines() if line]
+
+    async def _call(self, payload: bytes, timeout: float | None = None) -> bytes | None:
+        if not await self._connected():
+            return None
+        assert self._writer is not None
+        ident = next(self._ids) & 0xFFFFFFFF
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[ident] = future
+        try:
+            self._writer.write(_frame(ident, payload))
+            async with asyncio.timeout(timeout or self.timeout):
+                return await future
+        except (TimeoutError, ConnectionError):
+            return None
+        finally:
+            self._waiting.pop(ident, None)
+
+    async def _connected(self) -> bool:
+        if self._writer is not None and not self._writer.is_closing():
+            return True
+        if self._connecting is not None:  # another request is connecting: wait for it
+            return await asyncio.shield(self._connecting)
+        if time.monotonic() - self._failed_at < RETRY_AFTER:
+            return False
+        self._connecting = asyncio.get_running_loop().create_future()
+        try:
+            ok = await self._connect()
+            self._connecting.set_result(ok)
+            return ok
+        finally:
+            self._connecting = None
+
+    async def _connect(self) -> bool:
+        try:
+            reader, self._writer = await asyncio.open_unix_connection(str(self.path))
+        except OSError as exc:
+            self._failed_at = time.monotonic()
+            if not self._said:
+                log.warning("producer not reachable at %s (%s): answering tryLater for what "
+                            "the store lacks", self.path, exc.strerror)  # fmt: skip
+                self._said = True
+            return False
+        if self._said:
+            log.info("producer reachable again")
+            self._said = False
+        self._reader_task = asyncio.create_task(self._read(reader))
+        return True
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                ident, payload = await _read_frame(reader)
+                future = self._waiting.get(ident)
+                if future is not None and not future.done():
+                    future.set_result(payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            self._writer = None
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("producer went away"))
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            await asyncio.gather(self._reader_task, return_exceptions=True)

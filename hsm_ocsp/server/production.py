@@ -1,0 +1,274 @@
+"""The producer's work: keep a current signed answer in the host's store for every
+serial of every index and every CertID hash of its CA (core/pre_production.py).
+
+In order: the serials an index change touched (their stored answers are withdrawn
+first, at the moment the new index is taken up, so no process serves the old status),
+then answers due for refresh, then the fill of what the store lacks. Clients' own
+requests do not wait here: they go to the service straight, and their signatures take
+their turn at the token with these (sign_queue.py). ``producer.max_signatures_per_second``
+caps what is signed here; a token that fails pauses the work, it is not retried in a spin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from ..config.model import Config
+from ..core.clock import utcnow
+from ..core.index import IndexSnapshot
+from ..core.pre_production import (
+    SIGN_REASON,
+    Reason,
+    cert_id,
+    changed_serials,
+    needs,
+    prefixes,
+    request_der,
+    untrue_keys,
+)
+from ..core.rate import Rate
+from ..core.responder import Issuer
+from ..core.service import OCSPService
+from ..core.shared_answers import (
+    cert_id_of,
+    decode,
+    shared_key,
+    signer_fingerprint,
+)
+from ..store.lmdb_store import LmdbStore
+from .index_source import IndexSource
+from .metrics import Metrics
+
+__all__ = ["Production"]
+
+log = logging.getLogger("hsm_ocsp.producer")
+_MISSING = object()
+CHUNK = 512  # serials looked at between two looks at changes and refreshes
+IN_FLIGHT = 8  # answers being signed here at once (keeps the token's window full)
+REFILL_EVERY = 3600.0  # seconds between two fill passes once the store is full
+PAUSE = 1.0  # seconds to wait after the token failed
+
+
+class Production:
+    def __init__(
+        self,
+        config: Config,
+        service: OCSPService,
+        sources: dict[str, IndexSource],
+        store: LmdbStore,
+        metrics: Metrics,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.sources = sources
+        self.store = store
+        self.metrics = metrics
+        self._clock = clock
+        self._last: dict[str, IndexSnapshot | None] = dict.fromkeys(sources)
+        self._changed: dict[str, collections.deque[int]] = {n: collections.deque() for n in sources}
+        self._changed_at: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rate = Rate(config.producer.max_signatures_per_second)
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self._failed = False
+        self._refill = True  # a fill pass is due (at start, after a reload)
+        self.soonest: dict[str, float] = {}  # CA -> the soonest nextUpdate stored (Unix s)
+        self._refresh_at = 0.0  # Unix time the next stored answer is due for refresh
+
+    # --- withdrawals: called in the index watcher's thread --------------------------
+
+    def attach(self) -> None:
+        """Withdraw changed serials whenever an index is taken up (before anything
+        else hears of the new index)."""
+        for name, source in self.sources.items():
+            source.on_reload = self._on_reload(name, source.on_reload)
+
+    def _on_reload(
+        self, ca: str, then: Callable[[IndexSnapshot], None] | None
+    ) -> Callable[[IndexSnapshot], None]:
+        def reloaded(snapshot: IndexSnapshot) -> None:
+            old, self._last[ca] = self._last[ca], snapshot
+            changed = sorted(changed_serials(old, snapshot))
+            if changed:
+                withdrawn = self.store.withdraw(prefixes(ca, changed))
+                log.info("CA %s: %d serials changed in the index, %d stored answers withdrawn",
+                         ca, len(changed), withdrawn)  # fmt: skip
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._queue_changes, ca, changed)
+            if then is not None:
+                then(snapshot)
+
+        return reloaded
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _queue_changes(self, ca: str, serials: list[int]) -> None:
+        self._changed[ca].extend(serials)
+        self._changed_at.setdefault(ca, time.monotonic())
+        self._wake.set()
+
+    def reconcile(self) -> int:
+        """Delete what the store holds that the indexes no longer say (a restart after
+        the index changed, say) or that is no answer of a CA served here. Blocking."""
+        snapshots = {name: source.snapshot for name, source in self.sources.items()}
+        self._last.update(snapshots)
+        deleted = self.store.delete(untrue_keys(self.store.items(), snapshots))
+        if deleted:
+            log.info("answer store: %d records withdrawn that the indexes no longer say", deleted)
+        return deleted
+
+    def replaced_issuers(self) -> None:
+        """A reload: answers of a replaced certificate or key are produced again."""
+        self._refill = True
+        self._wake.set()
+
+    # --- the work: on the event loop -------------------------------------------------
+
+    async def run(self) -> None:
+        next_fill = 0.0
+        while True:
+            await self._changes()
+            if time.time() >= self._refresh_at:
+                await self._refreshes()
+            if self._refill or time.monotonic() >= next_fill:
+                self._refill = False
+                await self._fill()
+                next_fill = time.monotonic() + REFILL_EVERY
+            self._backlog()
+            self._wake.clear()
+            wait = max(1.0, min(self._refresh_at - time.time(), 60.0))
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _issuer(self, ca: str) -> Issuer | None:
+        return next((i for i in self.service.issuers if i.name == ca), None)
+
+    async def _changes(self) -> None:
+        for ca, queue in self._changed.items():
+            issuer = self._issuer(ca)
+            hashes = self._hashes(ca)
+            while queue and issuer is not None:
+                serial = queue.popleft()
+                for algorithm in hashes:
+                    await self._produce(issuer, cert_id(issuer, algorithm, serial).der,
+                                        Reason.CHANGE)  # fmt: skip
+            await self._drain()
+            started = self._changed_at.pop(ca, None)
+            if started is not None:
+                self.metrics.production_lag.labels(ca).set(time.monotonic() - started)
+
+    def _hashes(self, ca: str) -> tuple[str, ...]:
+        return next((c.cert_id_hashes for c in self.config.cas if c.name == ca), ())
+
+    async def _refreshes(self) -> None:
+        """Sign again what is due: every stored record past its refresh time."""
+        now = time.time()
+        self._refresh_at = now + 60.0
+        for ca in self.sources:
+            issuer = self._issuer(ca)
+            if issuer is None:
+                continue
+            due = self._due(ca, now)
+            for key in due:
+                await self._produce(issuer, cert_id_of(key), Reason.REFRESH)
+                if self._changed[ca]:
+                    await self._changes()
+            await self._drain()
+            if due and self._failed:  # not refreshed: look again soon
+                self._refresh_at = min(self._refresh_at, now + 10.0)
+
+    def _due(self, ca: str, now: float) -> list[bytes]:
+        """Keys of ``ca``'s records due now; notes the soonest nextUpdate and the next
+        refresh time of the rest on the way."""
+        due, soonest = [], float("inf")
+        for key, value in self.store.items(ca.encode() + b"\0"):
+            record = decode(value)
+            if record is None:
+                continue
+            soonest = min(soonest, record.next_update)
+            if record.refresh_at <= now:
+                due.append(key)
+            else:
+                self._refresh_at = min(self._refresh_at, record.refresh_at)
+        self.soonest[ca] = soonest
+        return due
+
+    async def _fill(self) -> None:
+        """Produce what the store lacks (or holds of a replaced signer), in chunks."""
+        for ca, source in self.sources.items():
+            issuer, snapshot = self._issuer(ca), source.snapshot
+            if issuer is None or snapshot is None:
+                continue
+            serials = list(snapshot.entries)
+            for start in range(0, len(serials), CHUNK):
+                chunk = serials[start : start + CHUNK]
+                for key, reason in self._wanted(ca, issuer, snapshot, chunk):
+                    await self._produce(issuer, key, reason)
+                await self._changes()
+            await self._drain()
+
+    def _wanted(
+        self, ca: str, issuer: Issuer, snapshot: IndexSnapshot, serials: list[int]
+    ) -> Iterator[tuple[bytes, Reason]]:
+        now = self._clock()
+        signer = issuer.signer_at(now)
+        if signer is None:
+            return
+        fingerprint = signer_fingerprint(signer)
+        for serial in serials:
+            value = snapshot.entries.get(serial, _MISSING)
+            if value is _MISSING:
+                continue
+            for algorithm in self._hashes(ca):
+                one = cert_id(issuer, algorithm, serial)
+                reason = needs(self.store.get(shared_key(ca, one)), value, fingerprint, now)
+                if reason is not None:
+                    yield one.der, reason
+
+    async def _produce(self, issuer: Issuer, cert_id_der: bytes, reason: Reason) -> None:
+        """Start signing one answer (at most IN_FLIGHT at once, at the configured rate)."""
+        await self._slots.acquire()
+        while self._failed:  # the token failed: wait for it, one try a second
+            self._failed = False
+            await asyncio.sleep(PAUSE)
+        await self._rate.wait()
+        task = asyncio.create_task(self._sign(issuer.name, request_der(cert_id_der), reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    async def _sign(self, ca: str, request: bytes, reason: Reason) -> bool:
+        SIGN_REASON.set(reason)  # this task's own context
+        reply = await self.service.respond(request, ca)
+        return reply.successful
+
+    def _done(self, task: asyncio.Task[bool]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if task.cancelled() or task.exception() is not None or not task.result():
+            self._failed = True
+
+    async def _drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _backlog(self) -> None:
+        for ca, queue in self._changed.items():
+            self.metrics.production_backlog.labels(ca).set(len(queue))
+        self.metrics.store_records.set(self.store.entries())
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)

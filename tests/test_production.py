@@ -1,0 +1,192 @@
+"""Issue 14: the parts of the producer and of its workers, with a software signer and a
+real LMDB store: what is produced ahead, what a worker serves from the store, what a
+withdrawal does, and the link between the processes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp as x509_ocsp
+
+from hsm_ocsp.core.front_service import FrontService
+from hsm_ocsp.core.index import parse_index
+from hsm_ocsp.core.model import OCSPResponseStatus
+from hsm_ocsp.core.pre_production import (
+    Reason,
+    cert_id,
+    changed_serials,
+    needs,
+    prefixes,
+    request_der,
+)
+from hsm_ocsp.core.reply import Reply
+from hsm_ocsp.core.reply_wire import decode_reply, encode_reply
+from hsm_ocsp.core.shared_answers import shared_key, signer_fingerprint
+from hsm_ocsp.server.producer_link import ProducerClient, serve_link
+from hsm_ocsp.store.lmdb_store import LmdbStore
+
+from .support.pki import OpenSSLCA
+from .support.requests import build_request
+from .support.world import INDEX, World
+
+GOOD, REVOKED = 0x1000, 0x1001
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> OpenSSLCA:
+    return OpenSSLCA(tmp_path_factory.mktemp("productionca"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LmdbStore:
+    return LmdbStore(tmp_path)
+
+
+@pytest.mark.parametrize("algorithm", ["sha1", "sha256"])
+def test_the_produced_certid_is_the_one_openssl_clients_send(ca: OpenSSLCA, algorithm: str) -> None:
+    world = World(ca)
+    subject = ca.issue("produced")
+    cert = x509.load_pem_x509_certificate(subject.read_bytes())
+    chosen = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[algorithm]
+    theirs = x509_ocsp.OCSPRequestBuilder().add_certificate(cert, ca.certificate, chosen)
+    ours = request_der(cert_id(world.issuer, algorithm, cert.serial_number).der)
+    assert ours == theirs.build().public_bytes(Encoding.DER)
+
+
+def test_an_index_change_names_new_changed_and_gone_serials() -> None:
+    old = parse_index(INDEX.encode())
+    lines = INDEX.replace("V\t301231235959Z\t\t1000", "R\t301231235959Z\t261125000000Z\t1000")
+    lines = lines.replace("E\t200201000000Z\t\t1002\tunknown\t/CN=expired\n", "")
+    lines += "V\t301231235959Z\t\t2000\tunknown\t/CN=new\n"
+    new = parse_index(lines.encode(), "index.txt")
+    assert sorted(changed_serials(old, new)) == [0x1000, 0x1002, 0x2000]
+    assert changed_serials(old, parse_index(INDEX.encode())) == []
+    assert changed_serials(None, new) == []
+
+
+async def test_a_worker_serves_the_stored_answer_and_asks_the_producer_for_the_rest(
+    ca: OpenSSLCA, store: LmdbStore
+) -> None:
+    world = World(ca, shared=store)
+    asked: list[bytes] = []
+
+    async def producer(data: bytes, ca_name: str | None) -> Reply:
+        asked.append(data)
+        return await world.service.respond(data, ca_name)
+
+    front = FrontService([world.issuer], store, producer, clock=lambda: world.now)
+    request = build_request([(ca.certificate, GOOD)])
+    first = await front.respond(request)
+    assert first.successful and len(asked) == 1 and world.signer.count == 1
+    again = await front.respond(request)
+    assert again.body == first.body and len(asked) == 1  # from the store, nobody asked
+    assert again is await front.respond(request)  # one Reply: the HTTP memos hold
+
+    # Withdrawn (an index change): the worker asks, never serves the old record.
+    world.snapshot = parse_index(
+        INDEX.replace("V\t301231235959Z\t\t1000", "R\t301231235959Z\t261124000000Z\t1000").encode()
+    )
+    assert store.withdraw(prefixes("root", [GOOD])) == 1
+    revoked = x509_ocsp.load_der_ocsp_response((await front.respond(request)).body)
+    assert len(asked) == 2 and revoked.certificate_status is x509_ocsp.OCSPCertStatus.REVOKED
+
+    # Past its nextUpdate a stored answer is never served, whatever the store holds.
+    world.now += dt.timedelta(hours=2)
+    world.signer.fail = True
+    late = await front.respond(request)
+    assert len(asked) == 3 and late.status is OCSPResponseStatus.TRY_LATER
+
+
+async def test_a_worker_answers_bad_requests_and_foreign_cas_without_asking(
+    ca: OpenSSLCA, store: LmdbStore
+) -> None:
+    world = World(ca)
+
+    async def producer(data: bytes, ca_name: str | None) -> Reply:
+        raise AssertionError("asked")
+
+    front = FrontService([world.issuer], store, producer, clock=lambda: world.now)
+    assert (await front.respond(b"\x30\x03junk")).status is OCSPResponseStatus.MALFORMED_REQUEST
+    other = OpenSSLCA(ca.dir.parent / "other", "Other CA")
+    foreign = await front.respond(build_request([(other.certificate, GOOD)]))
+    assert foreign.status is OCSPResponseStatus.UNAUTHORIZED
+
+
+async def test_an_answer_of_a_replaced_signer_is_not_served(
+    ca: OpenSSLCA, store: LmdbStore
+) -> None:
+    world = World(ca, shared=store)
+    asked = []
+
+    async def producer(data: bytes, ca_name: str | None) -> Reply:
+        asked.append(data)
+        return await world.service.respond(data, ca_name)
+
+    request = build_request([(ca.certificate, GOOD)])
+    front = FrontService([world.issuer], store, producer, clock=lambda: world.now)
+    await front.respond(request)
+    signer = dataclasses.replace(world.issuer.signers[0], key="root/other")
+    front.replace_issuers([dataclasses.replace(world.issuer, signers=(signer,))])
+    await front.respond(request)
+    assert len(asked) == 2
+
+
+def test_what_needs_producing(ca: OpenSSLCA, store: LmdbStore) -> None:
+    world = World(ca, shared=store)
+    signer = world.issuer.signer_at(world.now)
+    assert signer is not None
+    fingerprint = signer_fingerprint(signer)
+    assert needs(None, None, fingerprint, world.now) is Reason.FILL
+    asyncio.run(world.service.respond(build_request([(ca.certificate, GOOD)])))
+    data = store.get(shared_key("root", cert_id(world.issuer, "sha1", GOOD)))
+    assert data is not None
+    assert needs(data, None, fingerprint, world.now) is None
+    assert needs(data, None, b"x" * 8, world.now) is Reason.FILL  # another signer
+    assert needs(data, "revoked", fingerprint, world.now) is Reason.FILL  # another truth
+    later = world.now + dt.timedelta(minutes=31)  # past half of the hour's validity
+    assert needs(data, None, fingerprint, later) is Reason.REFRESH
+
+
+def test_a_reply_crosses_the_link_as_it_was() -> None:
+    reply = Reply(
+        b"\x30\x03\x0a\x01\x00", OCSPResponseStatus.SUCCESSFUL, "root", (),
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        '"e"', True,
+    )  # fmt: skip
+    back = decode_reply(encode_reply(reply))
+    assert (back.body, back.ca, back.produced_at, back.next_update, back.etag, back.cached) == (
+        reply.body, "root", reply.produced_at, reply.next_update, '"e"', True,
+    )  # fmt: skip
+    with pytest.raises(ValueError):
+        decode_reply(encode_reply(reply)[:20])
+
+
+async def test_the_link_answers_and_a_missing_producer_is_try_later(tmp_path: Path) -> None:
+    path = tmp_path / "producer.sock"
+    client = ProducerClient(path, timeout=5)
+    assert (await client.ask(b"x", None)).status is OCSPResponseStatus.TRY_LATER
+    assert await client.problems() == ["producer: not reachable"]
+    seen: list[tuple[bytes, str | None]] = []
+
+    async def respond(data: bytes, ca: str | None) -> Reply:
+        seen.append((data, ca))
+        await asyncio.sleep(0.01 * len(seen))  # out of order: later asks answer first
+        return Reply(data[::-1], OCSPResponseStatus.SUCCESSFUL, ca, (), None, None, '"t"')
+
+    server = await serve_link(path, respond, lambda: ["token: gone"])
+    try:
+        await asyncio.sleep(0.3)  # past the retry pause
+        replies = await asyncio.gather(*(client.ask(bytes([i]) * 3, "root") for i in range(20)))
+        assert [r.body for r in replies] == [bytes([i]) * 3 for i in range(20)]
+        assert await client.problems() == ["token: gone"]
+        assert oct(path.stat().st_mode)[-3:] == "600"
+    finally:
+        server.close()
+        await client.aclose()
