@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,12 @@ from .support.requests import build_request
 from .support.world import INDEX, World
 
 GOOD, REVOKED = 0x1000, 0x1001
+
+
+def _withdraw(directory: str, serial: int) -> None:
+    store = LmdbStore(Path(directory))
+    assert store.withdraw(prefixes("root", [serial])) == 1
+    store.close()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +100,12 @@ async def test_a_worker_serves_the_stored_answer_and_asks_the_producer_for_the_r
     world.snapshot = parse_index(
         INDEX.replace("V\t301231235959Z\t\t1000", "R\t301231235959Z\t261124000000Z\t1000").encode()
     )
-    assert store.withdraw(prefixes("root", [GOOD])) == 1
+    withdrawing = multiprocessing.get_context("spawn").Process(  # as the producer does
+        target=_withdraw, args=(str(store.path.parent), GOOD)
+    )
+    withdrawing.start()
+    withdrawing.join(30)
+    assert withdrawing.exitcode == 0
     revoked = x509_ocsp.load_der_ocsp_response((await front.respond(request)).body)
     assert len(asked) == 2 and revoked.certificate_status is x509_ocsp.OCSPCertStatus.REVOKED
 

@@ -83,6 +83,10 @@ class SharedAnswers(Protocol):
     def withdraw(self, prefixes: Iterable[bytes]) -> int:
         """Delete every record whose key begins with one of ``prefixes``; how many."""
 
+    def generation(self) -> int:
+        """Changes whenever records are withdrawn: what was read before may be kept
+        while it stays the same."""
+
 
 def encode(answer: StoredAnswer) -> bytes:
     etag = answer.etag.encode()

@@ -10,6 +10,9 @@ its own cache) as without one, and says so once.
 from __future__ import annotations
 
 import logging
+import mmap
+import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ __all__ = ["DEFAULT_MAP_BYTES", "LmdbStore"]
 log = logging.getLogger("hsm_ocsp.store")
 DEFAULT_MAP_BYTES = 1 << 34  # address space, not memory: pages are mapped as used
 _BATCH = 10_000  # records deleted in one write transaction
+_COUNTER = struct.Struct("=Q")
 
 
 class LmdbStore:
@@ -36,6 +40,7 @@ class LmdbStore:
             readahead=False, max_readers=1024, mode=0o700,
         )  # fmt: skip
         self._failed = False
+        self._generation = _map_generation(self.path / "generation")
         # A write that depends on the index (put's still_true) and a withdrawal for an
         # index change do not interleave: the one that comes second sees the other.
         self.lock = threading.Lock()
@@ -59,6 +64,14 @@ class LmdbStore:
             except lmdb.Error as exc:  # MapFullError included: the answer stays unshared
                 self._fault("write", exc)
 
+    def generation(self) -> int:
+        """A number that changes whenever records are withdrawn or deleted: a reader may
+        keep what it read while the number stays (a memory read, no transaction)."""
+        return int(_COUNTER.unpack_from(self._generation)[0])
+
+    def _bump(self) -> None:
+        _COUNTER.pack_into(self._generation, 0, self.generation() + 1)
+
     def withdraw(self, prefixes: Iterable[bytes]) -> int:
         """Delete every record whose key begins with one of ``prefixes``."""
         deleted = 0
@@ -76,6 +89,8 @@ class LmdbStore:
             except lmdb.Error as exc:  # said every time: a stored answer may outlive its truth
                 log.error("answer store %s: cannot withdraw answers (%s)", self.path, exc)
                 return -1
+            finally:
+                self._bump()  # after the commit: a reader that sees the new number reads anew
         return deleted
 
     def delete(self, keys: Iterable[bytes]) -> int:
@@ -89,8 +104,11 @@ class LmdbStore:
         return deleted + self._delete(batch)
 
     def _delete(self, keys: list[bytes]) -> int:
-        with self.lock, self._env.begin(write=True) as txn:
-            return sum(bool(txn.delete(key)) for key in keys)
+        with self.lock:
+            with self._env.begin(write=True) as txn:
+                deleted = sum(bool(txn.delete(key)) for key in keys)
+            self._bump()
+        return deleted
 
     def items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) whose key begins with ``prefix``, in one read snapshot."""
@@ -108,9 +126,21 @@ class LmdbStore:
 
     def close(self) -> None:
         self._env.close()
+        self._generation.close()
 
     def _fault(self, what: str, exc: lmdb.Error) -> None:
         if not self._failed:
             self._failed = True
             log.warning("answer store %s: cannot %s (%s); answering without it", self.path,
                         what, exc)  # fmt: skip
+
+
+def _map_generation(path: Path) -> mmap.mmap:
+    """The shared withdrawal counter: 8 bytes in a file every process maps."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size < _COUNTER.size:
+            os.ftruncate(fd, _COUNTER.size)
+        return mmap.mmap(fd, _COUNTER.size)
+    finally:
+        os.close(fd)
