@@ -260,7 +260,22 @@ def start_hsm_ocsp(setup: Setup, tmp: Path) -> Server:
         )
     )
     argv = [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)]
-    return start("hsm-ocsp", argv, setup.directory / "hsm-ocsp.log", port, "/readyz")
+    server = start("hsm-ocsp", argv, setup.directory / "hsm-ocsp.log", port, "/readyz")
+    wait_for_fill(port, 2 * INDEX_LINES)
+    return server
+
+
+def wait_for_fill(port: int, records: int, timeout: float = 600) -> None:
+    """Measure the steady state: the producer has signed every serial ahead (SHA-1 and
+    SHA-256 CertIDs), so the fill does not compete with the load."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("hsm_ocsp_store_records ") and float(line.split()[1]) >= records:
+                    return
+        time.sleep(0.5)
+    raise SystemExit(f"the store did not fill to {records} records in {timeout} s")
 
 
 def start_openssl(setup: Setup) -> Server:

@@ -43,10 +43,10 @@ def problems(app: web.Application) -> list[str]:
     token = app[TOKEN]
     if not token.up:
         found.append(f"token: {token.last_error or 'not connected'}")
-    return found + _margins(app)
+    return found + margins(app)
 
 
-def _margins(app: web.Application) -> list[str]:
+def margins(app: web.Application) -> list[str]:
     """CAs with a stored answer closer to its nextUpdate than producer.min_margin (or a
     quarter of the CA's validity, if less): its refresh did not come."""
     if PRODUCTION not in app:

@@ -52,6 +52,7 @@ CHUNK = 512  # serials looked at between two looks at changes and refreshes
 IN_FLIGHT = 8  # answers being signed here at once (keeps the token's window full)
 REFILL_EVERY = 3600.0  # seconds between two fill passes once the store is full
 PAUSE = 1.0  # seconds to wait after the token failed
+RESCAN = 3600.0  # seconds between two looks for due refreshes at most (each reads the store)
 
 
 class Production:
@@ -76,7 +77,11 @@ class Production:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rate = Rate(config.producer.max_signatures_per_second)
-        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        rate = config.producer.max_signatures_per_second
+        # Paced, a signature at a time: a change waits behind no more than one.
+        self._slots = asyncio.Semaphore(
+            IN_FLIGHT if not rate else max(1, min(IN_FLIGHT, int(rate) // 10))
+        )
         self._tasks: set[asyncio.Task[bool]] = set()
         self._failed = False
         self._refill = True  # a fill pass is due (at start, after a reload)
@@ -129,6 +134,7 @@ class Production:
     def replaced_issuers(self) -> None:
         """A reload: answers of a replaced certificate or key are produced again."""
         self._refill = True
+        self._refresh_at = 0.0  # another validity: look at every record's time again
         self._wake.set()
 
     # --- the work: on the event loop -------------------------------------------------
@@ -175,7 +181,7 @@ class Production:
     async def _refreshes(self) -> None:
         """Sign again what is due: every stored record past its refresh time."""
         now = time.time()
-        self._refresh_at = now + 60.0
+        self._refresh_at = now + RESCAN  # or the soonest refresh time, found on the way
         for ca in self.sources:
             issuer = self._issuer(ca)
             if issuer is None:
@@ -216,8 +222,15 @@ class Production:
                 chunk = serials[start : start + CHUNK]
                 for key, reason in self._wanted(ca, issuer, snapshot, chunk):
                     await self._produce(issuer, key, reason)
-                await self._changes()
+                    await self._first_things_first()
             await self._drain()
+
+    async def _first_things_first(self) -> None:
+        """Between two signatures of the fill: a change, then a due refresh, go first."""
+        if any(self._changed.values()):
+            await self._changes()
+        if time.time() >= self._refresh_at:
+            await self._refreshes()
 
     def _wanted(
         self, ca: str, issuer: Issuer, snapshot: IndexSnapshot, serials: list[int]
