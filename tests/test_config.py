@@ -196,3 +196,18 @@ def test_a_signing_key_type_we_cannot_use_is_refused_at_load(tmp_path: Path, ca:
         load_config(path)
     assert info.value.key == "ca[0].responder_certificate"
     assert str(path) in str(info.value)
+
+
+def test_a_host_without_a_token_in_a_fleet_is_an_edge_needing_no_key_or_index(
+    tmp_path: Path, ca: OpenSSLCA
+) -> None:
+    alone = load_config(write(tmp_path, ca))  # no [token] and no Redis: the defaults
+    assert alone.signing and alone.token == TokenConfig()
+    edge = write(tmp_path, ca, top='[store]\nredis = "redis://127.0.0.1:6379/0"')
+    edge.write_text(edge.read_text().replace(f'index = "{ca.index}"\n', "").replace(
+        'key = "pkcs11:token=ocsp;object=responder"\n', ""))  # fmt: skip
+    config = load_config(edge)
+    assert config.edge and config.store.redis == "redis://127.0.0.1:6379/0"
+    bad = write(tmp_path, ca, top='[store]\nredis = "http://127.0.0.1:6379"')
+    with pytest.raises(ConfigError, match=r"store\.redis: must be a redis://"):
+        load_config(bad)

@@ -13,7 +13,7 @@ LAYERS = ["core", "config", "store", "pkcs11", "server", "cli"]  # each may impo
 THIRD_PARTY = {
     "core": {"asn1crypto", "cryptography"},
     "config": {"cryptography"},
-    "store": {"lmdb"},
+    "store": {"lmdb", "redis"},
     "pkcs11": {"asn1crypto", "cryptography", "pkcs11"},
     "server": {"aiohttp", "prometheus_client", "cryptography", "uvloop", "multidict", "yarl"},
     "cli": {"cryptography", "asn1crypto", "pkcs11"},

@@ -152,6 +152,7 @@ def test_every_serial_is_produced_ahead_serves_every_worker_and_a_restart_starts
     assert stats.returncode == 0, stats.stderr
     assert stats.stdout.startswith(f"ca root: {2 * entries} answers ("), stats.stdout
     assert "soonest nextUpdate" in stats.stdout
+    assert stats.stdout.rstrip().endswith("backlog 0 (to produce or refresh now)"), stats.stdout
 
     server = _serve(tmp_path, setup, port, "second.log")  # the same state directory
     try:

@@ -7,8 +7,12 @@ import collections
 import datetime as dt
 
 from ..config.file import load_config
+from ..config.model import Config
 from ..core.errors import EXIT_OK, ConfigError
-from ..core.shared_answers import decode, parse_key
+from ..core.pre_production import cert_id, needs
+from ..core.shared_answers import decode, parse_key, shared_key, signer_fingerprint
+from ..server.app import issuers_of
+from ..server.index_source import IndexSource
 from ..store.lmdb_store import LmdbStore
 
 __all__ = ["run_store_stats"]
@@ -30,6 +34,7 @@ def run_store_stats(args: argparse.Namespace) -> int:
             parsed, answer = parse_key(key), decode(value)
             if parsed is not None and answer is not None:
                 records.append((parsed[0], len(key) + len(value), answer))
+        backlog = _backlog(store, config) if config.signing else {}
     finally:
         store.close()
     now = int(dt.datetime.now(dt.UTC).timestamp())
@@ -46,5 +51,27 @@ def run_store_stats(args: argparse.Namespace) -> int:
         expired = len(mine) - len(live)
         if expired:
             line += f", {expired} past their nextUpdate (never served)"
+        if ca.name in backlog:
+            line += f", backlog {backlog[ca.name]} (to produce or refresh now)"
         print(line)
     return EXIT_OK
+
+
+def _backlog(store: LmdbStore, config: Config) -> dict[str, int]:
+    """Per CA: answers the producer has yet to make (or refresh) now, as it would see
+    them: every serial of the index, each CertID hash of ``ca.cert_id_hashes``."""
+    now = dt.datetime.now(dt.UTC)
+    counts = {}
+    for ca, issuer in zip(config.cas, issuers_of(config), strict=True):
+        signer = issuer.signer_at(now)
+        if signer is None:
+            continue
+        fingerprint = signer_fingerprint(signer)
+        snapshot = IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes).load()
+        counts[ca.name] = sum(
+            needs(store.get(shared_key(ca.name, cert_id(issuer, h, serial))), value,
+                  fingerprint, now) is not None
+            for serial, value in snapshot.entries.items()
+            for h in ca.cert_id_hashes
+        )  # fmt: skip
+    return counts

@@ -20,6 +20,7 @@ from .model import (
     Config,
     ProducerConfig,
     ServerConfig,
+    StoreConfig,
     TokenConfig,
     in_use,
 )
@@ -27,6 +28,8 @@ from .section import Section, host_port, read_toml
 
 __all__ = ["load_config"]
 
+_NO_KEY = "pkcs11:object=none"  # an edge's CA: no key is ever looked for,
+_NO_INDEX = Path(os.devnull)  # and no index read (its producer copies answers from Redis)
 _CA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -34,14 +37,26 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the whole configuration; ConfigError names file and key."""
     file = Path(path)
     data = read_toml(file)
-    Section(file, "", data, {"server", "token", "ca", "producer"})
+    Section(file, "", data, {"server", "token", "ca", "producer", "store"})
+    store = _store(Section(file, "store", data.get("store", {}), {"redis"}))
+    # No [token] table: its defaults, or, in a fleet (a Redis), an edge without a token.
+    signing = "token" in data or store.redis is None
     return Config(
         path=file,
         server=_server(Section(file, "server", data.get("server", {}), _SERVER_KEYS)),
         token=_token(Section(file, "token", data.get("token", {}), _TOKEN_KEYS)),
-        cas=_cas(file, data.get("ca")),
+        cas=_cas(file, data.get("ca"), signing),
         producer=_producer(Section(file, "producer", data.get("producer", {}), _PRODUCER_KEYS)),
+        store=store,
+        signing=signing,
     )
+
+
+def _store(store: Section) -> StoreConfig:
+    url = store.get("redis", str)
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise store.error("redis", "must be a redis://, rediss:// or unix:// URL")
+    return StoreConfig(redis=url)
 
 
 _SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"listen_host", "listen_port"}
@@ -133,14 +148,14 @@ def _token(token: Section) -> TokenConfig:
     )
 
 
-def _cas(file: Path, raw_cas: object) -> tuple[CAConfig, ...]:
+def _cas(file: Path, raw_cas: object, signing: bool) -> tuple[CAConfig, ...]:
     if not isinstance(raw_cas, list) or not raw_cas:
         raise ConfigError(file, "ca", "at least one [[ca]] table is required")
     cas: list[CAConfig] = []
     issuers: dict[tuple[bytes, bytes], int] = {}  # (subject, public key) -> [[ca]] index
     for i, raw in enumerate(raw_cas):
         ca = Section(file, f"ca[{i}]", raw, _CA_KEYS)
-        ca_config = _ca(ca, {c.name for c in cas})
+        ca_config = _ca(ca, {c.name for c in cas}, signing)
         cert = ca_config.certificate
         issuer = (cert.subject.public_bytes(), spki(cert))
         if issuer in issuers:  # one CertID, two indexes: which status would be the truth?
@@ -154,7 +169,7 @@ def _cas(file: Path, raw_cas: object) -> tuple[CAConfig, ...]:
     return tuple(cas)
 
 
-def _ca(ca: Section, taken: set[str]) -> CAConfig:
+def _ca(ca: Section, taken: set[str], signing: bool = True) -> CAConfig:
     name = ca.required("name", str)
     if not _CA_NAME.fullmatch(name) or name in ("healthz", "readyz", "metrics"):
         raise ca.error("name", f"{name!r}: use letters, digits, '-', '_', '.'")
@@ -163,10 +178,10 @@ def _ca(ca: Section, taken: set[str]) -> CAConfig:
     cert_path, cert = ca.certificate("certificate")
     responders = ca.responder_certificates("responder_certificate")
     resp_path, resp_cert = in_use(responders) if responders else (None, None)
-    index = ca.file("index")
-    assert cert_path is not None and index is not None
-    try:
-        key = parse_pkcs11_uri(ca.required("key", str))
+    index = ca.file("index", required=signing) or _NO_INDEX
+    assert cert_path is not None
+    try:  # an edge signs nothing: it may leave the key out
+        key = parse_pkcs11_uri(ca.required("key", str) if signing or "key" in ca.table else _NO_KEY)
     except ValueError as exc:
         raise ca.error("key", str(exc)) from None
     config = CAConfig(

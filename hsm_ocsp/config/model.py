@@ -77,6 +77,13 @@ class ProducerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StoreConfig:
+    """[store]: where answers are shared beyond this host."""
+
+    redis: str | None = None  # redis://host:port/db or unix:///path: the fleet's Redis
+
+
+@dataclasses.dataclass(frozen=True)
 class TokenConfig:
     module: str = DEFAULT_MODULE
     pin_env: str | None = DEFAULT_PIN_ENV
@@ -146,6 +153,13 @@ class Config:
     token: TokenConfig
     cas: tuple[CAConfig, ...]
     producer: ProducerConfig = ProducerConfig()
+    store: StoreConfig = StoreConfig()
+    # False: no [token] table, an edge of a fleet (it serves answers copied from Redis)
+    signing: bool = True
+
+    @property
+    def edge(self) -> bool:
+        return not self.signing
 
 
 def in_use(

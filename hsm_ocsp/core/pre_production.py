@@ -26,6 +26,7 @@ __all__ = [
     "Reason",
     "cert_id",
     "changed_serials",
+    "due_keys",
     "needs",
     "prefixes",
     "request_der",
@@ -113,3 +114,19 @@ def untrue_keys(
         truth = snapshot.entries.get(parsed[1], _MISSING)
         if truth is _MISSING or record.truth != index_digest(truth):
             yield key
+
+
+def due_keys(items: Iterable[tuple[bytes, bytes]], now: float) -> tuple[list[bytes], float, float]:
+    """Keys of the records due for refresh at ``now``; the soonest nextUpdate of all, and
+    the soonest refresh time of the rest (Unix seconds; inf for none)."""
+    due, soonest, refresh_at = [], float("inf"), float("inf")
+    for key, value in items:
+        record = decode(value)
+        if record is None:
+            continue
+        soonest = min(soonest, record.next_update)
+        if record.refresh_at <= now:
+            due.append(key)
+        else:
+            refresh_at = min(refresh_at, record.refresh_at)
+    return due, soonest, refresh_at

@@ -76,9 +76,9 @@ class SharedAnswers(Protocol):
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def put(self, key: bytes, value: bytes, still_true: Callable[[], bool] | None = None) -> None:
+    def put(self, key: bytes, value: bytes, still_true: Callable[[], bool] | None = None) -> bool:
         """Store ``value`` unless ``still_true`` (asked under the store's lock, so no
-        withdrawal can pass between the question and the write) says no."""
+        withdrawal can pass between the question and the write) says no; whether it did."""
 
     def withdraw(self, prefixes: Iterable[bytes]) -> int:
         """Delete every record whose key begins with one of ``prefixes``; how many."""

@@ -20,7 +20,10 @@ from ..core.service import OCSPService
 from ..pkcs11.key_set import key_specs, prove_keys, take_keys
 from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
+from ..store.fleet_store import FleetStore
 from ..store.lmdb_store import LmdbStore
+from ..store.redis_fleet import Publisher, connect
+from ..store.redis_follower import Follower
 from .app_state import CONFIG, METRICS, PRODUCTION, RUNNING, SERVICE, SOURCES, TOKEN
 from .health import problems, readyz
 from .index_source import IndexSource
@@ -85,8 +88,7 @@ def create_app(
     issuers = issuers_of(config)
     sources = app[SOURCES]
     metrics = app[METRICS] = _metrics(config, sources, app[TOKEN])
-    state_dir = config.server.state_dir
-    store = LmdbStore(state_dir) if state_dir is not None else None  # opened after fork
+    store = _store(config)  # opened after fork
     app[SERVICE] = OCSPService(
         issuers,
         lambda name: sources[name].snapshot,
@@ -100,7 +102,8 @@ def create_app(
         shared=store,
     )
     if store is not None:
-        production = Production(config, app[SERVICE], sources, store, metrics)  # type: ignore[arg-type]
+        leads = store.publisher.leads if isinstance(store, FleetStore) else None
+        production = Production(config, app[SERVICE], sources, store, metrics, leads=leads)  # type: ignore[arg-type]
         production.attach()  # withdrawals from the first index change on
         app[PRODUCTION] = production
         app.on_cleanup.append(lambda _: _close(store))
@@ -153,7 +156,20 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
     wake.set()
 
 
-async def _close(store: LmdbStore) -> None:
+def _store(config: Config) -> LmdbStore | FleetStore | None:
+    """The host's answer store; in a fleet, what it writes goes on to Redis too."""
+    if config.server.state_dir is None:
+        return None
+    local = LmdbStore(config.server.state_dir)
+    if config.store.redis is None:
+        return local
+    names = [ca.name for ca in config.cas]
+    publisher = Publisher(connect(config.store.redis), local, names)
+    follower = Follower(connect(config.store.redis), local, skip=publisher.host)
+    return FleetStore(local, publisher, follower)
+
+
+async def _close(store: LmdbStore | FleetStore) -> None:
     store.close()
 
 
@@ -204,7 +220,7 @@ def _producing(role: str):  # type: ignore[no-untyped-def]
         production = app[PRODUCTION] if PRODUCTION in app else None
         task = link = None
         if production is not None:
-            production.start(loop)
+            production.start(loop)  # and the publisher to the fleet's Redis, if any
             await loop.run_in_executor(None, production.reconcile)  # before anyone reads it
             if app[CONFIG].producer.pre_produce:
                 task = asyncio.create_task(production.run())

@@ -44,7 +44,9 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         store,
         producer.ask,
         max_cert_ids=config.server.max_cert_ids,
-        echo_nonce=config.server.nonce is NonceMode.ECHO,
+        # An edge cannot sign: it answers a nonce request from its copy, without the
+        # nonce (RFC 9654 lets a responder leave it out).
+        echo_nonce=config.server.nonce is NonceMode.ECHO and config.signing,
         cache_entries=config.server.cache_entries,
         cache_bytes=config.server.cache_bytes,
         events=metrics,

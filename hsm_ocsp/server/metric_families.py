@@ -139,6 +139,19 @@ class MetricFamilies:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.replication_connected = Gauge(
+            PREFIX + "replication_connected",
+            "1 while an edge reaches the fleet's Redis (it serves its local copy either way).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.replication_lag = Gauge(
+            PREFIX + "replication_lag_seconds",
+            "How old the last change an edge copied from Redis was when it was copied "
+            "(0 when nothing is waiting).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.store_hits = Counter(
             PREFIX + "store_answers_total",
             "Answers taken from the host's store, signed by another worker or before a "

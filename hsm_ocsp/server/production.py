@@ -26,6 +26,7 @@ from ..core.pre_production import (
     Reason,
     cert_id,
     changed_serials,
+    due_keys,
     needs,
     prefixes,
     request_der,
@@ -36,10 +37,10 @@ from ..core.responder import Issuer
 from ..core.service import OCSPService
 from ..core.shared_answers import (
     cert_id_of,
-    decode,
     shared_key,
     signer_fingerprint,
 )
+from ..store.fleet_store import FleetStore
 from ..store.lmdb_store import LmdbStore
 from .index_source import IndexSource
 from .metrics import Metrics
@@ -61,11 +62,16 @@ class Production:
         config: Config,
         service: OCSPService,
         sources: dict[str, IndexSource],
-        store: LmdbStore,
+        store: LmdbStore | FleetStore,
         metrics: Metrics,
         clock: Callable[[], dt.datetime] = utcnow,
+        leads: Callable[[str], bool] | None = None,
     ) -> None:
         self.config = config
+        self._hash_names = {c.name: c.cert_id_hashes for c in config.cas}
+        # In a fleet: whether this host holds the CA's lease (else another host
+        # pre-produces it into Redis, and this one signs only what clients ask).
+        self._leads = leads or (lambda ca: True)
         self.service = service
         self.sources = sources
         self.store = store
@@ -104,6 +110,8 @@ class Production:
             changed = sorted(changed_serials(old, snapshot))
             if changed:
                 withdrawn = self.store.withdraw(prefixes(ca, changed))
+                if isinstance(self.store, FleetStore):  # another host may have signed them
+                    self.store.follower.refetch(prefixes(ca, changed))
                 log.info("CA %s: %d serials changed in the index, %d stored answers withdrawn",
                          ca, len(changed), withdrawn)  # fmt: skip
                 if self._loop is not None:
@@ -115,6 +123,19 @@ class Production:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        if isinstance(self.store, FleetStore):  # a lease won or lost: fill what is ours
+            self.store.publisher.on_leads = self._leads_changed
+            self.store.follower.accept = self._accepts
+            self.store.start()
+
+    def _accepts(self, key: bytes, value: bytes) -> bool:
+        """Whether a record another host published says what this host's index says."""
+        snapshots = {name: source.snapshot for name, source in self.sources.items()}
+        return next(untrue_keys([(key, value)], snapshots), None) is None
+
+    def _leads_changed(self) -> None:  # in the publisher's thread
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.replaced_issuers)
 
     def _queue_changes(self, ca: str, serials: list[int]) -> None:
         self._changed[ca].extend(serials)
@@ -142,6 +163,7 @@ class Production:
     async def run(self) -> None:
         next_fill = 0.0
         while True:
+            self._wake.clear()  # before the work: a wake during it is not lost
             await self._changes()
             if time.time() >= self._refresh_at:
                 await self._refreshes()
@@ -150,7 +172,6 @@ class Production:
                 await self._fill()
                 next_fill = time.monotonic() + REFILL_EVERY
             self._backlog()
-            self._wake.clear()
             wait = max(1.0, min(self._refresh_at - time.time(), 60.0))
             try:
                 async with asyncio.timeout(wait):
@@ -159,12 +180,17 @@ class Production:
                 pass
 
     def _issuer(self, ca: str) -> Issuer | None:
+        """The CA's issuer, if this host produces for it (in a fleet: holds its lease)."""
+        if not self._leads(ca):
+            return None
         return next((i for i in self.service.issuers if i.name == ca), None)
 
     async def _changes(self) -> None:
         for ca, queue in self._changed.items():
             issuer = self._issuer(ca)
-            hashes = self._hashes(ca)
+            hashes = self._hash_names.get(ca, ())
+            if issuer is None:  # another host produces this CA (the lease is its)
+                queue.clear()
             while queue and issuer is not None:
                 serial = queue.popleft()
                 for algorithm in hashes:
@@ -174,9 +200,6 @@ class Production:
             started = self._changed_at.pop(ca, None)
             if started is not None:
                 self.metrics.production_lag.labels(ca).set(time.monotonic() - started)
-
-    def _hashes(self, ca: str) -> tuple[str, ...]:
-        return next((c.cert_id_hashes for c in self.config.cas if c.name == ca), ())
 
     async def _refreshes(self) -> None:
         """Sign again what is due: every stored record past its refresh time."""
@@ -196,19 +219,9 @@ class Production:
                 self._refresh_at = min(self._refresh_at, now + 10.0)
 
     def _due(self, ca: str, now: float) -> list[bytes]:
-        """Keys of ``ca``'s records due now; notes the soonest nextUpdate and the next
-        refresh time of the rest on the way."""
-        due, soonest = [], float("inf")
-        for key, value in self.store.items(ca.encode() + b"\0"):
-            record = decode(value)
-            if record is None:
-                continue
-            soonest = min(soonest, record.next_update)
-            if record.refresh_at <= now:
-                due.append(key)
-            else:
-                self._refresh_at = min(self._refresh_at, record.refresh_at)
-        self.soonest[ca] = soonest
+        """Keys of ``ca``'s records due now; the soonest nextUpdate and refresh noted."""
+        due, self.soonest[ca], refresh_at = due_keys(self.store.items(ca.encode() + b"\0"), now)
+        self._refresh_at = min(self._refresh_at, refresh_at)
         return due
 
     async def _fill(self) -> None:
@@ -244,7 +257,7 @@ class Production:
             value = snapshot.entries.get(serial, _MISSING)
             if value is _MISSING:
                 continue
-            for algorithm in self._hashes(ca):
+            for algorithm in self._hash_names.get(ca, ()):
                 one = cert_id(issuer, algorithm, serial)
                 reason = needs(self.store.get(shared_key(ca, one)), value, fingerprint, now)
                 if reason is not None:

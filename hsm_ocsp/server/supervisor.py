@@ -32,6 +32,7 @@ from ..pkcs11.login_gate import LoginGate
 from .metrics_files import prepare_multiprocess, process_dead, remove_multiprocess_dir
 from .producer import run_producer
 from .producer_link import socket_path
+from .replica import run_replica
 from .worker import run_worker
 
 __all__ = ["run_server"]
@@ -47,7 +48,9 @@ def _fork_child(config: Config, pin: str, gate: LoginGate, producer: bool) -> in
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            if producer:
+            if producer and config.edge:
+                code = run_replica(config)
+            elif producer:
                 code = run_producer(config, pin=pin, gate=gate)
             else:  # no token in a worker: no PIN either
                 code = run_worker(config, reuse_port=True, pin="", gate=None)
@@ -66,8 +69,8 @@ def run_server(config: Config) -> int:
         log.error("%s", problems[0])
         return EXIT_USAGE
     forbid_core_dumps()
-    try:
-        pin = take_pin(config)  # before any worker or signer starts: none inherits it
+    try:  # before any worker or signer starts: none inherits it (an edge has none)
+        pin = take_pin(config) if config.signing else ""
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
@@ -87,7 +90,7 @@ def run_server(config: Config) -> int:
     gate = LoginGate.create()  # shared by every worker's signer: one failed login at most
     try:
         workers = config.server.workers
-        if workers == 1:
+        if workers == 1 and config.signing:  # the one process is its own producer
             return run_worker(config, reuse_port=False, pin=pin, gate=gate)
         metrics_dir = prepare_multiprocess()  # before fork: workers sum their metrics there
         try:
@@ -104,7 +107,7 @@ def _reloaded(config: Config, pin: str, gate: LoginGate) -> Config:
     """The configuration a SIGHUP brings, or the running one if it is refused. A new
     key is proven first on the token, so that a worker forked later can use it."""
     new = read_reloadable(config)
-    if new is None or not keys_changed(config, new):
+    if new is None or not new.signing or not keys_changed(config, new):
         return new or config
     try:
         asyncio.run(prove_new_keys(new, pin, gate))

@@ -54,14 +54,29 @@ class LmdbStore:
             return None
         return data
 
-    def put(self, key: bytes, value: bytes, still_true: Callable[[], bool] | None = None) -> None:
+    def put(self, key: bytes, value: bytes, still_true: Callable[[], bool] | None = None) -> bool:
+        """Store ``value``; False if ``still_true`` said no or the write failed."""
         with self.lock:
             if still_true is not None and not still_true():
-                return
+                return False
             try:
                 with self._env.begin(write=True) as txn:
                     txn.put(key, value)
             except lmdb.Error as exc:  # MapFullError included: the answer stays unshared
+                self._fault("write", exc)
+                return False
+        return True
+
+    def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Many records in one write transaction (a copy from the fleet's Redis)."""
+        if not items:
+            return
+        with self.lock:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in items:
+                        txn.put(key, value)
+            except lmdb.Error as exc:
                 self._fault("write", exc)
 
     def generation(self) -> int:

@@ -1,0 +1,204 @@
+"""Answers shared by the hosts of a fleet through Redis (``[store] redis``).
+
+Layout in Redis: one hash per (CA, serial), ``hsm-ocsp:s:`` + the serial's key prefix
+(core/shared_answers.py), whose fields are the CertIDs' DER and values the records;
+so withdrawing a serial is one DEL. Every put and withdrawal is also appended to one
+stream, ``hsm-ocsp:changes`` (trimmed to about STREAM_LENGTH entries), which the other
+hosts follow. ``hsm-ocsp:epoch`` names the Redis data set: when Redis comes back empty
+a publisher writes a new epoch and publishes its whole store again, and followers
+merge it.
+
+Publisher: the signing host's side, a thread with a queue. Withdrawals are never
+dropped (sent again until Redis takes them); puts are bounded, and puts lost to the
+bound or to an empty Redis are made good by publishing the whole local store. Leases:
+at most one signing host pre-produces a CA at a time (``hsm-ocsp:lease:{ca}``, taken
+with SET NX and kept while its holder renews it). The follower (redis_follower.py)
+copies Redis into a host's local store.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import redis
+
+from ..core.shared_answers import cert_id_of
+from .lmdb_store import LmdbStore
+
+__all__ = ["BATCH", "EPOCH", "RETRY", "SERIAL", "STREAM", "Publisher", "Said", "connect"]
+
+log = logging.getLogger("hsm_ocsp.fleet")
+SERIAL = b"hsm-ocsp:s:"
+STREAM = b"hsm-ocsp:changes"
+EPOCH = b"hsm-ocsp:epoch"
+LEASE = "hsm-ocsp:lease:"
+STREAM_LENGTH = 200_000
+MAX_PUTS = 100_000  # puts waiting for Redis; beyond, the whole store is published again
+BATCH = 500
+LEASE_MS = 15_000
+RENEW_EVERY = 5.0
+RETRY = 1.0
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def connect(url: str) -> Any:
+    """A client that never waits long: a Redis away is a fault to ride out, not to wait on.
+    (Any: redis-py's replies are typed as unions of every kind of reply.)"""
+    return redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+
+def _split(key: bytes) -> tuple[bytes, bytes]:
+    """(serial prefix, CertID DER) of a store key."""
+    der = cert_id_of(key)
+    return key[: len(key) - len(der)], der
+
+
+class Said:
+    """Logs a fault once, and its end once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failing = False
+
+    def failed(self, exc: Exception) -> None:
+        if not self.failing:
+            log.warning("%s: Redis not reachable (%s); trying again", self.what, exc)
+            self.failing = True
+
+    def ok(self) -> None:
+        if self.failing:
+            log.info("%s: Redis reachable again", self.what)
+            self.failing = False
+
+
+class Publisher:
+    """Sends a signing host's puts and withdrawals to Redis, and holds its leases."""
+
+    def __init__(self, client: Any, local: LmdbStore, cas: Sequence[str]) -> None:
+        self.client = client
+        self.local = local
+        self.host = f"{os.uname().nodename}:{os.getpid()}".encode()
+        self.cas = tuple(cas)
+        self.held: frozenset[str] = frozenset()
+        self._withdrawals: collections.deque[bytes] = collections.deque()
+        self._puts: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._republish = False
+        self._epoch: bytes | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._said = Said("answer publisher")
+        self._renew = client.register_script(_RENEW)
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self.on_leads: Callable[[], None] | None = None  # called in this thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def leads(self, ca: str) -> bool:
+        return ca in self.held
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if len(self._puts) >= MAX_PUTS:
+            self._republish = True  # made good by publishing the whole store
+            return
+        self._puts.append((key, value))
+        self._wake.set()
+
+    def withdraw(self, prefixes: Iterable[bytes]) -> None:
+        self._withdrawals.extend(prefixes)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        next_renewal = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() >= next_renewal:
+                    self._keep_leases()
+                    next_renewal = time.monotonic() + RENEW_EVERY
+                self._check_epoch()
+                self._send()
+                self._said.ok()
+            except redis.RedisError as exc:
+                self._said.failed(exc)
+                self.held = frozenset()  # a lease not renewed is not relied on
+                next_renewal = 0.0
+                self._stop.wait(RETRY)
+                continue
+            self._wake.wait(RENEW_EVERY)
+            self._wake.clear()
+
+    def _keep_leases(self) -> None:
+        held = set()
+        for ca in self.cas:
+            key = LEASE + ca
+            if self.client.set(key, self.host, nx=True, px=LEASE_MS) or self._renew(
+                keys=[key], args=[self.host, LEASE_MS]
+            ):
+                held.add(ca)
+        if held != self.held and self.on_leads is not None:
+            self.on_leads()  # another set of CAs to pre-produce
+        if held != self.held:
+            log.info(
+                "pre-producing for %s (leases held in Redis)", ", ".join(sorted(held)) or "no CA"
+            )
+        self.held = frozenset(held)
+
+    def _check_epoch(self) -> None:
+        epoch = self.client.get(EPOCH)
+        if epoch is None:  # an empty Redis (new, or restarted without its data)
+            self.client.set(EPOCH, os.urandom(8).hex().encode(), nx=True)
+            epoch = self.client.get(EPOCH)
+            self._republish = True
+        if epoch != self._epoch and self._epoch is not None:
+            self._republish = True
+        self._epoch = epoch
+
+    def _send(self) -> None:
+        while self._withdrawals:  # first: a withdrawal never waits behind puts
+            batch = [self._withdrawals[i] for i in range(min(BATCH, len(self._withdrawals)))]
+            pipe = self.client.pipeline(transaction=False)
+            for prefix in batch:
+                pipe.delete(SERIAL + prefix)
+                pipe.xadd(STREAM, {b"o": b"w", b"p": prefix, b"h": self.host},
+                          maxlen=STREAM_LENGTH, approximate=True)  # fmt: skip
+            pipe.execute()
+            for _ in batch:  # sent: only now off the queue
+                self._withdrawals.popleft()
+        if self._republish:
+            self._republish = False
+            self._puts.clear()
+            self._publish(self.local.items())
+        while self._puts:
+            puts = [self._puts[i] for i in range(min(BATCH, len(self._puts)))]
+            self._publish(puts)
+            for _ in puts:
+                self._puts.popleft()
+
+    def _publish(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        count = 0
+        for key, value in items:
+            prefix, der = _split(key)
+            pipe.hset(SERIAL + prefix, der, value)
+            pipe.xadd(STREAM, {b"o": b"p", b"p": prefix, b"f": der, b"v": value, b"h": self.host},
+                      maxlen=STREAM_LENGTH, approximate=True)  # fmt: skip
+            count += 1
+            if count % BATCH == 0:
+                pipe.execute()
+        pipe.execute()

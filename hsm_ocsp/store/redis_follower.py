@@ -1,0 +1,134 @@
+"""The follower: a thread that copies the fleet's Redis (redis_fleet.py) into this
+host's LMDB store, a full copy first and then the change stream. An edge serves only
+what it copies; a signing host copies what the other signing hosts produce (for the
+CAs whose lease they hold), taking a record only if its own index says the same."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis import RedisError
+
+from .lmdb_store import LmdbStore
+from .redis_fleet import BATCH, EPOCH, RETRY, SERIAL, STREAM, Said
+
+__all__ = ["Follower"]
+
+log = logging.getLogger("hsm_ocsp.fleet")
+
+
+class Follower:
+    """Copies Redis into this host's store: all of it, then each change as it comes."""
+
+    def __init__(self, client: Any, local: LmdbStore, skip: bytes | None = None) -> None:
+        self.client = client
+        self.local = local
+        self.skip = skip  # a signing host's own entries: already in its store
+        # A signing host takes a record only if its own index says the same (else the
+        # serial is fetched again when its index changes: refetch).
+        self.accept: Callable[[bytes, bytes], bool] | None = None
+        self._refetch: collections.deque[bytes] = collections.deque()
+        self.synced = False  # a full copy has been taken once
+        self.applied_ms = 0  # time (ms) of the last stream entry applied
+        self.behind_ms = 0  # how far the last read found this host behind
+        self.connected = False
+        self._last = b"0-0"
+        self._epoch: bytes | None = None
+        self._stop = threading.Event()
+        self._said = Said("answer follower")
+        self._thread = threading.Thread(target=self._run, name="follower", daemon=True)
+        self.on_change: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow()
+            except RedisError as exc:
+                self.connected = False
+                self._said.failed(exc)
+                self._stop.wait(RETRY)
+
+    def _follow(self) -> None:
+        epoch = self.client.get(EPOCH)
+        self.connected = True
+        self._said.ok()
+        if epoch is None:  # nothing published yet
+            self._stop.wait(RETRY)
+            return
+        if epoch != self._epoch or self._gap():
+            self._copy_all()
+            self._epoch = epoch
+        while self._refetch:
+            prefix = self._refetch.popleft()
+            found_now = self.client.hgetall(SERIAL + prefix)
+            self._put([(prefix + der, value) for der, value in found_now.items()])
+        found = self.client.xread({STREAM: self._last}, count=BATCH, block=200)
+        if not found:
+            self.behind_ms = 0  # nothing waiting: caught up
+        for _, entries in found or ():
+            self._apply(entries)
+
+    def _gap(self) -> bool:
+        """Entries this host has not read were trimmed away."""
+        if self._last == b"0-0":
+            return False
+        first = self.client.xrange(STREAM, count=1)
+        return bool(first) and _ms(first[0][0]) > _ms(self._last)
+
+    def _copy_all(self) -> None:
+        """Every record in Redis into the store (a merge: a withdrawal is a stream entry,
+        and the publisher sends it again until Redis has it)."""
+        newest = self.client.xrevrange(STREAM, count=1)
+        self._last = newest[0][0] if newest else b"0-0"
+        batch: list[tuple[bytes, bytes]] = []
+        for name in self.client.scan_iter(match=SERIAL + b"*", count=1000):
+            prefix = name[len(SERIAL) :]
+            for der, value in self.client.hgetall(name).items():
+                batch.append((prefix + der, value))
+            if len(batch) >= BATCH:
+                self._put(batch)
+                batch = []
+        self._put(batch)
+        self.synced = True
+        log.info("answer store copied from Redis: %d records here", self.local.entries())
+
+    def refetch(self, prefixes: Iterable[bytes]) -> None:
+        """Fetch these serials' records again (this host's index has just changed them)."""
+        self._refetch.extend(prefixes)
+
+    def _put(self, items: list[tuple[bytes, bytes]]) -> None:
+        accept = self.accept
+        self.local.put_many(items if accept is None else [i for i in items if accept(*i)])
+
+    def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        puts: list[tuple[bytes, bytes]] = []
+        for ident, fields in entries:
+            if self.skip is not None and fields.get(b"h") == self.skip:
+                pass
+            elif fields.get(b"o") == b"w":
+                self.local.put_many(puts)
+                puts = []
+                self.local.withdraw([fields[b"p"]])
+            elif fields.get(b"o") == b"p":
+                puts.append((fields[b"p"] + fields[b"f"], fields[b"v"]))
+            self._last = ident
+        self._put(puts)
+        if entries:
+            self.applied_ms = _ms(self._last)
+            self.behind_ms = max(0, int(time.time() * 1000) - self.applied_ms)
+
+
+def _ms(ident: bytes) -> int:
+    return int(ident.split(b"-", 1)[0])
