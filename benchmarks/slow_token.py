@@ -89,16 +89,11 @@ def build_shim(tmp: Path, delay_ms: int) -> Path:
 
 
 def config(setup: run.Setup, tmp: Path, name: str, module: Path, producer: str) -> Path:
-    port = run.free_port()
     path = tmp / f"{name}.toml"
-    path.write_text(
-        f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nstate_dir = "{tmp / name}"\n\n'
-        f"[producer]\n{producer}\n\n"
-        f'[token]\nmodule = "{module}"\nsign_timeout = "30s"\n\n'
-        f'[[ca]]\nname = "bench"\ncertificate = "{setup.ca_cert}"\nindex = "{setup.index}"\n'
-        f'responder_certificate = "{setup.responder_cert}"\n'
-        f'key = "pkcs11:token={run.LABEL};object={setup.key_label}"\n'
-    )
+    server = f'workers = 2\nstate_dir = "{tmp / name}"'
+    token = f'module = "{module}"\nsign_timeout = "30s"'
+    path.write_text(run.config_text(setup, run.free_port(), server=server, producer=producer,
+                                    token=token))  # fmt: skip
     return path
 
 

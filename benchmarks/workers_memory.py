@@ -54,30 +54,8 @@ def _role(pid: int, supervisor: int, log: str) -> str:
 def measure(setup: run.Setup, tmp: Path, workers: int) -> dict[str, list[tuple[float, float]]]:
     port = run.free_port()
     config = tmp / f"workers-{workers}.toml"
-    config.write_text(
-        "\n".join(
-            [
-                "[server]",
-                f'listen = "127.0.0.1:{port}"',
-                f"workers = {workers}",
-                f'state_dir = "{tmp / f"state-{workers}"}"',
-                "",
-                "[producer]",
-                "pre_produce = false",
-                "",
-                "[token]",
-                f'module = "{run.MODULE}"',
-                "",
-                "[[ca]]",
-                'name = "bench"',
-                f'certificate = "{setup.ca_cert}"',
-                f'index = "{setup.index}"',
-                f'responder_certificate = "{setup.responder_cert}"',
-                f'key = "pkcs11:token={run.LABEL};object={setup.key_label}"',
-                "",
-            ]
-        )
-    )
+    state = f'workers = {workers}\nstate_dir = "{tmp / f"state-{workers}"}"'
+    config.write_text(run.config_text(setup, port, server=state, producer="pre_produce = false"))
     argv = [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)]
     server = run.start("hsm-ocsp", argv, tmp / f"workers-{workers}.log", port, "/readyz")
     try:

@@ -159,6 +159,11 @@ def test_every_serial_is_produced_ahead_serves_every_worker_and_a_restart_starts
         again = _ask(server.url, setup, "good")
         assert again.produced_at_utc == answers[0].produced_at_utc
         assert again.certificate_status is ocsp.OCSPCertStatus.GOOD
+        # Warm: every serial answers at once, from the store (signed before the restart).
+        for name in setup.certs:
+            warm = _ask(server.url, setup, name)
+            assert warm.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL, name
+            assert warm.produced_at_utc < again.this_update_utc + dt.timedelta(seconds=1)
         time.sleep(1)
         assert _counter(server, "hsm_ocsp_answers_signed_total") == 0  # warm: nothing signed
         # A revocation withdraws the stored good answers at once, and the producer

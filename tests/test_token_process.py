@@ -199,3 +199,29 @@ async def test_a_child_stuck_in_a_call_is_replaced(softhsm: SoftHSM) -> None:
         assert not _alive(stuck)
     finally:
         await token.aclose()
+
+
+async def test_a_pool_of_sessions_signs_on_each_and_stops_them_all(softhsm: SoftHSM) -> None:
+    """token.sessions = 2: two signer processes, each signing (the producer would
+    otherwise hold a token that signs in parallel to one signature at a time)."""
+    from hsm_ocsp.pkcs11.token_pool import TokenPool
+
+    spec, public_key = _spec(softhsm, "rsa-2048")
+    pool = TokenPool(MODULE, softhsm.pin, [spec], sessions=2, sign_timeout=5, log_format="text")
+    try:
+        await pool.open()
+        assert pool.up and all(m.up for m in pool.more)
+        signed: list[float] = []
+        pool.on_sign = signed.append
+        data = [os.urandom(32) for _ in range(40)]
+        signatures = await asyncio.gather(*(pool.sign("root", d) for d in data))
+        for one, signature in zip(data, signatures, strict=True):
+            verify(public_key, spec.scheme, one, signature)  # type: ignore[arg-type]
+        assert len(signed) == 40  # every signature timed, whichever member made it
+        pids = {pool.pid, *(m.pid for m in pool.more)}
+        assert len(pids) == 2 and None not in pids
+        calls = [pool._next_id, *(m._next_id for m in pool.more)]  # the open, then signatures
+        assert all(n > 5 for n in calls) and sum(calls) == 40 + 2, calls  # both signed
+    finally:
+        await pool.aclose()
+    assert not any(_alive(pid) for pid in pids if pid is not None)

@@ -89,6 +89,7 @@ class TokenConfig:
     pin_env: str | None = DEFAULT_PIN_ENV
     pin_file: Path | None = None
     sign_timeout: float = 5.0
+    sessions: int = 1  # signer processes of the producer, each with a session (a login)
 
 
 @dataclasses.dataclass(frozen=True)

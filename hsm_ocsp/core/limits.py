@@ -13,7 +13,8 @@ class Limits:
     max_cert_ids: int = 64
     cache_entries: int = 100_000
     cache_bytes: int = 64 << 20
-    max_pending_signatures: int = 256
+    # One sign queue a host now (the producer's): what two workers' queues held before.
+    max_pending_signatures: int = 512
 
 
 LIMITS = Limits()

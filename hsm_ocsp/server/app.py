@@ -20,6 +20,7 @@ from ..core.service import OCSPService
 from ..pkcs11.key_set import key_specs, prove_keys, take_keys
 from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
+from ..pkcs11.token_pool import TokenPool
 from ..store.fleet_store import FleetStore
 from ..store.lmdb_store import LmdbStore
 from ..store.redis_fleet import Publisher, connect
@@ -42,15 +43,14 @@ def build_token(
     config: Config, pin: str | None = None, gate: LoginGate | None = None
 ) -> TokenProcess:
     """The token with one key a CA (not yet started); the PIN read as the config says
-    unless given."""
-    return TokenProcess(
-        config.token.module,
-        pin if pin is not None else read_pin(config.token, config.path),
-        key_specs(config),
-        sign_timeout=config.token.sign_timeout,
-        log_format=config.server.log_format,
-        gate=gate,
-    )
+    unless given. ``token.sessions`` above 1: a pool of signer processes."""
+    pin = pin if pin is not None else read_pin(config.token, config.path)
+    module, keys, sessions = config.token.module, key_specs(config), config.token.sessions
+    timeout, log_format = config.token.sign_timeout, config.server.log_format
+    if sessions > 1:
+        return TokenPool(module, pin, keys, sessions=sessions, sign_timeout=timeout,
+                         log_format=log_format, gate=gate)  # fmt: skip
+    return TokenProcess(module, pin, keys, sign_timeout=timeout, log_format=log_format, gate=gate)
 
 
 def issuers_of(config: Config) -> list[Issuer]:
