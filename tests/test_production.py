@@ -162,6 +162,11 @@ def test_what_needs_producing(ca: OpenSSLCA, store: LmdbStore) -> None:
     assert needs(data, None, fingerprint, world.now) is None
     assert needs(data, None, b"x" * 8, world.now) is Reason.FILL  # another signer
     assert needs(data, "revoked", fingerprint, world.now) is Reason.FILL  # another truth
+    far = dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp()
+    assert needs(data, None, fingerprint, world.now, (3600, far)) is None  # its validity
+    assert needs(data, None, fingerprint, world.now, (7200, far)) is Reason.FILL  # reloaded
+    capped = (world.now + dt.timedelta(hours=1)).timestamp()  # the signer ends then
+    assert needs(data, None, fingerprint, world.now, (7200, capped)) is None
     later = world.now + dt.timedelta(minutes=31)  # past half of the hour's validity
     assert needs(data, None, fingerprint, later) is Reason.REFRESH
 

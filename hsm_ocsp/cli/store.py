@@ -67,10 +67,11 @@ def _backlog(store: LmdbStore, config: Config) -> dict[str, int]:
         if signer is None:
             continue
         fingerprint = signer_fingerprint(signer)
+        lifetime = (issuer.validity.total_seconds(), signer.not_after.timestamp())
         snapshot = IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes).load()
         counts[ca.name] = sum(
             needs(store.get(shared_key(ca.name, cert_id(issuer, h, serial))), value,
-                  fingerprint, now) is not None
+                  fingerprint, now, lifetime) is not None
             for serial, value in snapshot.entries.items()
             for h in ca.cert_id_hashes
         )  # fmt: skip

@@ -84,13 +84,20 @@ def changed_serials(old: IndexSnapshot | None, new: IndexSnapshot) -> list[int]:
 
 
 def needs(
-    data: bytes | None, value: object, signer: bytes, now: dt.datetime
+    data: bytes | None, value: object, signer: bytes, now: dt.datetime,
+    lifetime: tuple[float, float] | None = None,
 ) -> Reason | None:  # fmt: skip
     """Why the stored record ``data`` for a serial whose index entry is ``value`` must be
-    produced now (None: it is current). ``signer`` is the fingerprint that signs now."""
+    produced now (None: it is current). ``signer`` is the fingerprint that signs now;
+    ``lifetime``, the CA's validity in seconds and the signer's notAfter (Unix): a record
+    of another validity (the configuration changed) is produced again."""
     record = None if data is None else decode(data)
     if record is None or record.truth != index_digest(value) or record.signer != signer:
         return Reason.FILL
+    if lifetime is not None:
+        expected = min(record.produced_at + lifetime[0], lifetime[1])
+        if abs(record.next_update - expected) > 1:
+            return Reason.FILL
     if record.refresh_at <= now.timestamp():
         return Reason.REFRESH
     return None

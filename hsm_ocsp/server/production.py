@@ -253,14 +253,13 @@ class Production:
         if signer is None:
             return
         fingerprint = signer_fingerprint(signer)
+        lifetime = (issuer.validity.total_seconds(), signer.not_after.timestamp())
         for serial in serials:
             value = snapshot.entries.get(serial, _MISSING)
-            if value is _MISSING:
-                continue
-            for algorithm in self._hash_names.get(ca, ()):
+            for algorithm in self._hash_names.get(ca, ()) if value is not _MISSING else ():
                 one = cert_id(issuer, algorithm, serial)
-                reason = needs(self.store.get(shared_key(ca, one)), value, fingerprint, now)
-                if reason is not None:
+                data = self.store.get(shared_key(ca, one))
+                if (reason := needs(data, value, fingerprint, now, lifetime)) is not None:
                     yield one.der, reason
 
     async def _produce(self, issuer: Issuer, cert_id_der: bytes, reason: Reason) -> None:
