@@ -437,3 +437,58 @@ def _fill_signatures(url: str) -> float:
         x for x in text.splitlines() if x.startswith('hsm_ocsp_signatures_total{reason="fill"}')
     ]
     return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_a_revocation_while_the_token_is_gone_is_withdrawn_on_an_edge_too(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    p11kit: P11KitServer,
+    serve: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14, item 4, on an edge: the signing host's token is gone, a revocation is
+    withdrawn on the signing host and, through Redis, on the keyless edge: tryLater
+    there too, never the good it had copied."""
+    from .support.redis import RedisServer
+
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        setup = build_ca(tmp_path / "ca", softhsm)
+        port, edge_port = free_port(), free_port()
+        config = _config(tmp_path, setup, port, sign_timeout="2s")
+        fleet = f'workers = 2\nstate_dir = "{tmp_path / "signing"}"\n'
+        text = config.read_text().replace("[server]\n", "[server]\n" + fleet, 1)
+        config.write_text(text + f'\n[store]\nredis = "{redis.url}"\n')
+        monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
+        server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
+        entries = len(setup.ca.index.read_text().splitlines())
+        assert _wait_for(lambda: _fill_signatures(server.url) >= 2 * entries, 30) is not None
+        edge_config = tmp_path / "edge.toml"
+        edge_config.write_text(
+            f'[server]\nlisten = "127.0.0.1:{edge_port}"\nworkers = 2\n'
+            f'state_dir = "{tmp_path / "edge"}"\n\n[store]\nredis = "{redis.url}"\n\n'
+            f'[[ca]]\nname = "root"\ncertificate = "{setup.ca.cert_path}"\n'
+            f'responder_certificate = "{setup.responder_cert}"\n'
+        )
+        edge = serve(edge_config, edge_port, tmp_path / "edge.log")  # type: ignore[operator]
+        assert _answer(edge.url, setup, "good").certificate_status is ocsp.OCSPCertStatus.GOOD
+        p11kit.kill()
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        assert (
+            _wait_for(
+                lambda: (
+                    _answer(edge.url, setup, "good").response_status
+                    is ocsp.OCSPResponseStatus.TRY_LATER
+                ),
+                15,
+            )
+            is not None
+        )
+        for _ in range(10):  # both edge workers: withdrawn, never the copied good
+            late = _answer(edge.url, setup, "good")
+            assert late.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+            kept = _answer(edge.url, setup, "keycompromise")
+            assert kept.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        redis.stop()
