@@ -121,7 +121,8 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> int:
     ders = {s: build_request([(issuer, s)]) for s in [good, revoked, *victims]}
 
     port = free_port()
-    config = write_config(tmp / "hsm-ocsp.toml", {"root": setup}, server="workers = 2", port=port)
+    config = write_config(tmp / "hsm-ocsp.toml", {"root": setup}, server="workers = 2", port=port,
+                          producer=args.producer)  # fmt: skip
     started = time.monotonic()
     server = start_server(config, port, tmp / "server.log", timeout=120)
     print(f"serving after {time.monotonic() - started:.1f} s (2 workers, each loads the index)")
@@ -240,6 +241,7 @@ def main() -> int:
     parser.add_argument("--reloads", type=int, default=6)
     parser.add_argument("--every", type=float, default=5.0, help="seconds between reloads")
     parser.add_argument("--lag", type=float, default=10.0, help="seconds a reload may take")
+    parser.add_argument("--producer", default="", help='e.g. "pre_produce = false": no fill')
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reload-bench-") as tmp:
         return asyncio.run(main_async(args, Path(tmp)))

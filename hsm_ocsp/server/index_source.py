@@ -62,6 +62,7 @@ class IndexSource:
         self._changing: StatKey | None = None  # an in-place change seen once, not yet read
         self.on_reload: Callable[[IndexSnapshot], None] | None = None
         self.on_error: Callable[[IndexFormatError], None] | None = None
+        self.loading = False  # a load is under way (in the watcher's thread)
 
     def _stat(self) -> StatKey:
         return _key(os.stat(self.path))
@@ -74,6 +75,13 @@ class IndexSource:
 
     def load(self) -> IndexSnapshot:
         """Read and parse now; IndexFormatError if the file is unusable."""
+        self.loading = True  # the producer's fill waits: the parse needs the GIL
+        try:
+            return self._load()
+        finally:
+            self.loading = False
+
+    def _load(self) -> IndexSnapshot:
         try:
             # O_NONBLOCK: opening a FIFO put in its place must not block the watcher.
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)

@@ -82,11 +82,10 @@ class Production:
         self._changed_at: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._rate = Rate(config.producer.max_signatures_per_second)
         rate = config.producer.max_signatures_per_second
-        # Paced, a signature at a time: a change waits behind no more than one.
+        self._rate = Rate(rate)  # paced: one in flight a 10/s, so a change waits behind one
         self._slots = asyncio.Semaphore(
-            IN_FLIGHT if not rate else max(1, min(IN_FLIGHT, int(rate) // 10))
+            max(1, min(IN_FLIGHT, int(rate) // 10)) if rate else IN_FLIGHT
         )
         self._tasks: set[asyncio.Task[bool]] = set()
         self._failed = False
@@ -264,6 +263,8 @@ class Production:
 
     async def _produce(self, issuer: Issuer, cert_id_der: bytes, reason: Reason) -> None:
         """Start signing one answer (at most IN_FLIGHT at once, at the configured rate)."""
+        while any(source.loading for source in self.sources.values()):
+            await asyncio.sleep(PAUSE / 20)  # an index is being read: it goes first
         await self._slots.acquire()
         while self._failed:  # the token failed: wait for it, one try a second
             self._failed = False
