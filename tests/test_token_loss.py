@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -392,6 +393,19 @@ def test_hardening_3_cached_answer_served_past_its_refresh_until_next_update_wit
     assert ocsp.load_der_ocsp_response(late).response_status is ocsp.OCSPResponseStatus.TRY_LATER
 
 
+def _filled_producer(tmp_path: Path, setup: CASetup, serve: object, more: str = "") -> Any:
+    """A responder with 2 workers and a producer on the p11-kit token, once it has
+    signed every serial ahead (``more``: TOML appended to its configuration)."""
+    port = free_port()
+    config = _config(tmp_path, setup, port, sign_timeout="2s")
+    state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"\n'
+    config.write_text(config.read_text().replace("[server]\n", "[server]\n" + state, 1) + more)
+    server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
+    entries = len(setup.ca.index.read_text().splitlines())
+    assert _wait_for(lambda: _fill_signatures(server.url) >= 2 * entries, 30) is not None
+    return server
+
+
 def _answer(url: str, setup: CASetup, name: str) -> ocsp.OCSPResponse:
     http, body, _ = _post(url, _request(setup, name))
     assert http == 200
@@ -408,14 +422,8 @@ def test_a_revocation_while_the_token_is_gone_is_try_later_never_the_stored_good
     """Issue 14, item 4: stored answers keep flowing without the token, but a serial
     the index changed is withdrawn at once: tryLater until it can be signed again."""
     setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = _config(tmp_path, setup, port, sign_timeout="2s")
-    state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"\n'
-    config.write_text(config.read_text().replace("[server]\n", "[server]\n" + state, 1))
     monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
-    server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
-    entries = len(setup.ca.index.read_text().splitlines())
-    assert _wait_for(lambda: _fill_signatures(server.url) >= 2 * entries, 30) is not None
+    server = _filled_producer(tmp_path, setup, serve)
     assert _answer(server.url, setup, "good").certificate_status is ocsp.OCSPCertStatus.GOOD
     p11kit.kill()
     setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
@@ -455,15 +463,9 @@ def test_a_revocation_while_the_token_is_gone_is_withdrawn_on_an_edge_too(
     redis.start()
     try:
         setup = build_ca(tmp_path / "ca", softhsm)
-        port, edge_port = free_port(), free_port()
-        config = _config(tmp_path, setup, port, sign_timeout="2s")
-        fleet = f'workers = 2\nstate_dir = "{tmp_path / "signing"}"\n'
-        text = config.read_text().replace("[server]\n", "[server]\n" + fleet, 1)
-        config.write_text(text + f'\n[store]\nredis = "{redis.url}"\n')
         monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
-        server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
-        entries = len(setup.ca.index.read_text().splitlines())
-        assert _wait_for(lambda: _fill_signatures(server.url) >= 2 * entries, 30) is not None
+        _filled_producer(tmp_path, setup, serve, f'\n[store]\nredis = "{redis.url}"\n')
+        edge_port = free_port()
         edge_config = tmp_path / "edge.toml"
         edge_config.write_text(
             f'[server]\nlisten = "127.0.0.1:{edge_port}"\nworkers = 2\n'
