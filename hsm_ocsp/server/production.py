@@ -208,7 +208,7 @@ class Production:
             issuer = self._issuer(ca)
             if issuer is None:
                 continue
-            due = self._due(ca, now)
+            due = await asyncio.to_thread(self._due, ca, now)  # reads the whole store
             for key in due:
                 await self._produce(issuer, cert_id_of(key), Reason.REFRESH)
                 if self._changed[ca]:
