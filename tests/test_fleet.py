@@ -113,9 +113,13 @@ def test_an_edge_serves_the_fleet_takes_up_revocations_and_rides_out_redis(
         for _ in range(10):  # both edge workers, never the old good again
             assert _status(edge, setup, "good") is ocsp.OCSPCertStatus.REVOKED
 
+        setup.certs["victim"] = setup.ca.issue("victim")
+        _until(lambda: _status(edge, setup, "victim") is ocsp.OCSPCertStatus.GOOD)
+
         # Redis gone: the edge keeps serving its copy.
         redis_server.kill()
         setup.certs["new"] = setup.ca.issue("new")  # produced while Redis is away
+        setup.ca.revoke(setup.certs["victim"], "-crl_reason", "keyCompromise")  # and this
         _until(lambda: _status(signing, setup, "new") is ocsp.OCSPCertStatus.GOOD)
         for _ in range(10):
             assert _status(edge, setup, "keycompromise") is ocsp.OCSPCertStatus.REVOKED
@@ -128,6 +132,8 @@ def test_an_edge_serves_the_fleet_takes_up_revocations_and_rides_out_redis(
         redis_server.start()
         _until(lambda: _status(edge, setup, "new") is ocsp.OCSPCertStatus.GOOD, timeout=30)
         assert _status(edge, setup, "good") is ocsp.OCSPCertStatus.REVOKED
+        for _ in range(10):  # revoked while Redis was away: never the good it had copied
+            assert _status(edge, setup, "victim") is ocsp.OCSPCertStatus.REVOKED
         _until(lambda: _metric(edge, "hsm_ocsp_replication_connected") == 1)
         assert "Redis reachable again" in edge.log.read_text()
     finally:

@@ -78,6 +78,8 @@ class LmdbStore:
                         txn.put(key, value)
             except lmdb.Error as exc:
                 self._fault("write", exc)
+            finally:  # a copied record may replace one of another status: read anew
+                self._bump()
 
     def generation(self) -> int:
         """A number that changes whenever records are withdrawn or deleted: a reader may

@@ -180,24 +180,29 @@ class Publisher:
             pipe.execute()
             for _ in batch:  # sent: only now off the queue
                 self._withdrawals.popleft()
-        if self._republish:
+        if self._republish:  # the records only, then one marker: followers copy it all
             self._republish = False
             self._puts.clear()
-            self._publish(self.local.items())
+            self._publish(self.local.items(), stream=False)
+            self.client.xadd(STREAM, {b"o": b"r", b"h": self.host}, maxlen=STREAM_LENGTH,
+                             approximate=True)  # fmt: skip
         while self._puts:
             puts = [self._puts[i] for i in range(min(BATCH, len(self._puts)))]
             self._publish(puts)
             for _ in puts:
                 self._puts.popleft()
 
-    def _publish(self, items: Iterable[tuple[bytes, bytes]]) -> None:
+    def _publish(self, items: Iterable[tuple[bytes, bytes]], *, stream: bool = True) -> None:
+        """``stream=False`` (a republish): the records alone, so that they do not trim
+        away the withdrawals sent just before them."""
         pipe = self.client.pipeline(transaction=False)
         count = 0
         for key, value in items:
             prefix, der = _split(key)
             pipe.hset(SERIAL + prefix, der, value)
-            pipe.xadd(STREAM, {b"o": b"p", b"p": prefix, b"f": der, b"v": value, b"h": self.host},
-                      maxlen=STREAM_LENGTH, approximate=True)  # fmt: skip
+            if stream:
+                entry = {b"o": b"p", b"p": prefix, b"f": der, b"v": value, b"h": self.host}
+                pipe.xadd(STREAM, entry, maxlen=STREAM_LENGTH, approximate=True)
             count += 1
             if count % BATCH == 0:
                 pipe.execute()

@@ -14,6 +14,7 @@ from typing import Any
 
 from redis import RedisError
 
+from ..core.shared_answers import cert_id_of
 from .lmdb_store import LmdbStore
 from .redis_fleet import BATCH, EPOCH, RETRY, SERIAL, STREAM, Said
 
@@ -67,9 +68,14 @@ class Follower:
         if epoch is None:  # nothing published yet
             self._stop.wait(RETRY)
             return
-        if epoch != self._epoch or self._gap():
+        if epoch != self._epoch:
+            first, self._epoch = self._epoch is None, epoch
+            if first:  # at start: what this host holds may be from before any change
+                self._copy_all()
+            else:  # Redis lost its data: read the new stream whole, its withdrawals first,
+                self._last = b"0-0"  # then copy all at the publisher's marker ("r")
+        elif self._gap():
             self._copy_all()
-            self._epoch = epoch
         while self._refetch:
             prefix = self._refetch.popleft()
             found_now = self.client.hgetall(SERIAL + prefix)
@@ -88,21 +94,28 @@ class Follower:
         return bool(first) and _ms(first[0][0]) > _ms(self._last)
 
     def _copy_all(self) -> None:
-        """Every record in Redis into the store (a merge: a withdrawal is a stream entry,
-        and the publisher sends it again until Redis has it)."""
+        """Make the store what Redis holds: every record copied, and every serial that
+        Redis no longer has withdrawn here (a withdrawal this host did not read)."""
         newest = self.client.xrevrange(STREAM, count=1)
         self._last = newest[0][0] if newest else b"0-0"
         batch: list[tuple[bytes, bytes]] = []
+        seen: set[bytes] = set()
         for name in self.client.scan_iter(match=SERIAL + b"*", count=1000):
             prefix = name[len(SERIAL) :]
+            seen.add(prefix)
             for der, value in self.client.hgetall(name).items():
                 batch.append((prefix + der, value))
             if len(batch) >= BATCH:
                 self._put(batch)
                 batch = []
         self._put(batch)
+        gone: set[bytes] = set()
+        if self.accept is None:  # an edge: Redis is its only truth (a signing host has its index)
+            gone = {k[: len(k) - len(cert_id_of(k))] for k, _ in self.local.items()} - seen
+            self.local.withdraw(sorted(gone))
         self.synced = True
-        log.info("answer store copied from Redis: %d records here", self.local.entries())
+        log.info("answer store copied from Redis: %d records here, %d serials withdrawn",
+                 self.local.entries(), len(gone))  # fmt: skip
 
     def refetch(self, prefixes: Iterable[bytes]) -> None:
         """Fetch these serials' records again (this host's index has just changed them)."""
@@ -123,6 +136,10 @@ class Follower:
                 self.local.withdraw([fields[b"p"]])
             elif fields.get(b"o") == b"p":
                 puts.append((fields[b"p"] + fields[b"f"], fields[b"v"]))
+            elif fields.get(b"o") == b"r":  # a whole store was published again
+                self._put(puts)
+                self._copy_all()
+                return
             self._last = ident
         self._put(puts)
         if entries:
