@@ -151,13 +151,12 @@ class Publisher:
                 keys=[key], args=[self.host, LEASE_MS]
             ):
                 held.add(ca)
-        if held != self.held and self.on_leads is not None:
+        if held == self.held:
+            return
+        log.info("pre-producing for %s (leases held in Redis)", ", ".join(sorted(held)) or "no CA")
+        self.held = frozenset(held)  # before the producer hears of it: it asks leads() at once
+        if self.on_leads is not None:
             self.on_leads()  # another set of CAs to pre-produce
-        if held != self.held:
-            log.info(
-                "pre-producing for %s (leases held in Redis)", ", ".join(sorted(held)) or "no CA"
-            )
-        self.held = frozenset(held)
 
     def _check_epoch(self) -> None:
         epoch = self.client.get(EPOCH)
