@@ -79,9 +79,10 @@ def worker_pids(server_pid: int) -> list[int]:
     return [int(x) for x in path.read_text().split()]
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory; ``RssAnon``: its own, without mapped files (the store's pages)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -130,6 +131,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> int:
     revoked_at: dict[int, float] = {}  # victim -> when its revocation was written
     tally = Tally()
     rss_peak: dict[int, float] = {}
+    anon_peak: dict[int, float] = {}
     stop = time.monotonic() + args.reloads * args.every + args.lag + 2
     url = server.url
 
@@ -194,6 +196,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> int:
             for pid in worker_pids(server.process.pid):
                 try:
                     rss_peak[pid] = max(rss_peak.get(pid, 0.0), rss_mib(pid))
+                    anon_peak[pid] = max(anon_peak.get(pid, 0.0), rss_mib(pid, "RssAnon"))
                 except FileNotFoundError:
                     pass
             await asyncio.sleep(0.1)
@@ -227,7 +230,9 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> int:
     written = ", ".join(f"{t - started:.1f}" for t in revoked_at.values())
     print(f"reloads written at (s after ready): {written}")
     peaks = [f"{before.get(p, 0):.0f} -> {rss_peak[p]:.0f}" for p in sorted(rss_peak)]
-    print(f"worker RSS MiB (before load -> peak): {', '.join(peaks)}")
+    print(f"RSS MiB of producer and workers (before load -> peak): {', '.join(peaks)}")
+    anon = [f"{anon_peak[p]:.0f}" for p in sorted(anon_peak)]
+    print(f"  of which their own (RssAnon, not the store's mapped pages), peak: {', '.join(anon)}")
     errors = [line for line in log_text.splitlines() if " ERROR " in line]
     print(f"ERROR lines in the server log: {len(errors)}")
     for line in errors[:5]:

@@ -68,7 +68,9 @@ def _backlog(store: LmdbStore, config: Config) -> dict[str, int]:
             continue
         fingerprint = signer_fingerprint(signer)
         lifetime = (issuer.validity.total_seconds(), signer.not_after.timestamp())
-        snapshot = IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes).load()
+        source = IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes)
+        snapshot = source.load()
+        source.close()
         counts[ca.name] = sum(
             needs(store.get(shared_key(ca.name, cert_id(issuer, h, serial))), value,
                   fingerprint, now, lifetime) is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import BinaryIO
@@ -60,6 +61,9 @@ class IndexSnapshot:
 
     entries: Mapping[int, Revocation | None]
     counts: Mapping[str, int]
+    # Read from its changes (index_delta.py): the snapshot before, weakly, and the
+    # serials whose status differs from it.
+    delta: tuple[weakref.ref[IndexSnapshot], tuple[int, ...]] | None = None
 
     def __contains__(self, serial: int) -> bool:
         return serial in self.entries

@@ -77,6 +77,8 @@ def changed_serials(old: IndexSnapshot | None, new: IndexSnapshot) -> list[int]:
     by identity."""
     if old is None:
         return []
+    if new.delta is not None and new.delta[0]() is old:  # read from its changes
+        return list(new.delta[1])
     before, after = old.entries, new.entries
     changed = [s for s, v in after.items() if (b := before.get(s, _MISSING)) is not v and b != v]
     changed += [s for s in before if s not in after]

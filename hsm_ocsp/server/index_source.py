@@ -12,12 +12,14 @@ from pathlib import Path
 
 from ..core.errors import IndexFormatError
 from ..core.index import DEFAULT_MAX_BYTES, IndexSnapshot, parse_index_stream
+from ..core.index_delta import reread_changed
 
 __all__ = ["TRANSIENT_ERRNOS", "IndexSource"]
 
 log = logging.getLogger("hsm_ocsp.index")
 
 StatKey = tuple[int, int, int, int]
+_LOOK = 1 << 16  # bytes read at once looking for a line's end
 # How long a missing index may be gone before it is an error (a rename pair).
 RENAME_GRACE = 0.2
 # Failures of the moment, not of the file: the next tick reads it again.
@@ -32,6 +34,43 @@ def _cannot(path: Path, what: str, exc: OSError) -> IndexFormatError:
     return IndexFormatError(
         path, None, f"cannot {what}: {exc.strerror}", transient=exc.errno in TRANSIENT_ERRNOS
     )
+
+
+class _File:
+    """An open file read as index_delta.py reads it: by slices, with os.pread (only
+    what is compared is read, and none of it stays: an mmap would count both versions
+    in the process's resident memory)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd, self.size = fd, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, part: slice) -> bytes:
+        start, stop, _ = part.indices(self.size)
+        data = os.pread(self.fd, max(0, stop - start), start)
+        if len(data) != max(0, stop - start):
+            raise OSError(errno.EIO, "short read")  # truncated since: read it whole
+        return data
+
+    def find(self, sub: bytes, start: int = 0, /) -> int:
+        while start < self.size:
+            found = self[start : start + _LOOK].find(sub)
+            if found >= 0:
+                return start + found
+            start += _LOOK
+        return -1
+
+    def rfind(self, sub: bytes, start: int = 0, end: int = -1, /) -> int:
+        end = self.size if end < 0 else end
+        while end > start:
+            low = max(start, end - _LOOK)
+            found = self[low:end].rfind(sub)
+            if found >= 0:
+                return low + found
+            end = low
+        return -1
 
 
 class IndexSource:
@@ -63,6 +102,7 @@ class IndexSource:
         self.on_reload: Callable[[IndexSnapshot], None] | None = None
         self.on_error: Callable[[IndexFormatError], None] | None = None
         self.loading = False  # a load is under way (in the watcher's thread)
+        self._kept: tuple[int, StatKey] | None = None  # the file read last, still open
 
     def _stat(self) -> StatKey:
         return _key(os.stat(self.path))
@@ -97,12 +137,33 @@ class IndexSource:
             raise IndexFormatError(
                 self.path, None, f"{info.st_size} bytes, over ca.max_index_bytes ({self.max_bytes})"
             )
-        with os.fdopen(fd, "rb", buffering=1 << 20) as file:
-            try:  # parsed line by line: a large index is never held whole
-                snapshot = parse_index_stream(file, self.path, self.snapshot)
-                read, after = file.tell(), os.fstat(fd)
-            except OSError as exc:
-                raise _cannot(self.path, "read", exc) from None
+        try:
+            snapshot = self._read(fd, info)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.snapshot = snapshot
+        self._keep(fd, info)
+        self._loaded_inode = info.st_ino
+        self._changing = None
+        self.last_error = None
+        self.failing_since = None
+        if self.on_reload is not None:
+            self.on_reload(snapshot)
+        return snapshot
+
+    def _read(self, fd: int, info: os.stat_result) -> IndexSnapshot:
+        snapshot = self._changes_read(fd, info)
+        if snapshot is None:  # parsed line by line: a large index is never held whole
+            with os.fdopen(os.dup(fd), "rb", buffering=1 << 20) as file:
+                try:
+                    snapshot = parse_index_stream(file, self.path, self.snapshot)
+                    read = file.tell()
+                except OSError as exc:
+                    raise _cannot(self.path, "read", exc) from None
+        else:
+            read = info.st_size
+        after = os.fstat(fd)
         if (read, after.st_size, after.st_mtime_ns) != (info.st_size,) * 2 + (info.st_mtime_ns,):
             self._seen = None  # read it again next tick
             raise IndexFormatError(
@@ -114,14 +175,33 @@ class IndexSource:
                 None,
                 f"empty, but the last good index had {len(self.snapshot)} entries",
             )
-        self.snapshot = snapshot
-        self._loaded_inode = info.st_ino
-        self._changing = None
-        self.last_error = None
-        self.failing_since = None
-        if self.on_reload is not None:
-            self.on_reload(snapshot)
         return snapshot
+
+    def _changes_read(self, fd: int, info: os.stat_result) -> IndexSnapshot | None:
+        """The snapshot read from the lines that differ from the file read last, still
+        open here (a rename over it does not free it); None if that cannot be done."""
+        kept, base = self._kept, self.snapshot
+        if kept is None or base is None or not info.st_size or kept[1][0] == info.st_ino:
+            return None  # a first read, an empty file, or the same file rewritten in place
+        try:
+            then = os.fstat(kept[0])  # a rename changes its ctime, a write its mtime
+            if (then.st_size, then.st_mtime_ns) != kept[1][1:3] or not then.st_size:
+                return None  # the old file was written since it was read
+            old, new = _File(kept[0], then.st_size), _File(fd, info.st_size)
+            return reread_changed(old, new, base, self.path)
+        except OSError:
+            return None
+
+    def _keep(self, fd: int, info: os.stat_result) -> None:
+        """Keep the file just read open, to compare the next version with."""
+        if self._kept is not None:
+            os.close(self._kept[0])
+        self._kept = (fd, _key(info))
+
+    def close(self) -> None:
+        if self._kept is not None:
+            os.close(self._kept[0])
+            self._kept = None
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if the file changed (or ``force``); True if a new snapshot is in."""
