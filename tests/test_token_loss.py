@@ -393,11 +393,13 @@ def test_hardening_3_cached_answer_served_past_its_refresh_until_next_update_wit
     assert ocsp.load_der_ocsp_response(late).response_status is ocsp.OCSPResponseStatus.TRY_LATER
 
 
-def _filled_producer(tmp_path: Path, setup: CASetup, serve: object, more: str = "") -> Any:
+def _filled_producer(
+    tmp_path: Path, setup: CASetup, serve: object, more: str = "", **ca_extra: str
+) -> Any:
     """A responder with 2 workers and a producer on the p11-kit token, once it has
     signed every serial ahead (``more``: TOML appended to its configuration)."""
     port = free_port()
-    config = _config(tmp_path, setup, port, sign_timeout="2s")
+    config = _config(tmp_path, setup, port, sign_timeout="2s", **ca_extra)
     state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"\n'
     config.write_text(config.read_text().replace("[server]\n", "[server]\n" + state, 1) + more)
     server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
@@ -436,6 +438,51 @@ def test_a_revocation_while_the_token_is_gone_is_try_later_never_the_stored_good
         assert new.response_status is ocsp.OCSPResponseStatus.TRY_LATER
         kept = _answer(server.url, setup, "keycompromise")  # unchanged: still from the store
         assert kept.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+
+def test_a_token_outage_past_half_the_validity_serves_pre_produced_answers_to_next_update(
+    tmp_path: Path,
+    softhsm: SoftHSM,
+    p11kit: P11KitServer,
+    serve: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14, token outage: with the token gone for longer than half the validity,
+    every worker serves the pre-produced answers (refresh due or not) up to their
+    nextUpdate, never after; a serial new to the index gets tryLater."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
+    server = _filled_producer(tmp_path, setup, serve, validity='"8s"')
+    p11kit.kill()  # from now on nothing is signed: what is served was stored before
+    killed = time.time()
+    stored = {name: _post(server.url, _request(setup, name))[1] for name in ("good", "revoked")}
+    answers = {name: ocsp.load_der_ocsp_response(body) for name, body in stored.items()}
+    assert answers["good"].certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert answers["revoked"].certificate_status is ocsp.OCSPCertStatus.REVOKED
+    setup.certs["new"] = setup.ca.issue("new")
+    refresh = {n: a.produced_at_utc.timestamp() + 4 for n, a in answers.items()}  # half
+    ends = {n: a.next_update_utc.timestamp() for n, a in answers.items()}  # type: ignore[union-attr]
+    assert all(ends[n] - refresh[n] == 4 for n in answers)
+
+    # Past its refresh time, the token still gone: the very same answer, on both workers.
+    time.sleep(max(0.0, refresh["good"] + 0.3 - time.time()))
+    checks = 0
+    while time.time() < ends["good"] - 0.3:
+        for name, body in stored.items():
+            if time.time() < ends[name] - 0.3:
+                assert _post(server.url, _request(setup, name))[1] == body, f"{name} dropped"
+        new = _answer(server.url, setup, "new")
+        assert new.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+        checks += 1
+        time.sleep(0.1)
+    assert checks >= 5
+
+    # After its nextUpdate an answer is never served.
+    time.sleep(max(0.0, ends["good"] + 0.5 - time.time()))
+    assert time.time() - killed > 4.0  # the outage outlasted half the validity
+    for _ in range(4):
+        late = _answer(server.url, setup, "good")
+        assert late.response_status is ocsp.OCSPResponseStatus.TRY_LATER
 
 
 def _fill_signatures(url: str) -> float:
