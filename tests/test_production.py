@@ -18,7 +18,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 
 from hsm_ocsp.core.front_service import FrontService
 from hsm_ocsp.core.index import parse_index
-from hsm_ocsp.core.model import OCSPResponseStatus
+from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
 from hsm_ocsp.core.pre_production import (
     Reason,
     cert_id,
@@ -29,7 +29,14 @@ from hsm_ocsp.core.pre_production import (
 )
 from hsm_ocsp.core.reply import Reply
 from hsm_ocsp.core.reply_wire import decode_reply, encode_reply
-from hsm_ocsp.core.shared_answers import shared_key, signer_fingerprint
+from hsm_ocsp.core.shared_answers import (
+    MISSING,
+    Sharer,
+    of_unknown,
+    parse_key,
+    shared_key,
+    signer_fingerprint,
+)
 from hsm_ocsp.server.producer_link import ProducerClient, serve_link
 from hsm_ocsp.store.lmdb_store import LmdbStore
 
@@ -114,6 +121,55 @@ async def test_a_worker_serves_the_stored_answer_and_asks_the_producer_for_the_r
     world.signer.fail = True
     late = await front.respond(request)
     assert len(asked) == 3 and late.status is OCSPResponseStatus.TRY_LATER
+
+
+async def test_an_unknown_serials_answer_serves_every_worker_until_the_serial_is_issued(
+    ca: OpenSSLCA, store: LmdbStore
+) -> None:
+    """Issue 14, item 3: an unknown serial's answer, signed once, goes to the store for
+    every worker; the index issuing the serial withdraws it like any change."""
+    world = World(ca, shared=store)
+    asked: list[bytes] = []
+
+    async def producer(data: bytes, ca_name: str | None) -> Reply:
+        asked.append(data)
+        return await world.service.respond(data, ca_name)
+
+    front = FrontService([world.issuer], store, producer, clock=lambda: world.now)
+    other = FrontService([world.issuer], store, producer, clock=lambda: world.now)
+    request = build_request([(ca.certificate, 0x4242)])
+    first = await front.respond(request)
+    unknown = x509_ocsp.load_der_ocsp_response(first.body)
+    assert unknown.certificate_status is x509_ocsp.OCSPCertStatus.UNKNOWN
+    assert (await other.respond(request)).body == first.body  # another worker: from the store
+    assert len(asked) == 1 and world.signer.count == 1
+
+    issued = INDEX + "V\t301231235959Z\t\t4242\tunknown\t/CN=issued\n"
+    world.snapshot = parse_index(issued.encode())  # and the producer withdraws the serial
+    assert store.withdraw(prefixes("root", changed_serials(parse_index(INDEX.encode()),
+                                                            world.snapshot))) == 1  # fmt: skip
+    now_good = x509_ocsp.load_der_ocsp_response((await other.respond(request)).body)
+    assert now_good.certificate_status is x509_ocsp.OCSPCertStatus.GOOD and len(asked) == 2
+
+
+def test_the_store_keeps_a_bounded_number_of_unknown_answers(
+    ca: OpenSSLCA, store: LmdbStore
+) -> None:
+    """A flood of made-up serials keeps at most max_unknown answers, the newest; the
+    answers of issued serials are never pushed out."""
+    world = World(ca)
+    sharer = Sharer(store, max_unknown=3)
+    signer = world.issuer.signers[0]
+    produced = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+    reply = Reply(body=b"signed", status=OCSPResponseStatus.SUCCESSFUL, ca="root",
+                  cert_statuses=(CertStatus.UNKNOWN,), produced_at=produced,
+                  next_update=produced + dt.timedelta(hours=1), etag='"x"')  # fmt: skip
+    for serial in (GOOD, *range(0x5000, 0x5008)):
+        value = None if serial == GOOD else MISSING
+        sharer.save(reply, cert_id(world.issuer, "sha1", serial), value, signer, produced)
+    kept = {parse_key(key)[1] for key, _ in store.items()}  # type: ignore[index]
+    assert kept == {GOOD, 0x5005, 0x5006, 0x5007}
+    assert [of_unknown(value) for _, value in store.items()].count(True) == 3
 
 
 async def test_a_worker_answers_bad_requests_and_foreign_cas_without_asking(

@@ -10,7 +10,13 @@ from ..config.file import load_config
 from ..config.model import Config
 from ..core.errors import EXIT_OK, ConfigError
 from ..core.pre_production import cert_id, needs
-from ..core.shared_answers import decode, parse_key, shared_key, signer_fingerprint
+from ..core.shared_answers import (
+    NOT_IN_INDEX,
+    decode,
+    parse_key,
+    shared_key,
+    signer_fingerprint,
+)
 from ..server.app import issuers_of
 from ..server.index_source import IndexSource
 from ..store.lmdb_store import LmdbStore
@@ -45,8 +51,9 @@ def run_store_stats(args: argparse.Namespace) -> int:
         line = f"ca {ca.name}: {len(mine)} answers ({counted or 'none'}), "
         line += f"{sum(size for size, _ in mine)} bytes"
         live = [answer.next_update for _, answer in mine if answer.next_update > now]
-        if live:
-            soonest = dt.datetime.fromtimestamp(min(live), dt.UTC)
+        kept = [a.next_update for _, a in mine if a.next_update > now and a.truth != NOT_IN_INDEX]
+        if kept:  # of those kept fresh: an unknown serial's answer is signed when asked
+            soonest = dt.datetime.fromtimestamp(min(kept), dt.UTC)
             line += f", soonest nextUpdate {soonest:%Y-%m-%d %H:%M:%S} UTC"
         expired = len(mine) - len(live)
         if expired:

@@ -15,6 +15,8 @@ class Limits:
     cache_bytes: int = 64 << 20
     # One sign queue a host now (the producer's): what two workers' queues held before.
     max_pending_signatures: int = 512
+    # Answers for serials not in the index kept in the host's store (the oldest go).
+    unknown_answers: int = 10_000
 
 
 LIMITS = Limits()

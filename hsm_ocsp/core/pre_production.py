@@ -19,7 +19,7 @@ from . import der
 from .index import IndexSnapshot
 from .ocsp import HASH_ALGORITHMS, CertID
 from .responder import Issuer
-from .shared_answers import decode, index_digest, parse_key, serial_prefix
+from .shared_answers import NOT_IN_INDEX, decode, index_digest, parse_key, serial_prefix
 
 __all__ = [
     "SIGN_REASON",
@@ -127,11 +127,12 @@ def untrue_keys(
 
 def due_keys(items: Iterable[tuple[bytes, bytes]], now: float) -> tuple[list[bytes], float, float]:
     """Keys of the records due for refresh at ``now``; the soonest nextUpdate of all, and
-    the soonest refresh time of the rest (Unix seconds; inf for none)."""
+    the soonest refresh time of the rest (Unix seconds; inf for none). Answers for
+    serials not in the index are not refreshed: the next client to ask has one signed."""
     due, soonest, refresh_at = [], float("inf"), float("inf")
     for key, value in items:
         record = decode(value)
-        if record is None:
+        if record is None or record.truth == NOT_IN_INDEX:
             continue
         soonest = min(soonest, record.next_update)
         if record.refresh_at <= now:

@@ -26,13 +26,13 @@ from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
 from .request import decode_request
 from .responder import Issuer, select_issuer
-from .shared_answers import SharedAnswers
+from .shared_answers import SharedAnswers, Sharer
 from .sign_queue import Kind
 
 __all__ = ["OCSPService"]
 
 log = logging.getLogger("hsm_ocsp.service")
-_MISSING = object()
+_MISSING = shared_answers.MISSING
 # Requests up to this size are remembered for the fast path (one CertID is ~80-120
 # bytes), so that map holds at most cache_entries x 512 bytes however it is flooded.
 _MAX_KNOWN_REQUEST = 512
@@ -79,6 +79,7 @@ class OCSPService:
         self.max_pending = max_pending_signatures
         self.events = events or Events()
         self._shared = shared  # answers of every worker of the host (store/)
+        self._sharer = None if shared is None else Sharer(shared, LIMITS.unknown_answers)
         self._clock = clock
         self._answers = AnswerSigner(signer, max_pending_signatures, self.events, clock)
         self._cache_bytes = cache_bytes
@@ -254,10 +255,10 @@ class OCSPService:
         main = len(serials) == 1 and values[0] is not _MISSING
         self._cache.put(key, entry, size, main=main)
         signer = issuer.signer_at(reply.produced_at)
-        if main and self._shared is not None and signer is not None:  # every worker's now
+        if len(serials) == 1 and self._sharer is not None and signer is not None:  # every
             says = functools.partial(shared_answers.index_says, serial=serials[0], value=values[0])
-            shared_answers.save(
-                self._shared, entry.reply, cert_ids[0], values[0], signer, entry.refresh_at,
+            self._sharer.save(  # worker's now
+                entry.reply, cert_ids[0], values[0], signer, entry.refresh_at,
                 still_true=lambda: says(self._snapshots(issuer.name)),
             )  # fmt: skip
 

@@ -26,13 +26,17 @@ from .reply import Reply
 from .responder import SigningCertificate
 
 __all__ = [
+    "MISSING",
+    "NOT_IN_INDEX",
     "SharedAnswers",
+    "Sharer",
     "StoredAnswer",
     "cert_id_of",
     "decode",
     "encode",
     "index_digest",
     "index_says",
+    "of_unknown",
     "parse_key",
     "serial_prefix",
     "shared_key",
@@ -40,8 +44,10 @@ __all__ = [
 ]
 
 _HEADER = struct.Struct("!qqq8s8sBH")  # produced, next, refresh, signer, truth, status, etag
+_TRUTH = slice(32, 40)  # where the truth is in a record
 _STATUSES = list(CertStatus)
-_MISSING = object()
+MISSING = object()  # what the index says of a serial it does not hold
+NOT_IN_INDEX = b"unknown\0"  # the truth of an answer for such a serial
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +88,9 @@ class SharedAnswers(Protocol):
 
     def withdraw(self, prefixes: Iterable[bytes]) -> int:
         """Delete every record whose key begins with one of ``prefixes``; how many."""
+
+    def forget(self, keys: Iterable[bytes]) -> int:
+        """Delete these records from this host's store only (never from a fleet)."""
 
     def generation(self) -> int:
         """Changes whenever records are withdrawn: what was read before may be kept
@@ -125,12 +134,20 @@ def decode(data: bytes) -> StoredAnswer | None:
 def index_says(snapshot: IndexSnapshot | None, serial: int, value: object) -> bool:
     """Whether the index says now what an answer was signed for: an answer whose
     signature took so long that the index changed meanwhile is not shared."""
-    return snapshot is not None and snapshot.entries.get(serial, _MISSING) == value
+    return snapshot is not None and snapshot.entries.get(serial, MISSING) == value
 
 
 def index_digest(value: object) -> bytes:
-    """A short digest of what the index says of a serial (None: good, or a Revocation)."""
+    """A short digest of what the index says of a serial (None: good, a Revocation, or
+    MISSING: not in the index)."""
+    if value is MISSING:
+        return NOT_IN_INDEX
     return hashlib.sha256(repr(value).encode()).digest()[:8]
+
+
+def of_unknown(data: bytes) -> bool:
+    """Whether a record is an answer for a serial not in the index."""
+    return data[_TRUTH] == NOT_IN_INDEX
 
 
 def signer_fingerprint(signer: SigningCertificate) -> bytes:
@@ -183,23 +200,40 @@ def load(
     return record.reply(ca), dt.datetime.fromtimestamp(record.refresh_at, dt.UTC)
 
 
-def save(
-    store: SharedAnswers, reply: Reply, cert_id: CertID, value: object,
-    signer: SigningCertificate, refresh_at: dt.datetime,
-    still_true: Callable[[], bool] | None = None,
-) -> None:  # fmt: skip
-    """Share an answer for one CertID of a serial the index holds (``value``), if
-    ``still_true()`` at the moment of writing."""
-    assert reply.ca is not None and reply.produced_at is not None
-    assert reply.next_update is not None and reply.etag is not None
-    record = StoredAnswer(
-        body=reply.body,
-        cert_status=reply.cert_statuses[0],
-        produced_at=int(reply.produced_at.timestamp()),
-        next_update=int(reply.next_update.timestamp()),
-        refresh_at=int(refresh_at.timestamp()),
-        signer=signer_fingerprint(signer),
-        truth=index_digest(value),
-        etag=reply.etag,
-    )
-    store.put(shared_key(reply.ca, cert_id), encode(record), still_true)
+class Sharer:
+    """Writes answers to the store for every worker of the host. Answers for serials
+    not in the index are kept too, but at most ``max_unknown`` of them, the oldest
+    forgotten first: a client can ask for any number of such serials."""
+
+    def __init__(self, store: SharedAnswers, max_unknown: int) -> None:
+        self.store = store
+        self.max_unknown = max_unknown
+        self._unknown: dict[bytes, None] = {}  # their keys, oldest first
+
+    def save(
+        self, reply: Reply, cert_id: CertID, value: object, signer: SigningCertificate,
+        refresh_at: dt.datetime, still_true: Callable[[], bool] | None = None,
+    ) -> None:  # fmt: skip
+        """Share an answer for one CertID whose serial the index says ``value`` of
+        (MISSING: not there), if ``still_true()`` at the moment of writing."""
+        assert reply.ca is not None and reply.produced_at is not None
+        assert reply.next_update is not None and reply.etag is not None
+        record = StoredAnswer(
+            body=reply.body,
+            cert_status=reply.cert_statuses[0],
+            produced_at=int(reply.produced_at.timestamp()),
+            next_update=int(reply.next_update.timestamp()),
+            refresh_at=int(refresh_at.timestamp()),
+            signer=signer_fingerprint(signer),
+            truth=index_digest(value),
+            etag=reply.etag,
+        )
+        key = shared_key(reply.ca, cert_id)
+        if not self.store.put(key, encode(record), still_true) or value is not MISSING:
+            return
+        self._unknown.pop(key, None)
+        self._unknown[key] = None
+        if len(self._unknown) > self.max_unknown:
+            oldest = next(iter(self._unknown))
+            del self._unknown[oldest]
+            self.store.forget([oldest])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from ..core.shared_answers import cert_id_of, parse_key
+from ..core.shared_answers import cert_id_of, of_unknown, parse_key
 from .lmdb_store import LmdbStore
 from .redis_fleet import Publisher
 from .redis_follower import Follower
@@ -37,8 +37,8 @@ class FleetStore:
     def put(self, key: bytes, value: bytes, still_true: Callable[[], bool] | None = None) -> bool:
         if not self.local.put(key, value, still_true):
             return False
-        parsed = parse_key(key)
-        if parsed is not None and self.publisher.leads(parsed[0]):
+        parsed = parse_key(key)  # an unknown serial's answer stays on this host
+        if parsed is not None and self.publisher.leads(parsed[0]) and not of_unknown(value):
             self.publisher.put(key, value)
         return True
 
@@ -47,6 +47,9 @@ class FleetStore:
         deleted = self.local.withdraw(prefixes)
         self._publish_withdrawals(prefixes)
         return deleted
+
+    def forget(self, keys: Iterable[bytes]) -> int:
+        return self.local.delete(keys)
 
     def delete(self, keys: Iterable[bytes]) -> int:
         """Records the indexes no longer say: gone here and, by serial, from the fleet."""

@@ -120,6 +120,8 @@ class LmdbStore:
                 batch = []
         return deleted + self._delete(batch)
 
+    forget = delete  # one host's store: nothing else to keep apart
+
     def _delete(self, keys: list[bytes]) -> int:
         with self.lock:
             with self._env.begin(write=True) as txn:
