@@ -31,10 +31,13 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import OCSPExtensionOID
 
 from hsm_ocsp.core.index import parse_index
+from hsm_ocsp.core.limits import LIMITS
 from hsm_ocsp.core.model import OCSPResponseStatus
 from hsm_ocsp.core.responder import Issuer
 from hsm_ocsp.core.service import OCSPService
+from hsm_ocsp.core.shared_answers import of_unknown
 from hsm_ocsp.core.signing import scheme_for_public_key
+from hsm_ocsp.store.lmdb_store import LmdbStore
 
 from .support import ROOT
 from .support.ca import CASetup, build_ca, write_config
@@ -188,9 +191,11 @@ def ocsp_status(body: bytes) -> S:
 
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        # The process's own memory: not the answer store's pages, which it maps from
+        # the page cache (shared by every process, bounded by the store's own limits).
+        if line.startswith("RssAnon:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no RssAnon for {pid}")
 
 
 def metric(url: str, name: str) -> float:
@@ -410,7 +415,7 @@ async def test_random_serial_flood_keeps_memory_bounded_by_cache_entries(
     config = write_config(
         tmp_path / "c.toml",
         {"root": setup},
-        server=f"workers = 1\ncache_entries = {CACHE_ENTRIES}",
+        server=f'workers = 1\ncache_entries = {CACHE_ENTRIES}\nstate_dir = "{tmp_path / "state"}"',
         port=port,
     )
     server = serve(config, port, tmp_path / "server.log")
@@ -457,6 +462,11 @@ async def test_random_serial_flood_keeps_memory_bounded_by_cache_entries(
     # request bytes in the fast-path map); with 1000 they added under 0.1 MiB, as
     # evictions hand the memory back to the allocator. 8 MiB is ~4,000 entries' worth.
     assert end_kib - warm_kib < 8 * 1024, "memory grew with the number of distinct serials"
+    # The store keeps the newest unknown answers for every worker, a bounded number.
+    store = LmdbStore(tmp_path / "state")
+    unknown = [of_unknown(value) for _, value in store.items()].count(True)
+    store.close()
+    assert unknown == LIMITS.unknown_answers
 
     # The bound is cache_entries, LRU: the oldest serials are gone, the newest served
     # from the cache.
