@@ -65,3 +65,24 @@ def test_sighup_forces_a_reload(tmp_path: Path, ca_setup: CASetup, serve: object
         time.sleep(0.05)
     assert server.process.poll() is None
     assert status(server.url, ca_setup, "keycompromise") is x509_ocsp.OCSPCertStatus.REVOKED
+
+
+def test_a_change_the_producer_or_store_would_not_take_needs_a_restart(
+    tmp_path: Path, ca_setup: CASetup
+) -> None:
+    """The producer and the store are set up once: a reload changing them is refused
+    (naming the section), never taken in silence; a new validity is taken."""
+    from hsm_ocsp.config.file import load_config
+    from hsm_ocsp.config.reload import changes_needing_restart
+
+    path = write_config(tmp_path / "c.toml", {"root": ca_setup})
+    running = load_config(path)
+    text = path.read_text()
+    for more, named in (
+        ("\n[producer]\nmax_signatures_per_second = 5\n", "producer"),
+        ('\n[store]\nredis = "redis://127.0.0.1:1/0"\n', "store"),
+    ):
+        path.write_text(text + more)
+        assert changes_needing_restart(running, load_config(path)) == [named]
+    path.write_text(text.replace("[[ca]]\n", '[[ca]]\nvalidity = "2h"\n', 1))
+    assert changes_needing_restart(running, load_config(path)) == []

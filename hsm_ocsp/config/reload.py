@@ -43,7 +43,8 @@ def _fixed(ca: CAConfig) -> dict[str, object]:
 
 def changes_needing_restart(running: Config, new: Config) -> list[str]:
     """The keys whose change a reload cannot take, named as in the file."""
-    changed = [name for name in ("server", "token") if getattr(running, name) != getattr(new, name)]
+    sections = ("server", "token", "producer", "store")  # the producer and store start once
+    changed = [name for name in sections if getattr(running, name) != getattr(new, name)]
     if [ca.name for ca in running.cas] != [ca.name for ca in new.cas]:
         return [*changed, "the list of [[ca]]"]
     for number, (old, ca) in enumerate(zip(running.cas, new.cas, strict=True)):
