@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import gc
 import multiprocessing
+import weakref
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,20 @@ def test_the_store_keeps_a_bounded_number_of_unknown_answers(
     kept = {parse_key(key)[1] for key, _ in store.items()}  # type: ignore[index]
     assert kept == {GOOD, 0x5005, 0x5006, 0x5007}
     assert [of_unknown(value) for _, value in store.items()].count(True) == 3
+
+
+async def test_cached_answers_do_not_keep_an_old_index_in_memory(ca: OpenSSLCA) -> None:
+    """An answer cached under one version of a million-line index must not keep that
+    version alive after a reload (the producer held one per reload: +270 MiB)."""
+    world = World(ca)
+    request = build_request([(ca.certificate, GOOD)])
+    first = await world.service.respond(request)
+    old = weakref.ref(world.snapshot)  # type: ignore[arg-type]
+    world.snapshot = parse_index(INDEX.encode())  # a reload, nothing changed
+    gc.collect()
+    assert old() is None
+    again = await world.service.respond(request)
+    assert again.body == first.body and world.signer.count == 1  # still from the cache
 
 
 async def test_a_worker_answers_bad_requests_and_foreign_cas_without_asking(

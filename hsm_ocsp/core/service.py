@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 
 from . import shared_answers
@@ -42,7 +43,7 @@ _MAX_KNOWN_REQUEST = 512
 class _CacheEntry:
     reply: Reply
     refresh_at: dt.datetime
-    snapshot: IndexSnapshot
+    snapshot: weakref.ref[IndexSnapshot]  # weakly: an old index must not stay in memory
     serials: tuple[int, ...]
     values: tuple[object, ...]
 
@@ -223,13 +224,13 @@ class OCSPService:
 
     @staticmethod
     def _unchanged(entry: _CacheEntry, snapshot: IndexSnapshot) -> bool:
-        if entry.snapshot is snapshot:
+        if entry.snapshot() is snapshot:
             return True
         entries = snapshot.entries
         for serial, value in zip(entry.serials, entry.values, strict=True):
             if entries.get(serial, _MISSING) != value:
                 return False
-        entry.snapshot = snapshot
+        entry.snapshot = weakref.ref(snapshot)
         return True
 
     def _store(
@@ -246,7 +247,7 @@ class OCSPService:
         entry = _CacheEntry(
             reply=dataclasses.replace(reply, cached=True),
             refresh_at=refresh_time(reply.produced_at, reply.next_update),
-            snapshot=snapshot,
+            snapshot=weakref.ref(snapshot),
             serials=serials,
             values=values,
         )
@@ -278,8 +279,8 @@ class OCSPService:
         if found is None:
             return None
         self.events.from_store()
-        reply, refresh_at = found
-        entry = _CacheEntry(reply, refresh_at, snapshot, (cert_id.serial_number,), (value,))
+        reply, at = found
+        entry = _CacheEntry(reply, at, weakref.ref(snapshot), (cert_id.serial_number,), (value,))
         size = len(reply.body) + len(cert_id.der) + ENTRY_OVERHEAD
         self._cache.put(key, entry, size, main=True)
         return entry

@@ -226,12 +226,12 @@ class Production:
     async def _fill(self) -> None:
         """Produce what the store lacks (or holds of a replaced signer), in chunks."""
         for ca, source in self.sources.items():
-            issuer, snapshot = self._issuer(ca), source.snapshot
-            if issuer is None or snapshot is None:
-                continue
-            serials = list(snapshot.entries)
+            issuer = self._issuer(ca)
+            serials = list(source.snapshot.entries) if issuer and source.snapshot else []
             for start in range(0, len(serials), CHUNK):
                 chunk = serials[start : start + CHUNK]
+                snapshot = source.snapshot  # the newest: an old one is not kept alive
+                assert issuer is not None and snapshot is not None
                 for key, reason in self._wanted(ca, issuer, snapshot, chunk):
                     await self._produce(issuer, key, reason)
                     await self._first_things_first()
