@@ -1,6 +1,6 @@
-"""Load and reload a 1,000,000-line index the way a worker does; print seconds and RSS.
+"""Load and reload a 1,000,000-line index; print seconds, and RSS by process.
 
-    python benchmarks/index_scale.py [--lines 1000000]
+    python benchmarks/index_scale.py [--lines 1000000] [--workers 1 2 4]
 
 Target (issue 5): at most 2 s and 250 MB resident per process. The index is
 generated in ``openssl ca``'s format, one line in ten revoked, 16-byte serials.
@@ -8,6 +8,11 @@ Each measurement runs in a fresh child process that first imports what a worker
 imports, so its RSS is that of one worker; it loads the index, then reloads it
 after one line changed (both versions are held during a reload: the peak).
 benchmarks/reload_under_load.py does the same to a serving responder under load.
+
+Then (issue 14) it runs benchmarks/workers_memory.py with the same number of lines:
+a serving responder with 1, 2 and 4 workers (``--workers``; none: skip), the RSS
+and PSS of its producer, each worker and each signer process, and what each added
+worker costs (target: at most 50 MiB).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ def measure(path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--workers", nargs="*", default=["1", "2", "4"])
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -91,6 +97,10 @@ def main() -> int:
         for _ in range(3):
             write_revoked_copy(path, path.with_suffix(".new"))
             subprocess.run([sys.executable, __file__, "--measure", str(path)], check=True)
+    if args.workers:
+        by_process = [sys.executable, str(ROOT / "benchmarks" / "workers_memory.py")]
+        by_process += ["--lines", str(args.lines), "--workers", *args.workers]
+        subprocess.run(by_process, check=True)
     return 0
 
 
