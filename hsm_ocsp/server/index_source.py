@@ -102,7 +102,8 @@ class IndexSource:
         self.on_reload: Callable[[IndexSnapshot], None] | None = None
         self.on_error: Callable[[IndexFormatError], None] | None = None
         self.loading = False  # a load is under way (in the watcher's thread)
-        self._kept: tuple[int, StatKey] | None = None  # the file read last, still open
+        # The file read last, still open, and the snapshot read from it.
+        self._kept: tuple[int, StatKey, IndexSnapshot] | None = None
 
     def _stat(self) -> StatKey:
         return _key(os.stat(self.path))
@@ -143,7 +144,7 @@ class IndexSource:
             os.close(fd)
             raise
         self.snapshot = snapshot
-        self._keep(fd, info)
+        self._keep(fd, info, snapshot)
         self._loaded_inode = info.st_ino
         self._changing = None
         self.last_error = None
@@ -181,7 +182,7 @@ class IndexSource:
         """The snapshot read from the lines that differ from the file read last, still
         open here (a rename over it does not free it); None if that cannot be done."""
         kept, base = self._kept, self.snapshot
-        if kept is None or base is None or not info.st_size or kept[1][0] == info.st_ino:
+        if kept is None or kept[2] is not base or not info.st_size or kept[1][0] == info.st_ino:
             return None  # a first read, an empty file, or the same file rewritten in place
         try:
             then = os.fstat(kept[0])  # a rename changes its ctime, a write its mtime
@@ -192,11 +193,11 @@ class IndexSource:
         except OSError:
             return None
 
-    def _keep(self, fd: int, info: os.stat_result) -> None:
+    def _keep(self, fd: int, info: os.stat_result, snapshot: IndexSnapshot) -> None:
         """Keep the file just read open, to compare the next version with."""
         if self._kept is not None:
             os.close(self._kept[0])
-        self._kept = (fd, _key(info))
+        self._kept = (fd, _key(info), snapshot)
 
     def close(self) -> None:
         if self._kept is not None:
