@@ -256,9 +256,9 @@ class OCSPService:
         main = len(serials) == 1 and values[0] is not _MISSING
         self._cache.put(key, entry, size, main=main)
         signer = issuer.signer_at(reply.produced_at)
-        if len(serials) == 1 and self._sharer is not None and signer is not None:  # every
+        if len(serials) == 1 and self._sharer is not None and signer is not None:  # to all
             says = functools.partial(shared_answers.index_says, serial=serials[0], value=values[0])
-            self._sharer.save(  # worker's now
+            self._sharer.save(
                 entry.reply, cert_ids[0], values[0], signer, entry.refresh_at,
                 still_true=lambda: says(self._snapshots(issuer.name)),
             )  # fmt: skip
