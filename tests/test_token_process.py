@@ -225,3 +225,20 @@ async def test_a_pool_of_sessions_signs_on_each_and_stops_them_all(softhsm: Soft
     finally:
         await pool.aclose()
     assert not any(_alive(pid) for pid in pids if pid is not None)
+
+
+async def test_calls_of_one_turn_go_together_and_their_replies_are_not_held(
+    rsa_token: tuple[TokenProcess, object],
+) -> None:
+    """Sixty calls made in one turn of the loop reach the child in one write; it
+    sends the replies of such a batch together, but none waits much longer than a
+    couple of milliseconds for the signatures after it: the first replies arrive
+    while the child still signs the rest."""
+    token, public_key = rsa_token
+    await token.open()
+    data = [os.urandom(32) for _ in range(60)]  # RSA-2048: tens of ms for all of them
+    calls = [asyncio.ensure_future(token.sign("root", one)) for one in data]
+    _done, pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+    assert pending, "every reply came at once: the first ones were held for the last"
+    for one, signature in zip(data, await asyncio.gather(*calls), strict=True):
+        verify(public_key, token.keys["root"].scheme, one, signature)  # type: ignore[arg-type]

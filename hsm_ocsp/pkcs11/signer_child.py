@@ -18,10 +18,11 @@ from typing import Any
 from ..config.pin import forbid_core_dumps
 from ..core.errors import TokenError
 from .login_gate import LoginGate
-from .signer_protocol import LENGTH, Reply, Setup, frame
+from .signer_protocol import FrameReader, Reply, Request, Setup, frame
 from .token import Token
 
 _PR_SET_PDEATHSIG = 1
+_HOLD = 0.002  # seconds a reply may wait for those signed after it
 
 
 def _die_with_parent() -> None:
@@ -31,19 +32,9 @@ def _die_with_parent() -> None:
 
 
 def _serve(sock: socket.socket) -> None:
-    stream = sock.makefile("rb")
-
-    def read() -> Any:
-        head = stream.read(LENGTH.size)
-        if len(head) < LENGTH.size:
-            return None
-        (length,) = LENGTH.unpack(head)
-        body = stream.read(length)
-        if len(body) < length:
-            return None
-        return pickle.loads(body)
-
-    setup = read()
+    frames = FrameReader(sock)
+    first = frames.batch() or [None]
+    setup = first[0]
     if not isinstance(setup, Setup):
         return
     from ..config.logs import setup_logging
@@ -53,28 +44,42 @@ def _serve(sock: socket.socket) -> None:
     token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate)
     signed: list[float] = []
     token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
-    while (request := read()) is not None:
-        call_id, deadline, name, data = request
-        signed.clear()
-        if time.monotonic() > deadline:  # the caller has given up: skip
-            payload: bytes | str = "expired"
-            ok = retryable = False
+    requests: list[Any] | None = first[1:]
+    while requests is not None:
+        # The replies to what arrived together go back together (one send, one
+        # wake-up of the worker), but none waits more than _HOLD for the others.
+        replies: list[bytes] = []
+        held_since = time.monotonic()
+        for request in requests:
+            replies.append(frame(_answer(token, request, signed)))
+            if time.monotonic() - held_since > _HOLD:
+                sock.sendall(b"".join(replies))
+                replies.clear()
+                held_since = time.monotonic()
+        if replies:
+            sock.sendall(b"".join(replies))
+        requests = frames.batch()
+
+
+def _answer(token: Token, request: Request, signed: list[float]) -> Reply:
+    call_id, deadline, name, data = request
+    signed.clear()
+    if time.monotonic() > deadline:  # the caller has given up: skip
+        return (call_id, "expired", False, False, None, token.up, token.last_error)
+    try:
+        if name is None and data:
+            token.set_keys_here(pickle.loads(data))
+            payload: bytes | str = b""
+        elif name is None:
+            token.open_here()
+            payload = b""
         else:
-            try:
-                if name is None and data:
-                    token.set_keys_here(pickle.loads(data))
-                    payload = b""
-                elif name is None:
-                    token.open_here()
-                    payload = b""
-                else:
-                    payload = token.sign_here(name, data)
-                ok, retryable = True, False
-            except TokenError as exc:
-                payload, ok, retryable = str(exc), False, exc.retryable
-        seconds = signed[0] if signed else None
-        reply: Reply = (call_id, payload, ok, retryable, seconds, token.up, token.last_error)
-        sock.sendall(frame(reply))
+            payload = token.sign_here(name, data)
+        ok, retryable = True, False
+    except TokenError as exc:
+        payload, ok, retryable = str(exc), False, exc.retryable
+    seconds = signed[0] if signed else None
+    return (call_id, payload, ok, retryable, seconds, token.up, token.last_error)
 
 
 def child_main(argv: list[str]) -> int:

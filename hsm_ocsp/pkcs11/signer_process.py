@@ -36,10 +36,11 @@ import time
 
 from ..config.model import ServerConfig, TokenConfig
 from ..core.errors import TokenError
+from ..core.outbox import Outbox
 from . import signer_child
 from .key_lookup import KeySpec
 from .login_gate import LoginGate
-from .signer_protocol import LENGTH, Reply, Request, Setup, frame
+from .signer_protocol import Reply, Request, Setup, frame, take_frames
 from .token_state import TokenState
 
 __all__ = ["TokenProcess"]
@@ -86,6 +87,7 @@ class TokenProcess(TokenState):
         self._sent: dict[int, float] = {}  # id -> when sent, until the child answers
         self._next_id = 0
         self._next_start = 0.0
+        self._outbox: Outbox | None = None  # the requests of a turn of the loop, sent at its end
 
     def __repr__(self) -> str:  # never show the PIN
         return f"TokenProcess(module={self.module!r}, keys={sorted(self.keys)!r})"
@@ -125,17 +127,19 @@ class TokenProcess(TokenState):
             theirs.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         self._writer.write(frame(self._setup))
+        self._outbox = Outbox(self._writer)
         self._reader_task = asyncio.create_task(self._read_replies(reader, self._child))
 
     async def _read_replies(
         self, reader: asyncio.StreamReader, child: subprocess.Popen[bytes]
     ) -> None:
+        buffer = bytearray()
         try:
-            while True:
-                (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
-                reply: Reply = pickle.loads(await reader.readexactly(length))
-                self._answered(reply)
-        except (asyncio.IncompleteReadError, ConnectionError):
+            while chunk := await reader.read(1 << 16):
+                buffer += chunk
+                for reply in take_frames(buffer):
+                    self._answered(reply)
+        except ConnectionError:
             pass
         finally:
             self._ended(child)
@@ -171,6 +175,9 @@ class TokenProcess(TokenState):
             self._writer.close()
             self._writer = None
         self._sent.clear()
+        if self._outbox is not None:
+            self._outbox.clear()  # not for the next child: their callers are failed here
+            self._outbox = None
         error = TokenError(f"signer process ended (exit {code})")
         for future in self._waiting.values():
             if not future.done():
@@ -192,21 +199,24 @@ class TokenProcess(TokenState):
                 raise TokenError("token call hung; retrying when it returns")
         if self._child is None:
             await self._start()
-        assert self._writer is not None
+        assert self._outbox is not None
         self._next_id += 1
         call_id = self._next_id
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         self._waiting[call_id] = future
         self._sent[call_id] = now
         request: Request = (call_id, now + self.sign_timeout, name, data)
-        self._writer.write(frame(request))
+        self._outbox.write(frame(request))
+        timer = loop.call_later(self.sign_timeout, _time_out, future)
         try:
-            return await asyncio.wait_for(future, self.sign_timeout)
+            return await future
         except TimeoutError:
             self.last_error = "timeout"
             self._set_up(False)
             raise TokenError(f"token did not answer within {self.sign_timeout:g} s") from None
         finally:
+            timer.cancel()
             self._waiting.pop(call_id, None)
 
     def _replace_if_stuck(self, stuck: float) -> None:
@@ -244,6 +254,7 @@ class TokenProcess(TokenState):
     async def aclose(self) -> None:
         """Stop the child: close its socket, then wait for it (or kill it)."""
         child, self._child = self._child, None
+        self._outbox = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -259,6 +270,11 @@ class TokenProcess(TokenState):
         except subprocess.TimeoutExpired:
             child.kill()
             await loop.run_in_executor(None, child.wait)
+
+
+def _time_out(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 # --- in the child ---------------------------------------------------------

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import socket
 import struct
+from typing import Any
 
 from .key_lookup import KeySpec
 
@@ -41,3 +43,35 @@ Reply = tuple[int, bytes | str, bool, bool, float | None, bool, str | None]
 def frame(message: object) -> bytes:
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return LENGTH.pack(len(body)) + body
+
+
+def take_frames(buffer: bytearray) -> list[Any]:
+    """The complete messages at the start of ``buffer``, which loses them."""
+    start, messages = 0, []
+    while len(buffer) - start >= LENGTH.size:
+        (length,) = LENGTH.unpack_from(buffer, start)
+        end = start + LENGTH.size + length
+        if len(buffer) < end:
+            break
+        messages.append(pickle.loads(buffer[start + LENGTH.size : end]))
+        start = end
+    del buffer[:start]
+    return messages
+
+
+class FrameReader:
+    """The messages a blocking socket brings: every complete one that one ``recv``
+    delivers, so a child that finds several requests waiting reads them in one call."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+
+    def batch(self) -> list[Any] | None:
+        """The messages now complete (waiting for one if none is); None at the end."""
+        while not (messages := take_frames(self._buffer)):
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        return messages
