@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..core.model import OCSPResponseStatus
+from ..core.outbox import Outbox
 from ..core.reply import UNSUCCESSFUL, Reply
 from ..core.reply_wire import decode_reply, encode_reply
 
@@ -43,11 +44,26 @@ def socket_path(state_dir: Path) -> Path:
     return state_dir / "producer.sock"
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    size, ident = _FRAME.unpack(await reader.readexactly(_FRAME.size))
-    if size > MAX_FRAME:
-        raise ConnectionError(f"frame of {size} bytes")
-    return ident, await reader.readexactly(size)
+async def _read_frames(reader: asyncio.StreamReader, buffer: bytearray) -> list[tuple[int, bytes]]:
+    """The (id, payload) of the frames one more read completes (often several, at
+    times none); ConnectionError at the end of the stream. ``buffer`` keeps the part
+    of a frame not complete yet, at most MAX_FRAME and one read."""
+    chunk = await reader.read(1 << 16)
+    if not chunk:
+        raise ConnectionError("closed")
+    buffer += chunk
+    start, frames = 0, []
+    while len(buffer) - start >= _FRAME.size:
+        size, ident = _FRAME.unpack_from(buffer, start)
+        if size > MAX_FRAME:
+            raise ConnectionError(f"frame of {size} bytes")
+        end = start + _FRAME.size + size
+        if len(buffer) < end:
+            break
+        frames.append((ident, bytes(buffer[start + _FRAME.size : end])))
+        start = end
+    del buffer[:start]
+    return frames
 
 
 def _frame(ident: int, payload: bytes) -> bytes:
@@ -61,16 +77,17 @@ async def serve_link(path: Path, respond: Respond, problems: Problems) -> asynci
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: set[asyncio.Task[None]] = set()
+        out, buffer = Outbox(writer), bytearray()
         try:
             while True:
-                ident, payload = await _read_frame(reader)
-                if len(tasks) >= MAX_IN_FLIGHT:
-                    writer.write(_frame(ident, encode_reply(TRY_LATER)))
-                    continue
-                task = asyncio.create_task(_answer(ident, payload, writer, respond, problems))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (asyncio.IncompleteReadError, ConnectionError):
+                for ident, payload in await _read_frames(reader, buffer):
+                    if len(tasks) >= MAX_IN_FLIGHT:
+                        out.write(_frame(ident, encode_reply(TRY_LATER)))
+                        continue
+                    task = asyncio.create_task(_answer(ident, payload, out, respond, problems))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        except ConnectionError:
             pass  # the worker ended
         finally:
             for task in tasks:
@@ -83,17 +100,15 @@ async def serve_link(path: Path, respond: Respond, problems: Problems) -> asynci
 
 
 async def _answer(
-    ident: int, payload: bytes, writer: asyncio.StreamWriter, respond: Respond,
-    problems: Problems,
-) -> None:  # fmt: skip
+    ident: int, payload: bytes, out: Outbox, respond: Respond, problems: Problems
+) -> None:
     if payload[:1] == bytes((_READY,)):
-        writer.write(_frame(ident, "\n".join(problems()).encode()))
+        out.write(_frame(ident, "\n".join(problems()).encode()))
         return
     size = payload[1] if len(payload) > 1 else 0
     ca = payload[2 : 2 + size].decode(errors="replace") or None
     reply = await respond(payload[2 + size :], ca)
-    if not writer.is_closing():
-        writer.write(_frame(ident, encode_reply(reply)))
+    out.write(_frame(ident, encode_reply(reply)))
 
 
 class ProducerClient:
@@ -103,6 +118,7 @@ class ProducerClient:
         self.path = path
         self.timeout = timeout
         self._writer: asyncio.StreamWriter | None = None
+        self._outbox: Outbox | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
         self._ids = itertools.count(1)
@@ -132,12 +148,12 @@ class ProducerClient:
     async def _call(self, payload: bytes, timeout: float | None = None) -> bytes | None:
         if not await self._connected():
             return None
-        assert self._writer is not None
+        assert self._outbox is not None
         ident = next(self._ids) & 0xFFFFFFFF
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[ident] = future
         try:
-            self._writer.write(_frame(ident, payload))
+            self._outbox.write(_frame(ident, payload))
             async with asyncio.timeout(timeout or self.timeout):
                 return await future
         except (TimeoutError, ConnectionError):
@@ -170,6 +186,7 @@ class ProducerClient:
                             "the store lacks", self.path, exc.strerror)  # fmt: skip
                 self._said = True
             return False
+        self._outbox = Outbox(self._writer)
         if self._said:
             log.info("producer reachable again")
             self._said = False
@@ -177,13 +194,14 @@ class ProducerClient:
         return True
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        buffer = bytearray()
         try:
             while True:
-                ident, payload = await _read_frame(reader)
-                future = self._waiting.get(ident)
-                if future is not None and not future.done():
-                    future.set_result(payload)
-        except (asyncio.IncompleteReadError, ConnectionError):
+                for ident, payload in await _read_frames(reader, buffer):
+                    future = self._waiting.get(ident)
+                    if future is not None and not future.done():
+                        future.set_result(payload)
+        except ConnectionError:
             pass
         finally:
             if self._writer is not None:
