@@ -2,7 +2,7 @@
 (up or down, C_Sign time), the indexes (entries, reloads) and the OCSP routes
 (requests by method and status, durations), and served on /metrics.
 
-Requests and cache look-ups are counted once a loop turn (see per_turn.py); in
+Requests, cache look-ups and signatures are counted once a loop turn (see per_turn.py); in
 multiprocess mode (metrics_files.py) /metrics sums every worker's files.
 """
 
@@ -62,6 +62,10 @@ class Metrics(MetricFamilies, Events):
         # Counted, not yet written (see _flush_soon).
         self._done: list[tuple[str, Reply | None, float]] = []
         self._lookups: list[str] = []
+        # and the producer's signatures: C_Sign seconds, answers signed, their reasons
+        self._sign_seconds: list[float] = []
+        self._signed = 0
+        self._reasons: list[str] = []
         # Written at the end of the loop turn, with the turn's other requests (per_turn.py):
         # this process's /metrics flushes first, so it counts every request it answered.
         self._flush_soon = OncePerTurn(self.flush)
@@ -112,14 +116,17 @@ class Metrics(MetricFamilies, Events):
 
     def token_signed(self, seconds: float) -> None:
         """``Token.on_sign``: one PKCS#11 signature took ``seconds``."""
-        self.sign_duration.observe(seconds)
+        self._sign_seconds.append(seconds)
+        self._flush_soon()
 
     # Events (from the service)
     def signed(self, seconds: float) -> None:
-        self.answers_signed.inc()
+        self._signed += 1
+        self._flush_soon()
 
     def signed_for(self, reason: str) -> None:
-        self.signatures.labels(reason).inc()
+        self._reasons.append(reason)
+        self._flush_soon()
 
     def from_store(self) -> None:
         self.store_hits.inc()
@@ -150,7 +157,8 @@ class Metrics(MetricFamilies, Events):
         self._flush_soon()
 
     def flush(self) -> None:
-        """Write the requests and cache look-ups counted since the last flush."""
+        """Write the requests, cache look-ups and signatures counted since the last flush."""
+        self._flush_signatures()
         done, self._done = self._done, []
         lookups, self._lookups = self._lookups, []
         # A cached Reply (hashed by identity) answers many requests: count by reply,
@@ -177,6 +185,17 @@ class Metrics(MetricFamilies, Events):
             self._cache_children[result].inc(count)
         if done:
             observe_all(self.request_duration, [seconds for _, _, seconds in done])
+
+    def _flush_signatures(self) -> None:
+        seconds, self._sign_seconds = self._sign_seconds, []
+        if seconds:
+            observe_all(self.sign_duration, seconds)
+        if self._signed:
+            self.answers_signed.inc(self._signed)
+            self._signed = 0
+        reasons, self._reasons = self._reasons, []
+        for reason, count in collections.Counter(reasons).items():
+            self.signatures.labels(reason).inc(count)
 
     def observe(
         self, handler: Handler, skip_paths: Iterable[str] = ()
