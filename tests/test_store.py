@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -245,5 +246,49 @@ def test_workers_keep_serving_the_store_while_the_producer_is_replaced(
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert len(server.worker_pids()) == 2
+    finally:
+        server.stop()
+
+
+def _readyz(server: RunningServer) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"{server.url}readyz", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.slow
+def test_a_revocation_made_while_the_producer_is_away_is_answered_once_it_is_back(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """The producer alone reads the index: while it is stopped a revocation is not
+    seen, and /readyz says so (a load balancer sends the clients elsewhere). The
+    producer that replaces it withdraws the stored good answer before serving on:
+    revoked on every worker, never good again."""
+    import os
+    import signal
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    entries = _entries(setup)
+    server = _serve(tmp_path, setup, free_port(), "server.log")
+    try:
+        _wait_for(server, 'hsm_ocsp_signatures_total{reason="fill"}', 2 * entries)
+        assert _readyz(server)[0] == 200
+        producer = server.producer_pid()
+        assert producer is not None
+        os.kill(producer, signal.SIGSTOP)  # hung: alive, reading nothing
+        try:
+            setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+            status, text = _readyz(server)
+            assert status == 503 and "producer" in text, (status, text)
+        finally:
+            os.kill(producer, signal.SIGKILL)  # the supervisor starts another
+        _revoked_everywhere(server, setup, "good")
+        assert server.producer_pid() != producer
+        deadline = time.monotonic() + 15
+        while _readyz(server)[0] != 200:
+            assert time.monotonic() < deadline, _readyz(server)
+            time.sleep(0.1)
     finally:
         server.stop()
