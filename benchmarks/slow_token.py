@@ -37,55 +37,7 @@ from cryptography.x509 import ocsp
 
 from benchmarks import run
 from tests.support.requests import build_request
-
-SHIM = r"""
-#include <dlfcn.h>
-#include <unistd.h>
-#include <p11-kit/pkcs11.h>
-
-static CK_FUNCTION_LIST_PTR real;
-static CK_FUNCTION_LIST mine;
-
-static CK_RV slow_sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG size,
-                       CK_BYTE_PTR signature, CK_ULONG_PTR length) {
-    if (signature != NULL) usleep(DELAY_US);  /* not for the length query */
-    return real->C_Sign(s, data, size, signature, length);
-}
-
-static CK_RV slow_sign_final(CK_SESSION_HANDLE s, CK_BYTE_PTR signature,
-                             CK_ULONG_PTR length) {
-    if (signature != NULL) usleep(DELAY_US);
-    return real->C_SignFinal(s, signature, length);
-}
-
-CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
-    if (real == NULL) {
-        void *module = dlopen(REAL_MODULE, RTLD_NOW | RTLD_LOCAL);
-        if (module == NULL) return CKR_GENERAL_ERROR;
-        CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(module, "C_GetFunctionList");
-        if (get == NULL) return CKR_GENERAL_ERROR;
-        CK_RV rv = get(&real);
-        if (rv != CKR_OK) return rv;
-        mine = *real;
-        mine.C_Sign = slow_sign;
-        mine.C_SignFinal = slow_sign_final;
-    }
-    *list = &mine;
-    return CKR_OK;
-}
-"""
-
-
-def build_shim(tmp: Path, delay_ms: int) -> Path:
-    source, library = tmp / "slowtoken.c", tmp / "slowtoken.so"
-    source.write_text(SHIM)
-    subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O2", "-I/usr/include/p11-kit-1",
-         f"-DDELAY_US={delay_ms * 1000}", f'-DREAL_MODULE="{run.MODULE}"',
-         "-o", str(library), str(source), "-ldl"],
-        check=True,
-    )  # fmt: skip
-    return library
+from tests.support.slow_token import build_shim
 
 
 def config(setup: run.Setup, tmp: Path, name: str, module: Path, producer: str) -> Path:
@@ -165,7 +117,7 @@ def main() -> int:
         tmp = Path(name)
         run.make_token(tmp)
         setup = run.make_ca(tmp, "ec-p256")
-        module = build_shim(tmp, args.delay_ms)
+        module = build_shim(tmp, args.delay_ms, run.MODULE)
         base = serve(config(setup, tmp, "baseline", module, "pre_produce = false"), tmp,
                      "baseline")  # fmt: skip
         try:

@@ -242,3 +242,23 @@ async def test_calls_of_one_turn_go_together_and_their_replies_are_not_held(
     assert pending, "every reply came at once: the first ones were held for the last"
     for one, signature in zip(data, await asyncio.gather(*calls), strict=True):
         verify(public_key, token.keys["root"].scheme, one, signature)  # type: ignore[arg-type]
+
+
+async def test_a_slow_tokens_replies_are_never_held_for_the_next_signature(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    """With 50 ms a signature, each reply of a batch goes back as soon as it is
+    signed: holding it for the next one would add a whole signature to its wait."""
+    from .support.slow_token import build_shim
+
+    spec, public_key = _spec(softhsm, "ec-p256")
+    token = TokenProcess(str(build_shim(tmp_path, 50)), softhsm.pin, [spec], sign_timeout=10)
+    try:
+        await token.open()
+        calls = [asyncio.ensure_future(token.sign("root", bytes([n]))) for n in range(4)]
+        done, _pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1, "the first reply waited for the second signature"
+        for n, signature in enumerate(await asyncio.gather(*calls)):
+            verify(public_key, spec.scheme, bytes([n]), signature)  # type: ignore[arg-type]
+    finally:
+        await token.aclose()

@@ -47,7 +47,8 @@ def _serve(sock: socket.socket) -> None:
     requests: list[Any] | None = first[1:]
     while requests is not None:
         # The replies to what arrived together go back together (one send, one
-        # wake-up of the worker), but none waits more than _HOLD for the others.
+        # wake-up of the caller) until gathering them has taken _HOLD: a slow
+        # token's replies go back one by one, as each is signed.
         replies: list[bytes] = []
         held_since = time.monotonic()
         for request in requests:
