@@ -449,7 +449,13 @@ def sign_loop(label: str, seconds: float, start_at: float) -> None:
     count = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        scheme.finish(key.sign(scheme.prepare(data), mechanism=mechanism))
+        try:
+            scheme.finish(key.sign(scheme.prepare(data), mechanism=mechanism))
+        except pkcs11.exceptions.ObjectHandleInvalid:
+            # SoftHSM re-reads its token files when another process changed them, and
+            # a handle found before may go stale (seen once in nonce_cost.py): find it again.
+            key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            continue
         count += 1
     session.close()
     print(count / seconds)
