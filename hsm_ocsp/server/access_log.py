@@ -14,12 +14,16 @@ from aiohttp.web_response import StreamResponse
 from ..config.logs import JsonFormatter, TextFormatter, direct_handler
 from ..core.reply import Reply
 from .app_keys import CA_NAME, REPLY, STARTED
+from .per_turn import TurnBufferedStream
 
 access_log = logging.getLogger("hsm_ocsp.access")
 
 
 _NO_REPLY: tuple[str | None, tuple[str, ...], str, bool] = (None, (), "-", False)
 _ACCESS_FORMAT = "%s ca=%s path_length=%d http=%d ocsp=%s certs=%s cached=%s %.3fms remote=%s"
+_NO_FIELDS: dict[str, Any] = {}
+_TEXTS: dict[Reply, str] = {}  # a cached Reply (hashed by identity) -> its part of the line
+_MEMO_ENTRIES = 1024
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -46,60 +50,93 @@ class AccessLogger(AbstractAccessLogger):
         if not logger.isEnabledFor(logging.INFO):
             return
         try:
-            ca: str | None = request.get(CA_NAME)
-            ocsp_status, certs, certs_text, cached = self._fields(request.get(REPLY))
-            method = request.method
-            path_length = len(request.raw_path)
-            http_status = response.status
             started = request.get(STARTED)
             if started is not None:
                 time = perf_counter() - started
-            duration_ms = round(time * 1000, 3)
-            remote = request.remote
             handler = direct_handler(logger)
-            # A text line shows only the message; the fields are for JSON and handlers.
-            text_only = handler is not None and not isinstance(handler.formatter, JsonFormatter)
-            fields: dict[str, Any] = (
-                {}
-                if text_only
-                else {
-                    "method": method,
-                    "ca": ca,
-                    "path_length": path_length,
-                    "http_status": http_status,
-                    "ocsp_status": ocsp_status,
-                    "cert_statuses": list(certs),
-                    "cached": cached,
-                    "duration_ms": duration_ms,
-                    "remote": remote,
-                }
-            )
-            args = (
-                method,
-                ca or "-",
-                path_length,
-                http_status,
-                ocsp_status or "-",
-                certs_text,
-                "yes" if cached else "no",
-                duration_ms,
-                remote or "-",
-            )
-            if handler is None:
-                record = logger.makeRecord(
-                    logger.name, logging.INFO, "(unknown file)", 0, _ACCESS_FORMAT, args, None,
-                    "(unknown function)", {"fields": fields},
-                )  # fmt: skip
-                logger.handle(record)
+            if handler is None or isinstance(handler.formatter, JsonFormatter):
+                self._log_fields(logger, handler, request, response, time)
                 return
+            # Text, as setup_logging leaves it: only the line, written as it would be.
             formatter = handler.formatter
             assert isinstance(formatter, TextFormatter)
-            line = formatter.line(logger.name, "INFO", _ACCESS_FORMAT % args, fields, now())
+            line = formatter.line(
+                logger.name,
+                "INFO",
+                f"{request.method} ca={request.get(CA_NAME) or '-'} "
+                f"path_length={len(request.raw_path)} http={response.status} "
+                f"{_reply_text(request.get(REPLY))} {round(time * 1000, 3):.3f}ms "
+                f"remote={request.remote or '-'}",
+                _NO_FIELDS,
+                now(),
+            )
+            stream = handler.stream
+            if type(stream) is TurnBufferedStream:  # its own lock; flushed at the turn's end
+                stream.write(line + handler.terminator)
+                return
             handler.acquire()
             try:
-                handler.stream.write(line + handler.terminator)
+                stream.write(line + handler.terminator)
                 handler.flush()
             finally:
                 handler.release()
         except Exception:  # a log line must never break a response
             access_log.exception("cannot write access log line")
+
+    def _log_fields(
+        self,
+        logger: logging.Logger,
+        handler: logging.StreamHandler[Any] | None,
+        request: BaseRequest,
+        response: StreamResponse,
+        time: float,
+    ) -> None:
+        """The line with its fields: for JSON, or through ``logging`` (``handler`` None)."""
+        ca = request.get(CA_NAME) or None  # "" when the path names no CA
+        ocsp_status, certs, certs_text, cached = self._fields(request.get(REPLY))
+        method, path_length = request.method, len(request.raw_path)
+        http_status, duration_ms, remote = response.status, round(time * 1000, 3), request.remote
+        fields: dict[str, Any] = {
+            "method": method,
+            "ca": ca,
+            "path_length": path_length,
+            "http_status": http_status,
+            "ocsp_status": ocsp_status,
+            "cert_statuses": list(certs),
+            "cached": cached,
+            "duration_ms": duration_ms,
+            "remote": remote,
+        }
+        args = (
+            method, ca or "-", path_length, http_status, ocsp_status or "-", certs_text,
+            "yes" if cached else "no", duration_ms, remote or "-",
+        )  # fmt: skip
+        if handler is None:
+            record = logger.makeRecord(
+                logger.name, logging.INFO, "(unknown file)", 0, _ACCESS_FORMAT, args, None,
+                "(unknown function)", {"fields": fields},
+            )  # fmt: skip
+            logger.handle(record)
+            return
+        formatter = handler.formatter
+        assert isinstance(formatter, TextFormatter)
+        line = formatter.line(logger.name, "INFO", _ACCESS_FORMAT % args, fields, now())
+        handler.acquire()
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+        finally:
+            handler.release()
+
+
+def _reply_text(reply: Reply | None) -> str:
+    """``ocsp=... certs=... cached=...`` of ``reply``, worked out once a cached reply."""
+    text = _TEXTS.get(reply) if reply is not None and reply.cached else None
+    if text is None:
+        status, _, certs_text, cached = AccessLogger._fields(reply)
+        text = f"ocsp={status or '-'} certs={certs_text} cached={'yes' if cached else 'no'}"
+        if reply is not None and reply.cached:
+            if len(_TEXTS) >= _MEMO_ENTRIES:
+                _TEXTS.clear()
+            _TEXTS[reply] = text
+    return text

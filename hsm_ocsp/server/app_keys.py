@@ -10,7 +10,7 @@ __all__ = ["CA_NAME", "REPLY", "STARTED"]
 
 # The OCSP reply the handler sent, for metrics and the access log.
 REPLY = web.RequestKey("ocsp_reply", Reply)
-# The CA named in the URL path (``/{ca}/...``); absent for ``/``.
+# The CA named in the URL path (``/{ca}/...``); "" for ``/``.
 CA_NAME = web.RequestKey("ca", str)
 # time.perf_counter() when an OCSP request's handler began: the access log's
 # duration (uvloop's loop.time(), which aiohttp's own duration uses, moves once

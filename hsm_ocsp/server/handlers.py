@@ -150,8 +150,7 @@ class OCSPHandler:
     async def get(self, request: web.Request) -> web.Response:
         service = self.app[SERVICE]
         ca_name, data = self._parse_get(request.raw_path, service.issuer_names)
-        if ca_name is not None:
-            request[CA_NAME] = ca_name
+        request[CA_NAME] = ca_name or ""  # always set: a missing key costs the log an exception
         if data is None:
             reply = await service.respond(b"", ca_name)  # malformedRequest
         else:
@@ -163,8 +162,7 @@ class OCSPHandler:
         ca_name, rest = _split_path(request.raw_path, service.issuer_names)
         if rest:
             raise web.HTTPNotFound()
-        if ca_name is not None:
-            request[CA_NAME] = ca_name
+        request[CA_NAME] = ca_name or ""
         limit = self.app[CONFIG].server.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
