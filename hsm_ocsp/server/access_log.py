@@ -70,16 +70,7 @@ class AccessLogger(AbstractAccessLogger):
                 _NO_FIELDS,
                 now(),
             )
-            stream = handler.stream
-            if type(stream) is TurnBufferedStream:  # its own lock; flushed at the turn's end
-                stream.write(line + handler.terminator)
-                return
-            handler.acquire()
-            try:
-                stream.write(line + handler.terminator)
-                handler.flush()
-            finally:
-                handler.release()
+            _write(handler, line)
         except Exception:  # a log line must never break a response
             access_log.exception("cannot write access log line")
 
@@ -120,13 +111,21 @@ class AccessLogger(AbstractAccessLogger):
             return
         formatter = handler.formatter
         assert isinstance(formatter, TextFormatter)
-        line = formatter.line(logger.name, "INFO", _ACCESS_FORMAT % args, fields, now())
-        handler.acquire()
-        try:
-            handler.stream.write(line + handler.terminator)
-            handler.flush()
-        finally:
-            handler.release()
+        _write(handler, formatter.line(logger.name, "INFO", _ACCESS_FORMAT % args, fields, now()))
+
+
+def _write(handler: logging.StreamHandler[Any], line: str) -> None:
+    """``line`` to the handler's stream, as ``handler.emit`` would write it."""
+    stream = handler.stream
+    if type(stream) is TurnBufferedStream:  # its own lock; flushed at the turn's end
+        stream.write(line + handler.terminator)
+        return
+    handler.acquire()
+    try:
+        stream.write(line + handler.terminator)
+        handler.flush()
+    finally:
+        handler.release()
 
 
 def _reply_text(reply: Reply | None) -> str:
