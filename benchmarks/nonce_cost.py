@@ -18,16 +18,24 @@ would do: each kind of process carries (processes x 10^6 / its microseconds per
 answer) answers a second, the host the least of them, against (2 x 10^6 / the
 microseconds of a raw signature). That is a model, printed as such; the measured
 figures are the CPU times.
+
+``--token-cores K`` measures instead the case the ratio is meant for, a token with
+hardware of its own: the last K CPUs are the token's and run only the signer
+processes (the raw loop's two and the responder's two alike), the others run
+everything else (wrk, workers, producer). SoftHSM signs on the host's CPU, so
+without it every microsecond of the responder is taken from the token.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,28 +65,54 @@ def roles(server_pid: int) -> dict[int, str]:
     return named
 
 
-def raw_cpu(setup: run.Setup, seconds: float) -> tuple[float, float]:
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` to ``cpus``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+@contextlib.contextmanager
+def cpus_of_children(cpus: set[int] | None) -> Iterator[None]:
+    """Processes started meanwhile run on ``cpus`` (all of them when None)."""
+    if cpus is None:
+        yield
+        return
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everything)
+
+
+def raw_cpu(setup: run.Setup, seconds: float, token_cpus: set[int] | None) -> tuple[float, float]:
     """(signatures a second, CPU microseconds a signature) of run.py's raw loop."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    rate = run.raw_rate(setup, seconds).rate
+    with cpus_of_children(token_cpus):
+        rate = run.raw_rate(setup, seconds).rate
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return rate, 1e6 * used / (rate * seconds)  # the loop's set-up is a small part
 
 
-def measure(algorithm: str, seconds: float, tmp: Path) -> None:
+def measure(algorithm: str, seconds: float, tmp: Path, token_cpus: set[int] | None) -> None:
     setup = run.make_ca(tmp, algorithm)
-    server = run.start_hsm_ocsp(setup, tmp)
+    with cpus_of_children(None if token_cpus is None else os.sched_getaffinity(0) - token_cpus):
+        server = run.start_hsm_ocsp(setup, tmp)
     try:
         named = roles(server.process.pid)
+        for pid, role in named.items():
+            if token_cpus is not None and role == "signer":
+                pin(pid, token_cpus)
         before = {pid: cpu_seconds(pid) for pid in named}
-        out = run.wrk(server.port, setup.nonce_post, "POST", False, seconds, count=True)
+        with cpus_of_children(None if token_cpus is None else os.sched_getaffinity(0) - token_cpus):
+            out = run.wrk(server.port, setup.nonce_post, "POST", False, seconds, count=True)
         used = {pid: cpu_seconds(pid) - before[pid] for pid in named}
     finally:
         server.stop()
     answers = out["requests"] - out["unsuccessful"]
     rate = answers / (out["duration_us"] / 1e6)
-    raw_rate, raw_us = raw_cpu(setup, seconds)
+    raw_rate, raw_us = raw_cpu(setup, seconds, token_cpus)
     print(f"{algorithm}: {rate:,.0f} nonce answers a second here, {raw_rate:,.0f} raw "
           f"signatures a second (2 processes): {rate / raw_rate:.2f}")  # fmt: skip
     print(f"  one raw signature: {raw_us:.0f} us of CPU")
@@ -100,13 +134,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", default="rsa-2048,ec-p256")
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--token-cores", type=int, default=0,
+        help="give the signer processes the last K CPUs to themselves (default: share all)",
+    )  # fmt: skip
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 0 <= args.token_cores < len(cpus):
+        parser.error(f"--token-cores must leave the host a CPU: this machine has {len(cpus)}")
+    token_cpus = set(cpus[len(cpus) - args.token_cores :]) if args.token_cores else None
+    if token_cpus is not None:
+        print(f"token CPUs {sorted(token_cpus)}, host CPUs {sorted(set(cpus) - token_cpus)}")
     run.reexec_in_namespace()
     os.environ["HSM_OCSP_EVENT_LOOP"] = "uvloop"
     with tempfile.TemporaryDirectory(prefix="nonce-cost-") as tmp:
         run.make_token(Path(tmp))
         for algorithm in args.algorithms.split(","):
-            measure(algorithm, args.seconds, Path(tmp))
+            measure(algorithm, args.seconds, Path(tmp), token_cpus)
     return 0
 
 

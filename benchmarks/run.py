@@ -49,6 +49,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import secrets
 import shutil
 import signal
@@ -431,7 +432,9 @@ def sign_loop(label: str, seconds: float, start_at: float) -> None:
     from hsm_ocsp.core.signing import scheme_for_public_key
     from hsm_ocsp.pkcs11.keys import public_key_from_token
 
-    for attempt in range(5):  # SoftHSM can fail a log-in racing another process's
+    # SoftHSM can fail a log-in racing another process's, and a process that logs in
+    # rewrites the token's files, which then look empty to a reader for a moment.
+    for attempt in range(20):
         try:
             session = pkcs11.lib(MODULE).get_token(token_label=LABEL).open(user_pin=PIN)
             key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
@@ -442,9 +445,9 @@ def sign_loop(label: str, seconds: float, start_at: float) -> None:
             key.sign(scheme.prepare(data), mechanism=mechanism)
             break
         except pkcs11.PKCS11Error:
-            if attempt == 4:
+            if attempt == 19:
                 raise
-            time.sleep(0.3)
+            time.sleep(0.25 + random.random() / 4)
     time.sleep(max(0.0, start_at - time.time()))
     count = 0
     deadline = time.monotonic() + seconds
@@ -454,7 +457,8 @@ def sign_loop(label: str, seconds: float, start_at: float) -> None:
         except pkcs11.exceptions.ObjectHandleInvalid:
             # SoftHSM re-reads its token files when another process changed them, and
             # a handle found before may go stale (seen once in nonce_cost.py): find it again.
-            key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
+            with contextlib.suppress(pkcs11.exceptions.NoSuchKey):  # not yet: try again
+                key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=label)
             continue
         count += 1
     session.close()
