@@ -29,13 +29,10 @@ without it every microsecond of the responder is taken from the token.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,46 +46,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in found.stdout.split()]
-
-
 def roles(server_pid: int) -> dict[int, str]:
     """The responder's processes: its producer, signer processes and workers."""
     named = {}
-    for pid in children(server_pid):
-        signers = children(pid)
+    for pid in run.children(server_pid):
+        signers = run.children(pid)
         named[pid] = "producer" if signers else "worker"
         for signer in signers:
             named[signer] = "signer"
     return named
 
 
-def pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` to ``cpus``."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(task.name), cpus)
-
-
-@contextlib.contextmanager
-def cpus_of_children(cpus: set[int] | None) -> Iterator[None]:
-    """Processes started meanwhile run on ``cpus`` (all of them when None)."""
-    if cpus is None:
-        yield
-        return
-    everything = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, everything)
-
-
 def raw_cpu(setup: run.Setup, seconds: float, token_cpus: set[int] | None) -> tuple[float, float]:
     """(signatures a second, CPU microseconds a signature) of run.py's raw loop."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with cpus_of_children(token_cpus):
+    with run.cpus_of_children(token_cpus):
         rate = run.raw_rate(setup, seconds).rate
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -97,19 +69,22 @@ def raw_cpu(setup: run.Setup, seconds: float, token_cpus: set[int] | None) -> tu
 
 def measure(algorithm: str, seconds: float, tmp: Path, token_cpus: set[int] | None) -> None:
     setup = run.make_ca(tmp, algorithm)
-    with cpus_of_children(None if token_cpus is None else os.sched_getaffinity(0) - token_cpus):
+    with run.cpus_of_children(None if token_cpus is None else os.sched_getaffinity(0) - token_cpus):
         server = run.start_hsm_ocsp(setup, tmp)
     try:
         named = roles(server.process.pid)
         for pid, role in named.items():
             if token_cpus is not None and role == "signer":
-                pin(pid, token_cpus)
+                run.pin(pid, token_cpus)
         before = {pid: cpu_seconds(pid) for pid in named}
-        with cpus_of_children(None if token_cpus is None else os.sched_getaffinity(0) - token_cpus):
+        with run.cpus_of_children(
+            None if token_cpus is None else os.sched_getaffinity(0) - token_cpus
+        ):
             out = run.wrk(server.port, setup.nonce_post, "POST", False, seconds, count=True)
         used = {pid: cpu_seconds(pid) - before[pid] for pid in named}
     finally:
         server.stop()
+        run.gone(list(named))
     answers = out["requests"] - out["unsuccessful"]
     rate = answers / (out["duration_us"] / 1e6)
     raw_rate, raw_us = raw_cpu(setup, seconds, token_cpus)
