@@ -118,9 +118,9 @@ def main() -> int:
     if not 0 <= args.token_cores < len(cpus):
         parser.error(f"--token-cores must leave the host a CPU: this machine has {len(cpus)}")
     token_cpus = set(cpus[len(cpus) - args.token_cores :]) if args.token_cores else None
+    run.reexec_in_namespace()
     if token_cpus is not None:
         print(f"token CPUs {sorted(token_cpus)}, host CPUs {sorted(set(cpus) - token_cpus)}")
-    run.reexec_in_namespace()
     os.environ["HSM_OCSP_EVENT_LOOP"] = "uvloop"
     with tempfile.TemporaryDirectory(prefix="nonce-cost-") as tmp:
         run.make_token(Path(tmp))
