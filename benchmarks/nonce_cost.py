@@ -69,17 +69,17 @@ def raw_cpu(setup: run.Setup, seconds: float, token_cpus: set[int] | None) -> tu
 
 def measure(algorithm: str, seconds: float, tmp: Path, token_cpus: set[int] | None) -> None:
     setup = run.make_ca(tmp, algorithm)
-    with run.cpus_of_children(None if token_cpus is None else os.sched_getaffinity(0) - token_cpus):
+    host = None if token_cpus is None else os.sched_getaffinity(0) - token_cpus
+    with run.cpus_of_children(host):
         server = run.start_hsm_ocsp(setup, tmp)
+    named: dict[int, str] = {}
     try:
         named = roles(server.process.pid)
         for pid, role in named.items():
             if token_cpus is not None and role == "signer":
                 run.pin(pid, token_cpus)
         before = {pid: cpu_seconds(pid) for pid in named}
-        with run.cpus_of_children(
-            None if token_cpus is None else os.sched_getaffinity(0) - token_cpus
-        ):
+        with run.cpus_of_children(host):
             out = run.wrk(server.port, setup.nonce_post, "POST", False, seconds, count=True)
         used = {pid: cpu_seconds(pid) - before[pid] for pid in named}
     finally:
