@@ -454,6 +454,8 @@ def sign_loop(label: str, seconds: float, start_at: float) -> None:
             data = secrets.token_bytes(300)  # about the size of a ResponseData
             key.sign(scheme.prepare(data), mechanism=mechanism)
             break
+        except (pkcs11.exceptions.PinIncorrect, pkcs11.exceptions.PinLocked):
+            raise  # never a wrong PIN twice: it would lock the token
         except pkcs11.PKCS11Error:
             if attempt == 19:
                 raise
