@@ -14,7 +14,7 @@ from aiohttp.web_response import StreamResponse
 from ..config.logs import JsonFormatter, TextFormatter, direct_handler
 from ..core.reply import Reply
 from .app_keys import CA_NAME, REPLY, STARTED
-from .per_turn import TurnBufferedStream
+from .per_turn import OncePerTurn, TurnBufferedStream
 
 access_log = logging.getLogger("hsm_ocsp.access")
 
@@ -53,24 +53,19 @@ class AccessLogger(AbstractAccessLogger):
             started = request.get(STARTED)
             if started is not None:
                 time = perf_counter() - started
-            handler = direct_handler(logger)
+            handler = _TURN.handler_for(logger)
             if handler is None or isinstance(handler.formatter, JsonFormatter):
+                _TURN.flush_soon()  # forgets the handler at the turn's end (no loop: now)
                 self._log_fields(logger, handler, request, response, time)
                 return
-            # Text, as setup_logging leaves it: only the line, written as it would be.
-            formatter = handler.formatter
-            assert isinstance(formatter, TextFormatter)
-            line = formatter.line(
-                logger.name,
-                "INFO",
-                f"{request.method} ca={request.get(CA_NAME) or '-'} "
-                f"path_length={len(request.raw_path)} http={response.status} "
-                f"{_reply_text(request.get(REPLY))} {round(time * 1000, 3):.3f}ms "
-                f"remote={request.remote or '-'}",
-                _NO_FIELDS,
-                now(),
-            )
-            _write(handler, line)
+            # Text, as setup_logging leaves it: the parts now, the line at the turn's end.
+            _TURN.entries.append(
+                (
+                    request.method, request.get(CA_NAME), len(request.raw_path),
+                    response.status, request.get(REPLY), time, request.remote, now(),
+                )
+            )  # fmt: skip
+            _TURN.flush_soon()  # at the turn's end (no loop: now)
         except Exception:  # a log line must never break a response
             access_log.exception("cannot write access log line")
 
@@ -114,15 +109,78 @@ class AccessLogger(AbstractAccessLogger):
         _write(handler, formatter.line(logger.name, "INFO", _ACCESS_FORMAT % args, fields, now()))
 
 
-def _write(handler: logging.StreamHandler[Any], line: str) -> None:
+_Entry = tuple[str, str | None, int, int, Reply | None, float, str | None, float]
+
+
+class _TurnLines:
+    """The text access lines of one event-loop turn, formatted and written at its end.
+
+    Under load a turn answers many requests. Their lines are kept as parts and
+    become one write at the turn's end (a direct call when no loop runs), with the
+    handler looked up once a turn rather than once a line. Each line keeps the
+    time it was logged at.
+    """
+
+    def __init__(self) -> None:
+        self.logger: logging.Logger | None = None
+        self.handler: logging.StreamHandler[Any] | None = None
+        self.entries: list[_Entry] = []
+        self.flush_soon = OncePerTurn(self.flush)
+
+    def handler_for(self, logger: logging.Logger) -> logging.StreamHandler[Any] | None:
+        """``direct_handler(logger)``, worked out once a turn."""
+        if logger is not self.logger:
+            self.flush()  # lines of another logger first
+            self.logger, self.handler = logger, direct_handler(logger)
+        return self.handler
+
+    def flush(self) -> None:
+        entries, self.entries = self.entries, []
+        logger, handler = self.logger, self.handler
+        self.logger = self.handler = None
+        if not entries or logger is None or handler is None:
+            return
+        formatter = handler.formatter
+        assert isinstance(formatter, TextFormatter)
+        name, end = logger.name, handler.terminator
+        text = "".join(
+            formatter.line(
+                name,
+                "INFO",
+                f"{method} ca={ca or '-'} path_length={path_length} http={status} "
+                f"{_reply_text(reply)} {round(time * 1000, 3):.3f}ms remote={remote or '-'}",
+                _NO_FIELDS,
+                created,
+            )
+            + end
+            for method, ca, path_length, status, reply, time, remote, created in entries
+        )
+        try:
+            _write(handler, text, end="")
+            if type(handler.stream) is TurnBufferedStream:
+                handler.stream.write_lines()  # this is the turn's end already
+        except Exception:  # a log line must never break a response
+            access_log.exception("cannot write access log lines")
+
+
+_TURN = _TurnLines()
+
+
+def write_access_lines() -> None:
+    """Write the access lines still kept (when serving ends)."""
+    _TURN.flush()
+
+
+def _write(handler: logging.StreamHandler[Any], line: str, end: str | None = None) -> None:
     """``line`` to the handler's stream, as ``handler.emit`` would write it."""
     stream = handler.stream
+    end = handler.terminator if end is None else end
     if type(stream) is TurnBufferedStream:  # its own lock; flushed at the turn's end
-        stream.write(line + handler.terminator)
+        stream.write(line + end)
         return
     handler.acquire()
     try:
-        stream.write(line + handler.terminator)
+        stream.write(line + end)
         handler.flush()
     finally:
         handler.release()

@@ -21,7 +21,7 @@ from ..core.errors import (
     exit_code,
 )
 from ..pkcs11.login_gate import LoginGate
-from .access_log import AccessLogger
+from .access_log import AccessLogger, write_access_lines
 from .app import create_app
 from .app_state import METRICS
 from .capped_site import CappedTCPSite, default_max_connections
@@ -59,7 +59,10 @@ class _UnparsableRequests(logging.Filter):
 async def _serve(config: Config, reuse_port: bool, pin: str, gate: LoginGate | None) -> None:
     logging.getLogger("aiohttp.server").addFilter(_UnparsableRequests())
     with log_lines_once_a_turn(asyncio.get_running_loop()):
-        await _serve_app(config, reuse_port, pin, gate)
+        try:
+            await _serve_app(config, reuse_port, pin, gate)
+        finally:
+            write_access_lines()  # the last turn's lines
 
 
 async def _serve_app(
