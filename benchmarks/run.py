@@ -1,6 +1,6 @@
 """Benchmark hsm-ocsp against ``openssl ocsp -multi 2`` and a bare aiohttp server.
 
-    python benchmarks/run.py            # full run, about 4 minutes; writes BENCHMARKS.md
+    python benchmarks/run.py            # full run, about 6 minutes; writes BENCHMARKS.md
     python benchmarks/run.py --quick    # 2 s a case, prints only (a smoke test)
     python benchmarks/run.py --seconds 8 --algorithms rsa-2048
 
