@@ -245,3 +245,41 @@ def test_direct_access_line_reads_as_the_logging_path_writes_it(
         stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
         assert re.fullmatch(stamp + r"INFO hsm_ocsp\.access\.direct-test: POST .*", direct)
         assert direct[24:] == through_logging[24:]
+
+
+async def test_access_lines_of_a_loop_turn_are_written_together_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Served as ``serve`` sets it up, a turn's lines wait for the turn's end, each with
+    the time it was logged at, and read as the logging path writes them."""
+    from hsm_ocsp.config.logs import setup_logging
+    from hsm_ocsp.server.access_log import write_access_lines
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging("text")
+    logger = logging.getLogger("hsm_ocsp.access.turn-test")
+    with log_lines_once_a_turn(asyncio.get_running_loop()):
+        _access_line(logger)
+        time.sleep(0.003)  # the second line's millisecond differs
+        _access_line(logger)
+        assert stream.getvalue() == ""  # the turn goes on
+        await asyncio.sleep(0)
+        first, second = stream.getvalue().splitlines()
+        assert first[:23] < second[:23] and first[24:] == second[24:]
+        _access_line(logger)
+        write_access_lines()  # serving ends: what is kept is written now
+        assert len(stream.getvalue().splitlines()) == 3
+        keep = logging.Filter()
+        root.addFilter(keep)  # the logging path, for the same request
+        _access_line(logger)
+        root.removeFilter(keep)
+        await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and lines[3][24:] == first[24:]
+    assert re.fullmatch(
+        r"INFO hsm_ocsp\.access\.turn-test: POST ca=- .* remote=127\.0\.0\.1", first[24:]
+    )

@@ -140,27 +140,31 @@ class _TurnLines:
         self.logger = self.handler = None
         if not entries or logger is None or handler is None:
             return
-        formatter = handler.formatter
-        assert isinstance(formatter, TextFormatter)
-        name, end = logger.name, handler.terminator
-        text = "".join(
-            formatter.line(
-                name,
-                "INFO",
-                f"{method} ca={ca or '-'} path_length={path_length} http={status} "
-                f"{_reply_text(reply)} {round(time * 1000, 3):.3f}ms remote={remote or '-'}",
-                _NO_FIELDS,
-                created,
-            )
-            + end
-            for method, ca, path_length, status, reply, time, remote, created in entries
-        )
         try:
-            _write(handler, text, end="")
+            _write(handler, _lines(logger.name, handler, entries), end="")
             if type(handler.stream) is TurnBufferedStream:
                 handler.stream.write_lines()  # this is the turn's end already
         except Exception:  # a log line must never break a response
             access_log.exception("cannot write access log lines")
+
+
+def _lines(name: str, handler: logging.StreamHandler[Any], entries: list[_Entry]) -> str:
+    """The text lines of ``entries``, as the handler's formatter writes them."""
+    formatter = handler.formatter
+    assert isinstance(formatter, TextFormatter)
+    end = handler.terminator
+    return "".join(
+        formatter.line(
+            name,
+            "INFO",
+            f"{method} ca={ca or '-'} path_length={path_length} http={status} "
+            f"{_reply_text(reply)} {round(time * 1000, 3):.3f}ms remote={remote or '-'}",
+            _NO_FIELDS,
+            created,
+        )
+        + end
+        for method, ca, path_length, status, reply, time, remote, created in entries
+    )
 
 
 _TURN = _TurnLines()
