@@ -10,6 +10,7 @@ import socket
 import struct
 from typing import Any
 
+from ..core.frames import split_frames
 from .key_lookup import KeySpec
 
 LENGTH = struct.Struct("!I")
@@ -47,16 +48,7 @@ def frame(message: object) -> bytes:
 
 def take_frames(buffer: bytearray) -> list[Any]:
     """The complete messages at the start of ``buffer``, which loses them."""
-    start, messages = 0, []
-    while len(buffer) - start >= LENGTH.size:
-        (length,) = LENGTH.unpack_from(buffer, start)
-        end = start + LENGTH.size + length
-        if len(buffer) < end:
-            break
-        messages.append(pickle.loads(buffer[start + LENGTH.size : end]))
-        start = end
-    del buffer[:start]
-    return messages
+    return [pickle.loads(body) for _, body in split_frames(buffer, LENGTH)]
 
 
 class FrameReader:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..core.frames import split_frames
 from ..core.model import OCSPResponseStatus
 from ..core.outbox import Outbox
 from ..core.reply import UNSUCCESSFUL, Reply
@@ -52,18 +53,7 @@ async def _read_frames(reader: asyncio.StreamReader, buffer: bytearray) -> list[
     if not chunk:
         raise ConnectionError("closed")
     buffer += chunk
-    start, frames = 0, []
-    while len(buffer) - start >= _FRAME.size:
-        size, ident = _FRAME.unpack_from(buffer, start)
-        if size > MAX_FRAME:
-            raise ConnectionError(f"frame of {size} bytes")
-        end = start + _FRAME.size + size
-        if len(buffer) < end:
-            break
-        frames.append((ident, bytes(buffer[start + _FRAME.size : end])))
-        start = end
-    del buffer[:start]
-    return frames
+    return [(fields[1], body) for fields, body in split_frames(buffer, _FRAME, MAX_FRAME)]
 
 
 def _frame(ident: int, payload: bytes) -> bytes:
