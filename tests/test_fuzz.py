@@ -25,13 +25,15 @@ from .support.fuzz import CERT_ID, wrap_request
 from .support.softhsm import SoftHSM
 
 CASES = 10_000
-SEED = 6960
+SEED = 11  # among its mutations: negative and over-long serials (HTTP 500 before)
 
 
 @pytest.fixture
 def fuzz_target(tmp_path: Path, softhsm: SoftHSM) -> tuple[Path, object]:
     setup = build_ca(tmp_path / "ca", softhsm)
-    config = write_config(tmp_path / "config.toml", {"root": setup})
+    # With a store: answers for serials the store can key are shared, the rest never.
+    state = f'state_dir = "{tmp_path / "state"}"'
+    config = write_config(tmp_path / "config.toml", {"root": setup}, server=state)
     target = fuzz.Target.from_config(config)
     assert target.signer == x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
     return config, target

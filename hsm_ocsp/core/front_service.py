@@ -25,7 +25,7 @@ from .reply import UNSUCCESSFUL, Events, Reply
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
 from .request import decode_request
 from .responder import Issuer, SigningCertificate, select_issuer
-from .shared_answers import SharedAnswers, decode, shared_key, signer_fingerprint
+from .shared_answers import SharedAnswers, decode, keyable, shared_key, signer_fingerprint
 
 __all__ = ["Ask", "FrontService"]
 
@@ -111,6 +111,8 @@ class FrontService:
         if issuer is None:
             return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
         if (self.echo_nonce and request.nonce is not None) or len(request.cert_ids) != 1:
+            return None
+        if not keyable(request.cert_ids[0].serial_number):  # in no index: never stored
             return None
         return issuer, shared_key(issuer.name, request.cert_ids[0])
 

@@ -36,6 +36,7 @@ __all__ = [
     "encode",
     "index_digest",
     "index_says",
+    "keyable",
     "of_unknown",
     "parse_key",
     "serial_prefix",
@@ -156,8 +157,21 @@ def signer_fingerprint(signer: SigningCertificate) -> bytes:
     return hashlib.sha256(material).digest()[:8]
 
 
+MAX_SERIAL_OCTETS = 255  # the key's length byte
+
+
+def keyable(serial: int) -> bool:
+    """Whether a serial has a key in the store: a client may send any INTEGER (negative,
+    hundreds of octets long); such a serial is in no index, and its answer (unknown) is
+    signed for the client alone, never stored."""
+    return serial >= 0 and serial.bit_length() <= 8 * MAX_SERIAL_OCTETS
+
+
 def serial_prefix(ca: str, serial: int) -> bytes:
-    """The start of every key of one serial of one CA: name, NUL, length, serial."""
+    """The start of every key of one serial of one CA: name, NUL, length, serial.
+    ValueError for a serial that has no key (see ``keyable``)."""
+    if not keyable(serial):
+        raise ValueError(f"serial {serial} has no key in the store")
     number = serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big")
     return ca.encode() + b"\0" + bytes((len(number),)) + number
 
@@ -228,6 +242,8 @@ class Sharer:
             truth=index_digest(value),
             etag=reply.etag,
         )
+        if not keyable(cert_id.serial_number):
+            return
         key = shared_key(reply.ca, cert_id)
         if not self.store.put(key, encode(record), still_true) or value is not MISSING:
             return
