@@ -65,9 +65,14 @@ class FrontService:
         cache_bytes: int = LIMITS.cache_bytes,
         events: Events | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        vouched: Callable[[str], bool] | None = None,
     ) -> None:
+        """``vouched(ca)``: whether the producer has lately said that the store holds
+        what the CA's index says (store/vouch.py); while it has not, every answer of the
+        CA is asked of the producer. None (an edge, which has no index): always."""
         self.issuers = tuple(issuers)
         self.issuer_names = frozenset(i.name for i in issuers)
+        self._vouched = vouched
         self._shared = shared
         self._ask = ask
         self.max_cert_ids = max_cert_ids
@@ -123,6 +128,8 @@ class FrontService:
         The store is read only when it may say something new: a transaction a request
         made every worker write the store's shared reader table (~10 % of a cached
         answer's throughput with 2 workers, benchmarks/run.py)."""
+        if self._vouched is not None and not self._vouched(issuer.name):
+            return None  # the producer cannot say the store is true: ask it
         now = self._clock().timestamp()
         generation = self._shared.generation()  # before the read: a withdrawal after it
         memo = self._memo.get(key)  # changes the number, and the next request reads anew

@@ -34,6 +34,7 @@ from .signer_process import TokenProcess
 
 __all__ = [
     "PROBE",
+    "ProvenKeys",
     "SigningKey",
     "key_specs",
     "keys_changed",
@@ -91,15 +92,15 @@ def key_specs(config: Config) -> list[KeySpec]:
     return [key.spec for ca in config.cas for key in signing_keys(ca)]
 
 
-async def _open(token: TokenProcess) -> None:
-    """Open the token; a passing fault (several workers opening it at once, a network
-    HSM slow to answer) is tried again a few times, a wrong PIN or a missing key not."""
-    for attempt in range(STARTUP_ATTEMPTS):
+async def _open(token: TokenProcess, attempts: int = STARTUP_ATTEMPTS) -> None:
+    """Open the token; a passing fault (a network HSM slow to answer) is tried again a
+    few times, a wrong PIN or a missing key not."""
+    for attempt in range(attempts):
         try:
             await token.open()
             return
         except TokenError as exc:
-            if not exc.retryable or attempt == STARTUP_ATTEMPTS - 1:
+            if not exc.retryable or attempt == attempts - 1:
                 raise
             log.warning("token not ready (%s); trying again", exc)
             await asyncio.sleep(0.5 * (attempt + 1))
@@ -114,13 +115,37 @@ async def _prove(token: TokenProcess, key: SigningKey) -> None:
         ) from None
 
 
-async def prove_keys(token: TokenProcess, config: Config) -> None:
+async def prove_keys(token: TokenProcess, config: Config, attempts: int = STARTUP_ATTEMPTS) -> None:
     """Open the token, then sign a probe with every key and verify it against its
     certificate; TokenError says what failed."""
-    await _open(token)
+    await _open(token, attempts)
     for ca in config.cas:
         for key in signing_keys(ca):
             await _prove(token, key)
+
+
+class ProvenKeys:
+    """The token as answers are signed with it: not one signature before every key of
+    the configuration has signed a probe that verifies against its certificate. A
+    producer that starts while the token is away serves its store (and withdraws what
+    the indexes change) at once, and proves the keys once the token is back."""
+
+    def __init__(self, token: TokenProcess) -> None:
+        self.token = token
+        self.proven = False
+
+    def algorithm_identifier(self, name: str) -> bytes:
+        return self.token.algorithm_identifier(name)
+
+    async def sign(self, name: str, data: bytes) -> bytes:
+        if not self.proven:
+            raise TokenError("the keys are not proven yet: the token was away at start")
+        return await self.token.sign(name, data)
+
+    async def prove(self, config: Config, *, attempts: int = STARTUP_ATTEMPTS) -> None:
+        """Prove the keys now; TokenError (retryable or not) says why not."""
+        await prove_keys(self.token, config, attempts)
+        self.proven = True
 
 
 def _where(config: Config, key: SigningKey) -> str:

@@ -14,10 +14,11 @@ from aiohttp import web
 from ..config.model import Config, NonceMode, UnknownSerials
 from ..config.pin import read_pin
 from ..config.reload import read_reloadable
-from ..core.errors import HsmOcspError
+from ..core.errors import HsmOcspError, TokenError
+from ..core.index import IndexSnapshot
 from ..core.responder import Issuer
 from ..core.service import OCSPService
-from ..pkcs11.key_set import key_specs, prove_keys, take_keys
+from ..pkcs11.key_set import ProvenKeys, key_specs, take_keys
 from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
 from ..pkcs11.token_pool import TokenPool
@@ -25,7 +26,18 @@ from ..store.fleet_store import FleetStore
 from ..store.lmdb_store import LmdbStore
 from ..store.redis_fleet import Publisher, connect
 from ..store.redis_follower import Follower
-from .app_state import CONFIG, METRICS, PRODUCTION, RUNNING, SERVICE, SOURCES, TOKEN
+from ..store.vouch import VOUCH_FOR, Vouches
+from .app_state import (
+    CONFIG,
+    KEYS,
+    METRICS,
+    PRODUCTION,
+    RUNNING,
+    SERVICE,
+    SOURCES,
+    TOKEN,
+    VOUCHES,
+)
 from .health import problems, readyz
 from .index_source import IndexSource
 from .metrics import Metrics
@@ -37,6 +49,7 @@ from .watchers import watch_indexes, watch_token
 __all__ = ["build_token", "create_app", "issuers_of"]
 
 log = logging.getLogger("hsm_ocsp.http")
+PROVE_EVERY = 2.0  # seconds between two tries of a token that was away at start
 
 
 def build_token(
@@ -85,14 +98,15 @@ def create_app(
         ca.name: IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes) for ca in config.cas
     }
     app[TOKEN] = token if token is not None else build_token(config, pin, login_gate)
+    app[KEYS] = ProvenKeys(app[TOKEN])
     issuers = issuers_of(config)
     sources = app[SOURCES]
     metrics = app[METRICS] = _metrics(config, sources, app[TOKEN])
     store = _store(config)  # opened after fork
     app[SERVICE] = OCSPService(
         issuers,
-        lambda name: sources[name].snapshot,
-        app[TOKEN],
+        functools.partial(_looked_at, sources),
+        app[KEYS],
         max_cert_ids=config.server.max_cert_ids,
         echo_nonce=config.server.nonce is NonceMode.ECHO,
         cache_entries=config.server.cache_entries,
@@ -106,7 +120,10 @@ def create_app(
         production = Production(config, app[SERVICE], sources, store, metrics, leads=leads)  # type: ignore[arg-type]
         production.attach()  # withdrawals from the first index change on
         app[PRODUCTION] = production
-        app.on_cleanup.append(lambda _: _close(store))
+        assert config.server.state_dir is not None
+        vouches = Vouches(config.server.state_dir, [ca.name for ca in config.cas], producer=True)
+        app[VOUCHES] = vouches
+        app.on_cleanup.append(lambda _: _close(store, vouches))
     app[RUNNING] = {"config": config}  # what a reload replaces (the app itself is frozen)
     app.cleanup_ctx.append(_lifecycle(handle_signals))
     app.cleanup_ctx.append(_producing(role))
@@ -169,8 +186,16 @@ def _store(config: Config) -> LmdbStore | FleetStore | None:
     return FleetStore(local, publisher, follower)
 
 
-async def _close(store: LmdbStore | FleetStore) -> None:
+async def _close(store: LmdbStore | FleetStore, vouches: Vouches) -> None:
     store.close()
+    vouches.close()
+
+
+def _looked_at(sources: dict[str, IndexSource], name: str) -> IndexSnapshot | None:
+    """The CA's index, if its file was looked at lately: a look that hangs (a file
+    system that stopped answering) must not leave an old index in service for ever."""
+    source = sources[name]
+    return source.snapshot if source.fresh(VOUCH_FOR) else None
 
 
 def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
@@ -179,8 +204,19 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
         for source in app[SOURCES].values():
             await loop.run_in_executor(None, source.load)
         token = app[TOKEN]
+        background: list[asyncio.Task[None]] = []
         try:
-            await prove_keys(token, app[CONFIG])
+            await app[KEYS].prove(app[CONFIG])
+        except TokenError as exc:
+            if not exc.retryable:  # a wrong PIN, a key that is not there: the operator's
+                await token.aclose()
+                raise
+            log.warning(
+                "token not usable at start (%s): serving the store, answering tryLater "
+                "for what needs a signature, and trying the token",
+                exc,
+            )
+            background.append(asyncio.create_task(_prove_later(app)))
         except BaseException:
             await token.aclose()
             raise
@@ -195,6 +231,7 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
         if handle_signals:
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
         tasks = [
+            *background,
             asyncio.create_task(watch_indexes(app, wake)),
             asyncio.create_task(watch_token(app)),
         ]
@@ -211,6 +248,22 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
     return lifecycle
 
 
+async def _prove_later(app: web.Application) -> None:
+    """Prove the keys once the token is back; a wrong PIN or key ends the tries (said
+    once: readiness names it)."""
+    while True:
+        await asyncio.sleep(PROVE_EVERY)
+        try:
+            await app[KEYS].prove(app[RUNNING]["config"], attempts=1)
+        except TokenError as exc:
+            if not exc.retryable:
+                log.error("token: %s; not tried again until a reload or restart", exc)
+                return
+            continue
+        log.info("token usable: keys proven, signing")
+        return
+
+
 def _producing(role: str):  # type: ignore[no-untyped-def]
     """Once the indexes and the token are up: the store reconciled with the indexes,
     pre-production started, and (a producer) the link to the workers opened."""
@@ -222,6 +275,9 @@ def _producing(role: str):  # type: ignore[no-untyped-def]
         if production is not None:
             production.start(loop)  # and the publisher to the fleet's Redis, if any
             await loop.run_in_executor(None, production.reconcile)  # before anyone reads it
+            for ca in app[CONFIG].cas:  # the store says what the indexes just read say
+                if production.settle(ca.name):
+                    app[VOUCHES].vouch(ca.name)
             if app[CONFIG].producer.pre_produce:
                 task = asyncio.create_task(production.run())
         if role == "producer":

@@ -10,7 +10,9 @@ from aiohttp import web
 from ..config.model import Config
 from ..core.reply import Reply
 from ..core.responder import Issuer
+from ..pkcs11.key_set import ProvenKeys
 from ..pkcs11.signer_process import TokenProcess
+from ..store.vouch import Vouches
 from .index_source import IndexSource
 from .metrics import Metrics
 from .producer_link import ProducerClient
@@ -46,6 +48,9 @@ SOURCES = web.AppKey("sources", dict[str, IndexSource])
 TOKEN = web.AppKey("token", TokenProcess)
 
 
+KEYS = web.AppKey("keys", ProvenKeys)  # the token as answers are signed with it
+
+
 CONFIG = web.AppKey("config", Config)
 
 
@@ -53,3 +58,6 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 RUNNING = web.AppKey("running", dict[str, Config])
+
+
+VOUCHES = web.AppKey("vouches", Vouches)

@@ -16,6 +16,7 @@ from ..config.model import Config, NonceMode
 from ..config.reload import read_reloadable
 from ..core.front_service import FrontService
 from ..store.lmdb_store import LmdbStore
+from ..store.vouch import Vouches
 from .app import issuers_of
 from .app_state import CONFIG, METRICS, PRODUCER, RUNNING, SERVICE
 from .health import front_readyz
@@ -38,6 +39,9 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         signer = max((c for _, c in ca.signing_certificates), key=lambda c: c.not_valid_after_utc)
         metrics.add_ca(ca.name, signer.not_valid_after_utc, token=False)
     store = LmdbStore(state_dir)
+    # A signing host's workers serve the store only while its producer vouches for it;
+    # an edge has no index to vouch with (its answers are verified copies: see replica).
+    vouches = Vouches(state_dir, [ca.name for ca in config.cas]) if config.signing else None
     producer = app[PRODUCER] = ProducerClient(socket_path(state_dir))
     app[SERVICE] = FrontService(
         issuers_of(config),
@@ -50,9 +54,12 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         cache_entries=config.server.cache_entries,
         cache_bytes=config.server.cache_bytes,
         events=metrics,
+        vouched=None if vouches is None else vouches.vouched,
     )
     app[RUNNING] = {"config": config}
     app.cleanup_ctx.append(_lifecycle(store, handle_signals))
+    if vouches is not None:
+        app.on_cleanup.append(lambda _: _close(vouches))
     add_routes(app, config, metrics, front_readyz)
     return app
 
@@ -66,6 +73,10 @@ async def _reload(app: web.Application) -> None:
         app[RUNNING]["config"] = new
         app[SERVICE].replace_issuers(issuers_of(new))
         log.info("configuration reloaded from %s", new.path)
+
+
+async def _close(vouches: Vouches) -> None:
+    vouches.close()
 
 
 def _lifecycle(store: LmdbStore, handle_signals: bool):  # type: ignore[no-untyped-def]

@@ -40,6 +40,13 @@ def problems(app: web.Application) -> list[str]:
         f"CA {name}: its signing certificate is not valid now (answers are tryLater)"
         for name in signers_out_of_validity(app)
     ]
+    if PRODUCTION in app:
+        found += [
+            f"CA {ca.name}: {app[PRODUCTION].unwithdrawn(ca.name)} changed serials not yet "
+            "withdrawn from the store (it cannot commit; tried again every second)"
+            for ca in app[CONFIG].cas
+            if app[PRODUCTION].unwithdrawn(ca.name)
+        ]
     token = app[TOKEN]
     if not token.up:
         found.append(f"token: {token.last_error or 'not connected'}")

@@ -104,6 +104,13 @@ class IndexSource:
         self.loading = False  # a load is under way (in the watcher's thread)
         # The file read last, still open, and the snapshot read from it.
         self._kept: tuple[int, StatKey, IndexSnapshot] | None = None
+        # Monotonic time the last look at the file ended (whatever it found): a look
+        # that never ends (a hung file system) leaves the snapshot unvouched for.
+        self.checked_at = 0.0
+
+    def fresh(self, within: float, now: float | None = None) -> bool:
+        """Whether the file was looked at within ``within`` seconds (see store/vouch.py)."""
+        return (time.monotonic() if now is None else now) - self.checked_at < within
 
     def _stat(self) -> StatKey:
         return _key(os.stat(self.path))
@@ -118,9 +125,11 @@ class IndexSource:
         """Read and parse now; IndexFormatError if the file is unusable."""
         self.loading = True  # the producer's fill waits: the parse needs the GIL
         try:
-            return self._load()
+            snapshot = self._load()
         finally:
             self.loading = False
+        self.checked_at = time.monotonic()
+        return snapshot
 
     def _load(self) -> IndexSnapshot:
         try:
@@ -206,6 +215,12 @@ class IndexSource:
 
     def check(self, *, force: bool = False) -> bool:
         """Reload if the file changed (or ``force``); True if a new snapshot is in."""
+        try:
+            return self._check(force)
+        finally:
+            self.checked_at = time.monotonic()
+
+    def _check(self, force: bool) -> bool:
         try:
             key = self._stat_settled()
         except OSError as exc:

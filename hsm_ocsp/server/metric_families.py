@@ -133,6 +133,15 @@ class MetricFamilies:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.withdrawals_pending = Gauge(
+            PREFIX + "withdrawals_pending",
+            "Serials whose stored answers the index changed but whose withdrawal has not "
+            "committed yet (a full disk, say); tried again every second, and the CA's "
+            "stored answers are not served meanwhile.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.store_records = Gauge(
             PREFIX + "store_records",
             "Records in the host's answer store.",

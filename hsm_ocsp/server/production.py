@@ -80,6 +80,8 @@ class Production:
         self._last: dict[str, IndexSnapshot | None] = dict.fromkeys(sources)
         self._changed: dict[str, collections.deque[int]] = {n: collections.deque() for n in sources}
         self._changed_at: dict[str, float] = {}
+        # Key prefixes whose withdrawal has not committed (written in the watchers' threads).
+        self._unwithdrawn: dict[str, list[bytes]] = {n: [] for n in sources}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         rate = config.producer.max_signatures_per_second
@@ -108,17 +110,42 @@ class Production:
             old, self._last[ca] = self._last[ca], snapshot
             changed = sorted(changed_serials(old, snapshot))
             if changed:
-                withdrawn = self.store.withdraw(prefixes(ca, changed))
+                self._unwithdrawn[ca].extend(prefixes(ca, changed))
+                withdrawn = self._withdraw(ca)
                 if isinstance(self.store, FleetStore):  # another host may have signed them
                     self.store.follower.refetch(prefixes(ca, changed))
-                log.info("CA %s: %d serials changed in the index, %d stored answers withdrawn",
-                         ca, len(changed), withdrawn)  # fmt: skip
+                log.info("CA %s: %d serials changed in the index, %s stored answers withdrawn",
+                         ca, len(changed), "no" if withdrawn < 0 else withdrawn)  # fmt: skip
                 if self._loop is not None:
                     self._loop.call_soon_threadsafe(self._queue_changes, ca, changed)
             if then is not None:
                 then(snapshot)
 
         return reloaded
+
+    def _withdraw(self, ca: str) -> int:
+        """Withdraw what is waiting for ``ca``; -1 if the store could not commit it, and
+        it waits for the next try (``settle``). Never dropped: an answer left in the store
+        would tell the old status to every worker."""
+        waiting = self._unwithdrawn[ca]
+        if not waiting:
+            return 0
+        withdrawn = self.store.withdraw(list(waiting))
+        if withdrawn >= 0:
+            del waiting[: len(waiting)]
+        return withdrawn
+
+    def settle(self, ca: str) -> bool:
+        """Try again the withdrawals of ``ca`` that did not commit (the watcher's thread,
+        once a tick); True once none is left, and the CA's stored answers may be vouched
+        for (store/vouch.py)."""
+        if self._unwithdrawn[ca] and self._withdraw(ca) >= 0:
+            log.info("CA %s: the withdrawals that had failed are committed", ca)
+        return not self._unwithdrawn[ca]
+
+    def unwithdrawn(self, ca: str) -> int:
+        """Serials of ``ca`` whose withdrawal has not committed yet."""
+        return len(self._unwithdrawn[ca])
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -1,18 +1,27 @@
-"""The application's background tasks: take up index changes, probe the token."""
+"""The application's background tasks: take up index changes, probe the token.
+
+Each CA's index is watched by a task of its own whose looks at the file run on a
+thread of their own: a file system that stops answering (a hard NFS mount) holds that
+CA alone, whose answers then go unvouched (store/vouch.py), while every other CA's
+revocations are still taken up.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
 from ..core.errors import HsmOcspError
 from ..pkcs11.key_set import PROBE
-from .app_state import METRICS, SOURCES, TOKEN
+from .app_state import METRICS, PRODUCTION, SOURCES, TOKEN, VOUCHES
 from .health import signers_out_of_validity, stale_indexes
+from .index_source import IndexSource
 
 log = logging.getLogger("hsm_ocsp.http")
 
@@ -24,22 +33,67 @@ PROBE_INTERVAL = 10.0
 
 
 async def watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
+    """One watcher per CA; ``wake`` (a reload) makes each read its file again."""
+    forced = {name: asyncio.Event() for name in app[SOURCES]}
+    watchers = [
+        asyncio.create_task(_watch_one(app, source, forced[name]))
+        for name, source in app[SOURCES].items()
+    ]
+    try:
+        while True:
+            await wake.wait()
+            wake.clear()
+            for event in forced.values():
+                event.set()
+    finally:
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+
+async def _watch_one(app: web.Application, source: IndexSource, force: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), WATCH_INTERVAL)
-        force = wake.is_set()
-        wake.clear()
-        for source in app[SOURCES].values():
+    thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"index-{source.name}")
+    settle = _settler(app, source.name)
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(force.wait(), WATCH_INTERVAL)
+            forced = force.is_set()
+            force.clear()
             try:
-                await loop.run_in_executor(None, functools.partial(source.check, force=force))
+                await loop.run_in_executor(thread, functools.partial(source.check, force=forced))
+                await loop.run_in_executor(thread, settle)
             except Exception:  # keep watching whatever one check did
                 log.exception("index check for %s failed", source.path)
-        stale = stale_indexes(app)
-        invalid = signers_out_of_validity(app)
-        for name in app[SOURCES]:
-            app[METRICS].index_stale.labels(name).set(1 if name in stale else 0)
-            app[METRICS].signer_ok.labels(name).set(0 if name in invalid else 1)
+            _report(app, source.name)
+    finally:
+        thread.shutdown(wait=False, cancel_futures=True)
+
+
+def _settler(app: web.Application, ca: str) -> Callable[[], None]:
+    """After each look at the file: withdrawals that did not commit are tried again, and
+    only once none is left does the producer vouch for the CA's stored answers."""
+    production = app.get(PRODUCTION)
+    vouches = app.get(VOUCHES)
+
+    def settle() -> None:
+        if production is not None and not production.settle(ca):
+            return
+        if vouches is not None:
+            vouches.vouch(ca)
+
+    return settle
+
+
+def _report(app: web.Application, name: str) -> None:
+    stale = stale_indexes(app)
+    invalid = signers_out_of_validity(app)
+    app[METRICS].index_stale.labels(name).set(1 if name in stale else 0)
+    app[METRICS].signer_ok.labels(name).set(0 if name in invalid else 1)
+    production = app.get(PRODUCTION)
+    if production is not None:
+        app[METRICS].withdrawals_pending.labels(name).set(production.unwithdrawn(name))
 
 
 async def watch_token(app: web.Application) -> None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import lmdb
+
+from .vouch import preallocated_map
 
 __all__ = ["DEFAULT_MAP_BYTES", "LmdbStore"]
 
@@ -155,11 +156,6 @@ class LmdbStore:
 
 
 def _map_generation(path: Path) -> mmap.mmap:
-    """The shared withdrawal counter: 8 bytes in a file every process maps."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if os.fstat(fd).st_size < _COUNTER.size:
-            os.ftruncate(fd, _COUNTER.size)
-        return mmap.mmap(fd, _COUNTER.size)
-    finally:
-        os.close(fd)
+    """The shared withdrawal counter: 8 bytes in a file every process maps (written
+    whole, not sparse: a full disk must not turn its first write into SIGBUS)."""
+    return preallocated_map(path, _COUNTER.size)

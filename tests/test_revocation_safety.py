@@ -1,0 +1,167 @@
+"""A revoked certificate is never answered good, whatever fails between the index and
+the store (issue 26): a host that reads the index answers a revocation as revoked or
+tryLater from a few seconds after it is written, never with the old stored "good".
+
+Each test is one fault, against a real ``serve`` with two workers and its producer."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from hsm_ocsp.store.vouch import VOUCH_FOR
+
+from .support.ca import CASetup, build_ca, write_config
+from .support.p11kit import AVAILABLE, CLIENT_MODULE, P11KitServer
+from .support.server import RunningServer, free_port, start_server
+from .support.softhsm import MODULE, SoftHSM
+from .support.watch import Watch, request_for, status_of, until
+
+pytestmark = pytest.mark.slow
+REVOKED = ocsp.OCSPCertStatus.REVOKED
+# "A few seconds after a revocation is written": the producer's word ages out
+# (VOUCH_FOR), and the index watcher's tick and the client's round trip are added.
+GRACE = VOUCH_FOR + 2.0
+
+
+def _metric(server: RunningServer, name: str) -> float:
+    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name))
+
+
+def _readyz(server: RunningServer) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(server.url + "readyz", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _serve(tmp_path: Path, setup: CASetup, *, module: str = MODULE) -> RunningServer:
+    port = free_port()
+    state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"'
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port, server=state)
+    text = config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"')
+    config.write_text(text)
+    server = start_server(config, port, tmp_path / "server.log")
+    entries = len(setup.ca.index.read_text().splitlines())
+    until(lambda: _metric(server, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries, 30)
+    return server
+
+
+def _bodies(setup: CASetup, name: str, hashes: tuple[str, ...]) -> dict[str, bytes]:
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    return {h: request_for(cert, setup.ca.certificate, h) for h in hashes}
+
+
+@pytest.mark.skipif(not AVAILABLE, reason="p11-kit server and client (Debian p11-kit) missing")
+def test_a_producer_replaced_while_the_token_is_away_still_withdraws_a_revocation(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replacement starts without the token: it reads the index and withdraws what
+    changed before anything else, and proves its keys once the token is back."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    token = P11KitServer(tmp_path / "p11kit.sock", MODULE, softhsm.label)
+    token.start()
+    monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", token.address)
+    server = _serve(tmp_path, setup, module=CLIENT_MODULE)
+    bodies = _bodies(setup, "good", ("sha1", "sha256"))
+    watch = Watch([server.url], bodies)
+    try:
+        assert status_of(server.url, bodies["sha256"]) is ocsp.OCSPCertStatus.GOOD
+        watch.start()
+        token.kill()
+        producer = server.producer_pid()
+        assert producer is not None
+        os.kill(producer, signal.SIGKILL)
+        revoked_at = time.monotonic()
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        until(lambda: server.producer_pid() not in (None, producer), 20)
+        time.sleep(GRACE + 3)  # the replacement runs, the token still away
+        assert not watch.good_after(revoked_at + GRACE), watch.good_after(revoked_at + GRACE)
+        assert "token not usable at start" in server.log.read_text()
+        token.start()  # back: the revocation is signed within seconds
+        for what in bodies:
+            until(lambda w=what: watch.last(server.url, w) is REVOKED, 20)  # type: ignore[misc]
+    finally:
+        watch.stop()
+        server.stop()
+        token.kill()
+    assert not watch.good_after(revoked_at + GRACE)
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip()}")
+
+
+def _fill_disk(directory: Path) -> Path:
+    ballast = directory / "ballast"
+    with ballast.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * (1 << 16))
+                out.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """The withdrawal cannot commit: it is tried again every second until it does, the
+    CA's stored answers are not served meanwhile (its revocation is signed live), and
+    readiness and a metric say so. SHA-384, a form the producer does not pre-produce,
+    is never left behind."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    state = tmp_path / "state"
+    _mount_tmpfs(state, "4m")
+    server = None
+    watch = None
+    try:
+        server = _serve(tmp_path, setup)
+        bodies = _bodies(setup, "good", ("sha1", "sha256", "sha384"))
+        for body in bodies.values():  # each asked once: stored, or answered live
+            assert status_of(server.url, body) is ocsp.OCSPCertStatus.GOOD
+        ballast = _fill_disk(state)
+        watch = Watch([server.url], bodies).start()
+        time.sleep(0.5)
+        revoked_at = time.monotonic()
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") >= 1, 10)  # type: ignore[union-attr]
+        code, text = _readyz(server)
+        assert code == 503 and "not yet withdrawn" in text, text
+        time.sleep(GRACE)
+        assert not watch.good_after(revoked_at + GRACE), watch.good_after(revoked_at + GRACE)
+        assert "cannot withdraw" in server.log.read_text()
+        ballast.unlink()  # space again: the withdrawal commits at its next try
+        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") == 0, 10)  # type: ignore[union-attr]
+        until(lambda: _readyz(server)[0] == 200, 10)  # type: ignore[union-attr]
+        for what in bodies:
+            until(lambda w=what: watch.last(server.url, w) is REVOKED, 10)  # type: ignore[union-attr,misc]
+        watch.stop()
+        assert not watch.good_after(revoked_at + GRACE)
+        assert re.search(r"withdrawals that had failed are committed", server.log.read_text())
+    finally:
+        if watch is not None:
+            watch.stop()
+        if server is not None:
+            server.stop()
+        subprocess.run(["umount", "-l", str(state)], capture_output=True)
