@@ -83,5 +83,5 @@ def test_no_module_is_left_outside_a_layer_and_none_is_long() -> None:
     loose = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert loose == ["__init__.py", "__main__.py"], loose
     long = {str(p.relative_to(PACKAGE)): n for _, p in _modules()
-            if (n := len(p.read_text().splitlines())) > 300}  # fmt: skip
+            if (n := len(p.read_text().splitlines())) > 400}  # fmt: skip
     assert not long, long
