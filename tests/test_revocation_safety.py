@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -165,3 +166,37 @@ def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
         if server is not None:
             server.stop()
         subprocess.run(["umount", "-l", str(state)], capture_output=True)
+
+
+def test_a_second_serve_on_the_same_state_dir_is_refused_and_the_first_keeps_its_store(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """Two instances on one state_dir: the second, with an older index, would rewrite
+    the first's store. It is refused in one line naming the key; the first answers the
+    revocation it took up."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    first = _serve(tmp_path, setup)
+    try:
+        older = tmp_path / "older"  # a copy of the index from before the revocation
+        older.mkdir()
+        (older / "index.txt").write_bytes(setup.ca.index.read_bytes())
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        bodies = _bodies(setup, "good", ("sha1", "sha256"))
+        until(lambda: status_of(first.url, bodies["sha1"]) is REVOKED, 15)
+        port = free_port()
+        state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"'
+        config = write_config(tmp_path / "second.toml", {"root": setup}, port=port, server=state)
+        config.write_text(config.read_text().replace(str(setup.ca.index), str(older / "index.txt")))
+        second = subprocess.run(
+            [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "server.state_dir" in lines[0] and "in use" in lines[0], lines
+        assert f"pid {first.process.pid}" in lines[0]
+        for _ in range(6):  # both workers, both forms
+            for body in bodies.values():
+                assert status_of(first.url, body) is REVOKED
+    finally:
+        first.stop()

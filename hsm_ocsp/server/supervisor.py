@@ -29,6 +29,7 @@ from ..config.reload import read_reloadable, unservable
 from ..core.errors import EXIT_CRASHED, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, HsmOcspError
 from ..pkcs11.key_set import keys_changed, prove_new_keys
 from ..pkcs11.login_gate import LoginGate
+from ..store.state_dir import StateDirBusy, lock_state_dir
 from .metrics_files import prepare_multiprocess, process_dead, remove_multiprocess_dir
 from .producer import run_producer
 from .producer_link import socket_path
@@ -78,10 +79,17 @@ def run_server(config: Config) -> int:
     if config.server.state_dir is not None:
         try:
             config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lock = lock_state_dir(config.server.state_dir)  # held until serve ends
         except OSError as exc:
-            log.error("%s: server.state_dir: cannot make %s: %s", config.path,
+            log.error("%s: server.state_dir: cannot use %s: %s", config.path,
                       config.server.state_dir, exc.strerror)  # fmt: skip
             return EXIT_USAGE
+        except StateDirBusy as exc:
+            log.error("%s: server.state_dir: %s is in use by another hsm-ocsp serve (pid %s); "
+                      "each instance needs a state directory of its own", config.path,
+                      config.server.state_dir, exc.holder)  # fmt: skip
+            return EXIT_USAGE
+        del lock  # the descriptor stays open (and inherited) until the process ends
     else:  # the workers share answers for this run only
         private = Path(tempfile.mkdtemp(prefix="hsm-ocsp-state-"))
         config = dataclasses.replace(
