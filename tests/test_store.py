@@ -25,6 +25,7 @@ from hsm_ocsp.core.shared_answers import StoredAnswer, decode, encode
 from hsm_ocsp.store.lmdb_store import LmdbStore
 
 from .support.ca import CASetup, build_ca, write_config
+from .support.http_client import http
 from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import SoftHSM
 
@@ -290,5 +291,91 @@ def test_a_revocation_made_while_the_producer_is_away_is_answered_once_it_is_bac
         while _readyz(server)[0] != 200:
             assert time.monotonic() < deadline, _readyz(server)
             time.sleep(0.1)
+    finally:
+        server.stop()
+
+
+def test_store_stats_leaves_no_file_behind(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """Run as root on a missing or bare store it makes nothing: a root-owned file there
+    would keep the service (another user) from opening its store."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    state = tmp_path / "state"
+    config = write_config(tmp_path / "config.toml", {"root": setup},
+                          server=f'state_dir = "{state}"')  # fmt: skip
+    done = _cli("store", "stats", "--config", str(config))
+    assert done.returncode == 0 and "no store" in done.stdout, done
+    assert not state.exists()
+    LmdbStore(state).close()  # a store as serve leaves it
+    (state / "answers.lmdb" / "generation").unlink()
+    before = sorted(p.name for p in (state / "answers.lmdb").iterdir())
+    done = _cli("store", "stats", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (state / "answers.lmdb").iterdir()) == before
+
+
+def _die_inside_a_read(directory: str) -> None:
+    import os
+    import signal
+
+    store = LmdbStore(Path(directory))
+    txn = store._env.begin()  # a read that never ends: SIGKILL inside it
+    txn.get(b"x")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_reader_slot_left_by_a_killed_process_is_freed(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """A process killed inside a read transaction holds its LMDB reader slot: no page
+    freed after it is reused and the file grows without end. The producer frees it."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    server = _serve(tmp_path, setup, free_port(), "server.log")
+    try:
+        process = multiprocessing.get_context("spawn").Process(
+            target=_die_inside_a_read, args=(str(tmp_path / "state"),)
+        )
+        process.start()
+        process.join(30)
+        assert process.exitcode == -9
+        deadline = time.monotonic() + 15
+        while "freed 1 reader slot" not in server.log.read_text():
+            assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+            time.sleep(0.2)
+        readers = LmdbStore(tmp_path / "state", readonly=True)
+        try:
+            assert f" {process.pid} " not in readers._env.readers()
+        finally:
+            readers.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_only_the_pre_produced_cert_id_forms_are_stored(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """Other encodings of an issued serial (SHA-384, SHA-512, a SHA-1 CertID without
+    the NULL parameters) are answered, live, but never stored nor refreshed: a client
+    cannot make the store, and every refresh, grow by an answer per encoding."""
+    from .support.requests import build_request, cert_id
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    entries = _entries(setup)
+    server = _serve(tmp_path, setup, free_port(), "server.log")
+    try:
+        _wait_for(server, 'hsm_ocsp_signatures_total{reason="fill"}', 2 * entries)
+        serial = setup.serial("good")
+        no_null = cert_id(setup.ca.certificate, serial, "sha1")
+        no_null["hash_algorithm"] = {"algorithm": "1.3.14.3.2.26", "parameters": None}
+        odd = [cert_id(setup.ca.certificate, serial, h) for h in ("sha384", "sha512")]
+        for item in [*odd, no_null]:
+            for _ in range(3):
+                status, body = http(server.url, build_request([item]))
+                assert status == 200
+                answer = ocsp.load_der_ocsp_response(body)
+                assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
+        time.sleep(1)
+        store = LmdbStore(tmp_path / "state", readonly=True)
+        try:
+            assert store.entries() == 2 * entries
+        finally:
+            store.close()
     finally:
         server.stop()

@@ -33,7 +33,7 @@ def run_store_stats(args: argparse.Namespace) -> int:
     if not (state_dir / "answers.lmdb").is_dir():
         print(f"no store in {state_dir} yet (serve makes it)")
         return EXIT_OK
-    store = LmdbStore(state_dir)
+    store = LmdbStore(state_dir, readonly=True)
     try:
         records = []
         for key, value in store.items():

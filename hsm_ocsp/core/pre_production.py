@@ -19,7 +19,14 @@ from . import der
 from .index import IndexSnapshot
 from .ocsp import HASH_ALGORITHMS, CertID
 from .responder import Issuer
-from .shared_answers import NOT_IN_INDEX, decode, index_digest, parse_key, serial_prefix
+from .shared_answers import (
+    NOT_IN_INDEX,
+    decode,
+    index_digest,
+    keyable,
+    parse_key,
+    serial_prefix,
+)
 
 __all__ = [
     "SIGN_REASON",
@@ -29,6 +36,7 @@ __all__ = [
     "due_keys",
     "needs",
     "prefixes",
+    "produced_ahead",
     "request_der",
     "untrue_keys",
 ]
@@ -64,6 +72,18 @@ def cert_id(issuer: Issuer, algorithm: str, serial: int) -> CertID:
         der.integer(serial),
     )
     return CertID(algorithm, name_hash, key_hash, serial, encoded)
+
+
+def produced_ahead(issuer: Issuer, one: CertID) -> bool:
+    """Whether ``one`` is a CertID the store keeps answers for: a hash of the CA's
+    ``cert_id_hashes`` in the encoding ``cert_id`` makes. Any other encoding of the same
+    serial (another hash, parameters left out) is answered live, never stored: else a
+    client could make the store, and every refresh, grow by one answer per encoding."""
+    return (
+        one.hash_algorithm in issuer.cert_id_hashes
+        and keyable(one.serial_number)
+        and cert_id(issuer, one.hash_algorithm, one.serial_number).der == one.der
+    )
 
 
 def request_der(cert_id_der: bytes) -> bytes:

@@ -86,6 +86,9 @@ class Issuer:
     # installed ahead (of the same key or a new one) takes over by itself at its
     # notBefore. None valid: no answer is signed. Empty: the CA's key, always.
     signers: tuple[SigningCertificate, ...] = ()
+    # The CertID hash algorithms whose answers are produced ahead and kept in the store
+    # (in the encoding pre_production.cert_id makes); any other is answered live.
+    cert_id_hashes: tuple[str, ...] = ("sha1", "sha256")
 
     def __post_init__(self) -> None:
         if not self.signers:
@@ -110,6 +113,7 @@ class Issuer:
         validity: dt.timedelta,
         *,
         unknown_as_revoked: bool = False,
+        cert_id_hashes: tuple[str, ...] = ("sha1", "sha256"),
     ) -> Issuer:
         """``responder_certificates``: the delegated responder's (of one key or several),
         or None when the CA signs its own answers."""
@@ -126,6 +130,7 @@ class Issuer:
             responder_key_hash=key_hash(signing[0], "sha1"),
             validity=validity,
             unknown_as_revoked=unknown_as_revoked,
+            cert_id_hashes=cert_id_hashes,
             signers=tuple(
                 SigningCertificate.of(c, delegated=bool(delegated), key=names[spki(c)])
                 for c in signing

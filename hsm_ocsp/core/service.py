@@ -22,6 +22,7 @@ from .index import IndexSnapshot
 from .limits import LIMITS
 from .model import OCSPResponseStatus
 from .ocsp import CertID, OCSPRequest
+from .pre_production import produced_ahead
 from .refresh import refresh_time
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
@@ -256,7 +257,12 @@ class OCSPService:
         main = len(serials) == 1 and values[0] is not _MISSING
         self._cache.put(key, entry, size, main=main)
         signer = issuer.signer_at(reply.produced_at)
-        if len(serials) == 1 and self._sharer is not None and signer is not None:  # to all
+        if (
+            len(serials) == 1
+            and self._sharer is not None
+            and signer is not None
+            and produced_ahead(issuer, cert_ids[0])
+        ):  # to every worker of the host
             says = functools.partial(shared_answers.index_says, serial=serials[0], value=values[0])
             self._sharer.save(
                 entry.reply, cert_ids[0], values[0], signer, entry.refresh_at,

@@ -120,6 +120,10 @@ def decode(data: bytes) -> StoredAnswer | None:
     start = _HEADER.size + etag_length
     if status >= len(_STATUSES) or len(data) <= start:
         return None
+    try:
+        etag = data[_HEADER.size : start].decode("ascii")
+    except UnicodeDecodeError:
+        return None
     return StoredAnswer(
         body=data[start:],
         cert_status=_STATUSES[status],
@@ -128,7 +132,7 @@ def decode(data: bytes) -> StoredAnswer | None:
         refresh_at=refresh,
         signer=signer,
         truth=truth,
-        etag=data[_HEADER.size : start].decode(),
+        etag=etag,
     )
 
 

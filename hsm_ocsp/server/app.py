@@ -50,6 +50,7 @@ __all__ = ["build_token", "create_app", "issuers_of"]
 
 log = logging.getLogger("hsm_ocsp.http")
 PROVE_EVERY = 2.0  # seconds between two tries of a token that was away at start
+READER_CHECK_EVERY = 5.0  # seconds between two looks for stale LMDB reader slots
 
 
 def build_token(
@@ -75,6 +76,7 @@ def issuers_of(config: Config) -> list[Issuer]:
             [cert for _, cert in ca.responder_certificates] or None,
             ca.validity,
             unknown_as_revoked=ca.unknown_serials is UnknownSerials.REVOKED,
+            cert_id_hashes=ca.cert_id_hashes,
         )
         for ca in config.cas
     ]
@@ -264,22 +266,41 @@ async def _prove_later(app: web.Application) -> None:
         return
 
 
+async def _clear_stale_readers(production: Production) -> None:
+    """Every few seconds: reader slots of processes killed inside a read are freed."""
+    while True:
+        await asyncio.sleep(READER_CHECK_EVERY)
+        cleared = await asyncio.to_thread(production.store.clear_stale_readers)
+        if cleared:
+            log.warning("answer store: freed %d reader slot(s) of processes that died "
+                        "inside a read", cleared)  # fmt: skip
+
+
+async def _start_production(
+    app: web.Application, production: Production
+) -> list[asyncio.Task[None]]:
+    """The store reconciled with the indexes (before anyone reads it) and vouched for,
+    then the background work: pre-production, stale reader slots freed."""
+    loop = asyncio.get_running_loop()
+    production.start(loop)  # and the publisher to the fleet's Redis, if any
+    await loop.run_in_executor(None, production.reconcile)
+    for ca in app[CONFIG].cas:  # the store says what the indexes just read say
+        if production.settle(ca.name):
+            app[VOUCHES].vouch(ca.name)
+    tasks = [asyncio.create_task(_clear_stale_readers(production))]
+    if app[CONFIG].producer.pre_produce:
+        tasks.append(asyncio.create_task(production.run()))
+    return tasks
+
+
 def _producing(role: str):  # type: ignore[no-untyped-def]
     """Once the indexes and the token are up: the store reconciled with the indexes,
     pre-production started, and (a producer) the link to the workers opened."""
 
     async def producing(app: web.Application) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
         production = app[PRODUCTION] if PRODUCTION in app else None
-        task = link = None
-        if production is not None:
-            production.start(loop)  # and the publisher to the fleet's Redis, if any
-            await loop.run_in_executor(None, production.reconcile)  # before anyone reads it
-            for ca in app[CONFIG].cas:  # the store says what the indexes just read say
-                if production.settle(ca.name):
-                    app[VOUCHES].vouch(ca.name)
-            if app[CONFIG].producer.pre_produce:
-                task = asyncio.create_task(production.run())
+        tasks = [] if production is None else await _start_production(app, production)
+        link = None
         if role == "producer":
             state_dir = app[CONFIG].server.state_dir
             assert state_dir is not None
@@ -291,9 +312,9 @@ def _producing(role: str):  # type: ignore[no-untyped-def]
         finally:
             if link is not None:
                 link.close()
-            if task is not None:
+            for task in tasks:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             if production is not None:
                 await production.aclose()
 

@@ -71,6 +71,9 @@ class FleetStore:
     def entries(self) -> int:
         return self.local.entries()
 
+    def clear_stale_readers(self) -> int:
+        return self.local.clear_stale_readers()
+
     def close(self) -> None:
         self.follower.close()
         self.publisher.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import lmdb
 
+from ..core.errors import HsmOcspError
 from .vouch import preallocated_map
 
 __all__ = ["DEFAULT_MAP_BYTES", "LmdbStore"]
@@ -31,17 +32,28 @@ _COUNTER = struct.Struct("=Q")
 class LmdbStore:
     """The answers of this host, in ``directory/answers.lmdb``; open it after fork."""
 
-    def __init__(self, directory: Path, *, map_bytes: int = DEFAULT_MAP_BYTES) -> None:
+    def __init__(
+        self, directory: Path, *, map_bytes: int = DEFAULT_MAP_BYTES, readonly: bool = False
+    ) -> None:
+        """``readonly``: look, never make or change a file (``store stats`` run by root
+        must not leave a root-owned file the service cannot open)."""
         self.path = directory / "answers.lmdb"
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not readonly:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         # sync off: the store is a cache of signed answers; a crash may lose the
         # last writes (they are signed again), never make a record half-written.
-        self._env = lmdb.open(
-            str(self.path), map_size=map_bytes, subdir=True, sync=False, metasync=False,
-            readahead=False, max_readers=1024, mode=0o700,
-        )  # fmt: skip
+        try:
+            self._env = lmdb.open(
+                str(self.path), map_size=map_bytes, subdir=True, sync=False, metasync=False,
+                readahead=False, max_readers=1024, mode=0o700, readonly=readonly,
+                create=not readonly,
+            )  # fmt: skip
+        except lmdb.Error as exc:
+            raise HsmOcspError(f"answer store {self.path}: cannot open: {exc}") from None
         self._failed = False
-        self._generation = _map_generation(self.path / "generation")
+        self._generation = (
+            mmap.mmap(-1, _COUNTER.size) if readonly else _map_generation(self.path / "generation")
+        )
         # A write that depends on the index (put's still_true) and a withdrawal for an
         # index change do not interleave: the one that comes second sees the other.
         self.lock = threading.Lock()
@@ -140,6 +152,15 @@ class LmdbStore:
                 if not key.startswith(prefix):
                     return
                 yield key, value
+
+    def clear_stale_readers(self) -> int:
+        """Free the reader slots of processes that died inside a read (SIGKILL, OOM):
+        while one is held, LMDB reuses no page freed after it, and the file only grows."""
+        try:
+            return int(self._env.reader_check())
+        except lmdb.Error as exc:
+            self._fault("check readers", exc)
+            return 0
 
     def entries(self) -> int:
         return int(self._env.stat()["entries"])
