@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis import RedisError
+from redis import RedisError, ResponseError
 
 from ..core.shared_answers import cert_id_of
 from .lmdb_store import LmdbStore
@@ -21,6 +21,8 @@ from .redis_fleet import BATCH, EPOCH, RETRY, SERIAL, STREAM, Said
 __all__ = ["Follower"]
 
 log = logging.getLogger("hsm_ocsp.fleet")
+MAX_KEY = 1024  # bytes of a serial's key or a CertID: far above any real one
+MAX_RECORD = 16 * 1024  # bytes of one record: an answer with a responder certificate
 
 
 class Follower:
@@ -35,6 +37,7 @@ class Follower:
         self.accept: Callable[[bytes, bytes], bool] | None = None
         self._refetch: collections.deque[bytes] = collections.deque()
         self.synced = False  # a full copy has been taken once
+        self.skipped = 0  # entries in Redis that were not records (junk, wrong types)
         self.applied_ms = 0  # time (ms) of the last stream entry applied
         self.behind_ms = 0  # how far the last read found this host behind
         self.connected = False
@@ -68,12 +71,12 @@ class Follower:
         if epoch is None:  # nothing published yet
             self._stop.wait(RETRY)
             return
-        if epoch != self._epoch:
-            first, self._epoch = self._epoch is None, epoch
-            if first:  # at start: what this host holds may be from before any change
-                self._copy_all()
-            else:  # Redis lost its data: read the new stream whole, its withdrawals first,
-                self._last = b"0-0"  # then copy all at the publisher's marker ("r")
+        if not self.synced:  # at start (or a first copy cut short by a fault): all of it,
+            self._copy_all()  # what this host holds may be from before any change
+            self._epoch = epoch  # only now: a copy that failed half-way is done again
+        elif epoch != self._epoch:  # Redis lost its data: read the new stream whole, its
+            self._epoch, self._last = epoch, b"0-0"  # withdrawals first, then copy all at
+            # the publisher's marker ("r")
         elif self._gap():
             self._copy_all()
         while self._refetch:
@@ -103,7 +106,7 @@ class Follower:
         for name in self.client.scan_iter(match=SERIAL + b"*", count=1000):
             prefix = name[len(SERIAL) :]
             seen.add(prefix)
-            for der, value in self.client.hgetall(name).items():
+            for der, value in self._serial(name).items():
                 batch.append((prefix + der, value))
             if len(batch) >= BATCH:
                 self._put(batch)
@@ -116,6 +119,19 @@ class Follower:
         self.synced = True
         log.info("answer store copied from Redis: %d records here, %d serials withdrawn",
                  self.local.entries(), len(gone))  # fmt: skip
+
+    def _serial(self, name: bytes) -> dict[bytes, bytes]:
+        """The records of one serial's hash; {} (counted) for a key that is not one of
+        ours in shape (another type, an oversized entry): junk anyone with the Redis URL
+        may have written never stops the copy, and never costs unbounded memory."""
+        try:
+            fields = self.client.hgetall(name) if len(name) <= MAX_KEY else {}
+        except ResponseError:  # WRONGTYPE: not a hash
+            self.skipped += 1
+            return {}
+        kept = {f: v for f, v in fields.items() if len(f) <= MAX_KEY and len(v) <= MAX_RECORD}
+        self.skipped += len(fields) - len(kept)
+        return kept
 
     def refetch(self, prefixes: Iterable[bytes]) -> None:
         """Fetch these serials' records again (this host's index has just changed them)."""

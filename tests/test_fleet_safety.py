@@ -1,0 +1,149 @@
+"""A fleet under faults (issue 26): a signing host and a keyless edge sharing a real
+redis-server. An edge never goes back to an older answer than it has seen, whatever
+Redis does, and catches up whatever interrupts it."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509 import ocsp
+
+from .support.ca import CASetup, build_ca, write_config
+from .support.cut_proxy import CutProxy
+from .support.redis import RedisServer
+from .support.server import RunningServer, free_port, start_server
+from .support.softhsm import SoftHSM
+from .support.watch import request_for, status_of, until
+
+pytestmark = pytest.mark.slow
+GOOD, REVOKED = ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _metric(server: RunningServer, name: str) -> float:
+    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name))
+
+
+def _ready(server: RunningServer) -> bool:
+    try:
+        with urllib.request.urlopen(server.url + "readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.HTTPError, OSError):
+        return False
+
+
+def _signing_host(tmp_path: Path, setup: CASetup, redis_url: str, name: str) -> RunningServer:
+    port = free_port()
+    config = write_config(
+        tmp_path / f"{name}.toml", {"root": setup}, port=port,
+        server=f'workers = 2\nstate_dir = "{tmp_path / name}"\n\n[store]\nredis = "{redis_url}"',
+    )  # fmt: skip
+    return start_server(config, port, tmp_path / f"{name}.log")
+
+
+def _edge(tmp_path: Path, setup: CASetup, redis_url: str, name: str = "edge") -> RunningServer:
+    port = free_port()
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nstate_dir = "{tmp_path / name}"\n\n'
+        f'[store]\nredis = "{redis_url}"\n\n'
+        f'[[ca]]\nname = "root"\ncertificate = "{setup.ca.cert_path}"\n'
+        f'responder_certificate = "{setup.responder_cert}"\n'
+    )  # no [token], no key, no index: an edge
+    return start_server(config, port, tmp_path / f"{name}.log", ready=False)
+
+
+def _body(setup: CASetup, name: str, algorithm: str = "sha1") -> bytes:
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    return request_for(cert, setup.ca.certificate, algorithm)
+
+
+def _filled(server: RunningServer, setup: CASetup) -> None:
+    entries = len(setup.ca.index.read_text().splitlines())
+    until(lambda: _metric(server, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries, 60)
+
+
+def test_an_edge_whose_first_copy_is_cut_short_copies_again(
+    tmp_path: Path, softhsm: SoftHSM, redis_server: RedisServer
+) -> None:
+    """The edge held good answers for 30 serials, then restarted after they were
+    revoked; one Redis connection dies in the middle of its first copy. It copies again
+    (not only the stream from the point it had reached), so every one is revoked."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    victims = [f"s{i}" for i in range(30)]
+    for name in victims:
+        setup.certs[name] = setup.ca.issue(name)
+    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    edge = proxy = None
+    try:
+        _filled(signing, setup)
+        edge = _edge(tmp_path, setup, redis_server.url)
+        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        for name in victims:
+            assert status_of(edge.url, _body(setup, name)) is GOOD
+        edge.stop()
+        for name in victims:
+            setup.ca.revoke(setup.certs[name], "-crl_reason", "keyCompromise")
+        for name in victims:
+            until(lambda n=name: status_of(signing.url, _body(setup, n)) is REVOKED, 20)  # type: ignore[misc]
+        proxy = CutProxy(tmp_path / "proxy.sock", redis_server.socket, cut_after=8192).start()
+        edge = _edge(tmp_path, setup, proxy.url)
+        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        assert proxy.cuts == 1
+        for name in victims:
+            for algorithm in ("sha1", "sha256"):
+                assert status_of(edge.url, _body(setup, name, algorithm)) is REVOKED, name
+    finally:
+        if edge is not None:
+            edge.stop()
+        if proxy is not None:
+            proxy.stop()
+        signing.stop()
+
+
+def test_junk_in_redis_is_skipped_and_replication_goes_on(
+    tmp_path: Path, softhsm: SoftHSM, redis_server: RedisServer
+) -> None:
+    """Anyone with the Redis URL can write there: keys of another type in the answers'
+    namespace, entries of a megabyte. They are skipped (and counted), never copied, and
+    a revocation still reaches the edge; the signing host keeps its lease."""
+    import redis
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    edge = None
+    try:
+        _filled(signing, setup)
+        client = redis.Redis(unix_socket_path=str(redis_server.socket))
+        client.set(b"hsm-ocsp:s:junk-string", b"x")  # a string where hashes live
+        client.rpush(b"hsm-ocsp:s:junk-list", b"x")
+        client.hset(b"hsm-ocsp:s:junk-big", b"f", b"\0" * (1 << 20))
+        edge = _edge(tmp_path, setup, redis_server.url)
+        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        assert status_of(edge.url, _body(setup, "good")) is GOOD
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        until(lambda: status_of(edge.url, _body(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
+        time.sleep(6)  # a flapping lease shows within a renewal or two
+        log = signing.log.read_text()
+        assert log.count("pre-producing for") == 1, log[-3000:]
+    finally:
+        if edge is not None:
+            edge.stop()
+        signing.stop()
