@@ -200,3 +200,103 @@ def test_a_second_serve_on_the_same_state_dir_is_refused_and_the_first_keeps_its
                 assert status_of(first.url, body) is REVOKED
     finally:
         first.stop()
+
+
+def test_remember_keeps_what_an_index_drops_and_releases_only_holds() -> None:
+    import datetime as dt
+
+    from hsm_ocsp.core.index import parse_index
+    from hsm_ocsp.core.model import Revocation, RevocationReason
+    from hsm_ocsp.core.revocation_memory import remember
+
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    held = {
+        1: Revocation(at, RevocationReason.KEY_COMPROMISE),
+        2: Revocation(at, RevocationReason.CERTIFICATE_HOLD, None, "1.2.840.10040.2.3"),
+        3: Revocation(at, RevocationReason.SUPERSEDED),
+    }
+    index = parse_index(
+        b"V\t301231235959Z\t\t01\tunknown\t/CN=a\n"  # revoked before, good now: kept
+        b"V\t301231235959Z\t\t02\tunknown\t/CN=b\n"  # a hold released
+        b"R\t301231235959Z\t260102000000Z,keyCompromise\t04\tunknown\t/CN=d\n"  # new
+    )  # serial 3 gone from the file: kept
+    found = remember(index, held)
+    assert sorted(found.kept) == [1, 3] and found.released == [2]
+    assert list(found.new) == [4]
+    assert found.snapshot.entries[1] == held[1] and found.snapshot.entries[3] == held[3]
+    assert found.snapshot.entries[2] is None
+    assert found.snapshot.counts["R"] == 3
+
+
+def test_a_revocation_survives_an_index_rewritten_in_place_with_a_pause(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A writer that truncates the index and pauses at a line boundary (over the one
+    tick an in-place change is given to settle): the half file is read, but a serial
+    seen revoked is answered revoked all along, never unknown or good."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    server = _serve(tmp_path, setup)
+    bodies = {n: _bodies(setup, n, ("sha1",))["sha1"] for n in ("revoked", "keycompromise")}
+    watch = Watch([server.url], bodies)
+    try:
+        for body in bodies.values():
+            assert status_of(server.url, body) is REVOKED
+        lines = setup.ca.index.read_bytes().splitlines(keepends=True)
+        assert b"/CN=keycompromise" in lines[2]
+        watch.start()
+        with setup.ca.index.open("r+b") as index:
+            index.truncate(0)
+            index.write(b"".join(lines[:2]))
+            index.flush()
+            time.sleep(3.0)  # three ticks: the half file is read
+            index.write(b"".join(lines[2:]))
+        time.sleep(3.0)
+        watch.stop()
+        assert "no longer shows" in server.log.read_text()
+    finally:
+        watch.stop()
+        server.stop()
+    answers = {(what, str(status)) for _, _, what, status in watch.seen}
+    assert answers == {(n, str(REVOKED)) for n in bodies}, answers
+
+
+def test_a_restored_older_index_does_not_unrevoke_until_the_operator_forgets(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """An operator restores index.txt from a backup made before a revocation: the serial
+    stays revoked (one warning, a metric); ``hsm-ocsp revocations forget`` and a SIGHUP
+    are the explicit way back."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    backup = setup.ca.index.read_bytes()
+    server = _serve(tmp_path, setup)
+    body = _bodies(setup, "good", ("sha256",))["sha256"]
+    watch = Watch([server.url], {"good": body})
+    try:
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        until(lambda: status_of(server.url, body) is REVOKED, 15)
+        watch.start()
+        restored = setup.ca.index.with_suffix(".restore")
+        restored.write_bytes(backup)
+        restored.rename(setup.ca.index)
+        until(lambda: _metric(server, "hsm_ocsp_index_revocations_dropped") == 1, 10)
+        time.sleep(2)
+        watch.stop()
+        assert {s[3] for s in watch.seen} == {REVOKED}
+        assert server.log.read_text().count("no longer shows") == 1
+        listed = _cli("revocations", "list", "--config", str(tmp_path / "config.toml"))
+        assert f"{setup.serial('good'):X}" in listed.stdout, listed
+        serial = f"{setup.serial('good'):X}"
+        done = _cli("revocations", "forget", "--config", str(tmp_path / "config.toml"),
+                    "--ca", "root", "--serial", serial)  # fmt: skip
+        assert done.returncode == 0 and "forgotten" in done.stdout, done
+        assert status_of(server.url, body) is REVOKED  # not before the SIGHUP
+        os.kill(server.process.pid, signal.SIGHUP)
+        until(lambda: status_of(server.url, body) is ocsp.OCSPCertStatus.GOOD, 15)
+    finally:
+        watch.stop()
+        server.stop()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hsm_ocsp", *args], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip

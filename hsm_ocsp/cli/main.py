@@ -1,4 +1,4 @@
-"""The ``hsm-ocsp`` command: serve, keygen, csr, check, store, demo."""
+"""The ``hsm-ocsp`` command: serve, keygen, csr, check, store, revocations, demo."""
 
 from __future__ import annotations
 
@@ -58,6 +58,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--config", required=True)
 
+    revocations = sub.add_parser("revocations", help="the revocations this host remembers")
+    rev_sub = revocations.add_subparsers(dest="revocations_command", required=True)
+    listed = rev_sub.add_parser("list", help="every remembered revocation, per CA")
+    listed.add_argument("--config", required=True)
+    forget = rev_sub.add_parser(
+        "forget", help="stop remembering revocations (taken up at the next SIGHUP or start)"
+    )
+    forget.add_argument("--config", required=True)
+    forget.add_argument("--ca", required=True, help="the [[ca]] name")
+    forget.add_argument(
+        "--serial", required=True, action="append", help="hexadecimal serial (repeatable)"
+    )
+
     demo = sub.add_parser("demo", help="make a demo token and CA, then serve them")
     demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")
     demo.add_argument("--port", type=int, default=8080)
@@ -96,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .store import run_store_stats
 
             return run_store_stats(args)
+        if args.command == "revocations":
+            from .revocations import run_revocations
+
+            return run_revocations(args)
         if args.command == "demo":
             from .demo import run_demo
 

@@ -23,6 +23,7 @@ from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
 from ..pkcs11.token_pool import TokenPool
 from ..store.fleet_store import FleetStore
+from ..store.ledger import LEDGER_NAME, Ledger
 from ..store.lmdb_store import LmdbStore
 from ..store.redis_fleet import Publisher, connect
 from ..store.redis_follower import Follower
@@ -96,8 +97,13 @@ def create_app(
     the link instead of HTTP). The token opens when the app starts."""
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[CONFIG] = config
+    # The revocations this host has seen (a revocation never goes back): in state_dir.
+    ledger = (
+        None if config.server.state_dir is None else Ledger(config.server.state_dir / LEDGER_NAME)
+    )
     app[SOURCES] = {
-        ca.name: IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes) for ca in config.cas
+        ca.name: IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes, ledger=ledger)
+        for ca in config.cas
     }
     app[TOKEN] = token if token is not None else build_token(config, pin, login_gate)
     app[KEYS] = ProvenKeys(app[TOKEN])
@@ -158,6 +164,9 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
     if gate is not None and app[CONFIG].server.workers == 1:
         gate.reset()
     running = app[RUNNING]["config"]
+    ledgers = {s.ledger for s in app[SOURCES].values() if s.ledger is not None}
+    for ledger in ledgers:  # an operator's ``revocations forget`` is taken up now
+        await asyncio.get_running_loop().run_in_executor(None, ledger.reread)
     read = functools.partial(read_reloadable, running, quiet=running.server.workers > 1)
     new = await asyncio.get_running_loop().run_in_executor(None, read)
     if new is not None and app[RUNNING]["config"] is running:  # no newer reload won

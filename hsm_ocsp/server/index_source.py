@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..core.errors import IndexFormatError
+from ..core.errors import HsmOcspError, IndexFormatError
 from ..core.index import DEFAULT_MAX_BYTES, IndexSnapshot, parse_index_stream
 from ..core.index_delta import reread_changed
+from ..store.ledger import Ledger
 
 __all__ = ["TRANSIENT_ERRNOS", "IndexSource"]
 
@@ -87,10 +88,23 @@ class IndexSource:
     or times moved is thrown away.
     """
 
-    def __init__(self, name: str, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        ledger: Ledger | None = None,
+    ) -> None:
+        """``ledger``: the revocations seen before, laid over every version read (a
+        revocation never goes back), and what a version shows first written down."""
         self.name = name
         self.path = path
         self.max_bytes = max_bytes
+        self.ledger = ledger
+        # A version read whole that could not be taken up for a fault of ours (its
+        # revocations could not be written down): its CA is not vouched for meanwhile.
+        self.untaken = False
         self.snapshot: IndexSnapshot | None = None
         self.last_error: str | None = None
         # Monotonic time since which the file on disk has not been taken up
@@ -148,10 +162,11 @@ class IndexSource:
                 self.path, None, f"{info.st_size} bytes, over ca.max_index_bytes ({self.max_bytes})"
             )
         try:
-            snapshot = self._read(fd, info)
+            snapshot = self._remembered(self._read(fd, info))
         except BaseException:
             os.close(fd)
             raise
+        self.untaken = False
         self.snapshot = snapshot
         self._keep(fd, info, snapshot)
         self._loaded_inode = info.st_ino
@@ -161,6 +176,18 @@ class IndexSource:
         if self.on_reload is not None:
             self.on_reload(snapshot)
         return snapshot
+
+    def _remembered(self, snapshot: IndexSnapshot) -> IndexSnapshot:
+        if self.ledger is None:
+            return snapshot
+        try:
+            return self.ledger.apply(self.name, snapshot)
+        except HsmOcspError as exc:
+            self.untaken = True
+            self._seen = None  # read it again next tick
+            raise IndexFormatError(
+                self.path, None, f"not taken up: {exc}", transient=True
+            ) from None
 
     def _read(self, fd: int, info: os.stat_result) -> IndexSnapshot:
         snapshot = self._changes_read(fd, info)

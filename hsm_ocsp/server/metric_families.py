@@ -142,6 +142,14 @@ class MetricFamilies:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.revocations_kept = Gauge(
+            PREFIX + "index_revocations_dropped",
+            "Revoked serials the CA's index in service no longer shows (a restored backup, "
+            "a rewrite caught half-way): still answered revoked, as first seen.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.store_records = Gauge(
             PREFIX + "store_records",
             "Records in the host's answer store.",

@@ -77,7 +77,11 @@ def _settler(app: web.Application, ca: str) -> Callable[[], None]:
     production = app.get(PRODUCTION)
     vouches = app.get(VOUCHES)
 
+    source = app[SOURCES][ca]
+
     def settle() -> None:
+        if source.untaken:  # a version of the index is waiting to be taken up
+            return
         if production is not None and not production.settle(ca):
             return
         if vouches is not None:
@@ -94,6 +98,9 @@ def _report(app: web.Application, name: str) -> None:
     production = app.get(PRODUCTION)
     if production is not None:
         app[METRICS].withdrawals_pending.labels(name).set(production.unwithdrawn(name))
+    ledger = app[SOURCES][name].ledger
+    if ledger is not None:
+        app[METRICS].revocations_kept.labels(name).set(ledger.kept.get(name, 0))
 
 
 async def watch_token(app: web.Application) -> None:
