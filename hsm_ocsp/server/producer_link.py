@@ -45,6 +45,27 @@ def socket_path(state_dir: Path) -> Path:
     return state_dir / "producer.sock"
 
 
+_SUN_PATH = 100  # a Unix socket's path must fit sockaddr_un (108 bytes with its NUL)
+
+
+class _Reachable:
+    """The path to bind or connect to for ``path``: itself, or, when it is too long for
+    a Unix socket (a deep state_dir), the same file reached through a descriptor of its
+    directory (``/proc/self/fd/N/producer.sock``), held open while in use."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd: int | None = None
+        self.path = str(path)
+        if len(self.path.encode()) >= _SUN_PATH:
+            self.fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.path = f"/proc/self/fd/{self.fd}/{path.name}"
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 async def _read_frames(reader: asyncio.StreamReader, buffer: bytearray) -> list[tuple[int, bytes]]:
     """The (id, payload) of the frames one more read completes (often several, at
     times none); ConnectionError at the end of the stream. ``buffer`` keeps the part
@@ -84,7 +105,11 @@ async def serve_link(path: Path, respond: Respond, problems: Problems) -> asynci
                 task.cancel()
             writer.close()
 
-    server = await asyncio.start_unix_server(connection, str(path))
+    reachable = _Reachable(path)
+    try:
+        server = await asyncio.start_unix_server(connection, reachable.path)
+    finally:
+        reachable.close()  # bound: the socket stays where it is
     os.chmod(path, 0o600)
     return server
 
@@ -167,8 +192,10 @@ class ProducerClient:
             self._connecting = None
 
     async def _connect(self) -> bool:
+        reachable = None
         try:
-            reader, self._writer = await asyncio.open_unix_connection(str(self.path))
+            reachable = _Reachable(self.path)
+            reader, self._writer = await asyncio.open_unix_connection(reachable.path)
         except OSError as exc:
             self._failed_at = time.monotonic()
             if not self._said:
@@ -176,6 +203,9 @@ class ProducerClient:
                             "the store lacks", self.path, exc.strerror)  # fmt: skip
                 self._said = True
             return False
+        finally:
+            if reachable is not None:  # connected (or not): the descriptor is not needed
+                reachable.close()
         self._outbox = Outbox(self._writer)
         if self._said:
             log.info("producer reachable again")
