@@ -147,3 +147,101 @@ def test_junk_in_redis_is_skipped_and_replication_goes_on(
         if edge is not None:
             edge.stop()
         signing.stop()
+
+
+def _serial_name(setup: CASetup, name: str) -> bytes:
+    from hsm_ocsp.core.shared_answers import serial_prefix
+    from hsm_ocsp.store.redis_fleet import SERIAL
+
+    return SERIAL + serial_prefix("root", setup.serial(name))
+
+
+def test_an_old_answer_or_junk_written_back_into_redis_is_never_served(
+    tmp_path: Path, softhsm: SoftHSM, redis_server: RedisServer
+) -> None:
+    """Anyone holding the Redis URL writes back the signed good answer of a serial revoked
+    since, and 2,000 random bytes as another serial's answer, in the hash and the change
+    stream. Neither the edge nor the lease holder serves either; the lease holder puts
+    its own answers back, so a new edge copies the right ones."""
+    import os
+
+    import redis
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    edge = fresh = None
+    try:
+        _filled(signing, setup)
+        edge = _edge(tmp_path, setup, redis_server.url)
+        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        client = redis.Redis(unix_socket_path=str(redis_server.socket))
+        good, expired = _serial_name(setup, "good"), _serial_name(setup, "expired")
+        old = client.hgetall(good)
+        assert len(old) == 2
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        for server in (signing, edge):
+            until(lambda s=server: status_of(s.url, _body(setup, "good")) is REVOKED, 20)  # type: ignore[misc]
+        stream = b"hsm-ocsp:changes"
+        prefix = good[len(b"hsm-ocsp:s:") :]
+        for der, value in old.items():
+            client.hset(good, der, value)
+            client.xadd(stream, {b"o": b"p", b"p": prefix, b"f": der, b"v": value, b"h": b"x"})
+        der = next(iter(client.hgetall(expired)))
+        junk = os.urandom(2000)
+        client.hset(expired, der, junk)
+        client.xadd(stream, {b"o": b"p", b"p": expired[len(b"hsm-ocsp:s:") :], b"f": der,
+                             b"v": junk, b"h": b"x"})  # fmt: skip
+        time.sleep(3)
+        for server in (signing, edge):
+            for algorithm in ("sha1", "sha256"):
+                for _ in range(4):
+                    assert status_of(server.url, _body(setup, "good", algorithm)) is REVOKED
+                    assert status_of(server.url, _body(setup, "expired", algorithm)) is GOOD
+        assert _metric(edge, "hsm_ocsp_replication_refused") >= 3
+        fresh = _edge(tmp_path, setup, redis_server.url, "fresh")  # copies Redis now
+        until(lambda: _ready(fresh), 30)  # type: ignore[arg-type]
+        for algorithm in ("sha1", "sha256"):
+            assert status_of(fresh.url, _body(setup, "good", algorithm)) is REVOKED
+            assert status_of(fresh.url, _body(setup, "expired", algorithm)) is GOOD
+    finally:
+        for running in (fresh, edge):
+            if running is not None:
+                running.stop()
+        signing.stop()
+
+
+def test_a_redis_restored_from_an_older_snapshot_is_found_and_refilled(
+    tmp_path: Path, softhsm: SoftHSM, redis_server: RedisServer
+) -> None:
+    """Redis restarts from the snapshot it saved before a revocation: the old good answer
+    is back in it, with the old epoch. The edge that saw the revocation never goes back;
+    the lease holder sees that Redis went back and publishes again, so an edge that
+    copies it afresh ends with the revocation too."""
+    import redis
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    edge = fresh = None
+    try:
+        _filled(signing, setup)
+        edge = _edge(tmp_path, setup, redis_server.url)
+        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        redis.Redis(unix_socket_path=str(redis_server.socket)).save()  # the old snapshot
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        until(lambda: status_of(edge.url, _body(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
+        redis_server.kill()
+        redis_server.start()  # loads the snapshot: the good answer is back
+        restored = time.monotonic()
+        fresh = _edge(tmp_path, setup, redis_server.url, "fresh")
+        until(lambda: "went back in time" in signing.log.read_text(), 20)
+        for algorithm in ("sha1", "sha256"):
+            until(lambda a=algorithm: status_of(fresh.url, _body(setup, "good", a)) is REVOKED, 20)  # type: ignore[misc, union-attr]
+        for _ in range(5):
+            for server in (edge, fresh):
+                assert status_of(server.url, _body(setup, "good")) is REVOKED
+        assert time.monotonic() - restored < 30
+    finally:
+        for running in (fresh, edge):
+            if running is not None:
+                running.stop()
+        signing.stop()

@@ -21,11 +21,19 @@ from .clock import utcnow
 from .errors import MalformedRequestError
 from .limits import LIMITS
 from .model import OCSPResponseStatus
+from .record_check import RecordChecker
 from .reply import UNSUCCESSFUL, Events, Reply
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
 from .request import decode_request
 from .responder import Issuer, SigningCertificate, select_issuer
-from .shared_answers import SharedAnswers, decode, keyable, shared_key, signer_fingerprint
+from .shared_answers import (
+    SharedAnswers,
+    StoredAnswer,
+    decode,
+    keyable,
+    shared_key,
+    signer_fingerprint,
+)
 
 __all__ = ["Ask", "FrontService"]
 
@@ -66,6 +74,7 @@ class FrontService:
         events: Events | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         vouched: Callable[[str], bool] | None = None,
+        check: RecordChecker | None = None,
     ) -> None:
         """``vouched(ca)``: whether the producer has lately said that the store holds
         what the CA's index says (store/vouch.py); while it has not, every answer of the
@@ -73,6 +82,7 @@ class FrontService:
         self.issuers = tuple(issuers)
         self.issuer_names = frozenset(i.name for i in issuers)
         self._vouched = vouched
+        self.check = check  # a record is served only if its signed body says what it says
         self._shared = shared
         self._ask = ask
         self.max_cert_ids = max_cert_ids
@@ -155,7 +165,7 @@ class FrontService:
         if memo is not None and memo.data == data:  # the same record: not refreshed yet
             memo.generation, memo.recheck = generation, min(memo.next_update, now + RECHECK)
             return memo
-        record = decode(data)
+        record = self._record(key, data)
         if record is None:
             return None
         recheck = record.refresh_at if record.refresh_at > now else now + RECHECK
@@ -193,8 +203,20 @@ class FrontService:
             del known[next(iter(known))]
         known[request] = found
 
-    def replace_issuers(self, issuers: Sequence[Issuer]) -> None:
-        """A reload: new certificates or rules for the same CAs."""
+    def _record(self, key: bytes, data: bytes) -> StoredAnswer | None:
+        """The record, checked against its signed body when a checker was given: a record
+        that is not what it claims (damage, bytes put there) is never served."""
+        if self.check is None:
+            return decode(data)
+        checked = self.check.check(key, data)
+        return None if checked is None else checked.record
+
+    def replace_issuers(
+        self, issuers: Sequence[Issuer], check: RecordChecker | None = None
+    ) -> None:
+        """A reload: new certificates or rules for the same CAs (and their keys)."""
+        if check is not None:
+            self.check = check
         self.issuers = tuple(issuers)
         self.issuer_names = frozenset(i.name for i in issuers)
         self._known.clear()

@@ -23,6 +23,7 @@ from .limits import LIMITS
 from .model import OCSPResponseStatus
 from .ocsp import CertID, OCSPRequest
 from .pre_production import produced_ahead
+from .record_check import RecordChecker
 from .refresh import refresh_time
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
@@ -291,9 +292,12 @@ class OCSPService:
         self._cache.put(key, entry, size, main=True)
         return entry
 
-    def replace_issuers(self, issuers: Sequence[Issuer]) -> None:
+    def replace_issuers(
+        self, issuers: Sequence[Issuer], check: RecordChecker | None = None
+    ) -> None:
         """New certificates or rules for the same CAs (a reload); the cached answers,
-        signed under the old ones, are dropped."""
+        signed under the old ones, are dropped. (``check`` is the front's: this service
+        takes a stored answer only if it says what the index says.)"""
         self.issuers = tuple(issuers)
         self.issuer_names = frozenset(i.name for i in issuers)
         self._cache = ReplyCache(self.cache_entries, self._cache_bytes)

@@ -48,6 +48,7 @@ _HEADER = struct.Struct("!qqq8s8sBH")  # produced, next, refresh, signer, truth,
 _TRUTH = slice(32, 40)  # where the truth is in a record
 _STATUSES = list(CertStatus)
 MISSING = object()  # what the index says of a serial it does not hold
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z
 NOT_IN_INDEX = b"unknown\0"  # the truth of an answer for such a serial
 
 
@@ -120,6 +121,8 @@ def decode(data: bytes) -> StoredAnswer | None:
     start = _HEADER.size + etag_length
     if status >= len(_STATUSES) or len(data) <= start:
         return None
+    if not all(0 <= t < _LAST_SECOND for t in (produced, next_update, refresh)):
+        return None  # no datetime holds it: damage, or bytes that are no record
     try:
         etag = data[_HEADER.size : start].decode("ascii")
     except UnicodeDecodeError:

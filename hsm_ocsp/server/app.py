@@ -16,12 +16,16 @@ from ..config.pin import read_pin
 from ..config.reload import read_reloadable
 from ..core.errors import HsmOcspError, TokenError
 from ..core.index import IndexSnapshot
+from ..core.record_check import RecordChecker, SignerKeys
 from ..core.responder import Issuer
 from ..core.service import OCSPService
+from ..core.shared_answers import signer_fingerprint
+from ..core.signing import SignatureScheme
 from ..pkcs11.key_set import ProvenKeys, key_specs, take_keys
 from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
 from ..pkcs11.token_pool import TokenPool
+from ..store.copy_memory import CopyMemory
 from ..store.fleet_store import FleetStore
 from ..store.ledger import LEDGER_NAME, Ledger
 from ..store.lmdb_store import LmdbStore
@@ -81,6 +85,19 @@ def issuers_of(config: Config) -> list[Issuer]:
         )
         for ca in config.cas
     ]
+
+
+def signer_keys(config: Config) -> SignerKeys:
+    """Per CA, the key and scheme of each certificate that signs for it, by the
+    fingerprint stored records carry: what a copied or served record is checked with."""
+    keys: dict[str, dict[bytes, tuple[object, SignatureScheme]]] = {}
+    for ca, issuer in zip(config.cas, issuers_of(config), strict=True):
+        certificates = [c for _, c in ca.signing_certificates]  # in the issuer's order
+        keys[ca.name] = {
+            signer_fingerprint(signer): (cert.public_key(), ca.scheme_for(cert))
+            for signer, cert in zip(issuer.signers, certificates, strict=True)
+        }
+    return keys
 
 
 def create_app(
@@ -193,7 +210,8 @@ def _store(config: Config) -> LmdbStore | FleetStore | None:
         return local
     names = [ca.name for ca in config.cas]
     publisher = Publisher(connect(config.store.redis), local, names)
-    follower = Follower(connect(config.store.redis), local, skip=publisher.host)
+    check, memory = RecordChecker(signer_keys(config)), CopyMemory(config.server.state_dir)
+    follower = Follower(connect(config.store.redis), local, check, memory, skip=publisher.host)
     return FleetStore(local, publisher, follower)
 
 

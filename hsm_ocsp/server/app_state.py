@@ -8,6 +8,7 @@ from typing import Protocol
 from aiohttp import web
 
 from ..config.model import Config
+from ..core.record_check import RecordChecker
 from ..core.reply import Reply
 from ..core.responder import Issuer
 from ..pkcs11.key_set import ProvenKeys
@@ -28,7 +29,9 @@ class Answers(Protocol):
 
     async def respond(self, data: bytes, ca_name: str | None = None) -> Reply: ...
 
-    def replace_issuers(self, issuers: Sequence[Issuer]) -> None: ...
+    def replace_issuers(
+        self, issuers: Sequence[Issuer], check: RecordChecker | None = None
+    ) -> None: ...
 
     def cache_bytes(self) -> int: ...
 

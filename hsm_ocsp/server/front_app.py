@@ -15,9 +15,10 @@ from aiohttp import web
 from ..config.model import Config, NonceMode
 from ..config.reload import read_reloadable
 from ..core.front_service import FrontService
+from ..core.record_check import RecordChecker
 from ..store.lmdb_store import LmdbStore
 from ..store.vouch import Vouches
-from .app import issuers_of
+from .app import issuers_of, signer_keys
 from .app_state import CONFIG, METRICS, PRODUCER, RUNNING, SERVICE
 from .health import front_readyz
 from .metrics import Metrics
@@ -55,6 +56,7 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         cache_bytes=config.server.cache_bytes,
         events=metrics,
         vouched=None if vouches is None else vouches.vouched,
+        check=RecordChecker(signer_keys(config)),
     )
     app[RUNNING] = {"config": config}
     app.cleanup_ctx.append(_lifecycle(store, handle_signals))
@@ -71,7 +73,7 @@ async def _reload(app: web.Application) -> None:
     new = await asyncio.get_running_loop().run_in_executor(None, read)
     if new is not None and app[RUNNING]["config"] is running:
         app[RUNNING]["config"] = new
-        app[SERVICE].replace_issuers(issuers_of(new))
+        app[SERVICE].replace_issuers(issuers_of(new), RecordChecker(signer_keys(new)))
         log.info("configuration reloaded from %s", new.path)
 
 

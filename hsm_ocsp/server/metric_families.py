@@ -144,7 +144,7 @@ class MetricFamilies:
         )
         self.revocations_kept = Gauge(
             PREFIX + "index_revocations_dropped",
-            "Revoked serials the CA's index in service no longer shows (a restored backup, "
+            "Revocations the CA's index in service no longer shows (a restored backup, "
             "a rewrite caught half-way): still answered revoked, as first seen.",
             ["ca"],
             registry=r,
@@ -153,6 +153,14 @@ class MetricFamilies:
         self.store_records = Gauge(
             PREFIX + "store_records",
             "Records in the host's answer store.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.replication_refused = Gauge(
+            PREFIX + "replication_refused",
+            "Entries of the fleet's Redis this edge did not copy since it started: not an "
+            "answer signed for its CA that says what it claims, older than what it held "
+            "or saw withdrawn, not revoked for a certificate seen revoked, or junk.",
             registry=r,
             multiprocess_mode="livemax",
         )

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from ..config.model import Config
 from ..core.clock import utcnow
 from ..core.index import IndexSnapshot
+from ..core.model import CertStatus
 from ..core.pre_production import (
     SIGN_REASON,
     Reason,
@@ -37,6 +38,8 @@ from ..core.responder import Issuer
 from ..core.service import OCSPService
 from ..core.shared_answers import (
     cert_id_of,
+    decode,
+    parse_key,
     shared_key,
     signer_fingerprint,
 )
@@ -155,9 +158,18 @@ class Production:
             self.store.start()
 
     def _accepts(self, key: bytes, value: bytes) -> bool:
-        """Whether a record another host published says what this host's index says."""
+        """Whether a record another host published (its header checked against its signed
+        body already) says what this host's index says: the same entry, and the status
+        that entry gives (never a good answer for a serial the index says is revoked)."""
         snapshots = {name: source.snapshot for name, source in self.sources.items()}
-        return next(untrue_keys([(key, value)], snapshots), None) is None
+        if next(untrue_keys([(key, value)], snapshots), None) is not None:
+            return False
+        parsed, record = parse_key(key), decode(value)
+        snapshot = snapshots.get(parsed[0]) if parsed is not None else None
+        if parsed is None or record is None or snapshot is None:
+            return False
+        truth = snapshot.entries.get(parsed[1])
+        return record.cert_status is (CertStatus.GOOD if truth is None else CertStatus.REVOKED)
 
     def _leads_changed(self) -> None:  # in the publisher's thread
         if self._loop is not None:

@@ -14,10 +14,13 @@ import signal
 
 from ..config.model import Config
 from ..core.errors import EXIT_OK
+from ..core.record_check import RecordChecker
 from ..core.reply import Reply
+from ..store.copy_memory import CopyMemory
 from ..store.lmdb_store import LmdbStore
 from ..store.redis_fleet import connect
 from ..store.redis_follower import Follower
+from .app import signer_keys
 from .metrics import Metrics
 from .producer_link import TRY_LATER, serve_link, socket_path
 from .worker import new_event_loop
@@ -34,7 +37,9 @@ async def _nothing_to_sign(data: bytes, ca_name: str | None) -> Reply:
 async def _replicate(config: Config) -> None:
     assert config.server.state_dir is not None and config.store.redis is not None
     store = LmdbStore(config.server.state_dir)
-    follower = Follower(connect(config.store.redis), store)
+    memory = CopyMemory(config.server.state_dir)
+    check = RecordChecker(signer_keys(config))
+    follower = Follower(connect(config.store.redis), store, check, memory)
     follower.start()
     metrics = Metrics()
 
@@ -52,6 +57,7 @@ async def _replicate(config: Config) -> None:
             metrics.replication_connected.set(int(follower.connected))
             metrics.replication_lag.set(follower.behind_ms / 1000)
             metrics.store_records.set(store.entries())
+            metrics.replication_refused.set(follower.refused + follower.skipped)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:

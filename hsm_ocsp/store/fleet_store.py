@@ -23,6 +23,20 @@ class FleetStore:
         self.publisher = publisher
         self.follower = follower
         self.path = local.path
+        follower.on_refused = self._refused
+
+    def _refused(self, key: bytes) -> None:
+        """A record in Redis this host would not copy (an old answer written back, bytes
+        that are no answer): for a CA whose lease it holds, it puts its own back (or
+        withdraws the serial), so that Redis does not keep serving it to edges."""
+        parsed = parse_key(key)
+        if parsed is None or not self.publisher.leads(parsed[0]):
+            return
+        value = self.local.get(key)
+        if value is not None:
+            self.publisher.put(key, value)
+        else:
+            self.publisher.withdraw([key[: len(key) - _der_length(key)]])
 
     def start(self) -> None:
         self.publisher.start()

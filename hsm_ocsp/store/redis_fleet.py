@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,6 +31,7 @@ import redis
 
 from ..core.shared_answers import cert_id_of
 from .lmdb_store import LmdbStore
+from .vouch import preallocated_map
 
 __all__ = ["BATCH", "EPOCH", "RETRY", "SERIAL", "STREAM", "Publisher", "Said", "connect"]
 
@@ -37,6 +39,8 @@ log = logging.getLogger("hsm_ocsp.fleet")
 SERIAL = b"hsm-ocsp:s:"
 STREAM = b"hsm-ocsp:changes"
 EPOCH = b"hsm-ocsp:epoch"
+SEQ = b"hsm-ocsp:seq"  # goes up with every batch a publisher writes
+_SEQ = struct.Struct("=q")
 LEASE = "hsm-ocsp:lease:"
 STREAM_LENGTH = 200_000
 MAX_PUTS = 100_000  # puts waiting for Redis; beyond, the whole store is published again
@@ -88,6 +92,9 @@ class Publisher:
     def __init__(self, client: Any, local: LmdbStore, cas: Sequence[str]) -> None:
         self.client = client
         self.local = local
+        # The last value of hsm-ocsp:seq this host made (kept in state_dir across restarts):
+        # a Redis that holds a lower one went back in time (restored from a snapshot).
+        self._seq = preallocated_map(local.path.parent / "fleet-seq", _SEQ.size)
         self.host = f"{os.uname().nodename}:{os.getpid()}".encode()
         self.cas = tuple(cas)
         self.held: frozenset[str] = frozenset()
@@ -134,6 +141,10 @@ class Publisher:
                 self._check_epoch()
                 self._send()
                 self._said.ok()
+            except redis.ResponseError as exc:  # Redis answers: a key of ours is junk
+                self._repair(exc)
+                self._stop.wait(RETRY)
+                continue
             except redis.RedisError as exc:
                 self._said.failed(exc)
                 self.held = frozenset()  # a lease not renewed is not relied on
@@ -160,6 +171,18 @@ class Publisher:
 
     def _check_epoch(self) -> None:
         epoch = self.client.get(EPOCH)
+        seen = int(_SEQ.unpack_from(self._seq)[0])
+        try:
+            now = int(self.client.get(SEQ) or 0)
+        except ValueError:  # not a number: junk; counted again from nothing
+            self.client.delete(SEQ)
+            now = 0
+        if epoch is not None and now < seen:  # restored from an older snapshot
+            log.warning("Redis went back in time (hsm-ocsp:seq %d, this host wrote %d): "
+                        "its answers are published again", now, seen)  # fmt: skip
+            self._forget_ours()
+            self.client.set(EPOCH, os.urandom(8).hex().encode())
+            epoch = None  # below: a new data set
         if epoch is None:  # an empty Redis (new, or restarted without its data)
             self.client.set(EPOCH, os.urandom(8).hex().encode(), nx=True)
             epoch = self.client.get(EPOCH)
@@ -167,6 +190,30 @@ class Publisher:
         if epoch != self._epoch and self._epoch is not None:
             self._republish = True
         self._epoch = epoch
+
+    def _repair(self, exc: redis.ResponseError) -> None:
+        """A key of this namespace holds what it should not (another type, say: anyone
+        with the Redis URL may write there). The key is deleted, the whole store is
+        published again, and the leases are kept: only a Redis out of reach drops them."""
+        log.warning("Redis refused a write (%s): repairing hsm-ocsp's own keys", exc)
+        kinds = {STREAM: b"stream", EPOCH: b"string", SEQ: b"string"}
+        for key, kind in kinds.items():
+            if self.client.type(key) not in (kind, b"none"):
+                self.client.delete(key)
+        self._republish = True
+
+    def _forget_ours(self) -> None:
+        """Delete every serial of the CAs this host leads from Redis: what a restored
+        Redis holds of them may be older than what this host publishes again."""
+        for ca in self.held:
+            pattern = SERIAL + ca.encode() + b"\0*"
+            names = list(self.client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(names), BATCH):
+                self.client.delete(*names[start : start + BATCH])
+
+    def _count(self) -> None:
+        """One more batch written: hsm-ocsp:seq goes up, and this host notes it."""
+        _SEQ.pack_into(self._seq, 0, int(self.client.incr(SEQ)))
 
     def _send(self) -> None:
         while self._withdrawals:  # first: a withdrawal never waits behind puts
@@ -177,6 +224,7 @@ class Publisher:
                 pipe.xadd(STREAM, {b"o": b"w", b"p": prefix, b"h": self.host},
                           maxlen=STREAM_LENGTH, approximate=True)  # fmt: skip
             pipe.execute()
+            self._count()
             for _ in batch:  # sent: only now off the queue
                 self._withdrawals.popleft()
         if self._republish:  # the records only, then one marker: followers copy it all
@@ -185,9 +233,11 @@ class Publisher:
             self._publish(self.local.items(), stream=False)
             self.client.xadd(STREAM, {b"o": b"r", b"h": self.host}, maxlen=STREAM_LENGTH,
                              approximate=True)  # fmt: skip
+            self._count()
         while self._puts:
             puts = [self._puts[i] for i in range(min(BATCH, len(self._puts)))]
             self._publish(puts)
+            self._count()
             for _ in puts:
                 self._puts.popleft()
 

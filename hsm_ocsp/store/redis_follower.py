@@ -14,23 +14,41 @@ from typing import Any
 
 from redis import RedisError, ResponseError
 
-from ..core.shared_answers import cert_id_of
+from ..core.model import CertStatus
+from ..core.record_check import MAX_KEY, MAX_RECORD, RecordChecker
+from ..core.shared_answers import StoredAnswer, cert_id_of, decode
+from .copy_memory import CopyMemory
 from .lmdb_store import LmdbStore
 from .redis_fleet import BATCH, EPOCH, RETRY, SERIAL, STREAM, Said
 
 __all__ = ["Follower"]
 
 log = logging.getLogger("hsm_ocsp.fleet")
-MAX_KEY = 1024  # bytes of a serial's key or a CertID: far above any real one
-MAX_RECORD = 16 * 1024  # bytes of one record: an answer with a responder certificate
+REVOKED = CertStatus.REVOKED
 
 
 class Follower:
     """Copies Redis into this host's store: all of it, then each change as it comes."""
 
-    def __init__(self, client: Any, local: LmdbStore, skip: bytes | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        local: LmdbStore,
+        check: RecordChecker,
+        memory: CopyMemory,
+        skip: bytes | None = None,
+    ) -> None:
+        """``check``: a record is copied only if its body is an answer signed for its
+        CA that says what its header says; ``memory``: what was seen before, so that
+        nothing older (or revoked before) is taken again, whatever Redis holds."""
         self.client = client
         self.local = local
+        self.check = check
+        self.memory = memory
+        self.refused = 0  # records not copied: unsigned, not what they claim, or older
+        # Told of each key whose record was not taken (the lease holder publishes its own
+        # again: Redis must not keep an answer it refuses).
+        self.on_refused: Callable[[bytes], None] | None = None
         self.skip = skip  # a signing host's own entries: already in its store
         # A signing host takes a record only if its own index says the same (else the
         # serial is fetched again when its index changes: refetch).
@@ -54,6 +72,7 @@ class Follower:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
+        self.memory.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -115,7 +134,7 @@ class Follower:
         gone: set[bytes] = set()
         if self.accept is None:  # an edge: Redis is its only truth (a signing host has its index)
             gone = {k[: len(k) - len(cert_id_of(k))] for k, _ in self.local.items()} - seen
-            self.local.withdraw(sorted(gone))
+            self._withdraw(sorted(gone))
         self.synced = True
         log.info("answer store copied from Redis: %d records here, %d serials withdrawn",
                  self.local.entries(), len(gone))  # fmt: skip
@@ -138,8 +157,44 @@ class Follower:
         self._refetch.extend(prefixes)
 
     def _put(self, items: list[tuple[bytes, bytes]]) -> None:
-        accept = self.accept
-        self.local.put_many(items if accept is None else [i for i in items if accept(*i)])
+        checked = [(k, v, self.check.check(k, v)) for k, v in items]
+        # Revocations first: a serial revoked in one CertID form is revoked in every form.
+        checked.sort(key=lambda c: c[2] is None or c[2].record.cert_status is not REVOKED)
+        taken: list[tuple[bytes, bytes]] = []
+        revoked: set[bytes] = set()
+        for key, value, found in checked:
+            prefix = key[: len(key) - len(cert_id_of(key))]
+            if found is None or not self._newer(key, prefix, found.record, revoked):
+                self.refused += 1
+                if self.on_refused is not None:
+                    self.on_refused(key)
+                continue
+            if self.accept is not None and not self.accept(key, value):
+                if self.on_refused is not None:
+                    self.on_refused(key)
+                continue
+            taken.append((key, value))
+            if found.record.cert_status is REVOKED and not found.hold:
+                revoked.add(prefix)
+        self.memory.revoked(revoked)  # before the copy: a crash between keeps the rule
+        self.local.put_many(taken)
+
+    def _newer(self, key: bytes, prefix: bytes, record: StoredAnswer, revoked: set[bytes]) -> bool:
+        """Whether ``record`` goes back on nothing this host has held or seen (``revoked``:
+        serials just seen revoked, not yet remembered)."""
+        if prefix in revoked and record.cert_status is not REVOKED:
+            return False
+        held = self.local.get(key)
+        before = None if held is None else decode(held)
+        if before is not None and record.produced_at < before.produced_at:
+            return False
+        return self.memory.takes(key, prefix, record)
+
+    def _withdraw(self, prefixes: list[bytes]) -> None:
+        """Withdraw here, remembering what was held (an older answer is not taken again)."""
+        held = [(k, r) for p in prefixes for k, v in self.local.items(p) if (r := decode(v))]
+        self.memory.withdrawn(held)
+        self.local.withdraw(prefixes)
 
     def _apply(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         puts: list[tuple[bytes, bytes]] = []
@@ -147,11 +202,11 @@ class Follower:
             if self.skip is not None and fields.get(b"h") == self.skip:
                 pass
             elif fields.get(b"o") == b"w":
-                self.local.put_many(puts)
+                self._put(puts)
                 puts = []
-                self.local.withdraw([fields[b"p"]])
+                self._withdraw([fields.get(b"p", b"")[:MAX_KEY]])
             elif fields.get(b"o") == b"p":
-                puts.append((fields[b"p"] + fields[b"f"], fields[b"v"]))
+                puts.append((fields.get(b"p", b"") + fields.get(b"f", b""), fields.get(b"v", b"")))
             elif fields.get(b"o") == b"r":  # a whole store was published again
                 self._put(puts)
                 self._copy_all()
