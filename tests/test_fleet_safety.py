@@ -49,12 +49,16 @@ def _ready(server: RunningServer) -> bool:
         return False
 
 
-def _signing_host(tmp_path: Path, setup: CASetup, redis_url: str, name: str) -> RunningServer:
+def _signing_host(
+    tmp_path: Path, setup: CASetup, redis_url: str, name: str, index: Path | None = None
+) -> RunningServer:
     port = free_port()
     config = write_config(
         tmp_path / f"{name}.toml", {"root": setup}, port=port,
         server=f'workers = 2\nstate_dir = "{tmp_path / name}"\n\n[store]\nredis = "{redis_url}"',
     )  # fmt: skip
+    if index is not None:  # a copy of the CA's index, as another host holds it
+        config.write_text(config.read_text().replace(str(setup.ca.index), str(index)))
     return start_server(config, port, tmp_path / f"{name}.log")
 
 
@@ -245,3 +249,52 @@ def test_a_redis_restored_from_an_older_snapshot_is_found_and_refilled(
             if running is not None:
                 running.stop()
         signing.stop()
+
+
+def test_a_signing_host_whose_index_lags_never_takes_the_lease(
+    tmp_path: Path, softhsm: SoftHSM, redis_server: RedisServer
+) -> None:
+    """Host A leads; host B reads a copy of the index that lags (20 revocations behind).
+    A stops: B does not take the lease while its index is behind the fleet's view, so it
+    never publishes its older answers; the edge keeps answering the revocations. Once
+    B's copy catches up, B leads."""
+    import shutil
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    victims = [f"v{i}" for i in range(20)]
+    for name in victims:
+        setup.certs[name] = setup.ca.issue(name)
+    lagging = tmp_path / "copy" / "index.txt"
+    lagging.parent.mkdir()
+    shutil.copy(setup.ca.index, lagging)
+    first = _signing_host(tmp_path, setup, redis_server.url, "a")
+    second = edge = None
+    try:
+        until(lambda: "pre-producing for root" in first.log.read_text(), 20)
+        second = _signing_host(tmp_path, setup, redis_server.url, "b", index=lagging)
+        _filled(first, setup)
+        edge = _edge(tmp_path, setup, redis_server.url)
+        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        for name in victims:
+            setup.ca.revoke(setup.certs[name], "-crl_reason", "superseded")
+        revoked_at = time.monotonic()
+        for name in victims:
+            until(lambda n=name: status_of(edge.url, _body(setup, n)) is REVOKED, 20)  # type: ignore[misc, union-attr]
+        first.stop()  # its lease runs out in 15 s
+        until(lambda: "behind the fleet's" in second.log.read_text(), 25)  # type: ignore[union-attr]
+        time.sleep(6)
+        assert "pre-producing for root" not in second.log.read_text()
+        for name in victims:
+            assert status_of(edge.url, _body(setup, name)) is REVOKED, name
+        assert time.monotonic() > revoked_at
+        copied = lagging.with_suffix(".new")
+        shutil.copy(setup.ca.index, copied)
+        copied.rename(lagging)  # B's copy catches up
+        until(lambda: "pre-producing for root" in second.log.read_text(), 20)  # type: ignore[union-attr]
+        for name in victims[:5]:
+            assert status_of(edge.url, _body(setup, name)) is REVOKED, name
+    finally:
+        for running in (edge, second):
+            if running is not None:
+                running.stop()
+        first.stop()

@@ -29,7 +29,7 @@ from ..store.copy_memory import CopyMemory
 from ..store.fleet_store import FleetStore
 from ..store.ledger import LEDGER_NAME, Ledger
 from ..store.lmdb_store import LmdbStore
-from ..store.redis_fleet import Publisher, connect
+from ..store.redis_fleet import Publisher, connect, fleet_view
 from ..store.redis_follower import Follower
 from ..store.vouch import VOUCH_FOR, Vouches
 from .app_state import (
@@ -127,7 +127,7 @@ def create_app(
     issuers = issuers_of(config)
     sources = app[SOURCES]
     metrics = app[METRICS] = _metrics(config, sources, app[TOKEN])
-    store = _store(config)  # opened after fork
+    store = _store(config, sources)  # opened after fork
     app[SERVICE] = OCSPService(
         issuers,
         functools.partial(_looked_at, sources),
@@ -201,7 +201,24 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
     wake.set()
 
 
-def _store(config: Config) -> LmdbStore | FleetStore | None:
+class _Views:
+    """Each CA's fleet view (redis_fleet.fleet_view), worked out once per index version."""
+
+    def __init__(self, sources: dict[str, IndexSource]) -> None:
+        self._sources = sources
+        self._known: dict[str, tuple[IndexSnapshot, tuple[int, int] | None]] = {}
+
+    def of(self, ca: str) -> tuple[int, int] | None:
+        snapshot = self._sources[ca].snapshot
+        known = self._known.get(ca)
+        if snapshot is None or known is None or known[0] is not snapshot:
+            if snapshot is None:
+                return None
+            known = self._known[ca] = (snapshot, fleet_view(snapshot))
+        return known[1]
+
+
+def _store(config: Config, sources: dict[str, IndexSource]) -> LmdbStore | FleetStore | None:
     """The host's answer store; in a fleet, what it writes goes on to Redis too."""
     if config.server.state_dir is None:
         return None
@@ -209,7 +226,7 @@ def _store(config: Config) -> LmdbStore | FleetStore | None:
     if config.store.redis is None:
         return local
     names = [ca.name for ca in config.cas]
-    publisher = Publisher(connect(config.store.redis), local, names)
+    publisher = Publisher(connect(config.store.redis), local, names, view=_Views(sources).of)
     check, memory = RecordChecker(signer_keys(config)), CopyMemory(config.server.state_dir)
     follower = Follower(connect(config.store.redis), local, check, memory, skip=publisher.host)
     return FleetStore(local, publisher, follower)

@@ -29,6 +29,8 @@ from typing import Any
 
 import redis
 
+from ..core.index import IndexSnapshot
+from ..core.model import RevocationReason
 from ..core.shared_answers import cert_id_of
 from .lmdb_store import LmdbStore
 from .vouch import preallocated_map
@@ -40,6 +42,8 @@ SERIAL = b"hsm-ocsp:s:"
 STREAM = b"hsm-ocsp:changes"
 EPOCH = b"hsm-ocsp:epoch"
 SEQ = b"hsm-ocsp:seq"  # goes up with every batch a publisher writes
+VIEW = "hsm-ocsp:view:"  # per CA: the farthest index view the signing hosts have seen
+VIEW_TTL = 600  # seconds it is kept unless raised again (an index may shrink by hand)
 _SEQ = struct.Struct("=q")
 LEASE = "hsm-ocsp:lease:"
 STREAM_LENGTH = 200_000
@@ -54,6 +58,33 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+_RAISE_VIEW = """
+local r = tonumber(redis.call('hget', KEYS[1], 'r') or '0') or 0
+local n = tonumber(redis.call('hget', KEYS[1], 'n') or '0') or 0
+if tonumber(ARGV[1]) > r then r = tonumber(ARGV[1]); redis.call('hset', KEYS[1], 'r', r) end
+if tonumber(ARGV[2]) > n then n = tonumber(ARGV[2]); redis.call('hset', KEYS[1], 'n', n) end
+redis.call('expire', KEYS[1], ARGV[3])
+return {r, n}
+"""
+
+
+def fleet_view(snapshot: IndexSnapshot | None) -> tuple[int, int] | None:
+    """How far an index has come: its revocations that can never be undone (all but
+    certificateHold: a revocation never goes back) and its entries. Two hosts with the
+    same index have the same view; a host whose copy lags has a lower one."""
+    if snapshot is None:
+        return None
+    hold = RevocationReason.CERTIFICATE_HOLD
+    final = sum(1 for r in snapshot.entries.values() if r is not None and r.reason is not hold)
+    return final, len(snapshot.entries)
 
 
 def connect(url: str) -> Any:
@@ -89,9 +120,19 @@ class Said:
 class Publisher:
     """Sends a signing host's puts and withdrawals to Redis, and holds its leases."""
 
-    def __init__(self, client: Any, local: LmdbStore, cas: Sequence[str]) -> None:
+    def __init__(
+        self,
+        client: Any,
+        local: LmdbStore,
+        cas: Sequence[str],
+        view: Callable[[str], tuple[int, int] | None] = lambda ca: (0, 0),
+    ) -> None:
+        """``view(ca)``: how far this host's index of ``ca`` has come (see ``fleet_view``);
+        a host never leads a CA with a view older than one the fleet has seen."""
         self.client = client
         self.local = local
+        self.view = view
+        self._behind: dict[str, tuple[int, int]] = {}  # CAs not led for that, and the fleet's
         # The last value of hsm-ocsp:seq this host made (kept in state_dir across restarts):
         # a Redis that holds a lower one went back in time (restored from a snapshot).
         self._seq = preallocated_map(local.path.parent / "fleet-seq", _SEQ.size)
@@ -106,6 +147,8 @@ class Publisher:
         self._stop = threading.Event()
         self._said = Said("answer publisher")
         self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._raise_view = client.register_script(_RAISE_VIEW)
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self.on_leads: Callable[[], None] | None = None  # called in this thread
 
@@ -158,6 +201,9 @@ class Publisher:
         held = set()
         for ca in self.cas:
             key = LEASE + ca
+            if not self._up_to_date(ca):
+                self._release(keys=[key], args=[self.host])
+                continue
             if self.client.set(key, self.host, nx=True, px=LEASE_MS) or self._renew(
                 keys=[key], args=[self.host, LEASE_MS]
             ):
@@ -168,6 +214,25 @@ class Publisher:
         self.held = frozenset(held)  # before the producer hears of it: it asks leads() at once
         if self.on_leads is not None:
             self.on_leads()  # another set of CAs to pre-produce
+
+    def _up_to_date(self, ca: str) -> bool:
+        """Whether this host's view of ``ca`` is as far as any the fleet has seen (which
+        it raises to its own): a host whose index copy lags must not publish it."""
+        mine = self.view(ca)
+        if mine is None:  # not read yet
+            return False
+        raw = self._raise_view(keys=[VIEW + ca], args=[mine[0], mine[1], VIEW_TTL])
+        fleet = (int(raw[0]), int(raw[1]))
+        behind = mine[0] < fleet[0] or mine[1] < fleet[1]
+        if behind and self._behind.get(ca) != fleet:
+            log.warning("CA %s: this host's index is behind the fleet's (revoked %d of %d, "
+                        "entries %d of %d): not pre-producing it", ca, mine[0], fleet[0],
+                        mine[1], fleet[1])  # fmt: skip
+        if behind:
+            self._behind[ca] = fleet
+        elif self._behind.pop(ca, None) is not None:
+            log.info("CA %s: this host's index has caught up with the fleet's", ca)
+        return not behind
 
     def _check_epoch(self) -> None:
         epoch = self.client.get(EPOCH)
@@ -197,6 +262,7 @@ class Publisher:
         published again, and the leases are kept: only a Redis out of reach drops them."""
         log.warning("Redis refused a write (%s): repairing hsm-ocsp's own keys", exc)
         kinds = {STREAM: b"stream", EPOCH: b"string", SEQ: b"string"}
+        kinds.update({(VIEW + ca).encode(): b"hash" for ca in self.cas})
         for key, kind in kinds.items():
             if self.client.type(key) not in (kind, b"none"):
                 self.client.delete(key)
