@@ -23,7 +23,6 @@ import logging
 import os
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -175,12 +174,11 @@ class Publisher:
         self._thread.join(5)
 
     def _run(self) -> None:
-        next_renewal = 0.0
         while not self._stop.is_set():
             try:
-                if time.monotonic() >= next_renewal:
-                    self._keep_leases()
-                    next_renewal = time.monotonic() + RENEW_EVERY
+                # Each turn, before its writes: the fleet hears at once that this host's
+                # index has gone further (a host that lags must stop leading at once).
+                self._keep_leases()
                 self._check_epoch()
                 self._send()
                 self._said.ok()
@@ -191,7 +189,6 @@ class Publisher:
             except redis.RedisError as exc:
                 self._said.failed(exc)
                 self.held = frozenset()  # a lease not renewed is not relied on
-                next_renewal = 0.0
                 self._stop.wait(RETRY)
                 continue
             self._wake.wait(RENEW_EVERY)
