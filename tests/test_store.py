@@ -379,3 +379,32 @@ def test_only_the_pre_produced_cert_id_forms_are_stored(tmp_path: Path, softhsm:
             store.close()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_answers_of_a_first_fill_are_refreshed_before_they_are_due(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """Started on an empty state_dir with a short validity: the fill's answers are
+    re-signed at half their validity (not an hour later), so none is served past its
+    nextUpdate and nothing is signed live for a client."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    entries = _entries(setup)
+    port = free_port()
+    state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"'
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port, server=state,
+                          validity='"20s"')  # fmt: skip
+    server = start_server(config, port, tmp_path / "server.log")
+    try:
+        _wait_for(server, 'hsm_ocsp_signatures_total{reason="fill"}', 2 * entries)
+        started = time.monotonic()
+        _wait_for(server, 'hsm_ocsp_signatures_total{reason="refresh"}', 2 * entries, 25)
+        waited = time.monotonic() - started
+        for _ in range(10):
+            answer = _ask(server.url, setup, "good")
+            assert answer.next_update_utc > dt.datetime.now(dt.UTC)
+        assert _readyz(server)[0] == 200
+        assert _counter(server, 'hsm_ocsp_signatures_total{reason="live"}') == 0
+    finally:
+        server.stop()
+    assert waited < 20, waited

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from ..core.pre_production import (
     untrue_keys,
 )
 from ..core.rate import Rate
+from ..core.refresh import refresh_time
 from ..core.responder import Issuer
 from ..core.service import OCSPService
 from ..core.shared_answers import (
@@ -97,6 +99,11 @@ class Production:
         self._refill = True  # a fill pass is due (at start, after a reload)
         self.soonest: dict[str, float] = {}  # CA -> the soonest nextUpdate stored (Unix s)
         self._refresh_at = 0.0  # Unix time the next stored answer is due for refresh
+        # The store is read for due answers at least this often: a quarter of the
+        # shortest validity, so an answer is refreshed before its nextUpdate whatever
+        # the validity (its refresh time is noted as it is signed, too).
+        shortest = min((ca.validity.total_seconds() for ca in config.cas), default=RESCAN * 4)
+        self._rescan = max(1.0, min(RESCAN, shortest / 4))
 
     # --- withdrawals: called in the index watcher's thread --------------------------
 
@@ -231,9 +238,9 @@ class Production:
                 queue.clear()
             while queue and issuer is not None:
                 serial = queue.popleft()
-                for algorithm in hashes:
+                for algorithm in hashes:  # a form that fails puts the serial back (_done)
                     await self._produce(issuer, cert_id(issuer, algorithm, serial).der,
-                                        Reason.CHANGE)  # fmt: skip
+                                        Reason.CHANGE, serial)  # fmt: skip
             await self._drain()
             started = self._changed_at.pop(ca, None)
             if started is not None:
@@ -242,7 +249,7 @@ class Production:
     async def _refreshes(self) -> None:
         """Sign again what is due: every stored record past its refresh time."""
         now = time.time()
-        self._refresh_at = now + RESCAN  # or the soonest refresh time, found on the way
+        self._refresh_at = now + self._rescan  # or the soonest refresh time, found on the way
         for ca in self.sources:
             issuer = self._issuer(ca)
             if issuer is None:
@@ -300,8 +307,12 @@ class Production:
                 if (reason := needs(data, value, fingerprint, now, lifetime)) is not None:
                     yield one.der, reason
 
-    async def _produce(self, issuer: Issuer, cert_id_der: bytes, reason: Reason) -> None:
-        """Start signing one answer (at most IN_FLIGHT at once, at the configured rate)."""
+    async def _produce(
+        self, issuer: Issuer, cert_id_der: bytes, reason: Reason, serial: int | None = None
+    ) -> None:
+        """Start signing one answer (at most IN_FLIGHT at once, at the configured rate).
+        ``serial``: a change's, queued again if its answer cannot be signed now (the
+        token away): a change leaves the queue only once every form of it is signed."""
         while any(source.loading for source in self.sources.values()):
             await asyncio.sleep(PAUSE / 20)  # an index is being read: it goes first
         await self._slots.acquire()
@@ -311,18 +322,24 @@ class Production:
         await self._rate.wait()
         task = asyncio.create_task(self._sign(issuer.name, request_der(cert_id_der), reason))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(functools.partial(self._done, issuer.name, serial))
 
     async def _sign(self, ca: str, request: bytes, reason: Reason) -> bool:
         SIGN_REASON.set(reason)  # this task's own context
         reply = await self.service.respond(request, ca)
+        if reply.successful and reply.produced_at is not None:  # its refresh is looked for
+            due = refresh_time(reply.produced_at, reply.next_update).timestamp()
+            self._refresh_at = min(self._refresh_at, due)
         return reply.successful
 
-    def _done(self, task: asyncio.Task[bool]) -> None:
+    def _done(self, ca: str, serial: int | None, task: asyncio.Task[bool]) -> None:
         self._tasks.discard(task)
         self._slots.release()
         if task.cancelled() or task.exception() is not None or not task.result():
             self._failed = True
+            if serial is not None and serial not in self._changed[ca]:
+                self._changed[ca].append(serial)  # produced when the token is back
+                self._changed_at.setdefault(ca, time.monotonic())
 
     async def _drain(self) -> None:
         if self._tasks:
