@@ -14,13 +14,15 @@ DEBIAN_PACKAGES := softhsm2 openssl gnutls-bin p11-kit python3-venv python3-dev 
 demo: deps
 	HSM_OCSP_PIN=$${HSM_OCSP_PIN:-1234} $(VENV)/bin/hsm-ocsp demo --dir $(DEMO_DIR)
 
-## Run lint, types and the whole test suite (what CI runs).
+## Run lint, types and the whole test suite (what CI runs): three workers, then the
+## tests of the machine's one OpenCryptoki token alone.
 test: deps lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not machine_tokens"
+	$(PY) -m pytest -n 0 -m machine_tokens
 
 ## The same without the scenario tests marked slow: for day-to-day work.
 test-fast: deps lint
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not machine_tokens"
 
 ## Build the container image with podman and run the compose stack (root; not in test).
 image-test:

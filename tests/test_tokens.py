@@ -29,9 +29,10 @@ from .support.tokens import (
 )
 
 SPY = "/usr/lib/x86_64-linux-gnu/pkcs11-spy.so"
-# OpenCryptoki's soft token and its slot daemon are one per machine: these tests run
-# in one pytest-xdist worker, one after the other.
-pytestmark = pytest.mark.xdist_group("machine-tokens")
+# OpenCryptoki's soft token and its slot daemon are one per machine, and refuse work
+# (CKR_HOST_MEMORY) with other tests running beside them: make test runs these alone,
+# after the rest.
+pytestmark = pytest.mark.machine_tokens
 
 
 def _token_info(softhsm: SoftHSM) -> tuple[str, str, str]:
