@@ -5,21 +5,18 @@ Redis does, and catches up whatever interrupts it."""
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.x509 import ocsp
 
-from .support.ca import CASetup, build_ca, write_config
+from .support.ca import CASetup, build_ca
 from .support.cut_proxy import CutProxy
+from .support.fleet import body_for, edge_host, filled, metric, ready, signing_host
 from .support.redis import RedisServer
-from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import SoftHSM
-from .support.watch import request_for, status_of, until
+from .support.watch import status_of, until
 
 pytestmark = pytest.mark.slow
 GOOD, REVOKED = ocsp.OCSPCertStatus.GOOD, ocsp.OCSPCertStatus.REVOKED
@@ -35,55 +32,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def _metric(server: RunningServer, name: str) -> float:
-    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name))
-
-
-def _ready(server: RunningServer) -> bool:
-    try:
-        with urllib.request.urlopen(server.url + "readyz", timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.HTTPError, OSError):
-        return False
-
-
-def _signing_host(
-    tmp_path: Path, setup: CASetup, redis_url: str, name: str, index: Path | None = None
-) -> RunningServer:
-    port = free_port()
-    config = write_config(
-        tmp_path / f"{name}.toml", {"root": setup}, port=port,
-        server=f'workers = 2\nstate_dir = "{tmp_path / name}"\n\n[store]\nredis = "{redis_url}"',
-    )  # fmt: skip
-    if index is not None:  # a copy of the CA's index, as another host holds it
-        config.write_text(config.read_text().replace(str(setup.ca.index), str(index)))
-    return start_server(config, port, tmp_path / f"{name}.log")
-
-
-def _edge(tmp_path: Path, setup: CASetup, redis_url: str, name: str = "edge") -> RunningServer:
-    port = free_port()
-    config = tmp_path / f"{name}.toml"
-    config.write_text(
-        f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nstate_dir = "{tmp_path / name}"\n\n'
-        f'[store]\nredis = "{redis_url}"\n\n'
-        f'[[ca]]\nname = "root"\ncertificate = "{setup.ca.cert_path}"\n'
-        f'responder_certificate = "{setup.responder_cert}"\n'
-    )  # no [token], no key, no index: an edge
-    return start_server(config, port, tmp_path / f"{name}.log", ready=False)
-
-
-def _body(setup: CASetup, name: str, algorithm: str = "sha1") -> bytes:
-    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
-    return request_for(cert, setup.ca.certificate, algorithm)
-
-
-def _filled(server: RunningServer, setup: CASetup) -> None:
-    entries = len(setup.ca.index.read_text().splitlines())
-    until(lambda: _metric(server, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries, 60)
-
-
 def test_an_edge_whose_first_copy_is_cut_short_copies_again(
     tmp_path: Path, softhsm: SoftHSM, redis_server: RedisServer
 ) -> None:
@@ -94,26 +42,26 @@ def test_an_edge_whose_first_copy_is_cut_short_copies_again(
     victims = [f"s{i}" for i in range(30)]
     for name in victims:
         setup.certs[name] = setup.ca.issue(name)
-    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    signing = signing_host(tmp_path, setup, redis_server.url, "signing")
     edge = proxy = None
     try:
-        _filled(signing, setup)
-        edge = _edge(tmp_path, setup, redis_server.url)
-        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        filled(signing, setup)
+        edge = edge_host(tmp_path, setup, redis_server.url)
+        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
         for name in victims:
-            assert status_of(edge.url, _body(setup, name)) is GOOD
+            assert status_of(edge.url, body_for(setup, name)) is GOOD
         edge.stop()
         for name in victims:
             setup.ca.revoke(setup.certs[name], "-crl_reason", "keyCompromise")
         for name in victims:
-            until(lambda n=name: status_of(signing.url, _body(setup, n)) is REVOKED, 20)  # type: ignore[misc]
+            until(lambda n=name: status_of(signing.url, body_for(setup, n)) is REVOKED, 20)  # type: ignore[misc]
         proxy = CutProxy(tmp_path / "proxy.sock", redis_server.socket, cut_after=8192).start()
-        edge = _edge(tmp_path, setup, proxy.url)
-        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        edge = edge_host(tmp_path, setup, proxy.url)
+        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
         assert proxy.cuts == 1
         for name in victims:
             for algorithm in ("sha1", "sha256"):
-                assert status_of(edge.url, _body(setup, name, algorithm)) is REVOKED, name
+                assert status_of(edge.url, body_for(setup, name, algorithm)) is REVOKED, name
     finally:
         if edge is not None:
             edge.stop()
@@ -131,19 +79,19 @@ def test_junk_in_redis_is_skipped_and_replication_goes_on(
     import redis
 
     setup = build_ca(tmp_path / "ca", softhsm)
-    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    signing = signing_host(tmp_path, setup, redis_server.url, "signing")
     edge = None
     try:
-        _filled(signing, setup)
+        filled(signing, setup)
         client = redis.Redis(unix_socket_path=str(redis_server.socket))
         client.set(b"hsm-ocsp:s:junk-string", b"x")  # a string where hashes live
         client.rpush(b"hsm-ocsp:s:junk-list", b"x")
         client.hset(b"hsm-ocsp:s:junk-big", b"f", b"\0" * (1 << 20))
-        edge = _edge(tmp_path, setup, redis_server.url)
-        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
-        assert status_of(edge.url, _body(setup, "good")) is GOOD
+        edge = edge_host(tmp_path, setup, redis_server.url)
+        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
+        assert status_of(edge.url, body_for(setup, "good")) is GOOD
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
-        until(lambda: status_of(edge.url, _body(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
+        until(lambda: status_of(edge.url, body_for(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
         time.sleep(6)  # a flapping lease shows within a renewal or two
         log = signing.log.read_text()
         assert log.count("pre-producing for") == 1, log[-3000:]
@@ -172,19 +120,19 @@ def test_an_old_answer_or_junk_written_back_into_redis_is_never_served(
     import redis
 
     setup = build_ca(tmp_path / "ca", softhsm)
-    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    signing = signing_host(tmp_path, setup, redis_server.url, "signing")
     edge = fresh = None
     try:
-        _filled(signing, setup)
-        edge = _edge(tmp_path, setup, redis_server.url)
-        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        filled(signing, setup)
+        edge = edge_host(tmp_path, setup, redis_server.url)
+        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
         client = redis.Redis(unix_socket_path=str(redis_server.socket))
         good, expired = _serial_name(setup, "good"), _serial_name(setup, "expired")
         old = client.hgetall(good)
         assert len(old) == 2
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
         for server in (signing, edge):
-            until(lambda s=server: status_of(s.url, _body(setup, "good")) is REVOKED, 20)  # type: ignore[misc]
+            until(lambda s=server: status_of(s.url, body_for(setup, "good")) is REVOKED, 20)  # type: ignore[misc]
         stream = b"hsm-ocsp:changes"
         prefix = good[len(b"hsm-ocsp:s:") :]
         for der, value in old.items():
@@ -199,14 +147,14 @@ def test_an_old_answer_or_junk_written_back_into_redis_is_never_served(
         for server in (signing, edge):
             for algorithm in ("sha1", "sha256"):
                 for _ in range(4):
-                    assert status_of(server.url, _body(setup, "good", algorithm)) is REVOKED
-                    assert status_of(server.url, _body(setup, "expired", algorithm)) is GOOD
-        assert _metric(edge, "hsm_ocsp_replication_refused") >= 3
-        fresh = _edge(tmp_path, setup, redis_server.url, "fresh")  # copies Redis now
-        until(lambda: _ready(fresh), 30)  # type: ignore[arg-type]
+                    assert status_of(server.url, body_for(setup, "good", algorithm)) is REVOKED
+                    assert status_of(server.url, body_for(setup, "expired", algorithm)) is GOOD
+        assert metric(edge, "hsm_ocsp_replication_refused") >= 3
+        fresh = edge_host(tmp_path, setup, redis_server.url, "fresh")  # copies Redis now
+        until(lambda: ready(fresh), 30)  # type: ignore[arg-type]
         for algorithm in ("sha1", "sha256"):
-            assert status_of(fresh.url, _body(setup, "good", algorithm)) is REVOKED
-            assert status_of(fresh.url, _body(setup, "expired", algorithm)) is GOOD
+            assert status_of(fresh.url, body_for(setup, "good", algorithm)) is REVOKED
+            assert status_of(fresh.url, body_for(setup, "expired", algorithm)) is GOOD
     finally:
         for running in (fresh, edge):
             if running is not None:
@@ -224,25 +172,27 @@ def test_a_redis_restored_from_an_older_snapshot_is_found_and_refilled(
     import redis
 
     setup = build_ca(tmp_path / "ca", softhsm)
-    signing = _signing_host(tmp_path, setup, redis_server.url, "signing")
+    signing = signing_host(tmp_path, setup, redis_server.url, "signing")
     edge = fresh = None
     try:
-        _filled(signing, setup)
-        edge = _edge(tmp_path, setup, redis_server.url)
-        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        filled(signing, setup)
+        edge = edge_host(tmp_path, setup, redis_server.url)
+        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
         redis.Redis(unix_socket_path=str(redis_server.socket)).save()  # the old snapshot
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
-        until(lambda: status_of(edge.url, _body(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
+        until(lambda: status_of(edge.url, body_for(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
         redis_server.kill()
         redis_server.start()  # loads the snapshot: the good answer is back
         restored = time.monotonic()
-        fresh = _edge(tmp_path, setup, redis_server.url, "fresh")
+        fresh = edge_host(tmp_path, setup, redis_server.url, "fresh")
         until(lambda: "went back in time" in signing.log.read_text(), 20)
         for algorithm in ("sha1", "sha256"):
-            until(lambda a=algorithm: status_of(fresh.url, _body(setup, "good", a)) is REVOKED, 20)  # type: ignore[misc, union-attr]
+            until(
+                lambda a=algorithm: status_of(fresh.url, body_for(setup, "good", a)) is REVOKED, 20
+            )  # type: ignore[misc, union-attr]
         for _ in range(5):
             for server in (edge, fresh):
-                assert status_of(server.url, _body(setup, "good")) is REVOKED
+                assert status_of(server.url, body_for(setup, "good")) is REVOKED
         assert time.monotonic() - restored < 30
     finally:
         for running in (fresh, edge):
@@ -267,32 +217,32 @@ def test_a_signing_host_whose_index_lags_never_takes_the_lease(
     lagging = tmp_path / "copy" / "index.txt"
     lagging.parent.mkdir()
     shutil.copy(setup.ca.index, lagging)
-    first = _signing_host(tmp_path, setup, redis_server.url, "a")
+    first = signing_host(tmp_path, setup, redis_server.url, "a")
     second = edge = None
     try:
         until(lambda: "pre-producing for root" in first.log.read_text(), 20)
-        second = _signing_host(tmp_path, setup, redis_server.url, "b", index=lagging)
-        _filled(first, setup)
-        edge = _edge(tmp_path, setup, redis_server.url)
-        until(lambda: _ready(edge), 30)  # type: ignore[arg-type]
+        second = signing_host(tmp_path, setup, redis_server.url, "b", index=lagging)
+        filled(first, setup)
+        edge = edge_host(tmp_path, setup, redis_server.url)
+        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
         for name in victims:
             setup.ca.revoke(setup.certs[name], "-crl_reason", "superseded")
         revoked_at = time.monotonic()
         for name in victims:
-            until(lambda n=name: status_of(edge.url, _body(setup, n)) is REVOKED, 20)  # type: ignore[misc, union-attr]
+            until(lambda n=name: status_of(edge.url, body_for(setup, n)) is REVOKED, 20)  # type: ignore[misc, union-attr]
         first.stop()  # its lease runs out in 15 s
         until(lambda: "behind the fleet's" in second.log.read_text(), 25)  # type: ignore[union-attr]
         time.sleep(6)
         assert "pre-producing for root" not in second.log.read_text()
         for name in victims:
-            assert status_of(edge.url, _body(setup, name)) is REVOKED, name
+            assert status_of(edge.url, body_for(setup, name)) is REVOKED, name
         assert time.monotonic() > revoked_at
         copied = lagging.with_suffix(".new")
         shutil.copy(setup.ca.index, copied)
         copied.rename(lagging)  # B's copy catches up
         until(lambda: "pre-producing for root" in second.log.read_text(), 20)  # type: ignore[union-attr]
         for name in victims[:5]:
-            assert status_of(edge.url, _body(setup, name)) is REVOKED, name
+            assert status_of(edge.url, body_for(setup, name)) is REVOKED, name
     finally:
         for running in (edge, second):
             if running is not None:

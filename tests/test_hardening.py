@@ -281,9 +281,31 @@ def test_hardening_6_headers_are_bounded_and_connections_capped(
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
             assert sock.recv(4096).split(b" ", 2)[1].startswith(b"4")
-        # The 21st connection is closed at once, without an answer.
+        # 20 idle connections lock nobody out: the 21st is answered, an idle one closed.
         for _ in range(20):
             held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).split(b" ", 2)[1] == b"200"
+        closed = 0
+        for sock in held:
+            sock.settimeout(0.5)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                closed += 1
+            sock.close()
+        assert closed >= 1
+        held.clear()
+        # 20 connections each inside a request (a POST body still on its way): the 21st
+        # is closed at once, without an answer.
+        post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"
+        for _ in range(20):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            held[-1].sendall(post)
         time.sleep(0.3)
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -300,3 +300,95 @@ def test_a_restored_older_index_does_not_unrevoke_until_the_operator_forgets(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hsm_ocsp", *args], capture_output=True,
                           text=True, timeout=60)  # fmt: skip
+
+
+def test_a_bad_record_is_never_served_and_a_damaged_store_is_set_aside(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A record under the wrong key (another serial's signed answer, here a revoked one)
+    and bytes that are no record: never served, never a 500; the answer is signed anew.
+    A store a power loss damaged (its first pages overwritten): set aside at the next
+    start, made anew, every answer produced again; serve does not crash-loop."""
+    from hsm_ocsp.core.shared_answers import parse_key
+    from hsm_ocsp.store.lmdb_store import LmdbStore
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    server = _serve(tmp_path, setup)
+    bodies = _bodies(setup, "good", ("sha1", "sha256"))
+    try:
+        store = LmdbStore(tmp_path / "state")
+        keys: dict[int, list[bytes]] = {}
+        for key, _ in store.items():
+            parsed = parse_key(key)
+            assert parsed is not None
+            keys.setdefault(parsed[1], []).append(key)
+        good, revoked = keys[setup.serial("good")], keys[setup.serial("revoked")]
+        moved = store.get(revoked[0])
+        assert moved is not None
+        store.put(good[0], moved)  # a signed answer, for another serial, under this key
+        store.put(good[1], os.urandom(2000))
+        store.close()
+        for _ in range(6):
+            for body in bodies.values():
+                assert status_of(server.url, body) is ocsp.OCSPCertStatus.GOOD
+    finally:
+        server.stop()
+    data = tmp_path / "state" / "answers.lmdb" / "data.mdb"
+    with data.open("r+b") as damaged:
+        damaged.write(os.urandom(16384))
+    server = _serve(tmp_path, setup)  # filled again from nothing
+    try:
+        assert "cannot be opened" in server.log.read_text()
+        assert list((tmp_path / "state").glob("answers.lmdb.damaged-*"))
+        for body in bodies.values():
+            assert status_of(server.url, body) is ocsp.OCSPCertStatus.GOOD
+        assert status_of(server.url, _bodies(setup, "revoked", ("sha1",))["sha1"]) is REVOKED
+    finally:
+        server.stop()
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_a_link_client_that_never_reads_is_cut_off_and_the_producer_stays_bounded(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A client of the producer link (a worker gone wrong) sends requests and never reads
+    the answers: the producer cuts it off past a bound instead of keeping every answer."""
+    import socket
+    import struct
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    server = _serve(tmp_path, setup)
+    try:
+        producer = server.producer_pid()
+        assert producer is not None
+        before = _rss(producer)
+        request = _bodies(setup, "good", ("sha1",))["sha1"]
+        payload = bytes((0, 0)) + request
+        frames = b"".join(struct.pack("!II", len(payload), i) + payload for i in range(2000))
+        link = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        link.connect(str(tmp_path / "state" / "producer.sock"))
+        link.settimeout(5)
+        cut = False
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                link.sendall(frames)
+            except TimeoutError:  # the producer busy: it reads on
+                continue
+            except OSError:  # reset or broken pipe: the producer closed it
+                cut = True
+                break
+        link.close()
+        grown = _rss(producer) - before
+        assert cut, "the producer kept a client that never reads"
+        assert "bytes unread: closing" in server.log.read_text()
+        assert grown < 64 << 20, grown
+        assert status_of(server.url, request) is ocsp.OCSPCertStatus.GOOD
+    finally:
+        server.stop()

@@ -146,7 +146,8 @@ def create_app(
         production.attach()  # withdrawals from the first index change on
         app[PRODUCTION] = production
         assert config.server.state_dir is not None
-        vouches = Vouches(config.server.state_dir, [ca.name for ca in config.cas], producer=True)
+        names = [ca.name for ca in config.cas]
+        vouches = Vouches(config.server.state_dir, names, store.identity, producer=True)
         app[VOUCHES] = vouches
         app.on_cleanup.append(lambda _: _close(store, vouches))
     app[RUNNING] = {"config": config}  # what a reload replaces (the app itself is frozen)
@@ -222,7 +223,7 @@ def _store(config: Config, sources: dict[str, IndexSource]) -> LmdbStore | Fleet
     """The host's answer store; in a fleet, what it writes goes on to Redis too."""
     if config.server.state_dir is None:
         return None
-    local = LmdbStore(config.server.state_dir)
+    local = LmdbStore(config.server.state_dir, discard_damaged=True)
     if config.store.redis is None:
         return local
     names = [ca.name for ca in config.cas]

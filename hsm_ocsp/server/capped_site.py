@@ -54,6 +54,7 @@ class CappedTCPSite(web.TCPSite):
         super().__init__(runner, *args, **kw)  # type: ignore[arg-type]
         self.max_connections = max_connections
         self.refused = 0
+        self.evicted = 0  # idle connections closed to make room for new ones
         self._fresh: list[RequestHandler] = []  # made, connection_made not yet run
         self._logged = 0.0
         self._peak = 0  # most connections open since memory was last given back
@@ -82,7 +83,9 @@ class CappedTCPSite(web.TCPSite):
             self._peak = len(server.connections)
         # One burst of accepts makes several protocols before their connection_made
         # runs and the server lists them: those of this loop turn are in _fresh.
-        if len(server.connections) + len(self._fresh) >= self.max_connections:
+        if len(server.connections) + len(
+            self._fresh
+        ) >= self.max_connections and not self._evict_idle(server.connections):
             self.refused += 1
             now = time.monotonic()
             if now - self._logged > _LOG_EVERY:
@@ -97,6 +100,28 @@ class CappedTCPSite(web.TCPSite):
             asyncio.get_running_loop().call_soon(self._fresh.clear)
         self._fresh.append(handler)
         return handler
+
+    def _evict_idle(self, connections: list[RequestHandler]) -> bool:
+        """At the cap, make room for a new connection by closing an idle one (no request
+        in progress, waiting for one): the oldest of the address that holds the most
+        connections. Idle connections, however many, never lock other clients out, and
+        one address's many are the first to go. False if every connection is busy."""
+        idle: dict[object, list[RequestHandler]] = {}
+        held: dict[object, int] = {}
+        for handler in connections:
+            transport = handler.transport
+            peer = transport.get_extra_info("peername") if transport is not None else None
+            address = peer[0] if isinstance(peer, tuple) else peer
+            held[address] = held.get(address, 0) + 1
+            waiting = not handler._request_in_progress and handler._waiter is not None
+            if waiting and transport is not None and not transport.is_closing():
+                idle.setdefault(address, []).append(handler)
+        if not idle:
+            return False
+        address = max(idle, key=lambda a: held[a])
+        idle[address][0].force_close()
+        self.evicted += 1
+        return True
 
     async def start(self) -> None:
         await web.BaseSite.start(self)

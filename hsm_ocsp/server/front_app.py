@@ -42,7 +42,8 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
     store = LmdbStore(state_dir)
     # A signing host's workers serve the store only while its producer vouches for it;
     # an edge has no index to vouch with (its answers are verified copies: see replica).
-    vouches = Vouches(state_dir, [ca.name for ca in config.cas]) if config.signing else None
+    names = [ca.name for ca in config.cas]
+    vouches = Vouches(state_dir, names, store.identity) if config.signing else None
     producer = app[PRODUCER] = ProducerClient(socket_path(state_dir))
     app[SERVICE] = FrontService(
         issuers_of(config),

@@ -33,6 +33,7 @@ _FRAME = struct.Struct("!II")
 _ANSWER, _READY = 0, 1
 MAX_FRAME = 1 << 20  # a request is at most max_request_bytes (64 KiB at most), a reply small
 MAX_IN_FLIGHT = 4096  # requests one worker may have at the producer; beyond: tryLater
+MAX_UNREAD = 8 << 20  # bytes of answers a worker may leave unread before it is cut off
 TRY_LATER = UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
 RETRY_AFTER = 0.2  # seconds between two attempts to reach an absent producer
 ASK_TIMEOUT = 30.0
@@ -91,6 +92,12 @@ async def serve_link(path: Path, respond: Respond, problems: Problems) -> asynci
         out, buffer = Outbox(writer), bytearray()
         try:
             while True:
+                if writer.transport.get_write_buffer_size() > MAX_UNREAD:
+                    # A worker that does not read its answers: the bytes it leaves would
+                    # grow here without bound. It is cut off (a worker connects again).
+                    log.warning("a link client left %d bytes unread: closing its connection",
+                                writer.transport.get_write_buffer_size())  # fmt: skip
+                    break
                 for ident, payload in await _read_frames(reader, buffer):
                     if len(tasks) >= MAX_IN_FLIGHT:
                         out.write(_frame(ident, encode_reply(TRY_LATER)))

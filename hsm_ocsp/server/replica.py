@@ -36,7 +36,7 @@ async def _nothing_to_sign(data: bytes, ca_name: str | None) -> Reply:
 
 async def _replicate(config: Config) -> None:
     assert config.server.state_dir is not None and config.store.redis is not None
-    store = LmdbStore(config.server.state_dir)
+    store = LmdbStore(config.server.state_dir, discard_damaged=True)
     memory = CopyMemory(config.server.state_dir)
     check = RecordChecker(signer_keys(config))
     follower = Follower(connect(config.store.redis), store, check, memory)

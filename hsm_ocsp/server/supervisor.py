@@ -29,6 +29,7 @@ from ..config.reload import read_reloadable, unservable
 from ..core.errors import EXIT_CRASHED, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, HsmOcspError
 from ..pkcs11.key_set import keys_changed, prove_new_keys
 from ..pkcs11.login_gate import LoginGate
+from ..store.lmdb_store import set_aside
 from ..store.state_dir import StateDirBusy, lock_state_dir
 from .metrics_files import prepare_multiprocess, process_dead, remove_multiprocess_dir
 from .producer import run_producer
@@ -144,6 +145,7 @@ class _Supervisor:
         self.stopping = False
         self.exit_code = EXIT_OK
         self.started = time.monotonic()
+        self.faults = 0  # producers in a row that a memory fault killed soon after start
         assert config.server.state_dir is not None
         self.link = socket_path(config.server.state_dir)
 
@@ -198,9 +200,28 @@ class _Supervisor:
             self._stop(code)
             return
         log.error("%s %d ended (exit %s); starting another", what, pid, code)
+        if what == "producer":
+            self._crashed_at_start(born, code)
         if time.monotonic() - born < 1.0:
             time.sleep(1.0)  # one that dies at once must not spin the CPU
         self._fork(producer=what == "producer")
+
+    def _crashed_at_start(self, born: float, code: int) -> None:
+        """A producer killed by a memory fault (SIGSEGV, SIGBUS) soon after it started,
+        twice in a row, is reading a damaged store: it is set aside (the fill makes a new
+        one) and the workers, which map it too, are replaced."""
+        faulted = -code in (signal.SIGSEGV, signal.SIGBUS) and time.monotonic() - born < 60
+        self.faults = self.faults + 1 if faulted else 0
+        if self.faults < 2 or self.config.server.state_dir is None:
+            return
+        self.faults = 0
+        store = self.config.server.state_dir / "answers.lmdb"
+        if store.is_dir():
+            aside = set_aside(store)
+            log.error("the producer died twice reading %s: set aside as %s; answers are "
+                      "produced again", store, aside.name)  # fmt: skip
+        for pid in self.children:  # workers: they open the new store when replaced
+            os.kill(pid, signal.SIGTERM)
 
     def _stop(self, code: int) -> None:
         """Workers first: the requests they finish may still need the producer."""

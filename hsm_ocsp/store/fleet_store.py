@@ -23,6 +23,7 @@ class FleetStore:
         self.publisher = publisher
         self.follower = follower
         self.path = local.path
+        self.identity = local.identity
         follower.on_refused = self._refused
 
     def _refused(self, key: bytes) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import lmdb
 from ..core.errors import HsmOcspError
 from .vouch import preallocated_map
 
-__all__ = ["DEFAULT_MAP_BYTES", "LmdbStore"]
+__all__ = ["DEFAULT_MAP_BYTES", "LmdbStore", "set_aside"]
 
 log = logging.getLogger("hsm_ocsp.store")
 DEFAULT_MAP_BYTES = 1 << 34  # address space, not memory: pages are mapped as used
@@ -33,23 +35,32 @@ class LmdbStore:
     """The answers of this host, in ``directory/answers.lmdb``; open it after fork."""
 
     def __init__(
-        self, directory: Path, *, map_bytes: int = DEFAULT_MAP_BYTES, readonly: bool = False
+        self,
+        directory: Path,
+        *,
+        map_bytes: int = DEFAULT_MAP_BYTES,
+        readonly: bool = False,
+        discard_damaged: bool = False,
     ) -> None:
         """``readonly``: look, never make or change a file (``store stats`` run by root
-        must not leave a root-owned file the service cannot open)."""
+        must not leave a root-owned file the service cannot open). ``discard_damaged``
+        (the producer): a store that cannot be opened (a power loss while unsynced, a
+        damaged disk) is set aside and a new one made; its answers are produced again."""
         self.path = directory / "answers.lmdb"
         if not readonly:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # sync off: the store is a cache of signed answers; a crash may lose the
-        # last writes (they are signed again), never make a record half-written.
         try:
-            self._env = lmdb.open(
-                str(self.path), map_size=map_bytes, subdir=True, sync=False, metasync=False,
-                readahead=False, max_readers=1024, mode=0o700, readonly=readonly,
-                create=not readonly,
-            )  # fmt: skip
+            self._env = self._open(map_bytes, readonly)
         except lmdb.Error as exc:
-            raise HsmOcspError(f"answer store {self.path}: cannot open: {exc}") from None
+            if not discard_damaged:
+                raise HsmOcspError(f"answer store {self.path}: cannot open: {exc}") from None
+            aside = set_aside(self.path)
+            log.error("answer store %s cannot be opened (%s): set aside as %s, and made anew "
+                      "(every answer is produced again)", self.path, exc, aside.name)  # fmt: skip
+            self.path.mkdir(mode=0o700)
+            self._env = self._open(map_bytes, readonly)
+        # Which store this is: a store set aside and made anew is another (store/vouch.py).
+        self.identity = os.stat(self.path).st_ino
         self._failed = False
         self._generation = (
             mmap.mmap(-1, _COUNTER.size) if readonly else _map_generation(self.path / "generation")
@@ -57,6 +68,15 @@ class LmdbStore:
         # A write that depends on the index (put's still_true) and a withdrawal for an
         # index change do not interleave: the one that comes second sees the other.
         self.lock = threading.Lock()
+
+    def _open(self, map_bytes: int, readonly: bool) -> lmdb.Environment:
+        # sync off: the store is a cache of signed answers; a crash may lose the last
+        # writes (they are signed again); a store a power loss damaged is set aside.
+        return lmdb.open(
+            str(self.path), map_size=map_bytes, subdir=True, sync=False, metasync=False,
+            readahead=False, max_readers=1024, mode=0o700, readonly=readonly,
+            create=not readonly,
+        )  # fmt: skip
 
     def get(self, key: bytes) -> bytes | None:
         try:
@@ -174,6 +194,13 @@ class LmdbStore:
             self._failed = True
             log.warning("answer store %s: cannot %s (%s); answering without it", self.path,
                         what, exc)  # fmt: skip
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged store out of the way (kept for a look; never read again)."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    path.rename(aside)
+    return aside
 
 
 def _map_generation(path: Path) -> mmap.mmap:

@@ -29,8 +29,12 @@ from pathlib import Path
 __all__ = ["VOUCH_FOR", "Vouches", "preallocated_map"]
 
 VOUCH_FOR = 5.0  # seconds a worker serves a CA's stored answers after the last word
-_SLOT = struct.Struct("=16sd")  # the CA name's digest, the monotonic time of the word
+# The CA name's digest, the monotonic time of the word, and which store it is given for
+# (its directory's inode: a store set aside and made anew is another one, and a worker
+# that still maps the old one is not vouched for).
+_SLOT = struct.Struct("=16sdQ")
 _SLOTS = 256
+_NAME = "vouch.v2"  # the file (slots of another layout are never read)
 
 
 def preallocated_map(path: Path, size: int) -> mmap.mmap:
@@ -52,10 +56,14 @@ def _digest(ca: str) -> bytes:
 class Vouches:
     """The slots of ``directory/vouch``, one per CA name."""
 
-    def __init__(self, directory: Path, cas: Sequence[str], *, producer: bool = False) -> None:
+    def __init__(
+        self, directory: Path, cas: Sequence[str], store: int, *, producer: bool = False
+    ) -> None:
         """The producer makes the slots of ``cas``; a worker finds them (a CA whose slot
-        the producer has not made yet is not vouched for)."""
-        self._map = preallocated_map(directory / "vouch", _SLOT.size * _SLOTS)
+        the producer has not made yet is not vouched for). ``store``: the identity of the
+        store this process holds (LmdbStore.identity)."""
+        self._store = store
+        self._map = preallocated_map(directory / _NAME, _SLOT.size * _SLOTS)
         self._producer = producer
         self._offsets: dict[str, int | None] = {ca: self._slot(ca) for ca in cas}
 
@@ -64,7 +72,7 @@ class Vouches:
         digest = _digest(ca)
         free = None
         for i in range(_SLOTS):
-            held, _ = _SLOT.unpack_from(self._map, i * _SLOT.size)
+            held = _SLOT.unpack_from(self._map, i * _SLOT.size)[0]
             if held == digest:
                 return i * _SLOT.size
             if free is None and held == bytes(16):
@@ -73,14 +81,15 @@ class Vouches:
             return None
         if free is None:
             raise ValueError("more than 256 CAs in one state directory")
-        _SLOT.pack_into(self._map, free * _SLOT.size, digest, 0.0)
+        _SLOT.pack_into(self._map, free * _SLOT.size, digest, 0.0, 0)
         return free * _SLOT.size
 
     def vouch(self, ca: str, when: float | None = None) -> None:
         """The producer's word for ``ca``, now (or at ``when``, a monotonic time)."""
         offset = self._offsets[ca]
         assert offset is not None, "only the producer vouches"
-        _SLOT.pack_into(self._map, offset, _digest(ca), time.monotonic() if when is None else when)
+        when = time.monotonic() if when is None else when
+        _SLOT.pack_into(self._map, offset, _digest(ca), when, self._store)
 
     def withdraw_word(self, ca: str) -> None:
         """No word for ``ca`` from now on (until the next vouch)."""
@@ -93,10 +102,10 @@ class Vouches:
             offset = self._offsets[ca] = self._slot(ca)
         if offset is None:
             return float("inf")
-        when: float = _SLOT.unpack_from(self._map, offset)[1]
-        if not when:
+        _, when, store = _SLOT.unpack_from(self._map, offset)
+        if not when or store != self._store:  # for another store than the one held here
             return float("inf")
-        return (time.monotonic() if now is None else now) - when
+        return float((time.monotonic() if now is None else now) - when)
 
     def vouched(self, ca: str, now: float | None = None) -> bool:
         return self.age(ca, now) < VOUCH_FOR

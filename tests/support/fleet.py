@@ -1,0 +1,63 @@
+"""A fleet on loopback for the tests: signing hosts and keyless edges as real ``serve``
+processes sharing one redis-server, and what the tests ask of them."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+
+from .ca import CASetup, write_config
+from .server import RunningServer, free_port, start_server
+from .watch import request_for, until
+
+
+def metric(server: RunningServer, name: str) -> float:
+    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name))
+
+
+def ready(server: RunningServer) -> bool:
+    try:
+        with urllib.request.urlopen(server.url + "readyz", timeout=5) as response:
+            return bool(response.status == 200)
+    except (urllib.error.HTTPError, OSError):
+        return False
+
+
+def signing_host(
+    tmp_path: Path, setup: CASetup, redis_url: str, name: str, index: Path | None = None
+) -> RunningServer:
+    port = free_port()
+    config = write_config(
+        tmp_path / f"{name}.toml", {"root": setup}, port=port,
+        server=f'workers = 2\nstate_dir = "{tmp_path / name}"\n\n[store]\nredis = "{redis_url}"',
+    )  # fmt: skip
+    if index is not None:  # a copy of the CA's index, as another host holds it
+        config.write_text(config.read_text().replace(str(setup.ca.index), str(index)))
+    return start_server(config, port, tmp_path / f"{name}.log")
+
+
+def edge_host(tmp_path: Path, setup: CASetup, redis_url: str, name: str = "edge") -> RunningServer:
+    port = free_port()
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nworkers = 2\nstate_dir = "{tmp_path / name}"\n\n'
+        f'[store]\nredis = "{redis_url}"\n\n'
+        f'[[ca]]\nname = "root"\ncertificate = "{setup.ca.cert_path}"\n'
+        f'responder_certificate = "{setup.responder_cert}"\n'
+    )  # no [token], no key, no index: an edge
+    return start_server(config, port, tmp_path / f"{name}.log", ready=False)
+
+
+def body_for(setup: CASetup, name: str, algorithm: str = "sha1") -> bytes:
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    return request_for(cert, setup.ca.certificate, algorithm)
+
+
+def filled(server: RunningServer, setup: CASetup) -> None:
+    entries = len(setup.ca.index.read_text().splitlines())
+    until(lambda: metric(server, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries, 60)
