@@ -97,6 +97,7 @@ async def serve_link(path: Path, respond: Respond, problems: Problems) -> asynci
                     # grow here without bound. It is cut off (a worker connects again).
                     log.warning("a link client left %d bytes unread: closing its connection",
                                 writer.transport.get_write_buffer_size())  # fmt: skip
+                    writer.transport.abort()  # not close(): that would wait to send them
                     break
                 for ident, payload in await _read_frames(reader, buffer):
                     if len(tasks) >= MAX_IN_FLIGHT:
