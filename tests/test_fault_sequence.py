@@ -84,7 +84,7 @@ def _mount(path: Path) -> bool:
 def fleet(tmp_path: Path, softhsm: SoftHSM) -> Iterator[Fleet]:
     setup = build_ca(tmp_path / "ca", softhsm)
     for i in range(STEPS):
-        setup.certs[f"c{i}"] = setup.ca.issue(f"c{i}")
+        setup.certs[f"fault{i}"] = setup.ca.issue(f"fault{i}")
     mounted = _mount(tmp_path / "a")
     server = RedisServer(tmp_path / "redis")
     server.start()
@@ -108,7 +108,7 @@ def fleet(tmp_path: Path, softhsm: SoftHSM) -> Iterator[Fleet]:
 
 
 def _revoke(fleet: Fleet, rng: random.Random) -> str:
-    left = [n for n in fleet.setup.certs if n.startswith("c") and n not in fleet.shown]
+    left = [n for n in fleet.setup.certs if n.startswith("fault") and n not in fleet.shown]
     if not left:
         return "nothing left to revoke"
     name = rng.choice(left)

@@ -83,18 +83,19 @@ class CappedTCPSite(web.TCPSite):
             self._peak = len(server.connections)
         # One burst of accepts makes several protocols before their connection_made
         # runs and the server lists them: those of this loop turn are in _fresh.
-        if len(server.connections) + len(
-            self._fresh
-        ) >= self.max_connections and not self._evict_idle(server.connections):
-            self.refused += 1
+        if len(server.connections) + len(self._fresh) >= self.max_connections:
+            room = self._evict_idle(server.connections)
             now = time.monotonic()
             if now - self._logged > _LOG_EVERY:
                 self._logged = now
                 log.warning(
-                    "%d connections open, the cap (server.max_connections); refusing more",
+                    "%d connections open, the cap (server.max_connections); %s",
                     self.max_connections,
+                    "closing idle ones to make room" if room else "refusing more",
                 )
-            return _Refused()
+            if not room:
+                self.refused += 1
+                return _Refused()
         handler = server()
         if not self._fresh:  # runs before this turn's connection_made callbacks
             asyncio.get_running_loop().call_soon(self._fresh.clear)
