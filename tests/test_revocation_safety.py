@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -392,3 +393,56 @@ def test_a_link_client_that_never_reads_is_cut_off_and_the_producer_stays_bounde
         assert status_of(server.url, request) is ocsp.OCSPCertStatus.GOOD
     finally:
         server.stop()
+
+
+async def test_an_index_on_a_file_system_that_hangs_holds_its_own_ca_alone(
+    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: Any
+) -> None:
+    """Another CA's index sits on a file system that stops answering (a hard NFS mount;
+    here its look at the file blocks): this CA's revocation is still taken up at once,
+    and the hung CA answers tryLater once its index goes unlooked-at, with readiness
+    saying why, instead of its old index answering on."""
+    import asyncio
+    import threading
+
+    from hsm_ocsp.config.file import load_config
+    from hsm_ocsp.server.app import create_app
+    from hsm_ocsp.server.app_state import SOURCES
+
+    root = build_ca(tmp_path / "root", softhsm)
+    other = build_ca(tmp_path / "other", softhsm, name="Other CA")
+    config = write_config(tmp_path / "config.toml", {"root": root, "other": other},
+                          server=f'state_dir = "{tmp_path / "state"}"')  # fmt: skip
+    app = create_app(load_config(config))
+    client = await aiohttp_client(app)
+    hang = threading.Event()
+    source = app[SOURCES]["other"]
+    real = source.check
+
+    def hung(*, force: bool = False) -> bool:
+        hang.wait(60)  # the system call that does not return
+        return real(force=force)
+
+    async def status(setup: CASetup) -> object:
+        body = _bodies(setup, "good", ("sha1",))["sha1"]
+        answer = await client.post("/", data=body)
+        parsed = ocsp.load_der_ocsp_response(await answer.read())
+        if parsed.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return parsed.response_status
+        return parsed.certificate_status
+
+    try:
+        assert await status(other) is ocsp.OCSPCertStatus.GOOD
+        source.check = hung  # type: ignore[method-assign]
+        root.ca.revoke(root.certs["good"], "-crl_reason", "keyCompromise")
+        for _ in range(50):
+            if await status(root) is REVOKED:
+                break
+            await asyncio.sleep(0.1)
+        assert await status(root) is REVOKED
+        await asyncio.sleep(VOUCH_FOR + 1)
+        assert await status(other) is ocsp.OCSPResponseStatus.TRY_LATER
+        ready = await client.get("/readyz")
+        assert ready.status == 503 and "has not been looked at" in await ready.text()
+    finally:
+        hang.set()

@@ -6,6 +6,7 @@ import datetime as dt
 
 from aiohttp import web
 
+from ..store.vouch import VOUCH_FOR
 from .app_state import CONFIG, PRODUCER, PRODUCTION, SERVICE, SOURCES, TOKEN
 
 
@@ -35,6 +36,12 @@ def problems(app: web.Application) -> list[str]:
     found += [
         f"index {name}: not taken up for {seconds:.0f} s ({app[SOURCES][name].last_error})"
         for name, seconds in stale_indexes(app).items()
+    ]
+    found += [
+        f"index {name}: its file has not been looked at for over {VOUCH_FOR:.0f} s (a file "
+        "system that does not answer?); its CA answers tryLater"
+        for name, source in app[SOURCES].items()
+        if source.snapshot is not None and not source.fresh(VOUCH_FOR)
     ]
     found += [
         f"CA {name}: its signing certificate is not valid now (answers are tryLater)"
