@@ -294,34 +294,46 @@ class RemoteToken:
     not (shutil.which("p11-kit") and Path(P11_KIT_CLIENT).exists()), reason="needs p11-kit"
 )
 @pytest.mark.slow
-def test_readyz_and_token_up_follow_the_token(
+@pytest.mark.parametrize("pre_produce", [True, False])
+def test_a_token_outage_shows_in_token_up_and_healthz_not_in_readiness(
     tmp_path: Path,
     softhsm: SoftHSM,
     serve: Callable[..., RunningServer],
     monkeypatch: pytest.MonkeyPatch,
+    pre_produce: bool,
 ) -> None:
+    """With every serial's answer in the store the instance stays ready without the
+    token; without pre-production (the store lacks answers) readiness needs the token."""
     remote = RemoteToken(softhsm, tmp_path / "p11-kit.sock")
     remote.start()
     try:
         monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", f"unix:path={remote.socket}")
         setup = build_ca(tmp_path / "ca", softhsm)
         port = free_port()
-        config = write_config(tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port)
+        producer = "" if pre_produce else "pre_produce = false"
+        config = write_config(tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port,
+                              producer=producer)  # fmt: skip
         config.write_text(config.read_text().replace(softhsm.module, P11_KIT_CLIENT))
         server = serve(config, port, tmp_path / "server.log")
         assert metric(server, "hsm_ocsp_token_up", ca="root") == 1
         fresh = build_request([(setup.ca.certificate, setup.serial("good"))], nonce=os.urandom(16))
+        time.sleep(1)  # the fill pass ends
 
         remote.stop()
         status, body = http(server.url, fresh)
         assert status == 200 and ocsp_status(body) == "try_later"
+        # Every serial has a current answer in the store: the instance answers correctly
+        # without the token, so it stays ready; /healthz and the metric say the rest.
         status, text = http(server.url + "readyz")
-        assert status == 503 and b"token" in text
+        assert status == (200 if pre_produce else 503), text
+        status, text = http(server.url + "healthz")
+        assert status == 200 and b"token" in text
+        assert (b"degraded: token" in text) is pre_produce
         assert metric(server, "hsm_ocsp_token_up", ca="root") == 0
         assert metric(server, "hsm_ocsp_sign_errors_total") == 1
 
         remote.start()
-        wait_for(lambda: http(server.url + "readyz")[0] == 200)
+        wait_for(lambda: b"degraded" not in http(server.url + "healthz")[1])
         assert metric(server, "hsm_ocsp_token_up", ca="root") == 1
         status, body = http(server.url, fresh)
         assert ocsp_status(body) == "successful"

@@ -43,7 +43,7 @@ from .app_state import (
     TOKEN,
     VOUCHES,
 )
-from .health import problems, readyz
+from .health import healthz, problems, readyz
 from .index_source import IndexSource
 from .metrics import Metrics
 from .producer_link import serve_link, socket_path
@@ -55,7 +55,7 @@ __all__ = ["build_token", "create_app", "issuers_of"]
 
 log = logging.getLogger("hsm_ocsp.http")
 PROVE_EVERY = 2.0  # seconds between two tries of a token that was away at start
-READER_CHECK_EVERY = 5.0  # seconds between two looks for stale LMDB reader slots
+READER_CHECK_EVERY = 2.0  # seconds between two looks for stale LMDB reader slots
 
 
 def build_token(
@@ -153,7 +153,7 @@ def create_app(
     app[RUNNING] = {"config": config}  # what a reload replaces (the app itself is frozen)
     app.cleanup_ctx.append(_lifecycle(handle_signals))
     app.cleanup_ctx.append(_producing(role))
-    add_routes(app, config, metrics, readyz)
+    add_routes(app, config, metrics, readyz, healthz)
     return app
 
 
@@ -312,9 +312,11 @@ async def _prove_later(app: web.Application) -> None:
 
 
 async def _clear_stale_readers(production: Production) -> None:
-    """Every few seconds: reader slots of processes killed inside a read are freed."""
+    """Every few seconds: reader slots of processes killed inside a read are freed, and
+    the store's metrics are brought up to date (during a long fill, or a copy, too)."""
     while True:
         await asyncio.sleep(READER_CHECK_EVERY)
+        production.report()
         cleared = await asyncio.to_thread(production.store.clear_stale_readers)
         if cleared:
             log.warning("answer store: freed %d reader slot(s) of processes that died "

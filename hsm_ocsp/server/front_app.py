@@ -20,7 +20,7 @@ from ..store.lmdb_store import LmdbStore
 from ..store.vouch import Vouches
 from .app import issuers_of, signer_keys
 from .app_state import CONFIG, METRICS, PRODUCER, RUNNING, SERVICE
-from .health import front_readyz
+from .health import front_healthz, front_readyz
 from .metrics import Metrics
 from .producer_link import ProducerClient, socket_path
 from .routes import add_routes
@@ -63,7 +63,7 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
     app.cleanup_ctx.append(_lifecycle(store, handle_signals))
     if vouches is not None:
         app.on_cleanup.append(lambda _: _close(vouches))
-    add_routes(app, config, metrics, front_readyz)
+    add_routes(app, config, metrics, front_readyz, front_healthz)
     return app
 
 

@@ -7,11 +7,7 @@ import datetime as dt
 from aiohttp import web
 
 from ..store.vouch import VOUCH_FOR
-from .app_state import CONFIG, PRODUCER, PRODUCTION, SERVICE, SOURCES, TOKEN
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+from .app_state import CONFIG, KEYS, PRODUCER, PRODUCTION, SERVICE, SOURCES, TOKEN
 
 
 def stale_indexes(app: web.Application) -> dict[str, float]:
@@ -54,10 +50,30 @@ def problems(app: web.Application) -> list[str]:
             for ca in app[CONFIG].cas
             if app[PRODUCTION].unwithdrawn(ca.name)
         ]
-    token = app[TOKEN]
+    return found + margins(app) + _token(app)
+
+
+def _token(app: web.Application) -> list[str]:
+    """The token's state: a readiness problem only where answers depend on it. A host
+    whose store holds a current answer for every serial of its CAs answers correctly
+    without it (until the answers near their nextUpdate: ``margins``), so a token outage
+    is then a degradation (``/healthz``, ``hsm_ocsp_token_up``), not unreadiness: else
+    every instance leaves the load balancer at once, exactly when the store can serve."""
+    token, keys = app[TOKEN], app[KEYS]
+    found = []
     if not token.up:
         found.append(f"token: {token.last_error or 'not connected'}")
-    return found + margins(app)
+    elif not keys.proven:
+        found.append("token: the keys are not proven yet")
+    if token.gate is not None and (refused := token.gate.refused()) is not None:
+        found.append(f"token: login refused ({refused}); fix the PIN, then SIGHUP")
+    complete = PRODUCTION in app and all(
+        app[PRODUCTION].complete.get(ca.name) for ca in app[CONFIG].cas
+    )
+    return [DEGRADED + line for line in found] if complete else found
+
+
+DEGRADED = "degraded: "  # a line of /healthz that does not fail readiness
 
 
 def margins(app: web.Application) -> list[str]:
@@ -78,15 +94,29 @@ def margins(app: web.Application) -> list[str]:
 
 
 def _answer(found: list[str]) -> web.Response:
-    if found:
-        return web.Response(status=503, text="\n".join(found) + "\n")
+    failing = [line for line in found if not line.startswith(DEGRADED)]
+    if failing:
+        return web.Response(status=503, text="\n".join(failing) + "\n")
     return web.Response(text="ready\n")
+
+
+def _health(found: list[str]) -> web.Response:
+    """200 while the process runs; the body says what is degraded or failing."""
+    return web.Response(text="".join(f"{line}\n" for line in ["ok", *found]))
 
 
 async def readyz(request: web.Request) -> web.Response:
     return _answer(problems(request.app))
 
 
+async def healthz(request: web.Request) -> web.Response:
+    return _health(problems(request.app))
+
+
 async def front_readyz(request: web.Request) -> web.Response:
     """A worker of a producer: ready when the producer is."""
     return _answer(await request.app[PRODUCER].problems())
+
+
+async def front_healthz(request: web.Request) -> web.Response:
+    return _health(await request.app[PRODUCER].problems())

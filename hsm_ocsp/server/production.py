@@ -99,6 +99,8 @@ class Production:
         self._refill = True  # a fill pass is due (at start, after a reload)
         self.soonest: dict[str, float] = {}  # CA -> the soonest nextUpdate stored (Unix s)
         self._refresh_at = 0.0  # Unix time the next stored answer is due for refresh
+        self.complete: dict[str, bool] = {}  # CA -> its last fill pass signed all it lacked
+        self._failures: dict[str, int] = dict.fromkeys(sources, 0)
         # The store is read for due answers at least this often: a quarter of the
         # shortest validity, so an answer is refreshed before its nextUpdate whatever
         # the validity (its refresh time is noted as it is signed, too).
@@ -270,9 +272,11 @@ class Production:
         return due
 
     async def _fill(self) -> None:
-        """Produce what the store lacks (or holds of a replaced signer), in chunks."""
+        """Produce what the store lacks (or holds of a replaced signer), in chunks. A CA
+        whose pass signed all it lacked is ``complete``: its store answers every serial."""
         for ca, source in self.sources.items():
             issuer = self._issuer(ca)
+            failures = self._failures[ca]
             serials = list(source.snapshot.entries) if issuer and source.snapshot else []
             for start in range(0, len(serials), CHUNK):
                 chunk = serials[start : start + CHUNK]
@@ -282,6 +286,7 @@ class Production:
                     await self._produce(issuer, key, reason)
                     await self._first_things_first()
             await self._drain()
+            self.complete[ca] = bool(serials) and self._failures[ca] == failures
 
     async def _first_things_first(self) -> None:
         """Between two signatures of the fill: a change, then a due refresh, go first."""
@@ -337,6 +342,7 @@ class Production:
         self._slots.release()
         if task.cancelled() or task.exception() is not None or not task.result():
             self._failed = True
+            self._failures[ca] += 1
             if serial is not None and serial not in self._changed[ca]:
                 self._changed[ca].append(serial)  # produced when the token is back
                 self._changed_at.setdefault(ca, time.monotonic())
@@ -344,6 +350,10 @@ class Production:
     async def _drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def report(self) -> None:
+        """The backlog and the store's size, as metrics (also while a fill runs)."""
+        self._backlog()
 
     def _backlog(self) -> None:
         for ca, queue in self._changed.items():

@@ -8,7 +8,6 @@ from aiohttp import web, web_response
 
 from ..config.model import Config
 from .handlers import OCSPHandler, expect_within_limit, not_allowed
-from .health import healthz
 from .metrics import METRICS_PATH, Metrics
 
 __all__ = ["SERVER_SOFTWARE", "add_routes"]
@@ -21,6 +20,7 @@ def add_routes(
     config: Config,
     metrics: Metrics,
     readyz: Callable[[web.Request], Awaitable[web.Response]],
+    healthz: Callable[[web.Request], Awaitable[web.Response]],
 ) -> None:
     # Server: hsm-ocsp, not Python's and aiohttp's versions for a scanner to match. aiohttp
     # fills the header from this module constant; setting it once costs nothing a
