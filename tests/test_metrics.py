@@ -333,8 +333,9 @@ def test_a_token_outage_shows_in_token_up_and_healthz_not_in_readiness(
         assert metric(server, "hsm_ocsp_sign_errors_total") == 1
 
         remote.start()
-        wait_for(lambda: b"degraded" not in http(server.url + "healthz")[1])
+        wait_for(lambda: b"token" not in http(server.url + "healthz")[1])
         assert metric(server, "hsm_ocsp_token_up", ca="root") == 1
+        assert http(server.url + "readyz")[0] == 200
         status, body = http(server.url, fresh)
         assert ocsp_status(body) == "successful"
         server.stop()
