@@ -16,7 +16,9 @@ from hsm_ocsp.config.pin import read_pin
 from hsm_ocsp.config.section import parse_duration
 from hsm_ocsp.core.errors import ConfigError
 
+from .support.ca import build_ca, write_config
 from .support.pki import OpenSSLCA
+from .support.softhsm import SoftHSM
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +213,28 @@ def test_a_host_without_a_token_in_a_fleet_is_an_edge_needing_no_key_or_index(
     bad = write(tmp_path, ca, top='[store]\nredis = "http://127.0.0.1:6379"')
     with pytest.raises(ConfigError, match=r"store\.redis: must be a redis://"):
         load_config(bad)
+
+
+def test_serve_without_a_writable_temporary_directory_is_one_line(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """A read-only root file system without a writable /tmp (as container policies ask):
+    one line naming TMPDIR and what to do, exit 2, never a traceback."""
+    import subprocess
+    import sys
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    config = write_config(tmp_path / "config.toml", {"root": setup},
+                          server=f'state_dir = "{tmp_path / "state"}"')  # fmt: skip
+    code = (
+        "import sys, tempfile; tempfile.tempdir = sys.argv[1]; "
+        "from hsm_ocsp.cli.main import main; sys.exit(main(['serve', '--config', sys.argv[2]]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "no-such-dir"), str(config)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "HSM_OCSP_PIN": softhsm.pin},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TMPDIR" in lines[0] and "Traceback" not in done.stderr, lines

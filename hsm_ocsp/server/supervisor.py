@@ -71,6 +71,10 @@ def run_server(config: Config) -> int:
         log.error("%s", problems[0])
         return EXIT_USAGE
     forbid_core_dumps()
+    problem = _no_temporary_directory()
+    if problem is not None:
+        log.error("%s: %s", config.path, problem)
+        return EXIT_USAGE
     try:  # before any worker or signer starts: none inherits it (an edge has none)
         pin = take_pin(config) if config.signing else ""
     except ConfigError as exc:
@@ -110,6 +114,20 @@ def run_server(config: Config) -> int:
         gate.remove()
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
+
+
+def _no_temporary_directory() -> str | None:
+    """What is wrong with the temporary directory serve needs (its login gate, the
+    workers' metrics files, a state directory for the run when none is configured), or
+    None: a read-only root file system without a writable /tmp is one line, not a
+    traceback."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="hsm-ocsp-probe-"))
+    except OSError as exc:
+        where = os.environ.get("TMPDIR") or "/tmp"
+        return (f"TMPDIR ({where}): no writable temporary directory ({exc.strerror or exc}); "
+                "give serve one (an emptyDir or tmpfs at /tmp, or TMPDIR)")  # fmt: skip
+    return None
 
 
 def _reloaded(config: Config, pin: str, gate: LoginGate) -> Config:
