@@ -449,6 +449,15 @@ def test_kubernetes_deployment_matches_the_image_and_the_config() -> None:
     assert not volumes["pin"]["secret"]["defaultMode"] & 0o004  # not world-readable
     for path in ("certificate", "index", "responder_certificate"):
         assert config["ca"][0][path].startswith(mounts["data"] + "/")
+    # What serve writes (state_dir, and /tmp for its temporary files) is on a mount that
+    # is not read-only: the root file system is (state_dir on the read-only data mount
+    # passed the schemas and crashed at once).
+    assert security.get("readOnlyRootFilesystem") or container["securityContext"].get(
+        "readOnlyRootFilesystem"
+    )
+    writable = [m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")]
+    for path in (config["server"]["state_dir"], "/tmp/x"):
+        assert any(path.startswith(mount + "/") or path == mount for mount in writable), path
     metrics_port = int(config["server"]["metrics_listen"].rsplit(":", 1)[1])
     annotations = docs["Deployment/hsm-ocsp"]["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == metrics_port
