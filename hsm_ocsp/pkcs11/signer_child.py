@@ -66,7 +66,7 @@ def _answer(token: Token, request: Request, signed: list[float]) -> Reply:
     call_id, deadline, name, data = request
     signed.clear()
     if time.monotonic() > deadline:  # the caller has given up: skip
-        return (call_id, "expired", False, False, None, token.up, token.last_error)
+        return (call_id, "expired", False, False, None, token.up, token.last_error, (0, 0))
     try:
         if name is None and data:
             token.set_keys_here(pickle.loads(data))
@@ -80,7 +80,9 @@ def _answer(token: Token, request: Request, signed: list[float]) -> Reply:
     except TokenError as exc:
         payload, ok, retryable = str(exc), False, exc.retryable
     seconds = signed[0] if signed else None
-    return (call_id, payload, ok, retryable, seconds, token.up, token.last_error)
+    recovered = (token.recovered["session"], token.recovered["throttled"])
+    token.recovered.update(session=0, throttled=0)
+    return (call_id, payload, ok, retryable, seconds, token.up, token.last_error, recovered)
 
 
 def child_main(argv: list[str]) -> int:

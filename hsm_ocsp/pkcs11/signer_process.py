@@ -145,8 +145,10 @@ class TokenProcess(TokenState):
             self._ended(child)
 
     def _answered(self, reply: Reply) -> None:
-        call_id, payload, ok, retryable, seconds, up, last_error = reply
+        call_id, payload, ok, retryable, seconds, up, last_error, recovered = reply
         self._sent.pop(call_id, None)
+        if any(recovered) and self.on_recover is not None:
+            self.on_recover(*recovered)
         self.last_error = last_error
         self._set_up(up)
         if seconds is not None and self.on_sign is not None:

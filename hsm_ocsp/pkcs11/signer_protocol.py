@@ -34,11 +34,13 @@ class Setup:
 
 # A request is (id, deadline, key name, data), or (id, deadline, None, b"") to open
 # the token, or (id, deadline, None, the pickled list of KeySpec) to take those keys.
-# A reply is (id, signature or error text, ok, retryable, seconds, up, last_error).
+# A reply is (id, signature or error text, ok, retryable, seconds, up, last_error,
+# recovered): recovered counts the token sessions opened again and the calls tried again
+# since the last reply.
 Request = tuple[int, float, str | None, bytes]
 
 
-Reply = tuple[int, bytes | str, bool, bool, float | None, bool, str | None]
+Reply = tuple[int, bytes | str, bool, bool, float | None, bool, str | None, tuple[int, int]]
 
 
 def frame(message: object) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,19 @@ __all__ = ["Token"]
 
 log = logging.getLogger("hsm_ocsp.token")
 T = TypeVar("T")
+# A session the token dropped (an idle timeout, a restarted HA member): open another.
+SESSION_LOST = (p11e.SessionHandleInvalid, p11e.SessionClosed, p11e.UserNotLoggedIn)
+# What a busy HSM answers a call it does not take now: try the call again, shortly.
+THROTTLED = (
+    p11e.FunctionFailed,
+    p11e.DeviceError,
+    p11e.DeviceMemory,
+    p11e.OperationActive,
+    p11e.SessionCount,
+)
+FIRST_PAUSE = 0.005  # seconds before the first retry of a throttled call (then doubled,
+MAX_PAUSE = 0.25  # to at most this, each jittered by half)
+RETRY_SHARE = 0.8  # of sign_timeout a call may spend being retried
 
 
 class Token(TokenState):
@@ -73,6 +87,8 @@ class Token(TokenState):
         self._backoff = min_backoff
         self._busy_since: float | None = None
         self._lock = threading.Lock()
+        # Calls ridden out since the last look (the signer process reports and resets).
+        self.recovered = {"session": 0, "throttled": 0}
 
     def __repr__(self) -> str:  # never show the PIN
         return f"Token(module={self.module!r}, keys={sorted(self.keys)!r})"
@@ -116,13 +132,18 @@ class Token(TokenState):
         return session
 
     def _login(self, token: Any) -> Any:
-        """A logged-in session; never a second try of a PIN the token refused."""
+        """A logged-in session; never a second try of a PIN the token refused. Read/write
+        where the token allows it (AWS CloudHSM refuses read-only sessions), read-only
+        where it is write-protected."""
         if self._refused is not None:
             raise LoginRefused(self._refused)
         gate = self._gate
         with gate.attempt() if gate is not None else contextlib.nullcontext():
             try:
-                return token.open(user_pin=self._pin)
+                try:
+                    return token.open(user_pin=self._pin, rw=True)
+                except p11e.TokenWriteProtected:  # refused before any login was tried
+                    return token.open(user_pin=self._pin, rw=False)
             except PIN_ERRORS as exc:
                 reason = describe_error(exc)
                 if gate is not None:
@@ -168,15 +189,54 @@ class Token(TokenState):
         prepared = scheme.prepare(data)
         started = time.perf_counter()
         try:
-            raw: bytes = self._handles[name].sign(
-                prepared, mechanism=mechanism, mechanism_param=param
-            )
+            raw = self._sign_riding_out(name, prepared, mechanism, param)
         except Exception as exc:
             self._failed(exc)
             raise TokenError(f"signing failed: {describe_error(exc)}") from None
         if self.on_sign is not None:
             self.on_sign(time.perf_counter() - started)
         return scheme.finish(raw)
+
+    def _sign_riding_out(self, name: str, prepared: bytes, mechanism: Any, param: Any) -> bytes:
+        """One C_Sign, riding out what hardware tokens do that is no lost token: a session
+        dropped (an idle timeout: YubiHSM 2 after 30 s) is opened again, logged in, and
+        the call made once more; a call refused for throttling (CloudHSM answers a busy
+        HSM with CKR_FUNCTION_FAILED) is tried again after a short, jittered, growing
+        pause, for at most most of ``sign_timeout``. Only what still fails then is a
+        failure of the token (re-initialising a throttled HSM would make things worse)."""
+        deadline = time.monotonic() + self.sign_timeout * RETRY_SHARE
+        pause, reopened = FIRST_PAUSE, False
+        while True:
+            try:
+                raw: bytes = self._handles[name].sign(
+                    prepared, mechanism=mechanism, mechanism_param=param
+                )
+                return raw
+            except SESSION_LOST:
+                if reopened:
+                    raise
+                reopened = True
+                self._reopen()
+                self.recovered["session"] += 1
+            except THROTTLED:
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                pause = min(pause * 2, MAX_PAUSE)
+                self.recovered["throttled"] += 1
+
+    def _reopen(self) -> None:
+        """New logged-in sessions (the token dropped ours), and each key found on them."""
+        for session in self._sessions.values():
+            try:
+                session.close()
+            except Exception:  # the token has forgotten it already
+                pass
+        self._sessions.clear()
+        for spec in [*self.keys.values(), *self._retired.values()]:
+            if spec.name in self._handles:
+                self._handles[spec.name] = find_key(self._session_for(spec), spec)
+        log.info("token session dropped by the token (an idle timeout?): opened again")
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         self._busy_since = time.monotonic()

@@ -55,6 +55,7 @@ class TokenPool(TokenProcess):
         if member is self:
             return await super().sign(name, data)
         member.on_sign = self.on_sign
+        member.on_recover = self.on_recover
         try:
             return await member.sign(name, data)
         except TokenError:

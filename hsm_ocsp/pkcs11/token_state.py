@@ -16,6 +16,8 @@ class TokenState:
         self.last_error: str | None = None
         self.on_state_change: Callable[[bool], None] | None = None
         self.on_sign: Callable[[float], None] | None = None  # seconds of one C_Sign
+        # (sessions opened again, calls tried again) a token ridden out: not failures
+        self.on_recover: Callable[[int, int], None] | None = None
 
     @property
     def up(self) -> bool:

@@ -170,6 +170,7 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProces
         sources[ca.name].on_error = metrics.index_failed(ca.name)
     token.on_state_change = metrics.token_state([ca.name for ca in config.cas])
     token.on_sign = metrics.token_signed
+    token.on_recover = metrics.token_recovered
     token.on_state_change(token.up)
     return metrics
 

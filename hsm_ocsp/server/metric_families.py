@@ -75,6 +75,13 @@ class MetricFamilies:
             "Responses that could not be signed (token failure or too many pending).",
             registry=r,
         )
+        self.token_recoveries = Counter(
+            PREFIX + "token_recoveries_total",
+            "Token calls ridden out without declaring the token lost: kind session (a "
+            "session the token dropped, opened again) or throttled (a call tried again).",
+            ["kind"],
+            registry=r,
+        )
         self.cache_lookups = Counter(
             PREFIX + "cache_lookups_total",
             "Pre-signed response cache look-ups by result (hit, miss, stale).",

@@ -114,6 +114,11 @@ class Metrics(MetricFamilies, Events):
 
         return failed
 
+    def token_recovered(self, sessions: int, retries: int) -> None:
+        """``Token.on_recover``: sessions opened again and calls tried again."""
+        self.token_recoveries.labels("session").inc(sessions)
+        self.token_recoveries.labels("throttled").inc(retries)
+
     def token_signed(self, seconds: float) -> None:
         """``Token.on_sign``: one PKCS#11 signature took ``seconds``."""
         self._sign_seconds.append(seconds)

@@ -1,0 +1,114 @@
+"""Hardware HSMs as they really behave (issue 27), each behaviour imitated over SoftHSM
+by tests/support/behaving_token.c, against a real ``serve`` with two workers: cached and
+nonce requests through a quiet period, every nonce answer signed and verified (never
+tryLater), /readyz never failing, no "token lost", and what was ridden out counted."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+
+from .support import behaving_token, fuzz
+from .support.ca import build_ca, write_config
+from .support.fleet import metric
+from .support.server import free_port, start_server
+from .support.softhsm import MODULE, SoftHSM
+from .support.watch import request_for
+
+pytestmark = pytest.mark.slow
+
+BEHAVIOURS = {
+    "read-only sessions refused (CloudHSM)": ({"no_ro": 1}, None),
+    "a session idle 1.5 s dropped (YubiHSM 2: 30 s)": ({"idle_ms": 1500}, "session"),
+    "every 20th signature CKR_FUNCTION_FAILED (CloudHSM throttling)": (
+        {"fail_every": 20}, "throttled",
+    ),
+    "every 20th signature CKR_DEVICE_ERROR": ({"fail_every": 20, "fail_rv": 0x30}, "throttled"),
+    "5 ms a signature (a network HSM)": ({"latency_ms": 5}, None),
+}  # fmt: skip
+LOAD = 2.5  # seconds of requests before and after the quiet period
+QUIET = 3.0  # longer than the idle timeout
+
+
+def _readiness(url: str, stop: threading.Event, failures: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url + "readyz", timeout=5):
+                pass
+        except urllib.error.HTTPError as exc:
+            failures.append(exc.code)
+        except OSError:
+            failures.append(0)
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
+def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch, behaviour: str
+) -> None:
+    settings, ridden = BEHAVIOURS[behaviour]
+    for name, value in behaving_token.environment(**settings).items():
+        monkeypatch.setenv(name, value)
+    module = behaving_token.build(tmp_path)
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"'))
+    server = start_server(config, port, tmp_path / "server.log")
+    signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
+    cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
+    stop, not_ready = threading.Event(), []
+    watcher = threading.Thread(target=_readiness, args=(server.url, stop, not_ready))
+    watcher.start()
+    answers: list[ocsp.OCSPResponse] = []
+    try:
+        for phase in range(2):
+            until = time.monotonic() + LOAD
+            while time.monotonic() < until:
+                builder = ocsp.OCSPRequestBuilder().add_certificate(
+                    cert, setup.ca.certificate, hashes.SHA1()
+                )
+                nonce = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+                cached = request_for(cert, setup.ca.certificate, "sha256")
+                for body in (nonce.build().public_bytes(Encoding.DER), cached):
+                    answers.append(_post(server.url, body))
+            if phase == 0:
+                time.sleep(QUIET)
+        recovered = {
+            kind: metric(server, f'hsm_ocsp_token_recoveries_total{{kind="{kind}"}}')
+            for kind in ("session", "throttled")
+        }
+    finally:
+        stop.set()
+        watcher.join(10)
+        server.stop()
+    log = server.log.read_text()
+    assert len(answers) > 20
+    for answer in answers:
+        assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL, behaviour
+        assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
+        fuzz.verify(signer, answer.signature, answer.tbs_response_bytes, answer)
+    assert not not_ready, f"/readyz failed: {not_ready}"
+    assert "token lost" not in log and "Traceback" not in log, log[-3000:]
+    if ridden is not None:
+        assert recovered[ridden] >= 1, recovered
+    print(f"{behaviour}: {len(answers)} answers, ridden out {recovered}")
+
+
+def _post(url: str, body: bytes) -> ocsp.OCSPResponse:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/ocsp-request"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return ocsp.load_der_ocsp_response(response.read())
