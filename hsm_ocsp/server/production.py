@@ -91,8 +91,11 @@ class Production:
         self._loop: asyncio.AbstractEventLoop | None = None
         rate = config.producer.max_signatures_per_second
         self._rate = Rate(rate)  # paced: one in flight a 10/s, so a change waits behind one
+        # Two signatures in flight for each session the token gives: each session has the
+        # next one waiting while it signs (a network HSM's latency is then hidden).
+        in_flight = max(IN_FLIGHT, 2 * config.token.sessions)
         self._slots = asyncio.Semaphore(
-            max(1, min(IN_FLIGHT, int(rate) // 10)) if rate else IN_FLIGHT
+            max(1, min(in_flight, int(rate) // 10)) if rate else in_flight
         )
         self._tasks: set[asyncio.Task[bool]] = set()
         self._failed = False
