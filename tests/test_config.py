@@ -238,3 +238,31 @@ def test_serve_without_a_writable_temporary_directory_is_one_line(
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "TMPDIR" in lines[0] and "Traceback" not in done.stderr, lines
+
+
+def test_include_ca_certificate_is_a_roots_by_default_and_may_be_set(tmp_path: Path) -> None:
+    """``auto``: a root (self-issued) CA's own answers carry its certificate, which every
+    client measured accepts; an intermediate's do not (Go's x/crypto/ocsp refuses an
+    embedded certificate the issuer did not sign). true or false overrides."""
+    import dataclasses
+
+    ca = OpenSSLCA(tmp_path / "ca")
+    intermediate = x509.load_pem_x509_certificate(
+        ca.sign_responder(ca.key.public_key()).read_bytes()
+    )
+    for value, root, expected in (
+        ("", True, True), ("", False, False), ("include_ca_certificate = false", True, False),
+        ("include_ca_certificate = true", False, True),
+    ):  # fmt: skip
+        path = tmp_path / "config.toml"
+        path.write_text(
+            f'[[ca]]\nname = "root"\ncertificate = "{ca.cert_path}"\nindex = "{ca.index}"\n'
+            f'key = "pkcs11:token=t;object=k"\n{value}\n'
+        )
+        config = load_config(path).cas[0]
+        if not root:
+            config = dataclasses.replace(config, certificate=intermediate)
+        assert config.includes_ca_certificate is expected, (value, root)
+    path.write_text(path.read_text().replace("= true", '= "yes"'))
+    with pytest.raises(ConfigError, match="include_ca_certificate"):
+        load_config(path)

@@ -288,8 +288,14 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     done = subprocess.run(
         [analyze, "verify", str(unit)], capture_output=True, text=True, check=False
     )
-    # Unknown or misspelt keys only warn: the output must be empty, not just rc 0.
-    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stderr
+    # Unknown or misspelt keys only warn: the output must say nothing of this unit, not
+    # just rc 0. (It may warn of the machine's other units: Debian's freeradius.service,
+    # installed for the EAP-TLS tests, uses a deprecated key.)
+    ours = [
+        line for line in (done.stdout + done.stderr).splitlines()
+        if line.strip() and not line.startswith(("/lib/systemd/", "/usr/lib/systemd/"))
+    ]  # fmt: skip
+    assert done.returncode == 0 and not ours, done.stderr
 
 
 def test_systemd_unit_hardening_reload_and_pin_credential() -> None:

@@ -76,6 +76,7 @@ _CA_KEYS = {
     "unknown_serials",
     "max_index_bytes",
     "cert_id_hashes",
+    "include_ca_certificate",
 }
 _SERVER = ServerConfig()  # every [server] default, once
 _TOKEN = TokenConfig()
@@ -100,6 +101,16 @@ def _cert_id_hashes(ca: Section) -> tuple[str, ...]:
             raise ca.error("cert_id_hashes", f"{name!r}: each must be one of "
                            f"{', '.join(_CERT_ID_HASHES)}")  # fmt: skip
     return tuple(dict.fromkeys(names))
+
+
+def _include_ca(ca: Section) -> bool | None:
+    """``ca.include_ca_certificate``: true, false or "auto" (the default: a root's)."""
+    value = ca.table.get("include_ca_certificate", "auto")
+    if value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise ca.error("include_ca_certificate", 'must be true, false or "auto"')
+    return value
 
 
 def _server(server: Section) -> ServerConfig:
@@ -202,6 +213,7 @@ def _ca(ca: Section, taken: set[str], signing: bool = True) -> CAConfig:
         unknown_serials=ca.choice("unknown_serials", CAConfig.unknown_serials),
         max_index_bytes=ca.positive("max_index_bytes", CAConfig.max_index_bytes),
         cert_id_hashes=_cert_id_hashes(ca),
+        include_ca_certificate=_include_ca(ca),
     )
     for path, certificate in config.signing_certificates:
         try:

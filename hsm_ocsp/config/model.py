@@ -111,6 +111,16 @@ class CAConfig:
     max_index_bytes: int = DEFAULT_MAX_BYTES
     # The CertID hash algorithms answers are produced ahead for (the two clients send).
     cert_id_hashes: tuple[str, ...] = ("sha1", "sha256")
+    # A CA that signs its own answers: put its certificate into them? None: when the CA
+    # is a root (self-issued), which every client measured accepts (see issuers_of).
+    include_ca_certificate: bool | None = None
+
+    @property
+    def includes_ca_certificate(self) -> bool:
+        """Whether answers signed with the CA's own key carry its certificate."""
+        if self.include_ca_certificate is not None:
+            return self.include_ca_certificate
+        return self.certificate.issuer == self.certificate.subject
 
     @property
     def signer_certificate(self) -> x509.Certificate:

@@ -65,6 +65,8 @@ class SigningCertificate:
 
     @classmethod
     def of(cls, cert: x509.Certificate, *, delegated: bool, key: str) -> SigningCertificate:
+        """``delegated``: the certificate goes into each answer (a delegated responder's,
+        or the CA's own when the CA signs and its certificate is to be included)."""
         der = cert.public_bytes(serialization.Encoding.DER) if delegated else None
         return cls(
             der, cert.not_valid_before_utc, cert.not_valid_after_utc, key, key_hash(cert, "sha1")
@@ -114,9 +116,12 @@ class Issuer:
         *,
         unknown_as_revoked: bool = False,
         cert_id_hashes: tuple[str, ...] = ("sha1", "sha256"),
+        include_ca_certificate: bool = False,
     ) -> Issuer:
         """``responder_certificates``: the delegated responder's (of one key or several),
-        or None when the CA signs its own answers."""
+        or None when the CA signs its own answers; then ``include_ca_certificate`` puts
+        the CA's certificate into each answer (clients that look for the signer only among
+        the answer's certificates, such as FreeRADIUS, need it)."""
         if isinstance(responder_certificates, x509.Certificate):
             responder_certificates = [responder_certificates]
         delegated = list(responder_certificates or ())
@@ -132,7 +137,9 @@ class Issuer:
             unknown_as_revoked=unknown_as_revoked,
             cert_id_hashes=cert_id_hashes,
             signers=tuple(
-                SigningCertificate.of(c, delegated=bool(delegated), key=names[spki(c)])
+                SigningCertificate.of(
+                    c, delegated=bool(delegated) or include_ca_certificate, key=names[spki(c)]
+                )
                 for c in signing
             ),
         )

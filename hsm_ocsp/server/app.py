@@ -82,6 +82,7 @@ def issuers_of(config: Config) -> list[Issuer]:
             ca.validity,
             unknown_as_revoked=ca.unknown_serials is UnknownSerials.REVOKED,
             cert_id_hashes=ca.cert_id_hashes,
+            include_ca_certificate=ca.includes_ca_certificate,
         )
         for ca in config.cas
     ]

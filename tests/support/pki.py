@@ -72,8 +72,12 @@ class OpenSSLCA:
         self.index = directory / "index.txt"
         self.certificate = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
 
-    def issue(self, name: str, *, start: str | None = None, end: str | None = None) -> Path:
-        """Issue a leaf certificate for CN=name; returns its PEM path."""
+    def issue(
+        self, name: str, *, start: str | None = None, end: str | None = None,
+        extensions: str = "leaf",
+    ) -> Path:  # fmt: skip
+        """Issue a leaf certificate for CN=name (its key beside it, NAME.key); returns its
+        PEM path. ``extensions``: the openssl.cnf section (``leaf``: a TLS server's)."""
         key = self.dir / f"{name}.key"
         csr = self.dir / f"{name}.csr"
         pem = self.dir / f"{name}.pem"
@@ -87,7 +91,7 @@ class OpenSSLCA:
         if end:
             dates += ["-enddate", end]
         run(
-            "openssl", "ca", "-batch", "-config", self.cnf, "-extensions", "leaf",
+            "openssl", "ca", "-batch", "-config", self.cnf, "-extensions", extensions,
             "-notext", "-in", csr, "-out", pem, *dates,
         )  # fmt: skip
         return pem
