@@ -85,6 +85,14 @@ def test_freeradius_eap_tls_takes_good_and_refuses_revoked_and_unknown(
             server.stop()
         responder.stop()
     print(f"include_ca_certificate = {include}: {results}")
+    said = "".join(server.log.read_text() for server in radius)
+    # Refused for what the answers said, not for anything else (four of each: two CAs,
+    # with and without a nonce; the own-key CA's answers without its certificate are
+    # refused before their status is read).
+    statuses = 4 if include == "auto" else 2
+    for status in ("good", "revoked", "unknown"):
+        assert said.count(f"ocsp: Cert status: {status}") == statuses, status
+    assert ("signer certificate not found" in said) is (include == "false")
     for (signer, status, nonce), accepted in results.items():
         expected = status == "good" and (signer == "delegated" or include == "auto")
         assert accepted is expected, (signer, status, nonce, accepted)
