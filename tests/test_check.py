@@ -286,3 +286,21 @@ def test_check_as_a_process(tmp_path: Path, setup: CASetup) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert PIN not in done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "0 error(s), 0 warning(s)"
+
+
+@pytest.mark.parametrize("include", ["", "include_ca_certificate = false"])
+def test_check_says_what_a_ca_signing_with_its_own_key_means_for_eap_tls_and_go(
+    tmp_path: Path, softhsm: SoftHSM, capsys: pytest.CaptureFixture[str], include: str
+) -> None:
+    own = build_ca(tmp_path / "ca", softhsm, delegated=False)
+    config = write_config(tmp_path / "config.toml", {"root": own})
+    config.write_text(config.read_text() + include + "\n")
+    code = main(["check", "--config", str(config)])
+    out, _ = capsys.readouterr()
+    (line,) = [x for x in out.splitlines() if "FreeRADIUS (EAP-TLS)" in x]
+    assert "a delegated responder certificate (responder_certificate) suits every client" in line
+    if include:
+        assert "answers carry no certificate" in line and "refuse them" in line
+    else:  # a root, and auto: its certificate is in its answers, which Go accepts
+        assert "carry the CA's own certificate" in line and "Go's x/crypto/ocsp accepts" in line
+    assert code == 0, out

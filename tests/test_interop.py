@@ -202,3 +202,34 @@ def test_pkilint_finds_nothing_in_responses(
         capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("include", ['"auto"', "false"])
+def test_answers_signed_with_the_cas_own_key_verify_with_openssl_and_gnutls(
+    tmp_path: Path, softhsm: SoftHSM, include: str
+) -> None:
+    """A CA that signs with its own key, its certificate in its answers (the default for
+    a root) or not: openssl accepts both forms; GnuTLS's ocsptool, like FreeRADIUS
+    (tests/test_eap_tls.py), finds no signer in an answer without it."""
+    setup = build_ca(tmp_path / "ca", softhsm, delegated=False)
+    port = free_port()
+    config = write_config(tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port,
+                          include_ca_certificate=include)  # fmt: skip
+    server = start_server(config, port, tmp_path / "server.log")
+    try:
+        for name, status in (("good", "good"), ("keycompromise", "revoked")):
+            out = openssl_ocsp(setup, server, "-cert", setup.certs[name])
+            assert "Response verify OK" in out and f": {status}" in out, out
+            done = subprocess.run(
+                ["ocsptool", f"--ask={server.url}", "--load-issuer", str(setup.ca.cert_path),
+                 "--load-cert", str(setup.certs[name]), "--load-trust", str(setup.ca.cert_path)],
+                capture_output=True, text=True, check=False, timeout=30,
+            )  # fmt: skip
+            said = done.stdout + done.stderr
+            assert f"Certificate Status: {status}" in said, said
+            if include == "false":
+                assert "Verifying OCSP Response: Failure, Signer cert not found." in said, said
+            else:
+                assert "Verifying OCSP Response: Success." in said, said
+    finally:
+        server.stop()

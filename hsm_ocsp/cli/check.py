@@ -157,6 +157,34 @@ def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[
         )
 
 
+def _check_own_key(ca: CAConfig) -> Iterator[Finding]:
+    """A CA that signs its answers with its own key: what including its certificate in
+    them (or not) means for the clients measured (tests/test_eap_tls.py, test_interop)."""
+    if ca.responder_certificate is not None:
+        return
+    root = ca.certificate.issuer == ca.certificate.subject
+    if ca.includes_ca_certificate:
+        go = "Go's x/crypto/ocsp accepts it (a root's own certificate)" if root else (
+            "Go's x/crypto/ocsp refuses them (the certificate in an answer must be one the "
+            "issuer signed, and an intermediate's was signed by its root)"
+        )  # fmt: skip
+        said = (
+            "answers carry the CA's own certificate: FreeRADIUS (EAP-TLS) and GnuTLS find "
+            f"the signer; {go}"
+        )
+    else:
+        said = (
+            "answers carry no certificate: FreeRADIUS (EAP-TLS) and GnuTLS refuse them "
+            "('signer certificate not found'); openssl and Go accept them"
+        )
+    yield Finding(
+        Level.NOTE,
+        ca.name,
+        f"{said} (ca.include_ca_certificate); a delegated responder certificate "
+        "(responder_certificate) suits every client",
+    )
+
+
 def _check_delegated(ca: CAConfig) -> Iterator[Finding]:
     cert = ca.responder_certificate
     if cert is None:
@@ -228,6 +256,7 @@ def check_config(
         if config.signing:
             findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout)
         findings += _check_delegated(ca)
+        findings += _check_own_key(ca)
         findings += _check_validity(ca, now, warn_days)
         findings += _check_validity_window(ca)
         findings += _check_algorithm_reach(ca)
