@@ -30,6 +30,7 @@ _REASONS = {
     Kind.MULTI: Reason.LIVE,
     Kind.NONCE: Reason.NONCE,
     Kind.UNKNOWN: Reason.UNKNOWN,
+    Kind.AHEAD: Reason.FILL,  # the producer says which (SIGN_REASON)
 }
 
 

@@ -22,7 +22,7 @@ from .index import IndexSnapshot
 from .limits import LIMITS
 from .model import OCSPResponseStatus
 from .ocsp import CertID, OCSPRequest
-from .pre_production import produced_ahead
+from .pre_production import SIGN_REASON, produced_ahead
 from .record_check import RecordChecker
 from .refresh import refresh_time
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
@@ -52,6 +52,8 @@ class _CacheEntry:
 
 def _kind(cert_ids: Sequence[CertID], snapshot: IndexSnapshot) -> Kind:
     """Which line a signature for these CertIDs waits in (see sign_queue.py)."""
+    if SIGN_REASON.get() is not None:  # the producer signing ahead of any client
+        return Kind.AHEAD
     if len(cert_ids) > 1:
         return Kind.MULTI
     return Kind.ISSUED if cert_ids[0].serial_number in snapshot.entries else Kind.UNKNOWN

@@ -39,10 +39,16 @@ class Kind(enum.Enum):
     UNKNOWN = "unknown"  # one CertID of a serial not in the index
     MULTI = "multi"  # several CertIDs
     NONCE = "nonce"  # signed for one client alone
+    AHEAD = "ahead"  # the producer's own: a change, a refresh, the fill (no client waits)
 
 
-# The share of max_pending_signatures each kind may hold (waiting or signing).
-SHARES = {Kind.ISSUED: 2, Kind.UNKNOWN: 6, Kind.MULTI: 6, Kind.NONCE: 6}  # 1/2, 1/6 ...
+# The share of max_pending_signatures each kind may hold (waiting or signing). The
+# producer's line is short and takes its turn like the others: a client's signature
+# never waits behind a whole fill.
+SHARES = {Kind.ISSUED: 2, Kind.UNKNOWN: 6, Kind.MULTI: 6, Kind.NONCE: 6, Kind.AHEAD: 8}
+# A client's signature that has not had its turn at the token in this long is answered
+# tryLater: a slow token, busy with the fill, never keeps a client waiting for seconds.
+MAX_WAIT = 2.0
 
 
 class Busy(Exception):
@@ -75,7 +81,14 @@ class SignQueue:
             raise Busy(kind.value)
         self._held[kind] += 1
         try:
-            await self._turn(kind)
+            if kind is Kind.AHEAD:
+                await self._turn(kind)
+            else:
+                try:
+                    async with asyncio.timeout(MAX_WAIT):
+                        await self._turn(kind)
+                except TimeoutError:
+                    raise Busy(kind.value) from None
             try:
                 return await self._sign(name, data)
             finally:
