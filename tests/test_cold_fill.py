@@ -18,6 +18,7 @@ from hsm_ocsp.core.sign_queue import MAX_WAIT
 
 from .support import behaving_token
 from .support.ca import build_ca, write_config
+from .support.fleet import metric
 from .support.server import free_port, start_server
 from .support.softhsm import MODULE, SoftHSM
 from .support.watch import request_for
@@ -60,6 +61,11 @@ def test_clients_wait_a_bounded_time_during_a_cold_fill_on_a_slow_token(
             thread.start()
         for thread in threads:
             thread.join(60)
+        # The store's metric is current while the fill runs (it read 0 through a fill).
+        entries = len(setup.ca.index.read_text().splitlines())
+        time.sleep(2.5)
+        records = metric(server, "hsm_ocsp_store_records")
+        assert 0 < records < 2 * entries, (records, entries)
     finally:
         server.stop()
     assert len(seen) == CLIENTS
