@@ -227,6 +227,12 @@ def test_remember_keeps_what_an_index_drops_and_releases_only_holds() -> None:
     assert found.snapshot.entries[1] == held[1] and found.snapshot.entries[3] == held[3]
     assert found.snapshot.entries[2] is None
     assert found.snapshot.counts["R"] == 3
+    # A hold made final is remembered as final: a later index without it cannot release it.
+    final = parse_index(b"R\t301231235959Z\t260103000000Z,keyCompromise\t02\tunknown\t/CN=b\n")
+    found = remember(final, held)
+    assert list(found.new) == [2] and found.new[2].reason is RevocationReason.KEY_COMPROMISE
+    held = {**held, **found.new}
+    assert remember(parse_index(b""), held).released == []
 
 
 def test_a_revocation_survives_an_index_rewritten_in_place_with_a_pause(

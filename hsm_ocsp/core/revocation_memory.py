@@ -26,14 +26,16 @@ _MISSING = object()
 @dataclasses.dataclass(frozen=True)
 class Remembered:
     snapshot: IndexSnapshot  # the index, with every remembered revocation laid over it
-    new: dict[int, Revocation]  # revocations this index shows for the first time
+    new: dict[int, Revocation]  # revocations this index shows first (or shows changed)
     released: list[int]  # holds the index no longer shows: good (or unknown) again
     kept: list[int]  # revocations the index dropped, answered revoked all the same
 
 
 def remember(snapshot: IndexSnapshot, held: Mapping[int, Revocation]) -> Remembered:
     entries = snapshot.entries
-    new = {s: r for s, r in entries.items() if r is not None and s not in held}
+    # First seen, or changed by the CA (a hold made final, say): the newest is kept, so
+    # that a serial on hold and then revoked for good is never "released" later.
+    new = {s: r for s, r in entries.items() if r is not None and held.get(s) != r}
     released, kept = [], []
     for serial, revocation in held.items():
         now = entries.get(serial, _MISSING)
