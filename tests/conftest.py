@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from .support.ca import CASetup, build_ca
+from .support.redis import RedisServer
 from .support.server import RunningServer, start_server
 from .support.softhsm import PIN, SO_PIN, TOKEN_LABEL, SoftHSM, use_softhsm_token
 
@@ -40,4 +41,15 @@ def serve() -> Iterator[Any]:
 
     yield _serve
     for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server (Debian's) on a Unix socket, stopped at the end of the test."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
         server.stop()

@@ -18,7 +18,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from cryptography.x509 import ocsp
 
 from hsm_ocsp.store.vouch import VOUCH_FOR
 
+from .support import disk
 from .support.ca import CASetup, build_ca
 from .support.fleet import edge_host, filled, ready, signing_host
 from .support.redis import RedisServer
@@ -73,19 +73,12 @@ class Fleet:
             self.full.unlink(missing_ok=True)
 
 
-def _mount(path: Path) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(path)],
-                          capture_output=True)  # fmt: skip
-    return done.returncode == 0
-
-
 @pytest.fixture
 def fleet(tmp_path: Path, softhsm: SoftHSM) -> Iterator[Fleet]:
     setup = build_ca(tmp_path / "ca", softhsm)
     for i in range(STEPS):
         setup.certs[f"fault{i}"] = setup.ca.issue(f"fault{i}")
-    mounted = _mount(tmp_path / "a")
+    mounted = disk.mount_tmpfs(tmp_path / "a", "8m")
     server = RedisServer(tmp_path / "redis")
     server.start()
     copy = tmp_path / "copy" / "index.txt"
@@ -104,7 +97,7 @@ def fleet(tmp_path: Path, softhsm: SoftHSM) -> Iterator[Fleet]:
         made.stop()
         server.stop()
         if mounted:
-            subprocess.run(["umount", "-l", str(tmp_path / "a")], capture_output=True)
+            disk.unmount(tmp_path / "a")
 
 
 def _revoke(fleet: Fleet, rng: random.Random) -> str:
@@ -149,14 +142,7 @@ def _disk(fleet: Fleet, rng: random.Random) -> str:
         fleet.full.unlink()
         fleet.full = None
         return "host a's state volume freed"
-    fleet.full = fleet.tmp / "a" / "ballast"
-    with fleet.full.open("wb") as out:
-        try:
-            while True:
-                out.write(b"\0" * (1 << 16))
-                out.flush()
-        except OSError:
-            pass
+    fleet.full = disk.fill(fleet.tmp / "a")
     return "host a's state volume filled"
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import SoftHSM
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _ask(server: RunningServer, setup: CASetup, name: str) -> ocsp.OCSPResponse:

@@ -23,6 +23,7 @@ from cryptography.x509 import ocsp
 
 from hsm_ocsp.store.vouch import VOUCH_FOR
 
+from .support import disk
 from .support.ca import CASetup, build_ca, write_config
 from .support.p11kit import AVAILABLE, CLIENT_MODULE, P11KitServer
 from .support.server import RunningServer, free_port, start_server
@@ -103,28 +104,6 @@ def test_a_producer_replaced_while_the_token_is_away_still_withdraws_a_revocatio
     assert not watch.good_after(revoked_at + GRACE)
 
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill (needs root): {done.stderr.strip()}")
-
-
-def _fill_disk(directory: Path) -> Path:
-    ballast = directory / "ballast"
-    with ballast.open("wb") as out:
-        try:
-            while True:
-                out.write(b"\0" * (1 << 16))
-                out.flush()
-        except OSError:
-            pass
-    return ballast
-
-
 def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
@@ -134,7 +113,8 @@ def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
     is never left behind."""
     setup = build_ca(tmp_path / "ca", softhsm)
     state = tmp_path / "state"
-    _mount_tmpfs(state, "4m")
+    if not disk.mount_tmpfs(state, "4m"):
+        pytest.skip("cannot mount a tmpfs to fill (needs root)")
     server = None
     watch = None
     try:
@@ -142,7 +122,7 @@ def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
         bodies = _bodies(setup, "good", ("sha1", "sha256", "sha384"))
         for body in bodies.values():  # each asked once: stored, or answered live
             assert status_of(server.url, body) is ocsp.OCSPCertStatus.GOOD
-        ballast = _fill_disk(state)
+        ballast = disk.fill(state)
         watch = Watch([server.url], bodies).start()
         time.sleep(0.5)
         revoked_at = time.monotonic()
@@ -166,7 +146,7 @@ def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
             watch.stop()
         if server is not None:
             server.stop()
-        subprocess.run(["umount", "-l", str(state)], capture_output=True)
+        disk.unmount(state)
 
 
 def test_a_second_serve_on_the_same_state_dir_is_refused_and_the_first_keeps_its_store(

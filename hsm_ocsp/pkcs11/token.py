@@ -98,13 +98,16 @@ class Token(TokenState):
 
     # --- token thread ---------------------------------------------------
 
-    def _disconnect(self) -> None:
+    def _close_sessions(self) -> None:
         for session in self._sessions.values():
             try:
                 session.close()
             except Exception:  # a dead session cannot be closed
                 pass
         self._sessions.clear()
+
+    def _disconnect(self) -> None:
+        self._close_sessions()
         self._handles.clear()
         self._retired.clear()
 
@@ -227,12 +230,7 @@ class Token(TokenState):
 
     def _reopen(self) -> None:
         """New logged-in sessions (the token dropped ours), and each key found on them."""
-        for session in self._sessions.values():
-            try:
-                session.close()
-            except Exception:  # the token has forgotten it already
-                pass
-        self._sessions.clear()
+        self._close_sessions()
         for spec in [*self.keys.values(), *self._retired.values()]:
             if spec.name in self._handles:
                 self._handles[spec.name] = find_key(self._session_for(spec), spec)
