@@ -142,6 +142,30 @@ def test_prometheus_config_passes_promtool() -> None:
     assert "SUCCESS" in done.stdout and "rules found" in done.stdout
 
 
+def test_alert_rules_pass_promtool_and_their_unit_tests(tmp_path: Path) -> None:
+    """Each alert fires on the series that should fire it and not on a healthy one
+    (deploy/prometheus/hsm-ocsp-alerts.test.yml), and a broken expectation fails."""
+    promtool = need("promtool", "prometheus")
+    rules = PROMETHEUS.parent / "hsm-ocsp-alerts.yml"
+    unit = PROMETHEUS.parent / "hsm-ocsp-alerts.test.yml"
+    for args in (["check", "rules", str(rules)], ["test", "rules", str(unit)]):
+        done = subprocess.run([promtool, *args], capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
+    names = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]
+             if "alert" in r}  # fmt: skip
+    for metric in ("token_up", "withdrawals_pending", "store_soonest_next_update",
+                   "production_backlog", "replication_lag", "index_stale", "tryLater",
+                   "http_server_errors", "responder_certificate_expiry"):  # fmt: skip
+        assert metric in rules.read_text(), metric
+    assert len(names) >= 12
+    (tmp_path / "hsm-ocsp-alerts.yml").write_text(rules.read_text())
+    broken = unit.read_text().replace("values: '1 1 0 0 0 0'", "values: '1 1 1 1 1 1'")
+    (tmp_path / "unit.yml").write_text(broken)
+    done = subprocess.run([promtool, "test", "rules", str(tmp_path / "unit.yml")],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode != 0
+
+
 def run_script(
     args: list[str | Path], env: dict[str, str], timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:

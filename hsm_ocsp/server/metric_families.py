@@ -75,6 +75,20 @@ class MetricFamilies:
             "Responses that could not be signed (token failure or too many pending).",
             registry=r,
         )
+        self.http_server_errors = Counter(
+            PREFIX + "http_server_errors_total",
+            "OCSP requests answered with an HTTP 5xx (a fault of the responder, never "
+            "expected: clients get malformedRequest, tryLater or a 4xx for their faults).",
+            registry=r,
+        )
+        self.store_soonest_next_update = Gauge(
+            PREFIX + "store_soonest_next_update_timestamp_seconds",
+            "The soonest nextUpdate among the answers the producer keeps current, per CA "
+            "(Unix time): nearing now means refreshes are not being made.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.token_recoveries = Counter(
             PREFIX + "token_recoveries_total",
             "Token calls ridden out without declaring the token lost: kind session (a "

@@ -213,6 +213,7 @@ class Metrics(MetricFamilies, Events):
         """
         skip = frozenset(skip_paths)
         done = self.request_done
+        server_errors = self.http_server_errors
 
         async def observed(request: web.Request) -> StreamResponse:
             if skip and request.path in skip:
@@ -222,7 +223,16 @@ class Metrics(MetricFamilies, Events):
             try:
                 response = await handler(request)
                 reply = request.get(REPLY)
+                if response.status >= 500:
+                    server_errors.inc()
                 return response
+            except web.HTTPException as exc:
+                if exc.status >= 500:
+                    server_errors.inc()
+                raise
+            except Exception:
+                server_errors.inc()
+                raise
             finally:
                 done(request.method, reply, time.perf_counter() - started)
 

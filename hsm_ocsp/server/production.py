@@ -355,8 +355,12 @@ class Production:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def report(self) -> None:
-        """The backlog and the store's size, as metrics (also while a fill runs)."""
+        """The backlog, the store's size and its soonest nextUpdate, as metrics (also
+        while a fill runs)."""
         self._backlog()
+        for ca, soonest in self.soonest.items():
+            if soonest != float("inf"):
+                self.metrics.store_soonest_next_update.labels(ca).set(soonest)
 
     def _backlog(self) -> None:
         for ca, queue in self._changed.items():
