@@ -35,6 +35,7 @@ BEHAVIOURS = {
     ),
     "every 20th signature CKR_DEVICE_ERROR": ({"fail_every": 20, "fail_rv": 0x30}, "throttled"),
     "5 ms a signature (a network HSM)": ({"latency_ms": 5}, None),
+    "a session idle 2.5 s dropped, token.keepalive 1 s": ({"idle_ms": 2500}, "kept"),
 }  # fmt: skip
 LOAD = 2.5  # seconds of requests before and after the quiet period
 QUIET = 3.0  # longer than the idle timeout
@@ -64,7 +65,8 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
     port = free_port()
     config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
                           server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
-    config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"'))
+    token = f'module = "{module}"' + ('\nkeepalive = "1s"' if ridden == "kept" else "")
+    config.write_text(config.read_text().replace(f'module = "{MODULE}"', token))
     server = start_server(config, port, tmp_path / "server.log")
     signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
     cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
@@ -101,7 +103,9 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
         fuzz.verify(signer, answer.signature, answer.tbs_response_bytes, answer)
     assert not not_ready, f"/readyz failed: {not_ready}"
     assert "token lost" not in log and "Traceback" not in log, log[-3000:]
-    if ridden is not None:
+    if ridden == "kept":  # the keep-alive kept the sessions: none was dropped
+        assert recovered["session"] == 0, recovered
+    elif ridden is not None:
         assert recovered[ridden] >= 1, recovered
     print(f"{behaviour}: {len(answers)} answers, ridden out {recovered}")
 

@@ -61,7 +61,7 @@ def _store(store: Section) -> StoreConfig:
 
 _SERVER_KEYS = {f.name for f in dataclasses.fields(ServerConfig)} - {"listen_host", "listen_port"}
 _SERVER_KEYS |= {"listen"}
-_TOKEN_KEYS = {"module", "pin_env", "pin_file", "sign_timeout", "sessions"}
+_TOKEN_KEYS = {"module", "pin_env", "pin_file", "sign_timeout", "sessions", "keepalive"}
 _PRODUCER_KEYS = {f.name for f in dataclasses.fields(ProducerConfig)}
 _CERT_ID_HASHES = ("sha1", "sha256", "sha384", "sha512")
 _CA_KEYS = {
@@ -157,6 +157,9 @@ def _token(token: Section) -> TokenConfig:
         pin_file=None if pin_file is None else (token.path.parent / pin_file),
         sign_timeout=token.seconds("sign_timeout", _TOKEN.sign_timeout),
         sessions=token.positive("sessions", _TOKEN.sessions),
+        keepalive=token.seconds("keepalive", _TOKEN.keepalive)
+        if "keepalive" in token.table
+        else 0.0,
     )
 
 

@@ -90,6 +90,9 @@ class TokenConfig:
     pin_file: Path | None = None
     sign_timeout: float = 5.0
     sessions: int = 1  # signer processes of the producer, each with a session (a login)
+    # Seconds a session may stay unused before a cheap call keeps it open (tokens that
+    # drop idle sessions: YubiHSM 2 after 30 s); 0: none.
+    keepalive: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

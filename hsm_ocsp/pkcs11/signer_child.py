@@ -45,6 +45,8 @@ def _serve(sock: socket.socket) -> None:
     signed: list[float] = []
     token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
     requests: list[Any] | None = first[1:]
+    if setup.keepalive > 0:  # a quiet child keeps its sessions open (see Token.keep_alive)
+        sock.settimeout(setup.keepalive)
     while requests is not None:
         # The replies to what arrived together go back together (one send, one
         # wake-up of the caller) until gathering them has taken _HOLD: a slow
@@ -59,7 +61,17 @@ def _serve(sock: socket.socket) -> None:
                 held_since = time.monotonic()
         if replies:
             sock.sendall(b"".join(replies))
-        requests = frames.batch()
+        requests = _next_batch(frames, token)
+
+
+def _next_batch(frames: FrameReader, token: Token) -> list[Any] | None:
+    """The next requests; while none comes for the keep-alive interval, the token's
+    sessions are kept open."""
+    while True:
+        try:
+            return frames.batch()
+        except TimeoutError:
+            token.keep_alive_here()
 
 
 def _answer(token: Token, request: Request, signed: list[float]) -> Reply:

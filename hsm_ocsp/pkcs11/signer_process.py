@@ -64,6 +64,7 @@ class TokenProcess(TokenState):
         sign_timeout: float = TokenConfig.sign_timeout,
         log_format: str = ServerConfig.log_format,
         gate: LoginGate | None = None,
+        keepalive: float = 0.0,
     ) -> None:
         super().__init__()
         self.module = module
@@ -79,6 +80,7 @@ class TokenProcess(TokenState):
             log_format,
             logging.getLogger().getEffectiveLevel(),
             None if gate is None else str(gate.directory),
+            keepalive,
         )
         self._child: subprocess.Popen[bytes] | None = None
         self._writer: asyncio.StreamWriter | None = None

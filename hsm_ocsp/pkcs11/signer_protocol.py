@@ -27,6 +27,7 @@ class Setup:
     log_format: str
     log_level: int
     gate: str | None  # the login gate's directory
+    keepalive: float = 0.0  # seconds without a call before one keeps the sessions open
 
     def __repr__(self) -> str:  # never show the PIN
         return f"Setup(module={self.module!r})"

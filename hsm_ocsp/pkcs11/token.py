@@ -292,6 +292,21 @@ class Token(TokenState):
         """Sign on the calling thread, which must be the only one using this Token."""
         return self._sign_raw(name, data)
 
+    def keep_alive_here(self) -> None:
+        """One cheap call on each open session (a signature of a few bytes with a key on
+        it), so that a token that drops idle sessions keeps them; a session it dropped
+        all the same is opened again. Nothing while the token is down."""
+        if not self._up:
+            return
+        sessions: set[int] = set()
+        for name, handle in list(self._handles.items()):
+            if name in self.keys and id(handle.session) not in sessions:
+                sessions.add(id(handle.session))
+                try:
+                    self._sign_raw(name, b"hsm-ocsp keep-alive")
+                except TokenError:
+                    return  # said and counted where it failed
+
     def set_keys_here(self, keys: list[KeySpec]) -> None:
         """Take another key set on the calling thread (see ``_set_keys``)."""
         self._next_attempt = 0.0

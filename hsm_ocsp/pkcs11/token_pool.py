@@ -34,12 +34,19 @@ class TokenPool(TokenProcess):
         sign_timeout: float,
         log_format: str,
         gate: LoginGate | None = None,
+        keepalive: float = 0.0,
     ) -> None:
         super().__init__(module, pin, keys, sign_timeout=sign_timeout, log_format=log_format,
-                         gate=gate)  # fmt: skip
+                         gate=gate, keepalive=keepalive)  # fmt: skip
         self.more = [
             TokenProcess(
-                module, pin, keys, sign_timeout=sign_timeout, log_format=log_format, gate=gate
+                module,
+                pin,
+                keys,
+                sign_timeout=sign_timeout,
+                log_format=log_format,
+                gate=gate,
+                keepalive=keepalive,
             )
             for _ in range(sessions - 1)
         ]

@@ -66,10 +66,12 @@ def build_token(
     pin = pin if pin is not None else read_pin(config.token, config.path)
     module, keys, sessions = config.token.module, key_specs(config), config.token.sessions
     timeout, log_format = config.token.sign_timeout, config.server.log_format
+    keepalive = config.token.keepalive
     if sessions > 1:
         return TokenPool(module, pin, keys, sessions=sessions, sign_timeout=timeout,
-                         log_format=log_format, gate=gate)  # fmt: skip
-    return TokenProcess(module, pin, keys, sign_timeout=timeout, log_format=log_format, gate=gate)
+                         log_format=log_format, gate=gate, keepalive=keepalive)  # fmt: skip
+    return TokenProcess(module, pin, keys, sign_timeout=timeout, log_format=log_format, gate=gate,
+                        keepalive=keepalive)  # fmt: skip
 
 
 def issuers_of(config: Config) -> list[Issuer]:
