@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
@@ -45,8 +46,6 @@ def _serve(sock: socket.socket) -> None:
     signed: list[float] = []
     token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
     requests: list[Any] | None = first[1:]
-    if setup.keepalive > 0:  # a quiet child keeps its sessions open (see Token.keep_alive)
-        sock.settimeout(setup.keepalive)
     while requests is not None:
         # The replies to what arrived together go back together (one send, one
         # wake-up of the caller) until gathering them has taken _HOLD: a slow
@@ -61,17 +60,19 @@ def _serve(sock: socket.socket) -> None:
                 held_since = time.monotonic()
         if replies:
             sock.sendall(b"".join(replies))
-        requests = _next_batch(frames, token)
+        requests = _next_batch(frames, sock, token, setup.keepalive)
 
 
-def _next_batch(frames: FrameReader, token: Token) -> list[Any] | None:
-    """The next requests; while none comes for the keep-alive interval, the token's
-    sessions are kept open."""
-    while True:
-        try:
-            return frames.batch()
-        except TimeoutError:
-            token.keep_alive_here()
+def _next_batch(
+    frames: FrameReader, sock: socket.socket, token: Token, keepalive: float
+) -> list[Any] | None:
+    """The next requests; while none comes for ``keepalive`` seconds (when set), the
+    token's sessions are kept open (Token.keep_alive_here)."""
+    while keepalive > 0 and not frames.complete():
+        if select.select([sock], [], [], keepalive)[0]:
+            break
+        token.keep_alive_here()
+    return frames.batch()
 
 
 def _answer(token: Token, request: Request, signed: list[float]) -> Reply:

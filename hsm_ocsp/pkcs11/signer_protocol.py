@@ -62,6 +62,12 @@ class FrameReader:
         self._sock = sock
         self._buffer = bytearray()
 
+    def complete(self) -> bool:
+        """Whether a whole message is already read (batch() would not wait)."""
+        if len(self._buffer) < LENGTH.size:
+            return False
+        return len(self._buffer) >= LENGTH.size + LENGTH.unpack_from(self._buffer)[0]
+
     def batch(self) -> list[Any] | None:
         """The messages now complete (waiting for one if none is); None at the end."""
         while not (messages := take_frames(self._buffer)):
