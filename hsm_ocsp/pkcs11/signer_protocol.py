@@ -66,7 +66,8 @@ class FrameReader:
         """Whether a whole message is already read (batch() would not wait)."""
         if len(self._buffer) < LENGTH.size:
             return False
-        return len(self._buffer) >= LENGTH.size + LENGTH.unpack_from(self._buffer)[0]
+        length: int = LENGTH.unpack_from(self._buffer)[0]
+        return len(self._buffer) >= LENGTH.size + length
 
     def batch(self) -> list[Any] | None:
         """The messages now complete (waiting for one if none is); None at the end."""
