@@ -36,13 +36,18 @@ def records(port: int) -> float:
     return 0.0
 
 
-def fill_rate(setup: run.Setup, tmp: Path, module: Path, sessions: int, answers: int) -> float:
-    name = f"sessions-{sessions}"
+def fill_rate(
+    setup: run.Setup, tmp: Path, module: Path, sessions: int, answers: int, audit: bool = False
+) -> float:
+    name = f"sessions-{sessions}{'-audit' if audit else ''}"
     port = run.free_port()
     path = tmp / f"{name}.toml"
     token = f'module = "{module}"\nsessions = {sessions}\nsign_timeout = "30s"'
-    path.write_text(run.config_text(setup, port, server=f'workers = 2\nstate_dir = "{tmp / name}"',
-                                    token=token))  # fmt: skip
+    text = run.config_text(setup, port, server=f'workers = 2\nstate_dir = "{tmp / name}"',
+                           token=token)  # fmt: skip
+    if audit:  # the trail of every signature, as issue 29 asks its cost
+        text += f'\n[audit]\npath = "{tmp / name / "audit.jsonl"}"\nrequired = true\n'
+    path.write_text(text)
     argv = [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(path)]
     server = run.start(name, argv, tmp / f"{name}.log", port, "/healthz")
     try:
@@ -63,9 +68,11 @@ def fill_rate(setup: run.Setup, tmp: Path, module: Path, sessions: int, answers:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latency-ms", type=int, default=5)
+    parser.add_argument("--latency-ms", type=int, default=5, help="0: SoftHSM as fast as it is")
     parser.add_argument("--lines", type=int, default=2000)
     parser.add_argument("--sessions", default="1,2,4,8")
+    parser.add_argument("--audit", action="store_true",
+                        help="each case also with the audit trail on, side by side")  # fmt: skip
     args = parser.parse_args()
     run.INDEX_LINES = args.lines
     os.environ.update(behaving_token.environment(latency_ms=args.latency_ms))
@@ -76,12 +83,14 @@ def main() -> int:
         module = behaving_token.build(tmp)
         print(f"{args.latency_ms} ms a signature, {args.lines} index lines "
               f"({2 * args.lines} answers to fill)")  # fmt: skip
-        print("| token.sessions | answers a second | bound (sessions / latency) | share |")
-        print("|---:|---:|---:|---:|")
+        print("| token.sessions | audit trail | answers a second | bound (sessions / latency) |")
+        print("|---:|---|---:|---:|")
         for sessions in (int(s) for s in args.sessions.split(",")):
-            rate = fill_rate(setup, tmp, module, sessions, 2 * args.lines)
-            bound = sessions * 1000 / args.latency_ms
-            print(f"| {sessions} | {rate:,.0f} | {bound:,.0f} | {rate / bound:.2f} |", flush=True)
+            for audit in (False, True) if args.audit else (False,):
+                rate = fill_rate(setup, tmp, module, sessions, 2 * args.lines, audit)
+                bound = f"{sessions * 1000 / args.latency_ms:,.0f}" if args.latency_ms else "-"
+                on = "on" if audit else "off"
+                print(f"| {sessions} | {on} | {rate:,.0f} | {bound} |", flush=True)
     return 0
 
 

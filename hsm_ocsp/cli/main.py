@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..config.logs import setup_logging
@@ -71,11 +72,39 @@ def _parser() -> argparse.ArgumentParser:
         "--serial", required=True, action="append", help="hexadecimal serial (repeatable)"
     )
 
+    audit = sub.add_parser("audit", help="the audit trail of signatures")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check that no line of the trail was changed, removed or moved"
+    )
+    verify.add_argument("files", nargs="+", help="the trail's files, oldest first")
+
     demo = sub.add_parser("demo", help="make a demo token and CA, then serve them")
     demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--no-serve", action="store_true", help="set up only, do not serve")
     return parser
+
+
+# Each command's module and function, imported when it runs (serve's import is heavy).
+_COMMANDS = {
+    "keygen": ("keygen", "run_keygen"),
+    "csr": ("csr", "run_csr"),
+    "check": ("check", "run_check"),
+    "store": ("store", "run_store_stats"),
+    "revocations": ("revocations", "run_revocations"),
+    "audit": ("audit", "run_audit_verify"),
+    "demo": ("demo", "run_demo"),
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..config.file import load_config
+    from ..server.supervisor import run_server
+
+    config = load_config(args.config)
+    setup_logging(config.server.log_format)
+    return run_server(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,36 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         if args.command == "serve":
-            from ..config.file import load_config
-            from ..server.supervisor import run_server
-
-            config = load_config(args.config)
-            setup_logging(config.server.log_format)
-            return run_server(config)
-        if args.command == "keygen":
-            from .keygen import run_keygen
-
-            return run_keygen(args)
-        if args.command == "csr":
-            from .csr import run_csr
-
-            return run_csr(args)
-        if args.command == "check":
-            from .check import run_check
-
-            return run_check(args)
-        if args.command == "store":
-            from .store import run_store_stats
-
-            return run_store_stats(args)
-        if args.command == "revocations":
-            from .revocations import run_revocations
-
-            return run_revocations(args)
-        if args.command == "demo":
-            from .demo import run_demo
-
-            return run_demo(args)
+            return _serve(args)
+        if args.command in _COMMANDS:
+            module, function = _COMMANDS[args.command]
+            run: Callable[[argparse.Namespace], int] = getattr(
+                importlib.import_module(f"{__package__}.{module}"), function
+            )
+            return run(args)
     except HsmOcspError as exc:
         print(f"hsm-ocsp: {exc}", file=sys.stderr)
         return exit_code(exc)

@@ -16,6 +16,7 @@ from ..core.pkcs11_uri import parse_pkcs11_uri
 from ..core.responder import spki
 from .model import (
     DEFAULT_VALIDITY,
+    AuditConfig,
     CAConfig,
     Config,
     ProducerConfig,
@@ -37,7 +38,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and check the whole configuration; ConfigError names file and key."""
     file = Path(path)
     data = read_toml(file)
-    Section(file, "", data, {"server", "token", "ca", "producer", "store"})
+    Section(file, "", data, {"server", "token", "ca", "producer", "store", "audit"})
     store = _store(Section(file, "store", data.get("store", {}), {"redis"}))
     # No [token] table: its defaults, or, in a fleet (a Redis), an edge without a token.
     signing = "token" in data or store.redis is None
@@ -49,6 +50,26 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         producer=_producer(Section(file, "producer", data.get("producer", {}), _PRODUCER_KEYS)),
         store=store,
         signing=signing,
+        audit=_audit(Section(file, "audit", data.get("audit", {}), _AUDIT_KEYS)),
+    )
+
+
+_AUDIT_KEYS = {"path", "max_bytes", "keep", "required"}
+
+
+def _audit(audit: Section) -> AuditConfig:
+    raw = audit.get("path", str)
+    path = (
+        None if raw is None else (Path(raw) if Path(raw).is_absolute() else audit.path.parent / raw)
+    )
+    keep: int = audit.get("keep", int, AuditConfig.keep)
+    if keep < 0:
+        raise audit.error("keep", "must be 0 or more")
+    return AuditConfig(
+        path=path,
+        max_bytes=audit.positive("max_bytes", AuditConfig.max_bytes),
+        keep=keep,
+        required=audit.get("required", bool, AuditConfig.required),
     )
 
 

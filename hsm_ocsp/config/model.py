@@ -77,6 +77,16 @@ class ProducerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    """[audit]: a JSON line for every signature the token is asked to make."""
+
+    path: Path | None = None  # none: no trail
+    max_bytes: int = 100 << 20  # a file is renamed PATH.1 past this
+    keep: int = 10  # old files kept
+    required: bool = False  # true: no signature whose line cannot be written (tryLater)
+
+
+@dataclasses.dataclass(frozen=True)
 class StoreConfig:
     """[store]: where answers are shared beyond this host."""
 
@@ -168,6 +178,7 @@ class Config:
     cas: tuple[CAConfig, ...]
     producer: ProducerConfig = ProducerConfig()
     store: StoreConfig = StoreConfig()
+    audit: AuditConfig = AuditConfig()
     # False: no [token] table, an edge of a fleet (it serves answers copied from Redis)
     signing: bool = True
 

@@ -10,12 +10,13 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+from .audit import Audit
 from .errors import HsmOcspError
 from .index import IndexSnapshot
 from .model import NON_ISSUED, OCSPResponseStatus
-from .ocsp import CertID
+from .ocsp import CertID, SingleResponse
 from .pre_production import SIGN_REASON, Reason
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .responder import Issuer, SigningCertificate, single_responses
@@ -43,9 +44,16 @@ class AnswerSigner:
         max_pending_signatures: int,
         events: Events,
         clock: Callable[[], dt.datetime],
+        audit: Audit | None = None,
     ) -> None:
         self._signer = signer
-        self._queue = SignQueue(signer.sign, max_pending_signatures)
+        self._audit = audit
+        # The line of each signature waiting in the queue, written at its turn, right
+        # before the token is asked: never a line for a signature not asked for.
+        self._lines: dict[int, Mapping[str, object]] = {}
+        self._queue = SignQueue(
+            signer.sign if audit is None else self._sign_logged, max_pending_signatures
+        )
         self.events = events
         self._clock = clock
         self._said: dict[tuple[str, str], float] = {}  # what was logged, and when
@@ -78,6 +86,10 @@ class AnswerSigner:
             extended_revoke=any(s.revocation is NON_ISSUED for s in singles),
         )
         started = time.perf_counter()
+        if self._audit is not None:
+            reason = (SIGN_REASON.get() or _REASONS[kind]).value
+            self._lines[id(tbs)] = _line_fields(issuer, signer.key, now, next_update, singles,
+                                                reason, tbs)  # fmt: skip
         try:
             signature = await self._queue.sign(kind, signer.key, tbs)
         except Busy:
@@ -87,6 +99,8 @@ class AnswerSigner:
             self.events.sign_failed()
             log.warning("cannot sign for CA %s: %s", issuer.name, exc)
             return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        finally:
+            self._lines.pop(id(tbs), None)
         self.events.signed(time.perf_counter() - started)
         self.events.signed_for((SIGN_REASON.get() or _REASONS[kind]).value)
         body = encode_successful(
@@ -106,6 +120,15 @@ class AnswerSigner:
             next_update=next_update,
             etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
         )
+
+    async def _sign_logged(self, name: str, data: bytes) -> bytes:
+        """The token's signature, its audit line written first; with audit.required a line
+        that cannot be written stops the signature (the answer is tryLater)."""
+        assert self._audit is not None
+        fields = self._lines.pop(id(data), None)
+        if fields is not None and not self._audit.write(fields) and self._audit.required:
+            raise AuditError("the audit trail cannot be written (audit.required): not signed")
+        return await self._signer.sign(name, data)
 
     def _signer_invalid(self, issuer: Issuer, now: dt.datetime) -> None:
         self.events.signer_invalid(issuer.name)
@@ -131,3 +154,28 @@ class AnswerSigner:
                 f"{signer.not_after:%Y-%m-%d %H:%M:%S}",
                 issuer.validity,
             )
+
+
+class AuditError(HsmOcspError):
+    """A signature's audit line could not be written, and audit.required says no line,
+    no signature."""
+
+
+def _line_fields(
+    issuer: Issuer, key: str, now: dt.datetime, next_update: dt.datetime,
+    singles: Sequence[SingleResponse], reason: str, tbs: bytes,
+) -> dict[str, object]:  # fmt: skip
+    """What the audit trail says of one signature (core/audit.py)."""
+    return {
+        "time": f"{now:%Y-%m-%dT%H:%M:%SZ}",
+        "ca": issuer.name,
+        "key": key,
+        "reason": reason,
+        "this_update": f"{now:%Y-%m-%dT%H:%M:%SZ}",
+        "next_update": f"{next_update:%Y-%m-%dT%H:%M:%SZ}",
+        "certs": [
+            [f"{s.cert_id.serial_number:X}", s.cert_id.hash_algorithm or "?", s.status.value]
+            for s in singles
+        ],
+        "signed_sha256": hashlib.sha256(tbs).hexdigest(),
+    }

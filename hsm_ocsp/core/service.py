@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from . import shared_answers
 from .answer_signer import AnswerSigner
+from .audit import Audit
 from .clock import utcnow
 from .errors import MalformedRequestError
 from .index import IndexSnapshot
@@ -74,6 +75,7 @@ class OCSPService:
         events: Events | None = None,
         shared: SharedAnswers | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        audit: Audit | None = None,
     ) -> None:
         self.issuers = tuple(issuers)
         self.issuer_names = frozenset(i.name for i in issuers)
@@ -86,7 +88,7 @@ class OCSPService:
         self._shared = shared  # answers of every worker of the host (store/)
         self._sharer = None if shared is None else Sharer(shared, LIMITS.unknown_answers)
         self._clock = clock
-        self._answers = AnswerSigner(signer, max_pending_signatures, self.events, clock)
+        self._answers = AnswerSigner(signer, max_pending_signatures, self.events, clock, audit)
         self._cache_bytes = cache_bytes
         self._cache: ReplyCache[_CacheEntry] = ReplyCache(cache_entries, cache_bytes)
         self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}

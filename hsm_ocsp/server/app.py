@@ -25,6 +25,7 @@ from ..pkcs11.key_set import ProvenKeys, key_specs, take_keys
 from ..pkcs11.login_gate import LoginGate
 from ..pkcs11.signer_process import TokenProcess
 from ..pkcs11.token_pool import TokenPool
+from ..store.audit_log import AuditLog
 from ..store.copy_memory import CopyMemory
 from ..store.fleet_store import FleetStore
 from ..store.ledger import LEDGER_NAME, Ledger
@@ -142,6 +143,7 @@ def create_app(
         max_pending_signatures=config.server.max_pending_signatures,
         events=metrics,
         shared=store,
+        audit=_audit(config),
     )
     if store is not None:
         leads = store.publisher.leads if isinstance(store, FleetStore) else None
@@ -221,6 +223,15 @@ class _Views:
                 return None
             known = self._known[ca] = (snapshot, fleet_view(snapshot))
         return known[1]
+
+
+def _audit(config: Config) -> AuditLog | None:
+    """The audit trail of signatures, if ``[audit] path`` is set."""
+    audit = config.audit
+    if audit.path is None:
+        return None
+    return AuditLog(audit.path, max_bytes=audit.max_bytes, keep=audit.keep,
+                    required=audit.required)  # fmt: skip
 
 
 def _store(config: Config, sources: dict[str, IndexSource]) -> LmdbStore | FleetStore | None:
