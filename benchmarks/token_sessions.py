@@ -59,7 +59,7 @@ def fill_rate(
             if first is None and done > 0:
                 first = (now, done)
             if done >= answers and first is not None:
-                return (done - first[1]) / (now - first[0])
+                return (done - first[1]) / max(now - first[0], 1e-3)
             time.sleep(0.05)
         raise SystemExit(f"{name}: the fill did not end in 600 s")
     finally:
