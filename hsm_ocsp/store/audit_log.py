@@ -28,6 +28,8 @@ class AuditLog:
         self.bytes = 0
         self._failing = False
         self._prev = self._last_digest()
+        self._fd: int | None = None  # the current file, open for appending
+        self._size = 0
 
     def _last_digest(self) -> str:
         """The digest of the trail's last line (the current file's, else the newest old
@@ -50,11 +52,10 @@ class AuditLog:
         data = (text + "\n").encode()
         try:
             self._rotate_if_full(len(data))
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                self._append(fd, data)
-            finally:
-                os.close(fd)
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._size = os.fstat(self._fd).st_size
+            self._append(data)
         except OSError as exc:
             if not self._failing:
                 log.error("audit trail %s: cannot write (%s)", self.path, exc)
@@ -68,25 +69,27 @@ class AuditLog:
         self.bytes += len(data)
         return True
 
-    @staticmethod
-    def _append(fd: int, data: bytes) -> None:
+    def _append(self, data: bytes) -> None:
         """The whole line, or nothing: a line cut short (a full disk) is taken back, so
         the trail never holds half a line."""
-        size = os.fstat(fd).st_size
+        assert self._fd is not None
         try:
-            if os.write(fd, data) != len(data):
+            if os.write(self._fd, data) != len(data):
                 raise OSError("no space for the whole line")
         except OSError:
-            os.ftruncate(fd, size)
+            os.ftruncate(self._fd, self._size)
             raise
+        self._size += len(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _rotate_if_full(self, adding: int) -> None:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
+        if self._fd is None or self._size + adding <= self.max_bytes:
             return
-        if size + adding <= self.max_bytes:
-            return
+        self.close()
         for number in range(self.keep, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{number}")
             if number == self.keep:
