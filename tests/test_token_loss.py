@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from .support.ca import CASetup, build_ca, write_config
+from .support.fleet import metric
 from .support.p11kit import CLIENT_MODULE, P11KitServer
-from .support.server import free_port
+from .support.server import RunningServer, free_port
 from .support.softhsm import MODULE, SoftHSM
 
 pytestmark = [
@@ -92,6 +93,16 @@ def _token_up(url: str) -> float:
         text = response.read().decode()
     line = next(x for x in text.splitlines() if x.startswith('hsm_ocsp_token_up{ca="root"}'))
     return float(line.rsplit(" ", 1)[1])
+
+
+def _filled(server: RunningServer, setup: CASetup) -> None:
+    """Until the producer has signed every serial ahead, and a moment for its pass to end."""
+    entries = len(setup.ca.index.read_text().splitlines())
+    deadline = time.monotonic() + 20
+    while metric(server, 'hsm_ocsp_signatures_total{reason="fill"}') < 2 * entries:
+        assert time.monotonic() < deadline, "the fill did not end"
+        time.sleep(0.1)
+    time.sleep(0.5)
 
 
 def _text(url: str, path: str) -> str:
@@ -190,6 +201,7 @@ def test_token_loss_serves_cached_answers_and_recovers_without_restart(
         assert http == 200
         assert ocsp.load_der_ocsp_response(body).response_status.value == 0
 
+    _filled(server, setup)
     load = Load(url, bodies)
     load.start()
     try:
@@ -258,6 +270,7 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
     url = server.url
     cached = _request(setup, "revoked")
     assert _post(url, cached)[0] == 200
+    _filled(server, setup)  # the store answers every serial: a token outage is no unreadiness
 
     p11kit.signal(signal.SIGSTOP)  # every PKCS#11 call now waits for an answer
     try:
