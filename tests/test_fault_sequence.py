@@ -53,6 +53,7 @@ class Fleet:
     b: RunningServer
     edge: RunningServer
     copy: Path  # host b's index
+    mounted: bool  # host a's state_dir is a small tmpfs (else no disk fault is made)
     lagging: bool = False
     full: Path | None = None  # the ballast filling host a's state volume
     shown: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
@@ -90,7 +91,7 @@ def fleet(tmp_path: Path, softhsm: SoftHSM) -> Iterator[Fleet]:
     filled(a, setup)
     edge = edge_host(tmp_path, setup, server.url)
     until(lambda: ready(edge), 30)
-    made = Fleet(tmp_path, setup, server, a, b, edge, copy)
+    made = Fleet(tmp_path, setup, server, a, b, edge, copy, mounted)
     try:
         yield made
     finally:
@@ -138,6 +139,8 @@ def _redis_restore(fleet: Fleet, rng: random.Random) -> str:
 
 
 def _disk(fleet: Fleet, rng: random.Random) -> str:
+    if not fleet.mounted:  # never fill a real file system
+        return "no disk fault (no tmpfs could be mounted)"
     if fleet.full is not None:
         fleet.full.unlink()
         fleet.full = None

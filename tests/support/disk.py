@@ -3,6 +3,7 @@ rest of it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,8 +22,15 @@ def unmount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+SMALL = 64 << 20  # the most a volume may hold for fill() to fill it
+
+
 def fill(directory: Path) -> Path:
-    """A file in ``directory`` written until the volume is full; delete it to free it."""
+    """A file in ``directory`` written until the volume is full; delete it to free it.
+    Only a small volume (a tmpfs of mount_tmpfs): never the machine's own disk."""
+    info = os.statvfs(directory)
+    if info.f_blocks * info.f_frsize > SMALL:
+        raise AssertionError(f"{directory} is on a large volume: not filling it")
     ballast = directory / "ballast"
     with ballast.open("wb") as out:
         try:
