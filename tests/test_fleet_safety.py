@@ -79,6 +79,13 @@ def test_junk_in_redis_is_skipped_and_replication_goes_on(
         edge = edge_host(tmp_path, setup, redis_server.url)
         until(lambda: ready(edge), 30)  # type: ignore[arg-type]
         assert status_of(edge.url, body_for(setup, "good")) is GOOD
+        # Withdrawals of no serial (an empty prefix would match every key) are skipped.
+        for junk in ({b"o": b"w", b"p": b""}, {b"o": b"w"}, {b"o": b"w", b"p": b"root\0"}):
+            client.xadd(b"hsm-ocsp:changes", junk)
+        time.sleep(1)
+        for name in ("good", "expired", "keycompromise"):
+            assert status_of(edge.url, body_for(setup, name)) in (GOOD, REVOKED)
+        assert status_of(edge.url, body_for(setup, "good")) is GOOD
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
         until(lambda: status_of(edge.url, body_for(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
         time.sleep(6)  # a flapping lease shows within a renewal or two

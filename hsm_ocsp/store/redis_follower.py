@@ -16,7 +16,7 @@ from redis import RedisError, ResponseError
 
 from ..core.model import CertStatus
 from ..core.record_check import MAX_KEY, MAX_RECORD, RecordChecker
-from ..core.shared_answers import StoredAnswer, cert_id_of, decode
+from ..core.shared_answers import StoredAnswer, cert_id_of, decode, parse_key
 from .copy_memory import CopyMemory
 from .lmdb_store import LmdbStore
 from .redis_fleet import BATCH, EPOCH, RETRY, SERIAL, STREAM, Said
@@ -204,7 +204,11 @@ class Follower:
             elif fields.get(b"o") == b"w":
                 self._put(puts)
                 puts = []
-                self._withdraw([fields.get(b"p", b"")[:MAX_KEY]])
+                prefix = fields.get(b"p", b"")
+                if len(prefix) <= MAX_KEY and parse_key(prefix) is not None:
+                    self._withdraw([prefix])  # one serial's; never an empty or odd prefix
+                else:
+                    self.skipped += 1
             elif fields.get(b"o") == b"p":
                 puts.append((fields.get(b"p", b"") + fields.get(b"f", b""), fields.get(b"v", b"")))
             elif fields.get(b"o") == b"r":  # a whole store was published again
