@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import signal
+import weakref
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -213,15 +214,16 @@ class _Views:
 
     def __init__(self, sources: dict[str, IndexSource]) -> None:
         self._sources = sources
-        self._known: dict[str, tuple[IndexSnapshot, tuple[int, int] | None]] = {}
+        # Weakly: an index replaced by a reload must not stay in memory for this.
+        self._known: dict[str, tuple[weakref.ref[IndexSnapshot], tuple[int, int] | None]] = {}
 
     def of(self, ca: str) -> tuple[int, int] | None:
         snapshot = self._sources[ca].snapshot
+        if snapshot is None:
+            return None
         known = self._known.get(ca)
-        if snapshot is None or known is None or known[0] is not snapshot:
-            if snapshot is None:
-                return None
-            known = self._known[ca] = (snapshot, fleet_view(snapshot))
+        if known is None or known[0]() is not snapshot:
+            known = self._known[ca] = (weakref.ref(snapshot), fleet_view(snapshot))
         return known[1]
 
 

@@ -145,9 +145,10 @@ class Production:
         waiting = self._unwithdrawn[ca]
         if not waiting:
             return 0
-        withdrawn = self.store.withdraw(list(waiting))
-        if withdrawn >= 0:
-            del waiting[: len(waiting)]
+        taken = list(waiting)
+        withdrawn = self.store.withdraw(taken)
+        if withdrawn >= 0:  # only what was withdrawn: one queued meanwhile stays
+            del waiting[: len(taken)]
         return withdrawn
 
     def settle(self, ca: str) -> bool:

@@ -76,7 +76,6 @@ def _settler(app: web.Application, ca: str) -> Callable[[], None]:
     only once none is left does the producer vouch for the CA's stored answers."""
     production = app.get(PRODUCTION)
     vouches = app.get(VOUCHES)
-
     source = app[SOURCES][ca]
 
     def settle() -> None:
