@@ -116,6 +116,7 @@ def _make_ca(ca_dir: Path, made: list[str]) -> Path:
     cnf.write_text(openssl_cnf(ca_dir))
     (ca_dir / "index.txt").write_text("")
     (ca_dir / "serial").write_text("1000\n")
+    (ca_dir / "crlnumber").write_text("01\n")
     key = ca_dir / "ca.key"
     run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
          "-out", key)  # fmt: skip

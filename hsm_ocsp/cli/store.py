@@ -9,7 +9,7 @@ import datetime as dt
 from ..config.file import load_config
 from ..config.model import Config
 from ..core.errors import EXIT_OK, ConfigError
-from ..core.pre_production import cert_id, needs
+from ..core.pre_production import cert_id, lifetime_of, needs
 from ..core.shared_answers import (
     NOT_IN_INDEX,
     decode,
@@ -18,7 +18,7 @@ from ..core.shared_answers import (
     signer_fingerprint,
 )
 from ..server.app import issuers_of
-from ..server.index_source import IndexSource
+from ..server.status_source import open_source
 from ..store.lmdb_store import LmdbStore
 
 __all__ = ["run_store_stats"]
@@ -74,10 +74,12 @@ def _backlog(store: LmdbStore, config: Config) -> dict[str, int]:
         if signer is None:
             continue
         fingerprint = signer_fingerprint(signer)
-        lifetime = (issuer.validity.total_seconds(), signer.not_after.timestamp())
-        source = IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes)
-        snapshot = source.load()
-        source.close()
+        source = open_source(ca)
+        try:
+            snapshot = source.load()
+        finally:
+            source.close()
+        lifetime = lifetime_of(issuer.validity, signer.not_after, snapshot)
         counts[ca.name] = sum(
             needs(store.get(shared_key(ca.name, cert_id(issuer, h, serial))), value,
                   fingerprint, now, lifetime) is not None

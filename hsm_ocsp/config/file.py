@@ -14,6 +14,7 @@ from pathlib import Path
 from ..core.errors import ConfigError
 from ..core.pkcs11_uri import parse_pkcs11_uri
 from ..core.responder import spki
+from .crl_keys import CRL_KEYS, crl_config
 from .model import (
     DEFAULT_VALIDITY,
     AuditConfig,
@@ -98,7 +99,7 @@ _CA_KEYS = {
     "max_index_bytes",
     "cert_id_hashes",
     "include_ca_certificate",
-}
+} | CRL_KEYS
 _SERVER = ServerConfig()  # every [server] default, once
 _TOKEN = TokenConfig()
 _PRODUCER = ProducerConfig()
@@ -214,8 +215,9 @@ def _ca(ca: Section, taken: set[str], signing: bool = True) -> CAConfig:
     cert_path, cert = ca.certificate("certificate")
     responders = ca.responder_certificates("responder_certificate")
     resp_path, resp_cert = in_use(responders) if responders else (None, None)
-    index = ca.file("index", required=signing) or _NO_INDEX
     assert cert_path is not None
+    crl = crl_config(ca, cert) if signing else None  # an edge reads no status source
+    index = ca.file("index", required=signing and crl is None) or _NO_INDEX
     try:  # an edge signs nothing: it may leave the key out
         key = parse_pkcs11_uri(ca.required("key", str) if signing or "key" in ca.table else _NO_KEY)
     except ValueError as exc:
@@ -238,6 +240,7 @@ def _ca(ca: Section, taken: set[str], signing: bool = True) -> CAConfig:
         max_index_bytes=ca.positive("max_index_bytes", CAConfig.max_index_bytes),
         cert_id_hashes=_cert_id_hashes(ca),
         include_ca_certificate=_include_ca(ca),
+        crl=crl,
     )
     for path, certificate in config.signing_certificates:
         try:

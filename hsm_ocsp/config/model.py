@@ -105,6 +105,31 @@ class TokenConfig:
     keepalive: float = 0.0
 
 
+class NotOnCrl(enum.StrEnum):
+    """``ca.not_on_crl``: a serial a CA's CRLs do not list, where ``issued`` cannot say
+    whether the CA issued it: unknown (the default), or good as the operator says."""
+
+    UNKNOWN = "unknown"
+    GOOD = "good"
+
+
+@dataclasses.dataclass(frozen=True)
+class CrlConfig:
+    """A CA's status from its CRLs (instead of an index)."""
+
+    fulls: tuple[str, ...]  # files or http(s) URLs: the full CRL, or each partition
+    deltas: tuple[str, ...] = ()
+    issuer_path: Path | None = None  # ca.crl_issuer: a CRL issuer the CA delegated
+    issuer: x509.Certificate | None = None
+    issued: Path | None = None  # a directory of certificates or a file of serials
+    not_on_crl: NotOnCrl = NotOnCrl.UNKNOWN
+    fetch_interval: dt.timedelta = dt.timedelta(minutes=1)
+    # /readyz fails once the CRLs in service are past their nextUpdate by more than this
+    # (answers that need a signature are tryLater from nextUpdate on, whatever it is).
+    grace: dt.timedelta = dt.timedelta(0)
+    max_bytes: int = 512 << 20
+
+
 @dataclasses.dataclass(frozen=True)
 class CAConfig:
     name: str
@@ -127,6 +152,7 @@ class CAConfig:
     # A CA that signs its own answers: put its certificate into them? None: when the CA
     # is a root (self-issued), which every client measured accepts (see issuers_of).
     include_ca_certificate: bool | None = None
+    crl: CrlConfig | None = None  # status from CRLs; ``index`` is then not read
 
     @property
     def includes_ca_certificate(self) -> bool:

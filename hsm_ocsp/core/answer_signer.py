@@ -75,6 +75,12 @@ class AnswerSigner:
         if next_update > signer.not_after:  # no answer outlives its signer
             next_update = signer.not_after.replace(microsecond=0)
             self._validity_capped(issuer, signer)
+        source_until = snapshot.valid_until  # nor the CRL its status comes from
+        if source_until is not None and next_update > source_until:
+            if source_until <= now:  # a freshness the source does not have: none
+                self._source_expired(issuer, source_until, now)
+                return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+            next_update = source_until.replace(microsecond=0)
         singles = single_responses(issuer, snapshot, cert_ids)
         tbs = encode_response_data(
             responder_key_hash=signer.responder_key_hash,
@@ -142,6 +148,14 @@ class AnswerSigner:
             latest = max(s.not_after for s in issuer.signers)
             when = f"expired {latest:%Y-%m-%d %H:%M:%S} UTC"
         log.error("CA %s: the signing certificate %s: answering tryLater", issuer.name, when)
+
+    def _source_expired(self, issuer: Issuer, until: dt.datetime, now: dt.datetime) -> None:
+        self.events.sign_failed()
+        if now.timestamp() - self._said.get(("expired", issuer.name), -1e9) >= 60:
+            self._said["expired", issuer.name] = now.timestamp()
+            log.error("CA %s: the CRLs in service are past their nextUpdate %s UTC: answers "
+                      "that need a signature are tryLater", issuer.name,
+                      f"{until:%Y-%m-%d %H:%M:%S}")  # fmt: skip
 
     def _validity_capped(self, issuer: Issuer, signer: SigningCertificate) -> None:
         self.events.validity_capped(issuer.name)

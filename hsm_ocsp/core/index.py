@@ -10,6 +10,7 @@ never replaces a good snapshot.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import io
 import re
 import weakref
@@ -64,6 +65,9 @@ class IndexSnapshot:
     # Read from its changes (index_delta.py): the snapshot before, weakly, and the
     # serials whose status differs from it.
     delta: tuple[weakref.ref[IndexSnapshot], tuple[int, ...]] | None = None
+    # A status read from CRLs is true until the soonest of their nextUpdates: no answer
+    # may claim more (None: an index, true until it changes).
+    valid_until: dt.datetime | None = None
 
     def __contains__(self, serial: int) -> bool:
         return serial in self.entries

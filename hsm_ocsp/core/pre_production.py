@@ -105,6 +105,18 @@ def changed_serials(old: IndexSnapshot | None, new: IndexSnapshot) -> list[int]:
     return changed
 
 
+def lifetime_of(
+    validity: dt.timedelta, signer_not_after: dt.datetime, snapshot: IndexSnapshot | None
+) -> tuple[float, float]:
+    """What ``needs`` compares a record's nextUpdate with: the CA's validity (seconds) and
+    the latest nextUpdate any answer may have now (Unix: the signer's notAfter, or the
+    nextUpdate of the CRLs the status comes from, the sooner)."""
+    until = signer_not_after
+    if snapshot is not None and snapshot.valid_until is not None:
+        until = min(until, snapshot.valid_until.replace(microsecond=0))
+    return validity.total_seconds(), until.timestamp()
+
+
 def needs(
     data: bytes | None, value: object, signer: bytes, now: dt.datetime,
     lifetime: tuple[float, float] | None = None,

@@ -46,12 +46,15 @@ def remember(snapshot: IndexSnapshot, held: Mapping[int, Revocation]) -> Remembe
         else:
             kept.append(serial)
     if kept:
-        merged = dict(entries)
+        # A copy of the same kind (AllIssued: a CRL's serials not listed are good).
+        merged = type(entries)(entries) if isinstance(entries, dict) else dict(entries)
         good = sum(1 for s in kept if entries.get(s, _MISSING) is None)
         for serial in kept:
             merged[serial] = held[serial]
         counts = dict(snapshot.counts)
         counts["R"] = counts.get("R", 0) + len(kept)
         counts["V"] = max(0, counts.get("V", 0) - good)
-        snapshot = IndexSnapshot(entries=merged, counts=MappingProxyType(counts))
+        snapshot = dataclasses.replace(
+            snapshot, entries=merged, counts=MappingProxyType(counts), delta=None
+        )
     return Remembered(snapshot, new, released, kept)

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -45,12 +45,13 @@ from .app_state import (
     TOKEN,
     VOUCHES,
 )
+from .crl_source import CrlSource
 from .health import healthz, problems, readyz
-from .index_source import IndexSource
 from .metrics import Metrics
 from .producer_link import serve_link, socket_path
 from .production import Production
 from .routes import add_routes
+from .status_source import StatusSource, open_source
 from .watchers import watch_indexes, watch_token
 
 __all__ = ["build_token", "create_app", "issuers_of"]
@@ -123,10 +124,7 @@ def create_app(
     ledger = (
         None if config.server.state_dir is None else Ledger(config.server.state_dir / LEDGER_NAME)
     )
-    app[SOURCES] = {
-        ca.name: IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes, ledger=ledger)
-        for ca in config.cas
-    }
+    app[SOURCES] = {ca.name: open_source(ca, ledger) for ca in config.cas}
     app[TOKEN] = token if token is not None else build_token(config, pin, login_gate)
     app[KEYS] = ProvenKeys(app[TOKEN])
     issuers = issuers_of(config)
@@ -163,7 +161,7 @@ def create_app(
     return app
 
 
-def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProcess) -> Metrics:
+def _metrics(config: Config, sources: dict[str, StatusSource], token: TokenProcess) -> Metrics:
     """Metrics of this process, fed by the token and index hooks."""
     metrics = Metrics()
     for ca in config.cas:
@@ -174,11 +172,26 @@ def _metrics(config: Config, sources: dict[str, IndexSource], token: TokenProces
         metrics.add_ca(ca.name, signer.not_valid_after_utc)
         sources[ca.name].on_reload = metrics.index_reloaded(ca.name)
         sources[ca.name].on_error = metrics.index_failed(ca.name)
+        source = sources[ca.name]
+        if isinstance(source, CrlSource):
+            source.on_refused = metrics.crl_refused(ca.name)
+            source.on_reload = _with_crl_state(metrics, source, source.on_reload)
     token.on_state_change = metrics.token_state([ca.name for ca in config.cas])
     token.on_sign = metrics.token_signed
     token.on_recover = metrics.token_recovered
     token.on_state_change(token.up)
     return metrics
+
+
+def _with_crl_state(
+    metrics: Metrics, source: CrlSource, then: Callable[[IndexSnapshot], None] | None
+) -> Callable[[IndexSnapshot], None]:
+    def reloaded(snapshot: IndexSnapshot) -> None:
+        metrics.crl_state(source.name, source.number, snapshot.valid_until)
+        if then is not None:
+            then(snapshot)
+
+    return reloaded
 
 
 async def _reload(app: web.Application, wake: asyncio.Event) -> None:
@@ -212,7 +225,7 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
 class _Views:
     """Each CA's fleet view (redis_fleet.fleet_view), worked out once per index version."""
 
-    def __init__(self, sources: dict[str, IndexSource]) -> None:
+    def __init__(self, sources: dict[str, StatusSource]) -> None:
         self._sources = sources
         # Weakly: an index replaced by a reload must not stay in memory for this.
         self._known: dict[str, tuple[weakref.ref[IndexSnapshot], tuple[int, int] | None]] = {}
@@ -236,7 +249,7 @@ def _audit(config: Config) -> AuditLog | None:
                     required=audit.required)  # fmt: skip
 
 
-def _store(config: Config, sources: dict[str, IndexSource]) -> LmdbStore | FleetStore | None:
+def _store(config: Config, sources: dict[str, StatusSource]) -> LmdbStore | FleetStore | None:
     """The host's answer store; in a fleet, what it writes goes on to Redis too."""
     if config.server.state_dir is None:
         return None
@@ -255,7 +268,7 @@ async def _close(store: LmdbStore | FleetStore, vouches: Vouches) -> None:
     vouches.close()
 
 
-def _looked_at(sources: dict[str, IndexSource], name: str) -> IndexSnapshot | None:
+def _looked_at(sources: dict[str, StatusSource], name: str) -> IndexSnapshot | None:
     """The CA's index, if its file was looked at lately: a look that hangs (a file
     system that stopped answering) must not leave an old index in service for ever."""
     source = sources[name]

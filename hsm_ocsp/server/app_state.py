@@ -14,10 +14,10 @@ from ..core.responder import Issuer
 from ..pkcs11.key_set import ProvenKeys
 from ..pkcs11.signer_process import TokenProcess
 from ..store.vouch import Vouches
-from .index_source import IndexSource
 from .metrics import Metrics
 from .producer_link import ProducerClient
 from .production import Production
+from .status_source import StatusSource
 
 
 class Answers(Protocol):
@@ -45,7 +45,7 @@ PRODUCTION = web.AppKey("production", Production)
 PRODUCER = web.AppKey("producer", ProducerClient)
 
 
-SOURCES = web.AppKey("sources", dict[str, IndexSource])
+SOURCES = web.AppKey("sources", dict[str, StatusSource])
 
 
 TOKEN = web.AppKey("token", TokenProcess)

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from ..store.vouch import VOUCH_FOR
 from .app_state import CONFIG, KEYS, PRODUCER, PRODUCTION, SERVICE, SOURCES, TOKEN
+from .crl_source import CrlSource
 
 
 def stale_indexes(app: web.Application) -> dict[str, float]:
@@ -39,6 +40,7 @@ def problems(app: web.Application) -> list[str]:
         for name, source in app[SOURCES].items()
         if source.snapshot is not None and not source.fresh(VOUCH_FOR)
     ]
+    found += _crl_expired(app)
     found += [
         f"CA {name}: its signing certificate is not valid now (answers are tryLater)"
         for name in signers_out_of_validity(app)
@@ -51,6 +53,23 @@ def problems(app: web.Application) -> list[str]:
             if app[PRODUCTION].unwithdrawn(ca.name)
         ]
     return found + margins(app) + _token(app)
+
+
+def _crl_expired(app: web.Application) -> list[str]:
+    """CAs whose CRLs are past their nextUpdate (by more than ca.crl_grace)."""
+    found = []
+    for ca in app[CONFIG].cas:
+        source = app[SOURCES].get(ca.name)
+        if ca.crl is None or not isinstance(source, CrlSource):
+            continue
+        late = source.expired_for()
+        if late > 0:
+            until = f"{source.valid_until:%Y-%m-%d %H:%M:%S}Z"
+            line = (f"CA {ca.name}: its CRLs are past their nextUpdate {until} and no newer "
+                    f"one was taken ({source.last_error}); answers that need a signature are "
+                    "tryLater")  # fmt: skip
+            found.append(line if late > ca.crl.grace.total_seconds() else DEGRADED + line)
+    return found
 
 
 def _token(app: web.Application) -> list[str]:

@@ -239,6 +239,28 @@ class MetricFamilies:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.crl_number = Gauge(
+            PREFIX + "crl_number",
+            "The CRL number of the CA's full CRL in service (a CA served from CRLs).",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.crl_next_update = Gauge(
+            PREFIX + "crl_next_update_timestamp_seconds",
+            "Unix time the CA's CRLs in service reach their nextUpdate: from then its answers "
+            "that need a signature are tryLater.",
+            ["ca"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.crl_errors = Counter(
+            PREFIX + "crl_errors_total",
+            "CRLs not taken up, by reason (fetch, signature, issuer, order, expired, time, "
+            "scope, format, issued): the last good CRL stays in service.",
+            ["ca", "reason"],
+            registry=r,
+        )
         self.index_reload_errors = Counter(
             PREFIX + "index_reload_errors_total",
             "Index reloads refused (the last good index stays in service).",

@@ -114,6 +114,21 @@ class Metrics(MetricFamilies, Events):
 
         return failed
 
+    def crl_refused(self, ca: str) -> Callable[[str], None]:
+        """A ``CrlSource.on_refused`` callback for CA ``ca``."""
+
+        def refused(reason: str) -> None:
+            self.crl_errors.labels(ca, reason).inc()
+
+        return refused
+
+    def crl_state(self, ca: str, number: int | None, until: dt.datetime | None) -> None:
+        """The CRL in service of CA ``ca``: its number and nextUpdate."""
+        if number is not None:
+            self.crl_number.labels(ca).set(number)
+        if until is not None:
+            self.crl_next_update.labels(ca).set(until.timestamp())
+
     def token_recovered(self, sessions: int, retries: int) -> None:
         """``Token.on_recover``: sessions opened again and calls tried again."""
         self.token_recoveries.labels("session").inc(sessions)

@@ -29,6 +29,7 @@ from ..core.pre_production import (
     cert_id,
     changed_serials,
     due_keys,
+    lifetime_of,
     needs,
     prefixes,
     request_der,
@@ -47,8 +48,8 @@ from ..core.shared_answers import (
 )
 from ..store.fleet_store import FleetStore
 from ..store.lmdb_store import LmdbStore
-from .index_source import IndexSource
 from .metrics import Metrics
+from .status_source import StatusSource
 
 __all__ = ["Production"]
 
@@ -66,7 +67,7 @@ class Production:
         self,
         config: Config,
         service: OCSPService,
-        sources: dict[str, IndexSource],
+        sources: dict[str, StatusSource],
         store: LmdbStore | FleetStore,
         metrics: Metrics,
         clock: Callable[[], dt.datetime] = utcnow,
@@ -133,6 +134,9 @@ class Production:
                          ca, len(changed), "no" if withdrawn < 0 else withdrawn)  # fmt: skip
                 if self._loop is not None:
                     self._loop.call_soon_threadsafe(self._queue_changes, ca, changed)
+            if old is not None and old.valid_until != snapshot.valid_until and self._loop:
+                # A newer CRL: answers capped by the old one's nextUpdate are made again.
+                self._loop.call_soon_threadsafe(self.replaced_issuers)
             if then is not None:
                 then(snapshot)
 
@@ -231,16 +235,23 @@ class Production:
                 pass
 
     def _issuer(self, ca: str) -> Issuer | None:
-        """The CA's issuer, if this host produces for it (in a fleet: holds its lease)."""
-        if not self._leads(ca):
+        """The CA's issuer, if this host produces for it (in a fleet: holds its lease) now:
+        not while its CRLs are past their nextUpdate (an answer would claim a freshness
+        they do not have; a newer CRL taken up brings the production back)."""
+        if not self._leads(ca) or self._expired(ca):
             return None
         return next((i for i in self.service.issuers if i.name == ca), None)
+
+    def _expired(self, ca: str) -> bool:
+        snapshot = self.sources[ca].snapshot
+        until = None if snapshot is None else snapshot.valid_until
+        return until is not None and until <= self._clock()
 
     async def _changes(self) -> None:
         for ca, queue in self._changed.items():
             issuer = self._issuer(ca)
             hashes = self._hash_names.get(ca, ())
-            if issuer is None:  # another host produces this CA (the lease is its)
+            if issuer is None and not self._leads(ca):  # another host produces it (its lease)
                 queue.clear()
             while queue and issuer is not None:
                 serial = queue.popleft()
@@ -307,7 +318,7 @@ class Production:
         if signer is None:
             return
         fingerprint = signer_fingerprint(signer)
-        lifetime = (issuer.validity.total_seconds(), signer.not_after.timestamp())
+        lifetime = lifetime_of(issuer.validity, signer.not_after, snapshot)
         for serial in serials:
             value = snapshot.entries.get(serial, _MISSING)
             for algorithm in self._hash_names.get(ca, ()) if value is not _MISSING else ():

@@ -21,7 +21,7 @@ from ..core.errors import HsmOcspError
 from ..pkcs11.key_set import PROBE
 from .app_state import METRICS, PRODUCTION, SOURCES, TOKEN, VOUCHES
 from .health import signers_out_of_validity, stale_indexes
-from .index_source import IndexSource
+from .status_source import StatusSource
 
 log = logging.getLogger("hsm_ocsp.http")
 
@@ -51,7 +51,7 @@ async def watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
         await asyncio.gather(*watchers, return_exceptions=True)
 
 
-async def _watch_one(app: web.Application, source: IndexSource, force: asyncio.Event) -> None:
+async def _watch_one(app: web.Application, source: StatusSource, force: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"index-{source.name}")
     settle = _settler(app, source.name)

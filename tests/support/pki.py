@@ -51,6 +51,7 @@ class OpenSSLCA:
         (directory / "newcerts").mkdir(exist_ok=True)
         (directory / "index.txt").write_text("")
         (directory / "serial").write_text("1000\n")
+        (directory / "crlnumber").write_text("01\n")
         self.cnf = directory / "openssl.cnf"
         self.cnf.write_text(openssl_cnf(directory))
         key = ec.generate_private_key(ec.SECP256R1())
@@ -99,6 +100,15 @@ class OpenSSLCA:
     def revoke(self, pem: Path, *options: str) -> None:
         """``openssl ca -revoke`` with options like ``-crl_reason keyCompromise``."""
         run("openssl", "ca", "-config", self.cnf, "-revoke", pem, *options)
+
+    def gencrl(self, out: Path, *options: str) -> Path:
+        """``openssl ca -gencrl`` (DER) with options like ``-crlhours 1``; a new number."""
+        pem = out.with_suffix(".tmp.pem")
+        run("openssl", "ca", "-config", self.cnf, "-gencrl", "-out", pem, *options)
+        run("openssl", "crl", "-in", pem, "-outform", "DER", "-out", out.with_suffix(".tmp"))
+        out.with_suffix(".tmp").replace(out)  # whole at once, as a publisher should
+        pem.unlink()
+        return out
 
     def updatedb(self) -> None:
         run("openssl", "ca", "-config", self.cnf, "-updatedb")
