@@ -17,7 +17,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 from ..config.file import load_config
-from ..config.model import CAConfig, Config, in_use
+from ..config.model import CAConfig, Config, CrlConfig, in_use
 from ..config.pin import read_pin
 from ..core.errors import IndexFormatError, TokenError
 from ..core.index import parse_index
@@ -25,6 +25,7 @@ from ..core.responder_profile import Level, profile_findings
 from ..core.signing import SchemeKind
 from ..pkcs11.key_set import PROBE, SigningKey, proves, signing_keys
 from ..pkcs11.token import Token
+from ..server.crl_source import CrlSource
 
 __all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
 
@@ -233,6 +234,9 @@ def _check_algorithm_reach(ca: CAConfig) -> Iterator[Finding]:
 
 
 def _check_index(ca: CAConfig) -> Iterator[Finding]:
+    if ca.crl is not None:
+        yield from _check_crl(ca, ca.crl)
+        return
     try:
         snapshot = parse_index(ca.index.read_bytes(), ca.index)
     except OSError as exc:
@@ -243,6 +247,31 @@ def _check_index(ca: CAConfig) -> Iterator[Finding]:
         yield Finding(
             Level.OK, ca.name, f"index {ca.index} parses ({len(snapshot.entries)} entries)"
         )
+
+
+def _check_crl(ca: CAConfig, crl: CrlConfig) -> Iterator[Finding]:
+    """The CA's CRLs fetched and judged as serve would, and its good/unknown mode said."""
+    if crl.issued is not None:
+        mode = f"a serial not on its CRL is good if {crl.issued} shows it issued, else unknown"
+    else:
+        mode = ('a serial not on its CRL is answered good, issued or not (not_on_crl = "good"; '
+                "the CA/B Forum's rules say a responder SHOULD NOT answer good for a serial "
+                "never issued)")  # fmt: skip
+    yield Finding(Level.NOTE if crl.issued is None else Level.OK, ca.name, mode)
+    source = CrlSource(ca, crl)
+    try:
+        snapshot = source.load()
+    except IndexFormatError as exc:
+        yield Finding(Level.ERROR, ca.name, f"CRL {exc}")
+        return
+    finally:
+        source.close()
+    until = source.valid_until
+    yield Finding(Level.OK, ca.name, f"CRL {source.number} taken from {', '.join(crl.fulls)}: "
+                  f"{snapshot.counts['R']} revoked, nextUpdate "
+                  f"{'none' if until is None else f'{until:%Y-%m-%d %H:%M:%S}Z'}")  # fmt: skip
+    if source.last_error is not None:
+        yield Finding(Level.WARNING, ca.name, source.last_error)
 
 
 def check_config(

@@ -157,18 +157,25 @@ def untrue_keys(
             yield key
 
 
-def due_keys(items: Iterable[tuple[bytes, bytes]], now: float) -> tuple[list[bytes], float, float]:
+def due_keys(
+    items: Iterable[tuple[bytes, bytes]], now: float, until: float | None = None
+) -> tuple[list[bytes], float, float, float]:
     """Keys of the records due for refresh at ``now``; the soonest nextUpdate of all, and
     the soonest refresh time of the rest (Unix seconds; inf for none). Answers for
-    serials not in the index are not refreshed: the next client to ask has one signed."""
-    due, soonest, refresh_at = [], float("inf"), float("inf")
+    serials not in the index are not refreshed: the next client to ask has one signed.
+    ``until``: the nextUpdate of the CRLs the status comes from; an answer that already
+    reaches it is not signed again (it could not reach further) until a newer CRL.
+    Last, the soonest nextUpdate of the records not due: the soonest once they are."""
+    due, soonest, refresh_at, rest = [], float("inf"), float("inf"), float("inf")
     for key, value in items:
         record = decode(value)
         if record is None or record.truth == NOT_IN_INDEX:
             continue
         soonest = min(soonest, record.next_update)
-        if record.refresh_at <= now:
+        if record.refresh_at <= now and (until is None or record.next_update < until - 1):
             due.append(key)
-        else:
+            continue
+        rest = min(rest, record.next_update)
+        if until is None or record.next_update < until - 1:
             refresh_at = min(refresh_at, record.refresh_at)
-    return due, soonest, refresh_at
+    return due, soonest, refresh_at, rest

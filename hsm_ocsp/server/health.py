@@ -105,6 +105,10 @@ def margins(app: web.Application) -> list[str]:
     found = []
     for ca in config.cas:
         soonest = app[PRODUCTION].soonest.get(ca.name)
+        source = app.get(SOURCES, {}).get(ca.name)
+        until = None if source is None or source.snapshot is None else source.snapshot.valid_until
+        if soonest is not None and until is not None and soonest >= until.timestamp() - 1:
+            continue  # as far as its CRLs allow: _crl_expired says when they run out
         margin = min(config.producer.min_margin, ca.validity / 4).total_seconds()
         if soonest is not None and soonest - now < margin:
             found.append(f"CA {ca.name}: a stored answer is {max(0, soonest - now):.0f} s from "

@@ -102,6 +102,7 @@ class Production:
         self._failed = False
         self._refill = True  # a fill pass is due (at start, after a reload)
         self.soonest: dict[str, float] = {}  # CA -> the soonest nextUpdate stored (Unix s)
+        self._rest: dict[str, float] = {}  # CA -> the same, of the records not due
         self._refresh_at = 0.0  # Unix time the next stored answer is due for refresh
         self.complete: dict[str, bool] = {}  # CA -> its last fill pass signed all it lacked
         self._failures: dict[str, int] = dict.fromkeys(sources, 0)
@@ -242,10 +243,15 @@ class Production:
             return None
         return next((i for i in self.service.issuers if i.name == ca), None)
 
+    def _until(self, ca: str) -> float | None:
+        """Unix time the CA's status stops being true (its CRLs' nextUpdate), if it does."""
+        source = self.sources.get(ca)
+        until = None if source is None or source.snapshot is None else source.snapshot.valid_until
+        return None if until is None else until.timestamp()
+
     def _expired(self, ca: str) -> bool:
-        snapshot = self.sources[ca].snapshot
-        until = None if snapshot is None else snapshot.valid_until
-        return until is not None and until <= self._clock()
+        until = self._until(ca)
+        return until is not None and until <= self._clock().timestamp()
 
     async def _changes(self) -> None:
         for ca, queue in self._changed.items():
@@ -272,17 +278,22 @@ class Production:
             if issuer is None:
                 continue
             due = await asyncio.to_thread(self._due, ca, now)  # reads the whole store
+            failures = self._failures[ca]
             for key in due:
                 await self._produce(issuer, cert_id_of(key), Reason.REFRESH)
                 if self._changed[ca]:
                     await self._changes()
             await self._drain()
+            if due and self._failures[ca] == failures:  # all refreshed: the rest is soonest
+                self.soonest[ca] = self._rest[ca]
             if due and self._failed:  # not refreshed: look again soon
                 self._refresh_at = min(self._refresh_at, now + 10.0)
 
     def _due(self, ca: str, now: float) -> list[bytes]:
         """Keys of ``ca``'s records due now; the soonest nextUpdate and refresh noted."""
-        due, self.soonest[ca], refresh_at = due_keys(self.store.items(ca.encode() + b"\0"), now)
+        until = self._until(ca)
+        items = self.store.items(ca.encode() + b"\0")
+        due, self.soonest[ca], refresh_at, self._rest[ca] = due_keys(items, now, until)
         self._refresh_at = min(self._refresh_at, refresh_at)
         return due
 

@@ -1,0 +1,268 @@
+"""A CA served from its CRLs by a real ``hsm-ocsp serve`` (two workers and their
+producer), the CRLs published by nginx as a CA's web server would: statuses, a
+revocation taken up, every CRL that does not deserve trust refused with the revoked
+serials still revoked, and a CRL past its nextUpdate."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+
+from .support.ca import CASetup, build_ca
+from .support.crls import NOW, Entry, make_crl
+from .support.nginx import Nginx, start_nginx
+from .support.requests import build_request
+from .support.server import RunningServer, free_port, start_server
+from .support.softhsm import MODULE, SoftHSM
+from .support.watch import request_for, status_of
+
+REVOKED = ("revoked", "keycompromise", "superseded", "hold", "keytime", "cakeytime")
+
+
+@dataclasses.dataclass
+class CrlWorld:
+    setup: CASetup
+    www: Path
+    nginx: Nginx
+    directory: Path
+
+    @property
+    def crl(self) -> Path:
+        return self.www / "ca.crl"
+
+    @property
+    def crl_url(self) -> str:
+        return f"http://127.0.0.1:{self.nginx.port}/ca.crl"
+
+    def publish(self, *options: str) -> bytes:
+        """``openssl ca -gencrl`` onto the web server (renamed into place)."""
+        return self.setup.ca.gencrl(self.crl, *options).read_bytes()
+
+    def config(self, port: int, **extra: str) -> Path:
+        setup = self.setup
+        keys = {
+            "crl_url": f'"{self.crl_url}"',
+            "issued": f'"{setup.ca.dir / "newcerts"}"',
+            "crl_fetch_interval": '"1s"',
+            "validity": '"1h"',
+            **extra,
+        }
+        lines = [
+            "[server]", f'listen = "127.0.0.1:{port}"', "workers = 2",
+            f'state_dir = "{self.directory / f"state-{port}"}"', "",
+            "[token]", f'module = "{MODULE}"', "",
+            "[[ca]]", 'name = "crlca"', f'certificate = "{setup.ca.cert_path}"',
+            f'key = "{setup.key_uri}"', f'responder_certificate = "{setup.responder_cert}"',
+            *(f"{k} = {v}" for k, v in keys.items()),
+        ]  # fmt: skip
+        path = self.directory / f"crl-{port}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+@pytest.fixture
+def world(tmp_path: Path, softhsm: SoftHSM) -> Iterator[CrlWorld]:
+    setup = build_ca(tmp_path / "ca", softhsm)
+    www = tmp_path / "www"
+    www.mkdir()
+    nginx = start_nginx(tmp_path / "nginx", _static(www, port := free_port()), port)
+    try:
+        yield CrlWorld(setup, www, nginx, tmp_path)
+    finally:
+        nginx.stop()
+
+
+def _static(root: Path, port: int) -> str:
+    return f"server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}"
+
+
+def _answer(server: RunningServer, setup: CASetup, name: str, *,
+            nonce: bool = False) -> ocsp.OCSPResponse:  # fmt: skip
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA1())
+    if nonce:
+        builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+    request = urllib.request.Request(
+        server.url, data=builder.build().public_bytes(Encoding.DER),
+        headers={"Content-Type": "application/ocsp-request"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return ocsp.load_der_ocsp_response(response.read())
+
+
+def _status(server: RunningServer, setup: CASetup, name: str, algorithm: str = "sha1") -> object:
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    return status_of(server.url, request_for(cert, setup.ca.certificate, algorithm))
+
+
+def _until(check: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.2)
+
+
+def _metrics(server: RunningServer) -> str:
+    with urllib.request.urlopen(server.url.rstrip("/") + "/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def _metric(text: str, name: str, **labels: str) -> float | None:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(p in line for p in want.split(",")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_statuses_revocation_and_untrusted_crls(world: CrlWorld, serve: object) -> None:
+    setup = world.setup
+    first = world.publish("-crlhours", "2")
+    port = free_port()
+    server = serve(world.config(port), port, world.directory / "server.log")  # type: ignore[operator]
+    crl = x509.load_der_x509_crl(first)
+    assert crl.next_update_utc is not None
+    # Every status as the CRL and the issued certificates say, from either worker.
+    for name in ("good", "expired"):
+        for algorithm in ("sha1", "sha256"):
+            assert _status(server, setup, name, algorithm) is ocsp.OCSPCertStatus.GOOD
+    for name in REVOKED:
+        assert _status(server, setup, name) is ocsp.OCSPCertStatus.REVOKED, name
+    answer = _answer(server, setup, "keycompromise")
+    assert answer.revocation_reason is x509.ReasonFlags.key_compromise
+    answer = _answer(server, setup, "good")
+    assert answer.next_update_utc is not None
+    assert answer.next_update_utc <= crl.next_update_utc  # never past the CRL's
+    never = status_of(server.url, _unknown_request(setup))
+    assert never is ocsp.OCSPCertStatus.UNKNOWN
+    metrics = _metrics(server)
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert _metric(metrics, "hsm_ocsp_crl_number", ca="crlca") == number
+    assert _metric(metrics, "hsm_ocsp_crl_next_update_timestamp_seconds", ca="crlca") == (
+        crl.next_update_utc.timestamp()
+    )
+    # A revocation: openssl ca -revoke, a new CRL on the web server, both hash forms.
+    setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+    world.publish("-crlhours", "2")
+    _until(lambda: _status(server, setup, "good") is ocsp.OCSPCertStatus.REVOKED)
+    assert _status(server, setup, "good", "sha256") is ocsp.OCSPCertStatus.REVOKED
+    revoked = ("good", *REVOKED)
+    # CRLs that do not deserve trust: the one before (an older number), one signed by
+    # another key, an expired one, and a newer, well signed one that drops every revoked
+    # serial. Each leaves every revoked serial revoked.
+    other = ec.generate_private_key(ec.SECP256R1())
+    subject = setup.ca.certificate.subject
+    faults = {
+        "order": first,
+        "signature": make_crl(other, subject, [], number=10**6),
+        "expired": make_crl(
+            setup.ca.key,
+            subject,
+            [],
+            number=10**6,
+            this_update=NOW - dt.timedelta(days=3),
+            next_update=dt.timedelta(days=1),
+        ),
+        "dropped": make_crl(
+            setup.ca.key, subject, [Entry(12345)], number=10**6, this_update=dt.datetime.now(dt.UTC)
+        ),
+    }
+    for label, der in faults.items():
+        world.crl.write_bytes(der)
+        if label != "dropped":
+            _until(lambda label=label: (_metric(_metrics(server), "hsm_ocsp_crl_errors_total",
+                                                ca="crlca", reason=label) or 0) >= 1)  # fmt: skip
+        else:
+            _until(lambda: _metric(_metrics(server), "hsm_ocsp_crl_number", ca="crlca") == 10**6)
+            # The hold the newer CRL no longer lists is released (RFC 5280): good again.
+            _until(lambda: _status(server, setup, "hold") is ocsp.OCSPCertStatus.GOOD)
+            revoked = tuple(n for n in revoked if n != "hold")
+        for name in revoked:
+            for algorithm in ("sha1", "sha256"):
+                assert _status(server, setup, name, algorithm) is ocsp.OCSPCertStatus.REVOKED, (
+                    label, name, algorithm)  # fmt: skip
+    dropped = _metric(_metrics(server), "hsm_ocsp_index_revocations_dropped", ca="crlca")
+    assert dropped == len(revoked)  # kept by the revocation memory, and shown
+
+
+def _unknown_request(setup: CASetup) -> bytes:
+    """A serial the CA never issued."""
+    return build_request([(setup.ca.certificate, 0x7FFFFFFF)])
+
+
+def test_a_crl_past_its_next_update(world: CrlWorld, serve: object) -> None:
+    """No answer outlives its CRL: while the CRL in service is past its nextUpdate,
+    answers that need a signature are tryLater and /readyz fails; a new CRL ends it."""
+    setup = world.setup
+    world.publish("-crlsec", "8")
+    port = free_port()
+    server = serve(world.config(port), port, world.directory / "server.log")  # type: ignore[operator]
+    answer = _answer(server, setup, "good", nonce=True)
+    crl = x509.load_der_x509_crl(world.crl.read_bytes())
+    assert answer.next_update_utc is not None and crl.next_update_utc is not None
+    assert answer.next_update_utc <= crl.next_update_utc
+    _until(lambda: dt.datetime.now(dt.UTC) > crl.next_update_utc + dt.timedelta(seconds=1))
+    late = _answer(server, setup, "good", nonce=True)
+    assert late.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+    stored = _answer(server, setup, "revoked")  # the stored answer expired with its CRL
+    assert stored.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(server.url.rstrip("/") + "/readyz", timeout=10)
+    assert failed.value.code == 503
+    assert b"past their nextUpdate" in failed.value.read()
+    world.publish("-crlhours", "2")
+    _until(lambda: _status(server, setup, "good") is ocsp.OCSPCertStatus.GOOD)
+    _until(lambda: _ready(server))
+
+
+def _ready(server: RunningServer) -> bool:
+    try:
+        with urllib.request.urlopen(server.url.rstrip("/") + "/readyz", timeout=10) as r:
+            return r.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def test_not_on_crl_good_and_check(world: CrlWorld, tmp_path: Path) -> None:
+    """Without the issued serials, a serial the CRL does not list is good only when the
+    operator says so; ``check`` says which mode each CA is in."""
+    world.publish("-crlhours", "2")
+    port = free_port()
+    config = world.config(port)
+    text = config.read_text().replace(f'issued = "{world.setup.ca.dir / "newcerts"}"\n', "")
+    config.write_text(text)
+    refused = _check(config)
+    assert refused.returncode != 0 and "not_on_crl" in refused.stdout + refused.stderr
+    config.write_text(text + 'not_on_crl = "good"\n')
+    server = start_server(config, port, tmp_path / "good.log")
+    try:
+        never = status_of(server.url, _unknown_request(world.setup))
+        assert never is ocsp.OCSPCertStatus.GOOD
+        assert _status(server, world.setup, "revoked") is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        server.stop()
+    said = _check(config)
+    assert re.search(r"not on (its|the) CRL.*good", said.stdout), said.stdout
+
+
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hsm_ocsp", "check", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
