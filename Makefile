@@ -6,7 +6,7 @@ DEMO_DIR ?= demo
 DEBIAN_PACKAGES := softhsm2 openssl gnutls-bin p11-kit python3-venv python3-dev gcc \
 	prometheus nginx wrk hey procps systemd opensc-pkcs11 opencryptoki \
 	swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1 libtpm2-pkcs11-tools \
-	tpm2-tools dbus libp11-kit-dev redis-server freeradius eapoltest
+	tpm2-tools dbus libp11-kit-dev redis-server freeradius eapoltest golang-cfssl
 
 .PHONY: demo test test-fast lint deps system-deps clean image-test
 

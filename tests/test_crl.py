@@ -5,6 +5,7 @@ the shapes AD CS and EJBCA publish."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,21 @@ def test_openssl_gencrl_says_what_the_index_says(ca: OpenSSLCA, tmp_path: Path) 
     assert hold.hold_instruction == "1.2.840.10040.2.3"  # holdInstructionReject
     assert facts.number is not None and facts.next_update is not None
     assert facts.next_update - facts.this_update == dt.timedelta(hours=2)
+
+
+def test_cfssl_gencrl(ca: OpenSSLCA, tmp_path: Path) -> None:
+    """CFSSL's CRL (``cfssl gencrl``, Debian's golang-cfssl): bare base64 of the DER, no
+    CRL number; every serial it was given is revoked."""
+    key = tmp_path / "sec1.key"  # cfssl reads SEC 1 EC keys
+    subprocess.run(["openssl", "ec", "-in", ca.dir / "ca.key", "-out", key], check=True,
+                   capture_output=True)  # fmt: skip
+    (tmp_path / "serials").write_text("4096\n4097\n123456789\n")  # decimal, as cfssl reads
+    made = subprocess.run(["cfssl", "gencrl", tmp_path / "serials", ca.cert_path, key],
+                          check=True, capture_output=True)  # fmt: skip
+    assert made.stdout[:3] == b"MII"
+    facts = read_crl(made.stdout, ca.certificate, dt.datetime.now(dt.UTC))
+    assert set(facts.entries) == {0x1000, 0x1001, 123456789}
+    assert all(r is not None and r.reason is None for r in facts.entries.values())
 
 
 def test_a_crl_that_does_not_deserve_trust_is_refused(ca: OpenSSLCA) -> None:

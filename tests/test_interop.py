@@ -23,14 +23,18 @@ from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import SoftHSM
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["index", "crl"])
 def interop(
-    tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHSM
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHSM
 ) -> Iterator[tuple[CASetup, RunningServer, Path]]:
+    """The CA served from its index, and again from its CRL (``openssl ca -gencrl``)."""
     directory = tmp_path_factory.mktemp("interop")
     setup = build_ca(directory / "ca", softhsm)
     port = free_port()
-    config = write_config(directory / "hsm-ocsp.toml", {"root": setup}, port=port)
+    crls = None
+    if request.param == "crl":
+        crls = {"root": setup.ca.gencrl(directory / "root.crl", "-crldays", "2")}
+    config = write_config(directory / "hsm-ocsp.toml", {"root": setup}, port=port, crls=crls)
     server = start_server(config, port, directory / "server.log")
     yield setup, server, directory
     server.stop()

@@ -11,6 +11,8 @@ the partitions of one, and the deltas on them) and the serials it issued, if it 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
@@ -125,9 +127,7 @@ def read_crl(
     """The facts of a CRL of ``ca`` (signed by it, or by ``delegate``, a CRL issuer it
     certified with cRLSign, in an indirect CRL); CrlRefused says why not."""
     try:
-        crl = (x509.load_pem_x509_crl if data.lstrip()[:5] == b"-----" else x509.load_der_x509_crl)(
-            data
-        )
+        crl = _load(data)
         extensions = crl.extensions
     except ValueError as exc:
         raise CrlRefused(f"not a CRL: {exc}", "format") from None
@@ -157,6 +157,19 @@ def read_crl(
         entries=entries,
         size=len(data),
     )
+
+
+def _load(data: bytes) -> x509.CertificateRevocationList:
+    """DER, PEM, or bare base64 of the DER (what ``cfssl gencrl`` prints)."""
+    head = data.lstrip()[:5]
+    if head == b"-----":
+        return x509.load_pem_x509_crl(data)
+    if data[:1] != b"\x30" and head[:3] == b"MII":
+        try:
+            data = base64.b64decode(b"".join(data.split()), validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"neither DER nor PEM nor base64 ({exc})") from None
+    return x509.load_der_x509_crl(data)
 
 
 def _signer(

@@ -66,8 +66,11 @@ def write_config(
     server: str = "",
     port: int = 0,
     producer: str = "",
+    crls: dict[str, Path] | None = None,
     **ca_extra: str,
 ) -> Path:
+    """``crls``: CAs served from the CRL file given (``openssl ca -gencrl``) and their
+    ``new_certs_dir``, instead of their index."""
     lines = ["[server]", f'listen = "127.0.0.1:{port or 8080}"', server, ""]
     if producer:
         lines += ["[producer]", producer, ""]
@@ -77,7 +80,11 @@ def write_config(
             "[[ca]]",
             f'name = "{name}"',
             f'certificate = "{setup.ca.cert_path}"',
-            f'index = "{setup.ca.index}"',
+            *(
+                [f'index = "{setup.ca.index}"']
+                if name not in (crls or {})
+                else [f'crl = "{(crls or {})[name]}"', f'issued = "{setup.ca.dir / "newcerts"}"']
+            ),
             f'key = "{setup.key_uri}"',
         ]
         if setup.responder_cert is not None:
