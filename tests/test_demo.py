@@ -203,3 +203,15 @@ def test_installed_wheel_runs_demo_keygen_csr_check_and_serve_outside_the_checko
         cwd=away, capture_output=True, text=True, check=False, timeout=60,
     )  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_demo_with_status_from_the_crl(tmp_path: Path) -> None:
+    """``demo --status crl``: the same answers, from the CA's CRL and new_certs_dir."""
+    directory = tmp_path / "demo"
+    port = free_port()
+    argv = [sys.executable, "-m", "hsm_ocsp", "demo", "--dir", str(directory), "--port",
+            str(port), "--status", "crl"]  # fmt: skip
+    _demo_answers_good_and_revoked(argv, tmp_path / "demo.log", port, _env())
+    text = (directory / "config.toml").read_text()
+    assert 'crl = "ca/ca.crl"' in text and "index =" not in text
+    assert "CA demo: CRL" in (tmp_path / "demo.log").read_text()

@@ -169,7 +169,25 @@ def _leaves(ca_dir: Path, made: list[str]) -> dict[str, Path]:
     return certs
 
 
-def _write_config(path: Path, port: int, uri: Pkcs11Uri, made: list[str]) -> None:
+def _gencrl(ca_dir: Path, made: list[str]) -> None:
+    """The demo CA's CRL (DER), made anew each run: what a CA publishes."""
+    pem, der = ca_dir / "ca.crl.pem", ca_dir / "ca.crl"
+    run("openssl", "ca", "-config", ca_dir / "openssl.cnf", "-gencrl", "-crldays", "7",
+        "-out", pem)  # fmt: skip
+    run("openssl", "crl", "-in", pem, "-outform", "DER", "-out", der.with_suffix(".new"))
+    der.with_suffix(".new").replace(der)
+    made.append("CRL")
+
+
+def _write_config(
+    path: Path, port: int, uri: Pkcs11Uri, made: list[str], status: str = "index"
+) -> None:
+    source = (
+        'index = "ca/index.txt"'
+        if status == "index"
+        else "# status from the CA's CRL and the certificates it issued\n"
+        'crl = "ca/ca.crl"\nissued = "ca/newcerts"'
+    )
     text = f"""\
 # hsm-ocsp demo configuration, written by `hsm-ocsp demo`.
 # Serve it yourself with:
@@ -185,7 +203,7 @@ pin_env = "{DEFAULT_PIN_ENV}"
 [[ca]]
 name = "demo"
 certificate = "ca/ca.pem"
-index = "ca/index.txt"
+{source}
 responder_certificate = "responder.pem"
 key = "{uri}"
 validity = "1d"
@@ -195,8 +213,9 @@ validity = "1d"
         made.append("config.toml")
 
 
-def set_up(directory: Path, port: int, pin: str) -> DemoSetup:
-    """Make what is missing in ``directory``; reuse what is there."""
+def set_up(directory: Path, port: int, pin: str, status: str = "index") -> DemoSetup:
+    """Make what is missing in ``directory``; reuse what is there. ``status``: "index"
+    (the CA's index.txt) or "crl" (its CRL, made now)."""
     directory = directory.resolve()
     made: list[str] = []
     conf = _make_token(directory / "softhsm", pin)
@@ -215,8 +234,12 @@ def set_up(directory: Path, port: int, pin: str) -> DemoSetup:
         _sign(ca_dir, csr, responder, "ocsp")
         made.append("responder certificate")
     certs = _leaves(ca_dir, made)
+    if not (ca_dir / "crlnumber").exists():  # a demo directory of an older version
+        (ca_dir / "crlnumber").write_text("01\n")
+    if status == "crl":
+        _gencrl(ca_dir, made)
     config = directory / "config.toml"
-    _write_config(config, port, uri, made)
+    _write_config(config, port, uri, made, status)
     return DemoSetup(directory, conf, config, ca_cert, certs, port, tuple(made))
 
 
@@ -231,7 +254,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ConfigError(
             "(environment)", DEFAULT_PIN_ENV, "set the demo token's user PIN (make demo uses 1234)"
         )
-    setup = set_up(directory, args.port, pin)
+    setup = set_up(directory, args.port, pin, args.status)
     if setup.made:
         print(f"demo: made {', '.join(setup.made)} in {setup.dir}")
     else:

@@ -19,12 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TypeVar
 
-from asn1crypto.core import ObjectIdentifier
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID
 
+from .crl_entries import EntryFault, read_entries
 from .index import IndexSnapshot
 from .model import Revocation, RevocationReason
 
@@ -147,7 +147,15 @@ def read_crl(
     scope = _scope(extensions, indirect)
     base = _value(extensions, x509.DeltaCRLIndicator)
     number = _value(extensions, x509.CRLNumber)
-    entries = _entries(crl, ca.subject if indirect else None, delta=base is not None)
+    try:
+        entries = read_entries(
+            crl.tbs_certlist_bytes,
+            ca.subject.public_bytes() if indirect else None,
+            crl.issuer.public_bytes(),
+            delta=base is not None,
+        )
+    except (EntryFault, IndexError) as exc:
+        raise CrlRefused(f"its entries cannot be read: {exc or 'truncated'}", "format") from None
     return CrlFacts(
         number=None if number is None else number.crl_number,
         this_update=this_update,
@@ -225,58 +233,6 @@ def _scope(extensions: x509.Extensions, indirect: bool) -> bytes:
     if indirect and not idp.indirect_crl:
         raise CrlRefused("signed by the crl_issuer but not an indirect CRL", "issuer")
     return idp.public_bytes()
-
-
-def _entries(
-    crl: x509.CertificateRevocationList, only_for: x509.Name | None, *, delta: bool
-) -> dict[int, Revocation | None]:
-    """serial -> Revocation (None in a delta: removed). ``only_for``: an indirect CRL's
-    entries are taken only while the certificate issuer is that CA (RFC 5280 5.3.3)."""
-    entries: dict[int, Revocation | None] = {}
-    shared: dict[Revocation, Revocation] = {}  # one object for many alike entries
-    current = None if only_for is None else crl.issuer
-    for revoked in crl:
-        extensions = revoked.extensions
-        if only_for is not None:
-            issuer = _value(extensions, x509.CertificateIssuer)
-            if issuer is not None:
-                names = issuer.get_values_for_type(x509.DirectoryName)
-                current = names[0] if names else None
-            if current != only_for:
-                continue
-        revocation = _revocation(revoked, extensions)
-        if revocation.reason is RevocationReason.REMOVE_FROM_CRL:
-            if delta:
-                entries[revoked.serial_number] = None
-            continue  # in a full CRL it says nothing
-        entries[revoked.serial_number] = shared.setdefault(revocation, revocation)
-    return entries
-
-
-def _revocation(revoked: x509.RevokedCertificate, extensions: x509.Extensions) -> Revocation:
-    if not len(extensions):
-        return Revocation(revoked.revocation_date_utc)
-    reason = None
-    invalidity = None
-    hold = None
-    for ext in extensions:
-        value = ext.value
-        if isinstance(value, x509.CRLReason):
-            reason = _CRL_REASON_NAMES[value.reason]
-        elif isinstance(value, x509.InvalidityDate):
-            invalidity = value.invalidity_date_utc
-        elif ext.oid.dotted_string == _HOLD_INSTRUCTION and isinstance(
-            value, x509.UnrecognizedExtension
-        ):
-            try:
-                hold = ObjectIdentifier.load(value.value).dotted
-            except ValueError:
-                hold = None
-        elif ext.critical and not isinstance(value, x509.CertificateIssuer):
-            raise CrlRefused(f"unknown critical entry extension {ext.oid.dotted_string}", "format")
-    if reason is not RevocationReason.CERTIFICATE_HOLD:
-        hold = None
-    return Revocation(revoked.revocation_date_utc, reason, invalidity, hold)
 
 
 @dataclasses.dataclass(frozen=True)
