@@ -266,3 +266,167 @@ def _check(config: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "hsm_ocsp", "check", "--config", str(config)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def test_delta_partitioned_and_indirect_crls(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """Three CAs in one ``serve``, their CRLs on nginx in the shapes AD CS and EJBCA
+    publish: a base CRL and its delta (a revocation added, a hold released), two
+    partitions, and an indirect CRL of a CRL issuer the CA delegated."""
+    from .support.crls import delegate_certificate, idp
+
+    www = tmp_path / "www"
+    www.mkdir()
+    nginx = start_nginx(tmp_path / "nginx", _static(www, web := free_port()), web)
+    url = f"http://127.0.0.1:{web}"
+    setups = {n: build_ca(tmp_path / n, softhsm, name=f"{n} CA") for n in ("delta", "parts", "ind")}
+
+    def serial(ca: str, name: str) -> int:
+        return setups[ca].serial(name)
+
+    key = {n: s.ca.key for n, s in setups.items()}
+    subject = {n: s.ca.certificate.subject for n, s in setups.items()}
+    hold, remove = x509.ReasonFlags.certificate_hold, x509.ReasonFlags.remove_from_crl
+    superseded = x509.ReasonFlags.superseded
+    # AD CS: a base and a delta on it.
+    (www / "base.crl").write_bytes(
+        make_crl(
+            key["delta"],
+            subject["delta"],
+            [Entry(serial("delta", "revoked")), Entry(serial("delta", "hold"), reason=hold)],
+            number=20,
+        )
+    )
+    (www / "delta.crl").write_bytes(
+        make_crl(
+            key["delta"],
+            subject["delta"],
+            [
+                Entry(serial("delta", "good"), reason=superseded),
+                Entry(serial("delta", "hold"), reason=remove),
+            ],
+            number=21,
+            delta_of=20,
+            next_update=dt.timedelta(hours=2),
+        )
+    )
+    # EJBCA: two partitions, each naming itself in its issuing distribution point.
+    for part, name in ((1, "revoked"), (2, "keycompromise")):
+        (www / f"part{part}.crl").write_bytes(
+            make_crl(
+                key["parts"],
+                subject["parts"],
+                [Entry(serial("parts", name))],
+                idp=idp(f"{url}/part{part}.crl"),
+            )
+        )
+    # An indirect CRL by a CRL issuer the CA certified with cRLSign: its entry for
+    # another CA's serial (the "good" serial, by chance) is not this CA's.
+    signer_key, signer, signer_path = delegate_certificate(
+        key["ind"], setups["ind"].ca.certificate, tmp_path
+    )
+    (www / "ind.crl").write_bytes(make_crl(
+        signer_key, signer.subject,
+        [Entry(serial("ind", "revoked"), issuer=subject["ind"]),
+         Entry(serial("ind", "good"), issuer=OTHER_CA)],
+        idp=idp(f"{url}/ind.crl", indirect=True)))  # fmt: skip
+    places = {
+        "delta": f'crl_url = "{url}/base.crl"\ncrl_delta_url = "{url}/delta.crl"',
+        "parts": f'crl_url = ["{url}/part1.crl", "{url}/part2.crl"]',
+        "ind": f'crl_url = "{url}/ind.crl"\ncrl_issuer = "{signer_path}"',
+    }
+    port = free_port()
+    lines = [
+        "[server]",
+        f'listen = "127.0.0.1:{port}"',
+        "workers = 2",
+        f'state_dir = "{tmp_path / "state"}"',
+        "",
+        "[token]",
+        f'module = "{MODULE}"',
+        "",
+    ]
+    for name, setup in setups.items():
+        lines += ["[[ca]]", f'name = "{name}"', f'certificate = "{setup.ca.cert_path}"',
+                  f'key = "{setup.key_uri}"', f'responder_certificate = "{setup.responder_cert}"',
+                  places[name], f'issued = "{setup.ca.dir / "newcerts"}"', ""]  # fmt: skip
+    config = tmp_path / "three.toml"
+    config.write_text("\n".join(lines))
+    server = start_server(config, port, tmp_path / "three.log")
+    try:
+        want = {
+            "delta": {"revoked": "revoked", "good": "revoked", "hold": "good",
+                      "keycompromise": "good"},
+            "parts": {"revoked": "revoked", "keycompromise": "revoked", "good": "good"},
+            "ind": {"revoked": "revoked", "good": "good"},
+        }  # fmt: skip
+        for ca, statuses in want.items():
+            for name, status in statuses.items():
+                got = _status(server, setups[ca], name)
+                assert got is getattr(ocsp.OCSPCertStatus, status.upper()), (ca, name, got)
+        assert _answer(server, setups["delta"], "good").revocation_reason is superseded
+        # The delta's nextUpdate is the sooner: no answer goes past it.
+        assert (_answer(server, setups["delta"], "revoked").next_update_utc or NOW) <= (
+            NOW + dt.timedelta(hours=2)
+        )
+    finally:
+        server.stop()
+        nginx.stop()
+
+
+OTHER_CA = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "Another CA")])
+
+
+def test_fetching_over_http(world: CrlWorld) -> None:
+    """The fetcher asks nginx conditionally (a 304 moves no CRL), cuts a body over
+    crl_max_bytes, gives up on a server that never answers, and a failed fetch leaves
+    the bytes it had: the CRL in service stays."""
+    import socket
+
+    from hsm_ocsp.server.crl_fetch import FetchError, UrlPlace
+
+    first = world.publish("-crlhours", "2")
+    place = UrlPlace(world.crl_url, max_bytes=1 << 20, interval=0.2)
+    try:
+        place.ready()
+        assert place.take() == first
+        fetches = place.fetches
+        _until(lambda: place.fetches >= fetches + 3)
+        assert place.take() is None  # unchanged: nothing new
+        log = (world.nginx.prefix / "access.log").read_text()
+        assert re.search(r'"GET /ca.crl HTTP/1.1" 304 ', log), log[-500:]
+        second = world.publish("-crlhours", "2")
+        _until(lambda: (data := place.take()) is not None and data == second)
+        world.crl.unlink()  # a 404: said, and nothing taken
+        _until(lambda: _raises(place.take, FetchError, "HTTP 404"))
+    finally:
+        place.close()
+    world.publish("-crlhours", "2")
+    small = UrlPlace(world.crl_url, max_bytes=100, interval=60)
+    small.ready()
+    with pytest.raises(FetchError, match="over crl_max_bytes"):
+        small.take()
+    small.close()
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        import hsm_ocsp.server.crl_fetch as crl_fetch
+
+        timeout, crl_fetch.FETCH_TIMEOUT = crl_fetch.FETCH_TIMEOUT, 0.5
+        try:
+            hung = UrlPlace(f"http://127.0.0.1:{silent.getsockname()[1]}/ca.crl", 1 << 20, 60)
+            started = time.monotonic()
+            hung.ready()
+            assert time.monotonic() - started < 5
+            with pytest.raises(FetchError, match="timed out"):
+                hung.take()
+            hung.close()
+        finally:
+            crl_fetch.FETCH_TIMEOUT = timeout
+
+
+def _raises(call: Callable[[], object], kind: type[Exception], text: str) -> bool:
+    try:
+        call()
+    except kind as exc:
+        return text in str(exc)
+    return False
