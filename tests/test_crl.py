@@ -230,3 +230,21 @@ def test_the_source_keeps_the_last_good_crl(ca: OpenSSLCA, tmp_path: Path) -> No
     assert source.snapshot is not None and source.snapshot.entries[0x1000] is not None
     assert source.number == 6
     source.close()
+
+
+def test_a_file_of_issued_serials_as_exports_write_them(tmp_path: Path) -> None:
+    """One serial a line, as Vault (colons) and certutil (quotes) export them; a line that
+    is no serial refuses the file, naming the line, and the serials read before stay."""
+    from hsm_ocsp.server.crl_fetch import FetchError
+    from hsm_ocsp.server.issued_serials import IssuedSerials
+
+    path = tmp_path / "issued.txt"
+    path.write_text('17:67:16:ab\n"1a2b"\n# a comment\n\nFF # trailing\n')
+    issued = IssuedSerials(path, 1 << 20, OTHER)
+    assert issued.read() is True
+    assert issued.serials == {0x176716AB, 0x1A2B, 0xFF}
+    assert issued.read() is False  # unchanged
+    path.write_text("Serial Number\n1a2b\n")
+    with pytest.raises(FetchError, match=r"issued.txt:1: .* is not a hex serial"):
+        issued.read()
+    assert issued.serials == {0x176716AB, 0x1A2B, 0xFF}

@@ -2,7 +2,8 @@
 
 ``issued`` is a directory of certificates (PEM or DER, one a file, as ``openssl ca``
 keeps them in ``new_certs_dir``; EJBCA, step-ca and Vault export the same) or a file
-of serials, one hexadecimal serial a line (``#`` begins a comment). Re-read when it
+of serials, one hexadecimal serial a line (``#`` begins a comment; quotes, colons,
+hyphens and spaces in a serial are left out, as ``certutil`` and Vault export them). Re-read when it
 changes; a certificate file is read once (its name stays with its serial).
 """
 
@@ -19,6 +20,9 @@ from .crl_fetch import FetchError
 __all__ = ["IssuedSerials"]
 
 _HEX = re.compile(r"[0-9A-Fa-f]{1,256}")
+# What exports put in and around a serial: quotes (certutil's CSV), colons (Vault's
+# "17:67:16:..."), spaces and hyphens.
+_SEPARATORS = re.compile(r"[\s\"':-]")
 _CERT_SUFFIXES = (".pem", ".crt", ".cer", ".der")
 MAX_CERT_BYTES = 1 << 20
 
@@ -57,8 +61,8 @@ class IssuedSerials:
         except (OSError, UnicodeDecodeError) as exc:
             raise FetchError(f"{self.path}: cannot read: {exc}") from None
         serials = []
-        for number, line in enumerate(text.splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = _SEPARATORS.sub("", raw.split("#", 1)[0])
             if not line:
                 continue
             if not _HEX.fullmatch(line):
