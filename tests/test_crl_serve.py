@@ -27,6 +27,7 @@ from cryptography.x509 import ocsp
 from .support.ca import CASetup, build_ca
 from .support.crls import NOW, Entry, make_crl
 from .support.nginx import Nginx, start_nginx
+from .support.redis import RedisServer
 from .support.requests import build_request
 from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import MODULE, SoftHSM
@@ -430,3 +431,42 @@ def _raises(call: Callable[[], object], kind: type[Exception], text: str) -> boo
     except kind as exc:
         return text in str(exc)
     return False
+
+
+def test_a_fleet_serves_a_crl_backed_ca(
+    tmp_path: Path, softhsm: SoftHSM, redis_server: RedisServer
+) -> None:
+    """A signing host takes its status from the CA's CRL and fills Redis; a keyless edge
+    copies the answers and takes up a revocation published in a new CRL."""
+    from .support.fleet import body_for, edge_host, signing_host
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    crl = setup.ca.gencrl(tmp_path / "ca.crl", "-crlhours", "2")
+    signing = signing_host(tmp_path, setup, redis_server.url, "signing", crl=crl)
+    edge = edge_host(tmp_path, setup, redis_server.url)
+    try:
+        edge_url, signing_url = edge.url, signing.url
+        _until(lambda: status_of(edge_url, body_for(setup, "good")) is ocsp.OCSPCertStatus.GOOD,
+               30)  # fmt: skip
+        assert status_of(edge_url, body_for(setup, "revoked")) is ocsp.OCSPCertStatus.REVOKED
+        setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
+        setup.ca.gencrl(crl, "-crlhours", "2")
+        for url in (signing_url, edge_url):
+            for algorithm in ("sha1", "sha256"):
+                body = body_for(setup, "good", algorithm)
+                _until(lambda u=url, b=body: status_of(u, b) is ocsp.OCSPCertStatus.REVOKED)
+        answer = ocsp.load_der_ocsp_response(_post(edge_url, body_for(setup, "revoked")))
+        assert answer.next_update_utc is not None
+        assert answer.next_update_utc <= (x509.load_der_x509_crl(crl.read_bytes()).next_update_utc
+                                          or answer.next_update_utc)  # fmt: skip
+    finally:
+        edge.stop()
+        signing.stop()
+
+
+def _post(url: str, body: bytes) -> bytes:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/ocsp-request"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return bytes(response.read())
