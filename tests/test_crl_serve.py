@@ -470,3 +470,21 @@ def _post(url: str, body: bytes) -> bytes:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return bytes(response.read())
+
+
+def test_a_restart_while_the_crl_server_is_down(world: CrlWorld, serve: object) -> None:
+    """The CRL taken is kept in state_dir: a restart while nginx is down starts from it
+    (judged again), instead of not starting or answering without a status."""
+    setup = world.setup
+    world.publish("-crlhours", "2")
+    port = free_port()
+    config = world.config(port)
+    first = start_server(config, port, world.directory / "first.log")
+    assert _status(first, setup, "revoked") is ocsp.OCSPCertStatus.REVOKED
+    first.stop()
+    world.nginx.stop()
+    second = serve(config, port, world.directory / "second.log")  # type: ignore[operator]
+    assert _status(second, setup, "revoked") is ocsp.OCSPCertStatus.REVOKED
+    assert _status(second, setup, "good") is ocsp.OCSPCertStatus.GOOD
+    log = (world.directory / "second.log").read_text()
+    assert "kept by the last run" in log and "cannot fetch" in log

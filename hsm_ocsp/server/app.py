@@ -124,7 +124,7 @@ def create_app(
     ledger = (
         None if config.server.state_dir is None else Ledger(config.server.state_dir / LEDGER_NAME)
     )
-    app[SOURCES] = {ca.name: open_source(ca, ledger) for ca in config.cas}
+    app[SOURCES] = {ca.name: open_source(ca, ledger, config.server.state_dir) for ca in config.cas}
     app[TOKEN] = token if token is not None else build_token(config, pin, login_gate)
     app[KEYS] = ProvenKeys(app[TOKEN])
     issuers = issuers_of(config)

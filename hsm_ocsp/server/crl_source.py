@@ -8,7 +8,9 @@ thread; ``snapshot`` replaced by one assignment.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,7 +33,10 @@ class CrlSource:
     """The CRLs (full, partitions, deltas) and the issued serials of one CA."""
 
     def __init__(self, ca: CAConfig, crl: CrlConfig, *, ledger: Ledger | None = None,
-                 clock: Callable[[], dt.datetime] | None = None) -> None:  # fmt: skip
+                 clock: Callable[[], dt.datetime] | None = None,
+                 keep_in: Path | None = None) -> None:  # fmt: skip
+        """``keep_in``: a directory (in state_dir) where each CRL taken is kept, so that a
+        restart while its place is unreachable starts from it (judged again first)."""
         self.name = ca.name
         self.certificate = ca.certificate
         self.config = crl
@@ -57,6 +62,7 @@ class CrlSource:
         self.on_refused: Callable[[str], None] | None = None  # the reason's label
         self._unused: tuple[str, ...] = ()
         self._failures: dict[str, str] = {}  # place -> what failed there last (said once)
+        self._keep_in = keep_in
 
     # --- what the rest asks of a status source --------------------------------------
 
@@ -89,6 +95,7 @@ class CrlSource:
         status can be made."""
         for place in self._fulls + self._deltas:
             place.ready()
+        self._from_kept(self._clock())
         self.check(force=True)
         if self.snapshot is None:
             raise IndexFormatError(self.path, None, self.last_error or "no CRL taken")
@@ -128,6 +135,34 @@ class CrlSource:
             return False
         return self._combine()
 
+    def _kept_path(self, place: Place) -> Path | None:
+        if self._keep_in is None:
+            return None
+        digest = hashlib.sha256(place.name.encode()).hexdigest()[:32]
+        return self._keep_in / f"{self.name}-{digest}.crl"
+
+    def _from_kept(self, now: dt.datetime) -> None:
+        """At start: the CRLs kept by the last run, judged as any other (an expired one is
+        refused), so a place unreachable now does not leave the CA without status."""
+        for place in self._fulls + self._deltas:
+            path = self._kept_path(place)
+            if path is not None and path.is_file() and place.name not in self.in_service:
+                with contextlib.suppress(OSError):
+                    self._judge(place, path.read_bytes(), now, kept=True)
+
+    def _keep(self, place: Place, data: bytes) -> None:
+        path = self._kept_path(place)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".new")
+            partial.write_bytes(data)
+            partial.replace(path)
+        except OSError as exc:  # the CRL is in service all the same
+            log.warning("CA %s: the CRL from %s could not be kept in %s: %s", self.name,
+                        place.name, path.parent, exc.strerror)  # fmt: skip
+
     def _take(self, place: Place, now: dt.datetime) -> bool:
         """New bytes at ``place`` judged; True if a CRL was taken."""
         try:
@@ -137,6 +172,9 @@ class CrlSource:
             return False
         if data is None:
             return False
+        return self._judge(place, data, now)
+
+    def _judge(self, place: Place, data: bytes, now: dt.datetime, *, kept: bool = False) -> bool:
         try:
             facts = read_crl(data, self.certificate, now, self.config.issuer)
         except CrlRefused as exc:
@@ -156,9 +194,12 @@ class CrlSource:
         if old is not None and old.number == facts.number and old.this_update == facts.this_update:
             return False  # the same CRL again
         self.in_service[place.name] = facts
+        if not kept:
+            self._keep(place, data)
         until = "none" if facts.next_update is None else f"{facts.next_update:%Y-%m-%d %H:%M:%S}Z"
-        log.info("CA %s: CRL %s taken from %s (%d entries, nextUpdate %s)", self.name,
-                 facts.number, place.name, len(facts.entries), until)  # fmt: skip
+        log.info("CA %s: CRL %s taken from %s%s (%d entries, nextUpdate %s)", self.name,
+                 facts.number, place.name, " (kept by the last run)" if kept else "",
+                 len(facts.entries), until)  # fmt: skip
         return True
 
     def _issued_changed(self) -> bool:

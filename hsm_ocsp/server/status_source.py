@@ -37,8 +37,11 @@ class StatusSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(ca: CAConfig, ledger: Ledger | None = None) -> StatusSource:
-    """The CA's source; a CRL's places start being fetched now."""
+def open_source(
+    ca: CAConfig, ledger: Ledger | None = None, state_dir: Path | None = None
+) -> StatusSource:
+    """The CA's source. CRLs taken are kept in ``state_dir``/crls for the next start."""
     if ca.crl is not None:
-        return CrlSource(ca, ca.crl, ledger=ledger)
+        keep_in = None if state_dir is None else state_dir / "crls"
+        return CrlSource(ca, ca.crl, ledger=ledger, keep_in=keep_in)
     return IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes, ledger=ledger)
