@@ -122,10 +122,15 @@ def _wait_for(server: RunningServer, name: str, value: float, timeout: float = 3
         time.sleep(0.1)
 
 
+_SUCCESSFUL = ocsp.OCSPResponseStatus.SUCCESSFUL
+
+
 def _revoked_everywhere(server: RunningServer, setup: CASetup, name: str) -> None:
     """Wait for the revocation of ``name`` to be answered; then never good again."""
     deadline = time.monotonic() + 15
-    while _ask(server.url, setup, name).certificate_status is not ocsp.OCSPCertStatus.REVOKED:
+    while (answer := _ask(server.url, setup, name)).response_status is not _SUCCESSFUL or (
+        answer.certificate_status is not ocsp.OCSPCertStatus.REVOKED
+    ):  # tryLater while a producer starts again; good until the change is seen
         assert time.monotonic() < deadline
         time.sleep(0.1)
     for _ in range(20):  # a new connection each: every worker

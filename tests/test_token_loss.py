@@ -406,6 +406,18 @@ def test_a_revocation_while_the_token_is_gone_is_try_later_never_the_stored_good
         assert new.response_status is ocsp.OCSPResponseStatus.TRY_LATER
         kept = _answer(server.url, setup, "keycompromise")  # unchanged: still from the store
         assert kept.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    # Issue 31, item 2: the changes stayed queued; once the token is back the producer
+    # signs every hash form of each changed serial by itself, within seconds, before
+    # any client asks again (the changes' signatures are counted as such).
+    changes = _signatures(server.url, "change")
+    p11kit.start()
+    assert _wait_for(lambda: _signatures(server.url, "change") >= changes + 4, 20) is not None
+    live = _signatures(server.url, "live")
+    for name, status in (("good", ocsp.OCSPCertStatus.REVOKED), ("new", ocsp.OCSPCertStatus.GOOD)):
+        for algorithm in ("sha1", "sha256"):
+            answer = _answer_with(server.url, setup, name, algorithm)
+            assert answer.certificate_status is status, (name, algorithm)
+    assert _signatures(server.url, "live") == live  # every one from the store
 
 
 def test_a_token_outage_past_half_the_validity_serves_pre_produced_answers_to_next_update(
@@ -451,6 +463,23 @@ def test_a_token_outage_past_half_the_validity_serves_pre_produced_answers_to_ne
     for _ in range(4):
         late = _answer(server.url, setup, "good")
         assert late.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+
+
+def _signatures(url: str, reason: str) -> float:
+    with urllib.request.urlopen(url + "metrics", timeout=5) as response:
+        text = response.read().decode()
+    prefix = f'hsm_ocsp_signatures_total{{reason="{reason}"}}'
+    lines = [x for x in text.splitlines() if x.startswith(prefix)]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def _answer_with(url: str, setup: CASetup, name: str, algorithm: str) -> ocsp.OCSPResponse:
+    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
+    chosen = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[algorithm]
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, chosen)
+    http, body, _ = _post(url, builder.build().public_bytes(Encoding.DER))
+    assert http == 200
+    return ocsp.load_der_ocsp_response(body)
 
 
 def _fill_signatures(url: str) -> float:

@@ -372,6 +372,7 @@ class Production:
             if serial is not None and serial not in self._changed[ca]:
                 self._changed[ca].append(serial)  # produced when the token is back
                 self._changed_at.setdefault(ca, time.monotonic())
+                self._wake.set()  # tried again in a second (_produce), not at the next tick
 
     async def _drain(self) -> None:
         if self._tasks:
