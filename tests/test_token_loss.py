@@ -538,3 +538,45 @@ def test_a_revocation_while_the_token_is_gone_is_withdrawn_on_an_edge_too(
             assert kept.certificate_status is ocsp.OCSPCertStatus.REVOKED
     finally:
         redis.stop()
+
+
+def test_a_restart_while_the_token_is_away_serves_the_store(
+    tmp_path: Path, softhsm: SoftHSM, p11kit: P11KitServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 31, item 3: ``serve`` started again while the token is away (a host reboot
+    during an HSM outage) serves its full store, stays ready, and signs again once the
+    token is back; before, the producer gave up after five tries and serve stopped."""
+    from .support.server import start_server
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
+    first = _filled_producer(tmp_path, setup, lambda c, p, lg: start_server(c, p, lg))
+    config, port = tmp_path / "config.toml", first.port
+    first.stop()
+    p11kit.kill()
+    second = start_server(config, port, tmp_path / "second.log")  # waits for /readyz 200
+    try:
+        for name, status in (("good", ocsp.OCSPCertStatus.GOOD),
+                             ("keycompromise", ocsp.OCSPCertStatus.REVOKED)):  # fmt: skip
+            for _ in range(6):  # both workers
+                assert _answer(second.url, setup, name).certificate_status is status
+        nonce = _post(second.url, _request(setup, "good", nonce=os.urandom(16)))[1]
+        assert ocsp.load_der_ocsp_response(nonce).response_status is (
+            ocsp.OCSPResponseStatus.TRY_LATER
+        )
+        assert "token not usable at start" in (tmp_path / "second.log").read_text()
+        p11kit.start()
+        assert (
+            _wait_for(
+                lambda: (
+                    ocsp.load_der_ocsp_response(
+                        _post(second.url, _request(setup, "good", nonce=os.urandom(16)))[1]
+                    ).response_status
+                    is ocsp.OCSPResponseStatus.SUCCESSFUL
+                ),
+                20,
+            )
+            is not None
+        )
+    finally:
+        second.stop()
