@@ -123,6 +123,7 @@ def _wait_for(server: RunningServer, name: str, value: float, timeout: float = 3
 
 
 _SUCCESSFUL = ocsp.OCSPResponseStatus.SUCCESSFUL
+REVOKED = ocsp.OCSPCertStatus.REVOKED
 
 
 def _revoked_everywhere(server: RunningServer, setup: CASetup, name: str) -> None:
@@ -413,3 +414,49 @@ def test_answers_of_a_first_fill_are_refreshed_before_they_are_due(
     finally:
         server.stop()
     assert waited < 20, waited
+
+
+def test_a_warm_restart_withdraws_only_what_changed_while_down(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """Issue 31, item 4: the index version the store is true to is kept in state_dir; a
+    restart compares the index with it and withdraws only the serials on changed lines
+    (never serving first and checking after), so it does not read the whole store. A
+    revocation made while the host was down is answered revoked from the first answer
+    on; the other answers are served from the store, not signed again."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    entries = _entries(setup)
+    server = _serve(tmp_path, setup, free_port(), "first.log")
+    try:
+        _wait_for(server, 'hsm_ocsp_signatures_total{reason="fill"}', 2 * entries)
+        deadline = time.monotonic() + 15
+        while not list((tmp_path / "state" / "taken").glob("root.*.index")):
+            assert time.monotonic() < deadline, "no index version kept"
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")  # while down
+    server = _serve(tmp_path, setup, free_port(), "second.log")
+    try:
+        log = server.log.read_text()
+        assert "changed lines only" in log and "read whole" not in log, log[-2000:]
+        assert "1 records withdrawn" in log or "2 records withdrawn" in log, log[-2000:]
+        for _ in range(10):  # both workers, from the first answer on
+            assert _ask(server.url, setup, "good").certificate_status is REVOKED
+            assert _ask(server.url, setup, "keycompromise").certificate_status is REVOKED
+        # The unchanged answers were kept: only the changed serial's are signed again.
+        time.sleep(1)
+        assert _counter(server, 'hsm_ocsp_signatures_total{reason="fill"}') <= 2
+    finally:
+        server.stop()
+    # Without the kept version (lost, or of another store) the store is read whole.
+    for copy in (tmp_path / "state" / "taken").glob("root.*.index"):
+        copy.unlink()
+    server = _serve(tmp_path, setup, free_port(), "third.log")
+    try:
+        assert "records withdrawn that the indexes no longer say (read whole for root)" in (
+            server.log.read_text()
+        )
+        assert _ask(server.url, setup, "good").certificate_status is REVOKED
+    finally:
+        server.stop()

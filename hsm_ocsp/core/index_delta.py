@@ -24,7 +24,7 @@ from .errors import IndexFormatError
 from .index import IndexSnapshot, parse_index
 from .model import Revocation
 
-__all__ = ["Buffer", "reread_changed"]
+__all__ = ["Buffer", "changed_lines", "reread_changed"]
 
 _STEP = 1 << 20  # bytes compared at once
 _MISSING = object()
@@ -113,6 +113,23 @@ def reread_changed(
         counts=MappingProxyType(counts),
         delta=(weakref.ref(base), tuple(changed)),
     )
+
+
+def changed_lines(old: Buffer, new: Buffer, path: object = "index.txt") -> list[int] | None:
+    """The serials on the lines that differ between two versions (in either): a superset
+    of the serials whose status changed. None when most of the file changed or a changed
+    line does not parse."""
+    if not len(new):
+        return None
+    start, old_end, new_end = changed_span(old, new)
+    if max(old_end, new_end) - start > len(new) // 4 + 4096:
+        return None
+    try:
+        before = parse_index(old[start:old_end], path)
+        after = parse_index(new[start:new_end], path)
+    except IndexFormatError:
+        return None
+    return sorted(set(before.entries) | set(after.entries))
 
 
 def _differs(base: Mapping[int, Revocation | None], serial: int, value: object) -> bool:

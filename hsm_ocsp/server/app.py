@@ -33,6 +33,7 @@ from ..store.ledger import LEDGER_NAME, Ledger
 from ..store.lmdb_store import LmdbStore
 from ..store.redis_fleet import Publisher, connect, fleet_view
 from ..store.redis_follower import Follower
+from ..store.taken_indexes import TakenIndexes
 from ..store.vouch import VOUCH_FOR, Vouches
 from .app_state import (
     CONFIG,
@@ -146,7 +147,10 @@ def create_app(
     )
     if store is not None:
         leads = store.publisher.leads if isinstance(store, FleetStore) else None
-        production = Production(config, app[SERVICE], sources, store, metrics, leads=leads)  # type: ignore[arg-type]
+        assert config.server.state_dir is not None
+        taken = TakenIndexes(config.server.state_dir, store.identity)
+        production = Production(config, app[SERVICE], sources, store, metrics, leads=leads,  # type: ignore[arg-type]
+                                taken=taken)  # fmt: skip
         production.attach()  # withdrawals from the first index change on
         app[PRODUCTION] = production
         assert config.server.state_dir is not None

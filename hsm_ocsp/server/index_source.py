@@ -9,10 +9,11 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from ..core.errors import HsmOcspError, IndexFormatError
 from ..core.index import DEFAULT_MAX_BYTES, IndexSnapshot, parse_index_stream
-from ..core.index_delta import reread_changed
+from ..core.index_delta import changed_lines, reread_changed
 from ..store.ledger import Ledger
 
 __all__ = ["TRANSIENT_ERRNOS", "IndexSource"]
@@ -21,6 +22,7 @@ log = logging.getLogger("hsm_ocsp.index")
 
 StatKey = tuple[int, int, int, int]
 _LOOK = 1 << 16  # bytes read at once looking for a line's end
+_COPY = 1 << 20  # bytes copied at once
 # How long a missing index may be gone before it is an error (a rename pair).
 RENAME_GRACE = 0.2
 # Failures of the moment, not of the file: the next tick reads it again.
@@ -234,6 +236,38 @@ class IndexSource:
         if self._kept is not None:
             os.close(self._kept[0])
         self._kept = (fd, _key(info), snapshot)
+
+    def copy_into(self, out: BinaryIO) -> None:
+        """Write the version in service, as read (the file kept open), to ``out``."""
+        kept = self._kept
+        if kept is None or kept[2] is not self.snapshot:
+            raise OSError(errno.ESTALE, "no version in service is kept open")
+        fd, size = kept[0], kept[1][1]
+        done = 0
+        while done < size:
+            chunk = os.pread(fd, min(_COPY, size - done), done)
+            if not chunk:
+                raise OSError(errno.EIO, "short read")
+            out.write(chunk)
+            done += len(chunk)
+
+    def changed_since(self, copy: Path) -> list[int] | None:
+        """Serials whose lines differ between ``copy`` (a version taken before) and the
+        version in service; None when that cannot be said cheaply (see index_delta)."""
+        kept = self._kept
+        if kept is None or kept[2] is not self.snapshot:
+            return None
+        try:
+            fd = os.open(copy, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            old, new = _File(fd, os.fstat(fd).st_size), _File(kept[0], kept[1][1])
+            return changed_lines(old, new, self.path)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._kept is not None:

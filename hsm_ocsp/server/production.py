@@ -48,6 +48,7 @@ from ..core.shared_answers import (
 )
 from ..store.fleet_store import FleetStore
 from ..store.lmdb_store import LmdbStore
+from ..store.taken_indexes import TakenIndexes
 from .metrics import Metrics
 from .status_source import StatusSource
 
@@ -59,6 +60,7 @@ CHUNK = 512  # serials looked at between two looks at changes and refreshes
 IN_FLIGHT = 8  # answers being signed here at once (keeps the token's window full)
 REFILL_EVERY = 3600.0  # seconds between two fill passes once the store is full
 PAUSE = 1.0  # seconds to wait after the token failed
+KEEP_EVERY = 30.0  # seconds between two copies of a changing index (store/taken_indexes.py)
 RESCAN = 3600.0  # seconds between two looks for due refreshes at most (each reads the store)
 
 
@@ -72,8 +74,12 @@ class Production:
         metrics: Metrics,
         clock: Callable[[], dt.datetime] = utcnow,
         leads: Callable[[str], bool] | None = None,
+        taken: TakenIndexes | None = None,
     ) -> None:
+        """``taken``: the index versions the store is true to, kept for a warm restart."""
         self.config = config
+        self._taken = taken
+        self._copied: dict[str, tuple[IndexSnapshot | None, float]] = {}  # CA -> kept, when
         self._hash_names = {c.name: c.cert_id_hashes for c in config.cas}
         # In a fleet: whether this host holds the CA's lease (else another host
         # pre-produces it into Redis, and this one signs only what clients ask).
@@ -154,6 +160,9 @@ class Production:
         withdrawn = self.store.withdraw(taken)
         if withdrawn >= 0:  # only what was withdrawn: one queued meanwhile stays
             del waiting[: len(taken)]
+        elif self._taken is not None:  # the store is no longer true to the version kept
+            self._taken.forget(ca)
+            self._copied.pop(ca, None)
         return withdrawn
 
     def settle(self, ca: str) -> bool:
@@ -162,7 +171,24 @@ class Production:
         for (store/vouch.py)."""
         if self._unwithdrawn[ca] and self._withdraw(ca) >= 0:
             log.info("CA %s: the withdrawals that had failed are committed", ca)
-        return not self._unwithdrawn[ca]
+        if self._unwithdrawn[ca]:
+            return False
+        self._keep_taken(ca)
+        return True
+
+    def _keep_taken(self, ca: str, *, now: bool = False) -> None:
+        """Keep the index version the store is now true to (at most every KEEP_EVERY
+        seconds: an older copy only makes a warm restart withdraw a little more)."""
+        source = self.sources.get(ca)
+        copy_into = getattr(source, "copy_into", None)
+        if self._taken is None or source is None or copy_into is None:
+            return
+        kept, at = self._copied.get(ca, (None, 0.0))
+        if kept is source.snapshot or (not now and time.monotonic() - at < KEEP_EVERY):
+            return
+        snapshot = source.snapshot
+        if self._taken.write(ca, copy_into):
+            self._copied[ca] = (snapshot, time.monotonic())
 
     def unwithdrawn(self, ca: str) -> int:
         """Serials of ``ca`` whose withdrawal has not committed yet."""
@@ -200,13 +226,52 @@ class Production:
 
     def reconcile(self) -> int:
         """Delete what the store holds that the indexes no longer say (a restart after
-        the index changed, say) or that is no answer of a CA served here. Blocking."""
+        the index changed, say) or that is no answer of a CA served here. Blocking.
+
+        Where the index version the store is true to was kept (store/taken_indexes.py),
+        only the serials on the lines changed since are withdrawn; else the CA's records
+        are read whole (and the whole store, if which CAs it held is not known)."""
         snapshots = {name: source.snapshot for name, source in self.sources.items()}
         self._last.update(snapshots)
-        deleted = self.store.delete(untrue_keys(self.store.items(), snapshots))
-        if deleted:
-            log.info("answer store: %d records withdrawn that the indexes no longer say", deleted)
+        held = None if self._taken is None else self._taken.held_cas()
+        whole, deleted = [], 0
+        for ca, source in self.sources.items():
+            changed = self._changed_since(ca, source)
+            if changed is None:
+                whole.append(ca)
+                continue
+            self._unwithdrawn[ca].extend(prefixes(ca, changed))
+            deleted += max(0, self._withdraw(ca))
+        if held is None:
+            deleted += self.store.delete(untrue_keys(self.store.items(), snapshots))
+        else:
+            gone = sorted(held - set(self.sources))  # CAs no longer served
+            deleted += max(0, self.store.withdraw([ca.encode() + b"\0" for ca in gone]))
+            for ca in whole:
+                items = self.store.items(ca.encode() + b"\0")
+                deleted += self.store.delete(untrue_keys(items, snapshots))
+        if self._taken is not None:
+            self._taken.note_cas(list(self.sources))
+            for ca in self.sources:
+                if not self._unwithdrawn[ca]:
+                    self._keep_taken(ca, now=True)
+        how = "read whole" if held is None else (
+            f"read whole for {', '.join(whole)}" if whole else "changed lines only")  # fmt: skip
+        log.info("answer store: %d records withdrawn that the indexes no longer say (%s)",
+                 deleted, how)  # fmt: skip
         return deleted
+
+    def _changed_since(self, ca: str, source: StatusSource) -> list[int] | None:
+        """The serials on the lines of the CA's index that changed since the version the
+        store is true to (None: not known; the CA's records are read whole)."""
+        changed_since = getattr(source, "changed_since", None)
+        if self._taken is None or changed_since is None:
+            return None
+        path = self._taken.copy_path(ca)
+        if not path.is_file():
+            return None
+        changed: list[int] | None = changed_since(path)
+        return changed
 
     def replaced_issuers(self) -> None:
         """A reload: answers of a replaced certificate or key are produced again."""
