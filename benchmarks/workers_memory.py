@@ -1,17 +1,19 @@
-"""Memory of a responder by process, for 1, 2 and 4 workers, with a large index.
+"""Memory of a responder by process, for 1, 2 and 4 workers, with a large index, a
+filled store and a realistic spread of requests.
 
     python benchmarks/workers_memory.py [--lines 1000000] [--workers 1 2 4]
+                                        [--requests 100000] [--hashes sha1 sha256]
 
-Issue 14's figure: with a 1,000,000-line index each added worker adds at most 50 MiB
-of resident memory, because only the producer holds the index (and the token). For
-each worker count it starts ``hsm-ocsp serve`` on a SoftHSM token and an
-``openssl ca`` CA whose index has ``--lines`` lines (benchmarks/run.py's set-up),
-waits for /readyz, sends each worker requests, and reads every process's RSS and PSS
-(PSS shares a page among the processes that map it: the LMDB store's pages and what
-fork shares are counted once in the sum). Pre-production is off here: the figure is
-the processes' own memory, not the store's, which benchmarks/run.py fills.
-One worker is the single-process mode (it holds the index itself). Run as root from
-the repository root; every server is stopped by its process group.
+Issue 31's figure: with a 1,000,000-line index each added worker costs at most 50 MiB.
+A SoftHSM responder (``openssl ca`` CA, benchmarks/run.py's set-up) first fills its
+store (every serial, each of ``--hashes``); then for each worker count it is started
+again on that store (a warm start: nothing is signed again), sent ``--requests``
+single-CertID requests drawn Zipf-like over every serial (the k-th most asked about 1/k
+as often as the first; SHA-1 and SHA-256 CertIDs alike), and every process's RSS and
+PSS is read (PSS shares a page among the processes that map it: the store's pages and
+what fork shares are counted once in the sum). One worker is the single-process mode
+(it holds the index itself). Run as root from the repository root; every server is
+stopped by its process group.
 """
 
 from __future__ import annotations
@@ -51,21 +53,60 @@ def _role(pid: int, supervisor: int, log: str) -> str:
     return "producer" if re.search(rf"producer {pid} ready", log) else "worker"
 
 
-def measure(setup: run.Setup, tmp: Path, workers: int) -> dict[str, list[tuple[float, float]]]:
-    port = run.free_port()
+def zipf_bodies(setup: run.Setup, count: int, hashes: list[str]) -> list[bytes]:
+    """``count`` requests, serials drawn Zipf-like over the whole index."""
+    import itertools
+    import random
+
+    from cryptography import x509
+
+    from tests.support.requests import build_request
+
+    issuer = x509.load_pem_x509_certificate(setup.ca_cert.read_bytes())
+    serials = [int(line.split("\t")[3], 16) for line in setup.index.read_text().splitlines()]
+    rng = random.Random(31)
+    rng.shuffle(serials)
+    weights = list(itertools.accumulate(1 / (k + 1) for k in range(len(serials))))
+    drawn = rng.choices(serials, cum_weights=weights, k=count)
+    return [build_request([(issuer, s)], algorithm=hashes[i % len(hashes)])
+            for i, s in enumerate(drawn)]  # fmt: skip
+
+
+def config_for(setup: run.Setup, tmp: Path, workers: int, port: int, hashes: list[str]) -> Path:
     config = tmp / f"workers-{workers}.toml"
-    state = f'workers = {workers}\nstate_dir = "{tmp / f"state-{workers}"}"'
-    config.write_text(run.config_text(setup, port, server=state, producer="pre_produce = false"))
+    state = f'workers = {workers}\nstate_dir = "{tmp / "state"}"'
+    text = run.config_text(setup, port, server=state)
+    config.write_text(text + "cert_id_hashes = [" + ", ".join(f'"{h}"' for h in hashes) + "]\n")
+    return config
+
+
+def load(port: int, bodies: list[bytes]) -> None:
+    import concurrent.futures
+
+    def part(chunk: list[bytes]) -> None:
+        for body in chunk:
+            run.post(port, body)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(part, [bodies[i::8] for i in range(8)]))
+
+
+def measure(
+    setup: run.Setup, tmp: Path, workers: int, bodies: list[bytes], hashes: list[str]
+) -> dict[str, list[tuple[float, float]]]:
+    port = run.free_port()
+    config = config_for(setup, tmp, workers, port, hashes)
     argv = [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)]
     server = run.start("hsm-ocsp", argv, tmp / f"workers-{workers}.log", port, "/readyz")
     try:
         deadline = time.monotonic() + 120
-        while len(re.findall(r"worker \d+ ready", server.log.read_text())) < workers:
+        while (
+            workers > 1 and len(re.findall(r"worker \d+ ready", server.log.read_text())) < workers
+        ):
             if time.monotonic() > deadline:
                 raise SystemExit(server.log.read_text()[-2000:])
             time.sleep(0.2)
-        for _ in range(20 * workers):  # a new connection each: every worker answers
-            run.post(port, setup.cached_der)
+        load(port, bodies)
         time.sleep(1.0)
         log = server.log.read_text()
         roles: dict[str, list[tuple[float, float]]] = {}
@@ -78,21 +119,42 @@ def measure(setup: run.Setup, tmp: Path, workers: int) -> dict[str, list[tuple[f
         server.stop()
 
 
+def fill(setup: run.Setup, tmp: Path, lines: int, hashes: list[str]) -> float:
+    """Start once to fill the store; seconds it took."""
+    port = run.free_port()
+    config = config_for(setup, tmp, 2, port, hashes)
+    argv = [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)]
+    started = time.monotonic()
+    server = run.start("hsm-ocsp", argv, tmp / "fill.log", port, "/readyz")
+    try:
+        run.wait_for_fill(port, len(hashes) * lines, timeout=7200)
+        time.sleep(31)  # the index version the store is true to is kept (a warm start)
+    finally:
+        server.stop()
+    return time.monotonic() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--requests", type=int, default=100_000)
+    parser.add_argument("--hashes", nargs="+", default=["sha1", "sha256"])
     args = parser.parse_args()
     run.INDEX_LINES = args.lines
     with tempfile.TemporaryDirectory(prefix="hsm-ocsp-memory-") as name:
         tmp = Path(name)
         run.make_token(tmp)
         setup = run.make_ca(tmp, "ec-p256")
-        print(f"index: {args.lines} lines; MiB, RSS (PSS)")
+        seconds = fill(setup, tmp, args.lines, args.hashes)
+        bodies = zipf_bodies(setup, args.requests, args.hashes)
+        print(f"index: {args.lines} lines, store filled ({len(args.hashes) * args.lines} "
+              f"answers, {seconds:.0f} s); {args.requests} Zipf-like requests a run; "
+              "MiB, RSS (PSS)")  # fmt: skip
         print("workers | supervisor | producer | each worker | signer | total PSS")
         totals = {}
         for workers in args.workers:
-            roles = measure(setup, tmp, workers)
+            roles = measure(setup, tmp, workers, bodies, args.hashes)
             totals[workers] = sum(pss for items in roles.values() for _, pss in items)
 
             def show(role: str, roles: dict[str, list[tuple[float, float]]] = roles) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -52,7 +53,7 @@ class _Memo:
     reading the store while the store's generation stays (no withdrawal since) and
     before ``recheck``: the record's refresh time, when a fresher one is due."""
 
-    data: bytes
+    digest: bytes  # of the record: the same record is not checked again
     reply: Reply
     next_update: float
     signer: bytes
@@ -69,8 +70,8 @@ class FrontService:
         *,
         max_cert_ids: int = LIMITS.max_cert_ids,
         echo_nonce: bool = True,
-        cache_entries: int = LIMITS.cache_entries,
-        cache_bytes: int = LIMITS.cache_bytes,
+        cache_entries: int = LIMITS.front_memo_entries,
+        cache_bytes: int = LIMITS.front_memo_bytes,
         events: Events | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         vouched: Callable[[str], bool] | None = None,
@@ -162,16 +163,18 @@ class FrontService:
         data = self._shared.get(key)
         if data is None:
             return None
-        if memo is not None and memo.data == data:  # the same record: not refreshed yet
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        if memo is not None and memo.digest == digest:  # the same record: not refreshed yet
             memo.generation, memo.recheck = generation, min(memo.next_update, now + RECHECK)
             return memo
         record = self._record(key, data)
         if record is None:
             return None
         recheck = record.refresh_at if record.refresh_at > now else now + RECHECK
-        memo = _Memo(data, record.reply(issuer.name), record.next_update, record.signer,
+        reply = record.reply(issuer.name)
+        memo = _Memo(digest, reply, record.next_update, record.signer,
                      min(recheck, record.next_update), generation)  # fmt: skip
-        self._memo.put(key, memo, 2 * len(data) + len(key) + ENTRY_OVERHEAD, main=True)
+        self._memo.put(key, memo, len(reply.body) + len(key) + ENTRY_OVERHEAD, main=True)
         return memo
 
     def _signing(self, issuer: Issuer, now: float) -> frozenset[bytes]:

@@ -15,6 +15,7 @@ from aiohttp import web
 from ..config.model import Config, NonceMode
 from ..config.reload import read_reloadable
 from ..core.front_service import FrontService
+from ..core.limits import LIMITS
 from ..core.record_check import RecordChecker
 from ..store.lmdb_store import LmdbStore
 from ..store.vouch import Vouches
@@ -53,8 +54,8 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         # An edge cannot sign: it answers a nonce request from its copy, without the
         # nonce (RFC 9654 lets a responder leave it out).
         echo_nonce=config.server.nonce is NonceMode.ECHO and config.signing,
-        cache_entries=config.server.cache_entries,
-        cache_bytes=config.server.cache_bytes,
+        cache_entries=min(config.server.cache_entries, LIMITS.front_memo_entries),
+        cache_bytes=min(config.server.cache_bytes, LIMITS.front_memo_bytes),
         events=metrics,
         vouched=None if vouches is None else vouches.vouched,
         check=RecordChecker(signer_keys(config)),
