@@ -188,3 +188,21 @@ def test_keygen_as_a_process(softhsm: SoftHSM) -> None:
         ObjectClass.PUBLIC_KEY,
         ObjectClass.PRIVATE_KEY,
     ]
+
+
+def test_keygen_id_option_sets_a_two_byte_cka_id(
+    softhsm: SoftHSM, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--id`` sets CKA_ID (YubiHSM 2 takes 2-byte ids); a bad one is one clear line."""
+    label = _label("shortid")
+    key_id = bytes([0x7E, os.getpid() % 256])
+    uri = f"pkcs11:token={softhsm.label};object={label}"
+    code, out, _ = _keygen(capsys, "--module", MODULE, "--key", uri, "--id", f"0x{key_id.hex()}")
+    assert code == 0
+    assert parse_pkcs11_uri(out.splitlines()[-1]).id == key_id
+    assert _objects(softhsm, label) == [
+        (ObjectClass.PUBLIC_KEY, key_id),
+        (ObjectClass.PRIVATE_KEY, key_id),
+    ]
+    code, _, err = _keygen(capsys, "--module", MODULE, "--key", uri + "x", "--id", "zz")
+    assert code == 2 and "--id" in err and "Traceback" not in err

@@ -117,8 +117,25 @@ def _keep_only_if_protected(public: Any, private: Any, uri: Pkcs11Uri) -> None:
     )
 
 
+def parse_key_id(text: str) -> bytes:
+    """``--id``: hex (``0x0102``, ``0102``, ``01:02``); ConfigError if it is not."""
+    digits = text.lower().removeprefix("0x").replace(":", "")
+    try:
+        key_id = bytes.fromhex(digits)
+    except ValueError:
+        key_id = b""
+    if not key_id or len(key_id) > 64:
+        raise ConfigError("(command line)", "--id", f"{text!r}: 1 to 64 bytes in hex expected")
+    return key_id
+
+
 def run_keygen(args: argparse.Namespace) -> int:
     uri = parse_key_uri(args.key)
+    if args.id is not None:
+        key_id = parse_key_id(args.id)
+        if uri.id is not None and uri.id != key_id:
+            raise ConfigError("(command line)", "--id", "differs from the id in --key")
+        uri = dataclasses.replace(uri, id=key_id)
     module, pin = module_and_pin(args.config, args.module)
     key = generate(module, pin, uri, args.algorithm)
     print(key.public_pem, end="")

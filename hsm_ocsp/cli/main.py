@@ -31,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         "--key", required=True, help="RFC 7512 URI, e.g. pkcs11:token=ocsp;object=responder"
     )
     keygen.add_argument(
+        "--id",
+        help="CKA_ID in hex, e.g. 0x0102 (YubiHSM 2 allows 2 bytes); default: the URI's id, "
+        "else 8 random bytes",
+    )
+    keygen.add_argument(
         "--algorithm",
         default="ec-p256",
         choices=["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "ed25519"],
