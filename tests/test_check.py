@@ -102,7 +102,7 @@ def test_check_a_sound_configuration_is_all_ok(
     expected = ["found", "matches responder certificate", "sensitive and not extractable"]
     expected += ["issued by the CA", "EKU OCSPSigning", "nocheck", "valid until", "parses"]
     expected += ["critical digitalSignature", "not a CA", "authority key identifier"]
-    expected += ["within the BR's 8 h to 10 days"]
+    expected += ["within the BR's 8 h to 10 days", "the token allows no limit sessions"]
     for part in expected:
         assert part in ok
     assert len(lines) == len(expected) + 1

@@ -6,6 +6,7 @@ tryLater), /readyz never failing, no "token lost", and what was ridden out count
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import urllib.error
@@ -36,6 +37,12 @@ BEHAVIOURS = {
     "every 20th signature CKR_DEVICE_ERROR": ({"fail_every": 20, "fail_rv": 0x30}, "throttled"),
     "5 ms a signature (a network HSM)": ({"latency_ms": 5}, None),
     "a session idle 2.5 s dropped, token.keepalive 1 s": ({"idle_ms": 2500}, "kept"),
+    "at most 2 sessions on the token, token.sessions 2 (YubiHSM 2: 16)": (
+        {"max_sessions": 2}, "limit",
+    ),
+    "object look-ups over 10 a second CKR_DEVICE_ERROR, then SIGHUP (CloudHSM)": (
+        {"find_per_s": 10}, "sighup",
+    ),
 }  # fmt: skip
 LOAD = 2.5  # seconds of requests before and after the quiet period
 QUIET = 3.0  # longer than the idle timeout
@@ -60,12 +67,15 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
     settings, ridden = BEHAVIOURS[behaviour]
     for name, value in behaving_token.environment(**settings).items():
         monkeypatch.setenv(name, value)
+    counts = tmp_path / "sessions.count"  # every process's sessions, as the token counts
+    monkeypatch.setenv("HSM_SHIM_SESSIONS_FILE", str(counts))
     module = behaving_token.build(tmp_path)
     setup = build_ca(tmp_path / "ca", softhsm)
     port = free_port()
     config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
                           server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
     token = f'module = "{module}"' + ('\nkeepalive = "1s"' if ridden == "kept" else "")
+    token += "\nsessions = 2" if ridden == "limit" else ""
     config.write_text(config.read_text().replace(f'module = "{MODULE}"', token))
     server = start_server(config, port, tmp_path / "server.log")
     signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
@@ -86,6 +96,8 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
                 for body in (nonce.build().public_bytes(Encoding.DER), cached):
                     answers.append(_post(server.url, body))
             if phase == 0:
+                if ridden == "sighup":  # a reload looks the keys up again, throttled
+                    os.kill(server.process.pid, signal.SIGHUP)
                 time.sleep(QUIET)
         recovered = {
             kind: metric(server, f'hsm_ocsp_token_recoveries_total{{kind="{kind}"}}')
@@ -103,9 +115,15 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
         fuzz.verify(signer, answer.signature, answer.tbs_response_bytes, answer)
     assert not not_ready, f"/readyz failed: {not_ready}"
     assert "token lost" not in log and "Traceback" not in log, log[-3000:]
+    most_open = behaving_token.most_sessions(counts)
+    assert most_open <= max(2, settings.get("max_sessions", 2)) or "max_sessions" not in settings
+    if ridden == "limit":  # never more than token.sessions open, all processes together
+        assert most_open <= 2, most_open
+    if ridden == "sighup":
+        assert "reload" in log.lower(), log[-2000:]
     if ridden == "kept":  # the keep-alive kept the sessions: none was dropped
         assert recovered["session"] == 0, recovered
-    elif ridden is not None:
+    elif ridden in recovered:
         assert recovered[ridden] >= 1, recovered
     print(f"{behaviour}: {len(answers)} answers, ridden out {recovered}")
 

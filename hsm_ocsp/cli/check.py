@@ -25,6 +25,7 @@ from ..core.responder_profile import Level, profile_findings
 from ..core.signing import SchemeKind
 from ..pkcs11.key_set import PROBE, SigningKey, proves, signing_keys
 from ..pkcs11.token import Token
+from ..pkcs11.token_info import SessionLimits
 from ..server.crl_source import CrlSource
 
 __all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
@@ -42,15 +43,35 @@ class Finding:
         return f"{self.level:<7} ca {self.ca}: {self.message}"
 
 
-def _check_key(ca: CAConfig, module: str, pin: str, sign_timeout: float) -> Iterator[Finding]:
+def _check_key(
+    ca: CAConfig, module: str, pin: str, sign_timeout: float, sessions: int = 1
+) -> Iterator[Finding]:
     keys = signing_keys(ca)
-    for key in keys:
-        yield from _check_one_key(key, module, pin, sign_timeout, alone=len(keys) == 1)
+    for number, key in enumerate(keys):
+        yield from _check_one_key(key, module, pin, sign_timeout, alone=len(keys) == 1,
+                                  sessions=sessions if number == 0 else None)  # fmt: skip
+
+
+def _session_findings(ca: str, limits: SessionLimits | None, sessions: int) -> Iterator[Finding]:
+    """The token's session limits against token.sessions (the most the host opens)."""
+    if limits is None:
+        yield Finding(Level.NOTE, ca, "the token does not say how many sessions it allows")
+        return
+    most, read_write = limits
+    said = (f"{'no limit' if most is None else most} sessions, "
+            f"{'no limit' if read_write is None else read_write} read/write")  # fmt: skip
+    bound = min((n for n in (most, read_write) if n is not None), default=None)
+    if bound is not None and sessions > bound:
+        yield Finding(Level.WARNING, ca, f"the token allows {said}, fewer than token.sessions "
+                      f"= {sessions}: lower token.sessions")  # fmt: skip
+    else:
+        yield Finding(Level.OK, ca, f"the token allows {said}; token.sessions = {sessions}")
 
 
 def _check_one_key(
-    key: SigningKey, module: str, pin: str, sign_timeout: float, *, alone: bool
-) -> Iterator[Finding]:
+    key: SigningKey, module: str, pin: str, sign_timeout: float, *, alone: bool,
+    sessions: int | None = None,
+) -> Iterator[Finding]:  # fmt: skip
     ca, spec, path = key.ca, key.spec, key.certificate_path
     which = "responder certificate" if ca.responder_certificate else "CA certificate"
     named = f"key {ca.key}"
@@ -72,6 +93,9 @@ def _check_one_key(
                     f"{label!r} and signs: point key= at it",
                 )
         yield Finding(Level.OK, ca.name, f"{named} found")
+        if sessions is not None:
+            limits = token.session_limits_blocking(spec.name)
+            yield from _session_findings(ca.name, limits, sessions)
         attributes = token.key_attributes_blocking(spec.name)
         if attributes.get("always_authenticate"):
             yield Finding(
@@ -283,7 +307,8 @@ def check_config(
     findings: list[Finding] = []
     for ca in config.cas:  # an edge has no key and no index to check
         if config.signing:
-            findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout)
+            findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout,
+                                   config.token.sessions)  # fmt: skip
         findings += _check_delegated(ca)
         findings += _check_own_key(ca)
         findings += _check_validity(ca, now, warn_days)

@@ -4,7 +4,11 @@ public key."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+import random
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pkcs11 import Attribute, ObjectClass
@@ -13,6 +17,35 @@ from pkcs11 import exceptions as p11e
 from ..core.pkcs11_uri import Pkcs11Uri
 from ..core.signing import SignatureScheme
 from .keys import public_key_from_token
+
+T = TypeVar("T")
+# What a token answers a look-up over its rate (AWS CloudHSM: 10 a second an HSM, then
+# CKR_DEVICE_ERROR); each step of a look-up is tried again once the rate window passed.
+LOOKUP_THROTTLED = (p11e.DeviceError, p11e.FunctionFailed, p11e.DeviceMemory)
+LOOKUP_PAUSE = 0.5  # seconds before a throttled step is tried again (then doubled, to 2 s)
+LOOKUP_PATIENCE = 30.0  # seconds the steps of one key's look-up may be throttled in all
+
+
+class Patience:
+    """The time one key's look-up may spend waiting out a throttled token, and how many
+    steps it tried again (``retried``)."""
+
+    def __init__(self, seconds: float = LOOKUP_PATIENCE) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.retried = 0
+
+    def step(self, call: Callable[[], T]) -> T:
+        """``call()``, tried again while the token throttles it, within the deadline."""
+        pause = LOOKUP_PAUSE
+        while True:
+            try:
+                return call()
+            except LOOKUP_THROTTLED:
+                if time.monotonic() + pause > self.deadline:
+                    raise
+                time.sleep(pause * random.uniform(1.0, 1.5))
+                pause = min(pause * 2, 2.0)
+                self.retried += 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,28 +67,34 @@ class KeySpec:
 def _spki(public: Any) -> bytes | None:
     try:
         key = public_key_from_token(public)
+    except LOOKUP_THROTTLED:
+        raise  # tried again by the caller
     except (ValueError, p11e.PKCS11Error):  # a key type we do not sign with
         return None
     return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def find_key(session: Any, spec: KeySpec) -> Any:
+def find_key(session: Any, spec: KeySpec, patience: Patience | None = None) -> Any:
     """The private-key object of ``spec``; python-pkcs11's NoSuchKey if none.
 
     The key the URI names, unless the public-key object beside it (same label and
     id) is of another key than ``spec.public_key``; then the private key paired with
-    the public-key object of that value on the token, whatever its label.
+    the public-key object of that value on the token, whatever its label. Each step is
+    tried again while the token throttles look-ups (``patience``).
     """
+    step = (patience or Patience()).step
     uri = spec.uri
     try:
-        named = session.get_key(object_class=ObjectClass.PRIVATE_KEY, label=uri.object, id=uri.id)
+        named = step(lambda: session.get_key(object_class=ObjectClass.PRIVATE_KEY,
+                                             label=uri.object, id=uri.id))  # fmt: skip
     except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
         if spec.public_key is None:
             raise
         named = None
     if named is not None and spec.public_key is not None:
-        beside = list(session.get_objects(_public_of(named)))
-        if beside and _spki(beside[0]) != spec.public_key:
+        where = step(lambda: _public_of(named))
+        beside = step(lambda: list(session.get_objects(where)))
+        if beside and step(lambda: _spki(beside[0])) != spec.public_key:
             named = None  # the URI names another key than the certificate's
     if named is not None:
         return named
@@ -63,9 +102,12 @@ def find_key(session: Any, spec: KeySpec) -> Any:
         raise p11e.NoSuchKey(spec.name)
     # Read the whole search first: a search left open makes the next one fail
     # (CKR_OPERATION_ACTIVE).
-    for public in list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})):
-        if _spki(public) == spec.public_key:
-            return session.get_key(object_class=ObjectClass.PRIVATE_KEY, **_pair_of(public))
+    found = step(lambda: list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})))
+    for public in found:
+        if step(functools.partial(_spki, public)) == spec.public_key:
+            pair = step(functools.partial(_pair_of, public))
+            get = functools.partial(session.get_key, object_class=ObjectClass.PRIVATE_KEY, **pair)
+            return step(get)
     raise p11e.NoSuchKey(spec.name)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import pickle
 import select
@@ -22,6 +23,7 @@ from .login_gate import LoginGate
 from .signer_protocol import FrameReader, Reply, Request, Setup, frame
 from .token import Token
 
+log = logging.getLogger("hsm_ocsp.token")
 _PR_SET_PDEATHSIG = 1
 _HOLD = 0.002  # seconds a reply may wait for those signed after it
 
@@ -98,6 +100,13 @@ def _answer(token: Token, request: Request, signed: list[float]) -> Reply:
     return (call_id, payload, ok, retryable, seconds, token.up, token.last_error, recovered)
 
 
+def _quiet_finalizer(unraisable: Any) -> None:
+    """python-pkcs11 ends a search in a finalizer (C_FindObjectsFinal); after a search the
+    token refused (a throttled look-up) that call fails too, and Python would print a
+    traceback for it. One debug line instead: the look-up's own failure is handled."""
+    log.debug("ignored in a finalizer: %r", unraisable.exc_value)
+
+
 def child_main(argv: list[str]) -> int:
     """``python -m hsm_ocsp.pkcs11.signer_process FD``: sign for the worker on FD."""
     _die_with_parent()
@@ -106,6 +115,7 @@ def child_main(argv: list[str]) -> int:
     # (systemctl stop) must not take signatures from requests it is still answering.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    sys.unraisablehook = _quiet_finalizer
     sock = socket.socket(fileno=int(argv[0]))
     try:
         _serve(sock)

@@ -38,7 +38,7 @@ from ..config.model import ServerConfig, TokenConfig
 from ..core.errors import TokenError
 from ..core.outbox import Outbox
 from . import signer_child
-from .key_lookup import KeySpec
+from .key_lookup import LOOKUP_PATIENCE, KeySpec
 from .login_gate import LoginGate
 from .signer_protocol import Reply, Request, Setup, frame, take_frames
 from .token_state import TokenState
@@ -86,7 +86,7 @@ class TokenProcess(TokenState):
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._waiting: dict[int, asyncio.Future[bytes]] = {}
-        self._sent: dict[int, float] = {}  # id -> when sent, until the child answers
+        self._sent: dict[int, float] = {}  # id -> its deadline, until the child answers
         self._next_id = 0
         self._next_start = 0.0
         self._outbox: Outbox | None = None  # the requests of a turn of the loop, sent at its end
@@ -194,12 +194,15 @@ class TokenProcess(TokenState):
 
     # --- calls ------------------------------------------------------------
 
-    async def _call(self, name: str | None, data: bytes) -> bytes:
+    async def _call(self, name: str | None, data: bytes, timeout: float | None = None) -> bytes:
+        """One call in the child; ``timeout``: its bound (a sign's, ``sign_timeout``, by
+        default; an open may take longer: its look-ups wait out a throttled token)."""
         now = time.monotonic()
+        timeout = self.sign_timeout if timeout is None else timeout
         if self._sent:
-            stuck = now - next(iter(self._sent.values()))
-            if stuck > self.sign_timeout:
-                self._replace_if_stuck(stuck)
+            overdue = now - min(self._sent.values())
+            if overdue > 0:  # the oldest call is past its bound: the child is stuck
+                self._replace_if_stuck(overdue + self.sign_timeout)
                 raise TokenError("token call hung; retrying when it returns")
         if self._child is None:
             await self._start()
@@ -209,16 +212,16 @@ class TokenProcess(TokenState):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         self._waiting[call_id] = future
-        self._sent[call_id] = now
-        request: Request = (call_id, now + self.sign_timeout, name, data)
+        self._sent[call_id] = now + timeout
+        request: Request = (call_id, now + timeout, name, data)
         self._outbox.write(frame(request))
-        timer = loop.call_later(self.sign_timeout, _time_out, future)
+        timer = loop.call_later(timeout, _time_out, future)
         try:
             return await future
         except TimeoutError:
             self.last_error = "timeout"
             self._set_up(False)
-            raise TokenError(f"token did not answer within {self.sign_timeout:g} s") from None
+            raise TokenError(f"token did not answer within {timeout:g} s") from None
         finally:
             timer.cancel()
             self._waiting.pop(call_id, None)
@@ -240,7 +243,7 @@ class TokenProcess(TokenState):
     async def open(self) -> None:
         """Connect now; TokenError says what failed."""
         self._next_start = 0.0
-        await self._call(None, b"")
+        await self._call(None, b"", self.sign_timeout + LOOKUP_PATIENCE)
 
     async def sign(self, name: str, data: bytes) -> bytes:
         """Sign ``data`` with the key ``name``; TokenError if the token fails."""
@@ -250,7 +253,8 @@ class TokenProcess(TokenState):
         """Sign with ``keys`` from now on (a reload). The child finds each new key on
         the token first; if one is missing, TokenError and the running keys stay.
         Calls already sent are signed with the keys they name."""
-        await self._call(None, pickle.dumps(keys, protocol=pickle.HIGHEST_PROTOCOL))
+        keyset = pickle.dumps(keys, protocol=pickle.HIGHEST_PROTOCOL)
+        await self._call(None, keyset, self.sign_timeout + LOOKUP_PATIENCE)
         self._retired.update(self.keys)
         self.keys = {k.name: k for k in keys}
         self._setup = dataclasses.replace(self._setup, keys=keys)  # for a restarted child

@@ -26,11 +26,12 @@ from pkcs11 import exceptions as p11e
 
 from ..config.model import TokenConfig
 from ..core.errors import TokenError
-from .key_lookup import KeySpec, find_key
+from .key_lookup import KeySpec, Patience, find_key
 from .keys import select_token
 from .login_gate import LoginGate, LoginRefused
 from .mechanisms import mechanism_for
 from .token_errors import DEFINITE_ERRORS, PIN_ERRORS, describe_error
+from .token_info import SessionLimits, session_limits
 from .token_state import TokenState
 
 __all__ = ["Token"]
@@ -121,7 +122,7 @@ class Token(TokenState):
             except p11e.PKCS11Error:
                 self._lib.initialize()
         for spec in self.keys.values():
-            self._handles[spec.name] = find_key(self._session_for(spec), spec)
+            self._handles[spec.name] = self._found(spec)
 
     def _session_for(self, spec: KeySpec) -> Any:
         """The logged-in session on the key's token. One session (one login) a token,
@@ -228,12 +229,22 @@ class Token(TokenState):
                 pause = min(pause * 2, MAX_PAUSE)
                 self.recovered["throttled"] += 1
 
+    def _found(self, spec: KeySpec) -> Any:
+        """The key's object, looked up on its session, each step of the look-up waiting
+        out a token that throttles look-ups (key_lookup.Patience): a throttled token is
+        not a lost one, and starting over (re-initialising) would only add calls."""
+        patience = Patience()
+        try:
+            return find_key(self._session_for(spec), spec, patience)
+        finally:
+            self.recovered["throttled"] += patience.retried
+
     def _reopen(self) -> None:
         """New logged-in sessions (the token dropped ours), and each key found on them."""
         self._close_sessions()
         for spec in [*self.keys.values(), *self._retired.values()]:
             if spec.name in self._handles:
-                self._handles[spec.name] = find_key(self._session_for(spec), spec)
+                self._handles[spec.name] = self._found(spec)
         log.info("token session dropped by the token (an idle timeout?): opened again")
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -272,7 +283,7 @@ class Token(TokenState):
             if self.keys.get(spec.name) == spec and spec.name in self._handles:
                 continue
             try:
-                found[spec.name] = find_key(self._session_for(spec), spec)
+                found[spec.name] = self._found(spec)
             except (p11e.PKCS11Error, LoginRefused) as exc:
                 raise TokenError(
                     f"key {spec.name}: {describe_error(exc)}", retryable=False
@@ -336,6 +347,16 @@ class Token(TokenState):
         """The label of the private key found for ``name``."""
         label: str | None = self._submit(lambda: self._handles[name].label).result()
         return label
+
+    def session_limits_blocking(self, name: str) -> SessionLimits | None:
+        """The session limits of the token that holds key ``name`` (token_info.py)."""
+
+        def read() -> SessionLimits | None:
+            slot = select_token(self._lib, self.keys[name].uri).slot.slot_id
+            return session_limits(self.module, slot)
+
+        found: SessionLimits | None = self._submit(read).result()
+        return found
 
     def key_attributes_blocking(self, name: str) -> dict[str, Any]:
         return self._submit(self._read_attributes, name).result()

@@ -23,9 +23,18 @@ def build(directory: Path) -> Path:
     return library
 
 
+def most_sessions(counts: Path) -> int:
+    """The most sessions ever open at once over every process that named ``counts``
+    (HSM_SHIM_SESSIONS_FILE); 0 if none was opened."""
+    if not counts.exists():
+        return 0
+    data = counts.read_bytes()
+    return int.from_bytes(data[8:16], "little") if len(data) >= 16 else 0
+
+
 def environment(**behaviours: int) -> dict[str, str]:
     """HSM_SHIM_* for ``idle_ms=``, ``no_ro=``, ``fail_every=``, ``fail_rv=``,
-    ``latency_ms=``, over SoftHSM."""
+    ``latency_ms=``, ``max_sessions=``, ``find_per_s=``, over SoftHSM."""
     found = {"HSM_SHIM_REAL": MODULE}
     found.update({f"HSM_SHIM_{name.upper()}": str(value) for name, value in behaviours.items()})
     return found
