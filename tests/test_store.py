@@ -440,6 +440,7 @@ def test_a_warm_restart_withdraws_only_what_changed_while_down(
     try:
         log = server.log.read_text()
         assert "changed lines only" in log and "read whole" not in log, log[-2000:]
+        assert "read from its changes since the version kept (a warm start)" in log
         assert "1 records withdrawn" in log or "2 records withdrawn" in log, log[-2000:]
         for _ in range(10):  # both workers, from the first answer on
             assert _ask(server.url, setup, "good").certificate_status is REVOKED

@@ -48,6 +48,7 @@ from .app_state import (
 )
 from .crl_source import CrlSource
 from .health import healthz, problems, readyz
+from .index_source import IndexSource
 from .metrics import Metrics
 from .producer_link import serve_link, socket_path
 from .production import Production
@@ -149,6 +150,10 @@ def create_app(
         leads = store.publisher.leads if isinstance(store, FleetStore) else None
         assert config.server.state_dir is not None
         taken = TakenIndexes(config.server.state_dir, store.identity)
+        for name, source in sources.items():  # a warm start reads its changes only
+            found = taken.seed(name)
+            if found is not None and isinstance(source, IndexSource):
+                source.seed(*found)
         production = Production(config, app[SERVICE], sources, store, metrics, leads=leads,  # type: ignore[arg-type]
                                 taken=taken)  # fmt: skip
         production.attach()  # withdrawals from the first index change on
@@ -279,28 +284,44 @@ def _looked_at(sources: dict[str, StatusSource], name: str) -> IndexSnapshot | N
     return source.snapshot if source.fresh(VOUCH_FOR) else None
 
 
+async def _load_and_prove(app: web.Application) -> list[asyncio.Task[None]]:
+    """The indexes loaded while the keys are proven (in the signer processes); a token
+    that is away is tried again in the background (the task returned), a wrong PIN or
+    key stops the start."""
+    loop = asyncio.get_running_loop()
+    token = app[TOKEN]
+    proving = asyncio.create_task(app[KEYS].prove(app[CONFIG]))
+    try:
+        for source in app[SOURCES].values():
+            await loop.run_in_executor(None, source.load)
+    except BaseException:
+        proving.cancel()
+        await asyncio.gather(proving, return_exceptions=True)
+        await token.aclose()
+        raise
+    try:
+        await proving
+    except TokenError as exc:
+        if not exc.retryable:  # a wrong PIN, a key that is not there: the operator's
+            await token.aclose()
+            raise
+        log.warning(
+            "token not usable at start (%s): serving the store, answering tryLater "
+            "for what needs a signature, and trying the token",
+            exc,
+        )
+        return [asyncio.create_task(_prove_later(app))]
+    except BaseException:
+        await token.aclose()
+        raise
+    return []
+
+
 def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        for source in app[SOURCES].values():
-            await loop.run_in_executor(None, source.load)
         token = app[TOKEN]
-        background: list[asyncio.Task[None]] = []
-        try:
-            await app[KEYS].prove(app[CONFIG])
-        except TokenError as exc:
-            if not exc.retryable:  # a wrong PIN, a key that is not there: the operator's
-                await token.aclose()
-                raise
-            log.warning(
-                "token not usable at start (%s): serving the store, answering tryLater "
-                "for what needs a signature, and trying the token",
-                exc,
-            )
-            background.append(asyncio.create_task(_prove_later(app)))
-        except BaseException:
-            await token.aclose()
-            raise
+        background = await _load_and_prove(app)
         wake = asyncio.Event()
         reloads: set[asyncio.Task[None]] = set()  # held until done, never collected midway
 

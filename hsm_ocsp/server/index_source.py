@@ -120,6 +120,7 @@ class IndexSource:
         self.loading = False  # a load is under way (in the watcher's thread)
         # The file read last, still open, and the snapshot read from it.
         self._kept: tuple[int, StatKey, IndexSnapshot] | None = None
+        self._seed: tuple[int, StatKey, IndexSnapshot] | None = None  # see seed()
         # Monotonic time the last look at the file ended (whatever it found): a look
         # that never ends (a hung file system) leaves the snapshot unvouched for.
         self.checked_at = 0.0
@@ -220,6 +221,8 @@ class IndexSource:
         """The snapshot read from the lines that differ from the file read last, still
         open here (a rename over it does not free it); None if that cannot be done."""
         kept, base = self._kept, self.snapshot
+        if kept is None and self._seed is not None:  # a first read, from a version kept
+            kept, base = self._seed, self._seed[2]
         if kept is None or kept[2] is not base or not info.st_size or kept[1][0] == info.st_ino:
             return None  # a first read, an empty file, or the same file rewritten in place
         try:
@@ -227,15 +230,36 @@ class IndexSource:
             if (then.st_size, then.st_mtime_ns) != kept[1][1:3] or not then.st_size:
                 return None  # the old file was written since it was read
             old, new = _File(kept[0], then.st_size), _File(fd, info.st_size)
-            return reread_changed(old, new, base, self.path)
+            snapshot = reread_changed(old, new, base, self.path)
         except OSError:
             return None
+        if snapshot is not None and kept is self._seed:
+            log.info("index %s for CA %s read from its changes since the version kept "
+                     "(a warm start)", self.path, self.name)  # fmt: skip
+        return snapshot
 
     def _keep(self, fd: int, info: os.stat_result, snapshot: IndexSnapshot) -> None:
         """Keep the file just read open, to compare the next version with."""
         if self._kept is not None:
             os.close(self._kept[0])
         self._kept = (fd, _key(info), snapshot)
+        self._unseed()
+
+    def seed(self, copy: Path, base: IndexSnapshot) -> None:
+        """Read the first version from its changes against ``copy``, an earlier version
+        whose snapshot is ``base`` (a warm start: store/taken_indexes.py), instead of
+        parsing it whole. The copy is not taken into service: it is only compared."""
+        try:
+            fd = os.open(copy, os.O_RDONLY)
+        except OSError:
+            return
+        self._unseed()
+        self._seed = (fd, _key(os.fstat(fd)), base)
+
+    def _unseed(self) -> None:
+        if self._seed is not None:
+            os.close(self._seed[0])
+            self._seed = None
 
     def copy_into(self, out: BinaryIO) -> None:
         """Write the version in service, as read (the file kept open), to ``out``."""
@@ -270,6 +294,7 @@ class IndexSource:
             os.close(fd)
 
     def close(self) -> None:
+        self._unseed()
         if self._kept is not None:
             os.close(self._kept[0])
             self._kept = None

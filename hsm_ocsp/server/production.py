@@ -187,7 +187,7 @@ class Production:
         if kept is source.snapshot or (not now and time.monotonic() - at < KEEP_EVERY):
             return
         snapshot = source.snapshot
-        if self._taken.write(ca, copy_into):
+        if self._taken.write(ca, copy_into, snapshot):
             self._copied[ca] = (snapshot, time.monotonic())
 
     def unwithdrawn(self, ca: str) -> int:

@@ -24,6 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from ..core.index import IndexSnapshot
+from ..core.index_image import decode_image, encode_image
+
 __all__ = ["TakenIndexes"]
 
 log = logging.getLogger("hsm_ocsp.store")
@@ -52,20 +55,44 @@ class TakenIndexes:
 
     def forget(self, ca: str) -> None:
         """The copy no longer speaks for the store (a change not yet withdrawn)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.copy_path(ca).unlink()
+        for path in (self.image_path(ca), self.copy_path(ca)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
-    def write(self, ca: str, read: Callable[[BinaryIO], None]) -> bool:
-        """Keep ``read`` (an IndexSource's ``copy_into``) as the CA's version; False, logged,
-        if it cannot be written (the next start then reads the store whole)."""
+    def seed(self, ca: str) -> tuple[Path, IndexSnapshot] | None:
+        """The CA's kept version and the snapshot read from it, if both are sound."""
+        try:
+            info = os.stat(self.copy_path(ca))
+            data = self.image_path(ca).read_bytes()
+        except OSError:
+            return None
+        snapshot = decode_image(data, (info.st_size, info.st_mtime_ns))
+        return None if snapshot is None else (self.copy_path(ca), snapshot)
+
+    def image_path(self, ca: str) -> Path:
+        return self.directory / f"{ca}.{self.identity}.image"
+
+    def write(
+        self, ca: str, read: Callable[[BinaryIO], None], snapshot: IndexSnapshot | None = None
+    ) -> bool:
+        """Keep ``read`` (an IndexSource's ``copy_into``) as the CA's version, and the
+        ``snapshot`` read from it (a warm start reads that instead of parsing the index
+        whole); False, logged, if it cannot be written (the next start reads the store
+        whole)."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):  # never an image of another copy
+                self.image_path(ca).unlink()
             partial = self.copy_path(ca).with_suffix(".new")
             with open(partial, "wb") as out:
                 read(out)
                 out.flush()
                 os.fsync(out.fileno())
+                info = os.fstat(out.fileno())
             partial.replace(self.copy_path(ca))
+            if snapshot is not None:
+                image = encode_image(snapshot, (info.st_size, info.st_mtime_ns))
+                self._write(self.image_path(ca), image)
             return True
         except OSError as exc:
             log.warning("CA %s: the index version taken could not be kept in %s (%s): the "
