@@ -140,3 +140,68 @@ def _post(url: str, body: bytes) -> ocsp.OCSPResponse:
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         return ocsp.load_der_ocsp_response(response.read())
+
+
+def test_a_token_that_goes_away_and_comes_back_in_another_slot(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network HSM's client restarted, an HA group failing over, a USB token re-plugged:
+    the token is away for 3 s (no slot, CKR_DEVICE_REMOVED), then back under another slot
+    id. Stored answers are served throughout; a nonce request is tryLater only while it
+    is away, and signed again within 5 s of its return, found by its label."""
+    gone = tmp_path / "gone"
+    for name, value in behaving_token.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HSM_SHIM_GONE_FILE", str(gone))
+    module = behaving_token.build(tmp_path)
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"'))
+    server = start_server(config, port, tmp_path / "server.log")
+    signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
+    cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
+    cached = request_for(cert, setup.ca.certificate, "sha256")
+
+    def nonce() -> bytes:
+        builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate,
+                                                            hashes.SHA1())  # fmt: skip
+        builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+        return builder.build().public_bytes(Encoding.DER)
+
+    seen: list[tuple[float, str, ocsp.OCSPResponse]] = []
+    try:
+        assert _post(server.url, nonce()).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+        gone.touch()
+        away_at = time.monotonic()
+        while time.monotonic() - away_at < 3:
+            seen.append((time.monotonic(), "away", _post(server.url, nonce())))
+            seen.append((time.monotonic(), "stored", _post(server.url, cached)))
+            time.sleep(0.05)
+        gone.unlink()
+        back_at = time.monotonic()
+        signed_again = None
+        while time.monotonic() - back_at < 10:
+            answer = _post(server.url, nonce())
+            if answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
+                signed_again = time.monotonic() - back_at
+                fuzz.verify(signer, answer.signature, answer.tbs_response_bytes, answer)
+                break
+            time.sleep(0.1)
+        for _ in range(20):  # and it stays back
+            answer = _post(server.url, nonce())
+            assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    finally:
+        server.stop()
+    assert signed_again is not None and signed_again < 5, signed_again
+    for _, kind, answer in seen:
+        if kind == "stored":  # the store serves while the token is away
+            assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+            assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
+        else:  # signed before the token noticed it gone, or tryLater: never anything else
+            assert answer.response_status in (
+                ocsp.OCSPResponseStatus.SUCCESSFUL, ocsp.OCSPResponseStatus.TRY_LATER
+            )  # fmt: skip
+    assert any(a.response_status is ocsp.OCSPResponseStatus.TRY_LATER for _, _, a in seen)
+    print(f"signed again {signed_again:.2f} s after the token came back in another slot")

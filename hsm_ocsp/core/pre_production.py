@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from . import der
 from .index import IndexSnapshot
+from .model import CertStatus
 from .ocsp import HASH_ALGORITHMS, CertID
 from .responder import Issuer
 from .shared_answers import (
@@ -34,6 +35,8 @@ __all__ = [
     "cert_id",
     "changed_serials",
     "due_keys",
+    "index_agrees",
+    "lifetime_of",
     "needs",
     "prefixes",
     "produced_ahead",
@@ -155,6 +158,20 @@ def untrue_keys(
         truth = snapshot.entries.get(parsed[1], _MISSING)
         if truth is _MISSING or record.truth != index_digest(truth):
             yield key
+
+
+def index_agrees(key: bytes, value: bytes, snapshots: Mapping[str, IndexSnapshot | None]) -> bool:
+    """Whether a record (another host's, its header checked against its signed body
+    already) says what the index says: the same entry, and the status that entry gives
+    (never a good answer for a serial the index says is revoked)."""
+    if next(untrue_keys([(key, value)], snapshots), None) is not None:
+        return False
+    parsed, record = parse_key(key), decode(value)
+    snapshot = snapshots.get(parsed[0]) if parsed is not None else None
+    if parsed is None or record is None or snapshot is None:
+        return False
+    truth = snapshot.entries.get(parsed[1])
+    return record.cert_status is (CertStatus.GOOD if truth is None else CertStatus.REVOKED)
 
 
 def due_keys(

@@ -15,7 +15,7 @@ from aiohttp import web
 from ..config.model import Config, NonceMode, UnknownSerials
 from ..config.pin import read_pin
 from ..config.reload import read_reloadable
-from ..core.errors import HsmOcspError, TokenError
+from ..core.errors import HsmOcspError
 from ..core.index import IndexSnapshot
 from ..core.record_check import RecordChecker, SignerKeys
 from ..core.responder import Issuer
@@ -53,13 +53,14 @@ from .metrics import Metrics
 from .producer_link import serve_link, socket_path
 from .production import Production
 from .routes import add_routes
+from .start_up import load_and_prove
 from .status_source import StatusSource, open_source
+from .store_truth import StoreTruth
 from .watchers import watch_indexes, watch_token
 
 __all__ = ["build_token", "create_app", "issuers_of"]
 
 log = logging.getLogger("hsm_ocsp.http")
-PROVE_EVERY = 2.0  # seconds between two tries of a token that was away at start
 READER_CHECK_EVERY = 2.0  # seconds between two looks for stale LMDB reader slots
 
 
@@ -154,8 +155,9 @@ def create_app(
             found = taken.seed(name)
             if found is not None and isinstance(source, IndexSource):
                 source.seed(*found)
+        truth = StoreTruth(store, sources, taken)
         production = Production(config, app[SERVICE], sources, store, metrics, leads=leads,  # type: ignore[arg-type]
-                                taken=taken)  # fmt: skip
+                                truth=truth)  # fmt: skip
         production.attach()  # withdrawals from the first index change on
         app[PRODUCTION] = production
         assert config.server.state_dir is not None
@@ -284,44 +286,11 @@ def _looked_at(sources: dict[str, StatusSource], name: str) -> IndexSnapshot | N
     return source.snapshot if source.fresh(VOUCH_FOR) else None
 
 
-async def _load_and_prove(app: web.Application) -> list[asyncio.Task[None]]:
-    """The indexes loaded while the keys are proven (in the signer processes); a token
-    that is away is tried again in the background (the task returned), a wrong PIN or
-    key stops the start."""
-    loop = asyncio.get_running_loop()
-    token = app[TOKEN]
-    proving = asyncio.create_task(app[KEYS].prove(app[CONFIG]))
-    try:
-        for source in app[SOURCES].values():
-            await loop.run_in_executor(None, source.load)
-    except BaseException:
-        proving.cancel()
-        await asyncio.gather(proving, return_exceptions=True)
-        await token.aclose()
-        raise
-    try:
-        await proving
-    except TokenError as exc:
-        if not exc.retryable:  # a wrong PIN, a key that is not there: the operator's
-            await token.aclose()
-            raise
-        log.warning(
-            "token not usable at start (%s): serving the store, answering tryLater "
-            "for what needs a signature, and trying the token",
-            exc,
-        )
-        return [asyncio.create_task(_prove_later(app))]
-    except BaseException:
-        await token.aclose()
-        raise
-    return []
-
-
 def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         token = app[TOKEN]
-        background = await _load_and_prove(app)
+        background = await load_and_prove(app)
         wake = asyncio.Event()
         reloads: set[asyncio.Task[None]] = set()  # held until done, never collected midway
 
@@ -348,22 +317,6 @@ def _lifecycle(handle_signals: bool):  # type: ignore[no-untyped-def]
             await token.aclose()
 
     return lifecycle
-
-
-async def _prove_later(app: web.Application) -> None:
-    """Prove the keys once the token is back; a wrong PIN or key ends the tries (said
-    once: readiness names it)."""
-    while True:
-        await asyncio.sleep(PROVE_EVERY)
-        try:
-            await app[KEYS].prove(app[RUNNING]["config"], attempts=1)
-        except TokenError as exc:
-            if not exc.retryable:
-                log.error("token: %s; not tried again until a reload or restart", exc)
-                return
-            continue
-        log.info("token usable: keys proven, signing")
-        return
 
 
 async def _clear_stale_readers(production: Production) -> None:

@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator
 from ..config.model import Config
 from ..core.clock import utcnow
 from ..core.index import IndexSnapshot
-from ..core.model import CertStatus
 from ..core.pre_production import (
     SIGN_REASON,
     Reason,
     cert_id,
     changed_serials,
     due_keys,
+    index_agrees,
     lifetime_of,
     needs,
     prefixes,
@@ -41,16 +41,14 @@ from ..core.responder import Issuer
 from ..core.service import OCSPService
 from ..core.shared_answers import (
     cert_id_of,
-    decode,
-    parse_key,
     shared_key,
     signer_fingerprint,
 )
 from ..store.fleet_store import FleetStore
 from ..store.lmdb_store import LmdbStore
-from ..store.taken_indexes import TakenIndexes
 from .metrics import Metrics
 from .status_source import StatusSource
+from .store_truth import StoreTruth
 
 __all__ = ["Production"]
 
@@ -60,7 +58,6 @@ CHUNK = 512  # serials looked at between two looks at changes and refreshes
 IN_FLIGHT = 8  # answers being signed here at once (keeps the token's window full)
 REFILL_EVERY = 3600.0  # seconds between two fill passes once the store is full
 PAUSE = 1.0  # seconds to wait after the token failed
-KEEP_EVERY = 30.0  # seconds between two copies of a changing index (store/taken_indexes.py)
 RESCAN = 3600.0  # seconds between two looks for due refreshes at most (each reads the store)
 
 
@@ -74,12 +71,11 @@ class Production:
         metrics: Metrics,
         clock: Callable[[], dt.datetime] = utcnow,
         leads: Callable[[str], bool] | None = None,
-        taken: TakenIndexes | None = None,
+        truth: StoreTruth | None = None,
     ) -> None:
-        """``taken``: the index versions the store is true to, kept for a warm restart."""
+        """``truth``: the index versions the store is true to, kept for a warm start."""
         self.config = config
-        self._taken = taken
-        self._copied: dict[str, tuple[IndexSnapshot | None, float]] = {}  # CA -> kept, when
+        self._truth = truth
         self._hash_names = {c.name: c.cert_id_hashes for c in config.cas}
         # In a fleet: whether this host holds the CA's lease (else another host
         # pre-produces it into Redis, and this one signs only what clients ask).
@@ -160,9 +156,8 @@ class Production:
         withdrawn = self.store.withdraw(taken)
         if withdrawn >= 0:  # only what was withdrawn: one queued meanwhile stays
             del waiting[: len(taken)]
-        elif self._taken is not None:  # the store is no longer true to the version kept
-            self._taken.forget(ca)
-            self._copied.pop(ca, None)
+        elif self._truth is not None:  # the store is no longer true to the version kept
+            self._truth.forget(ca)
         return withdrawn
 
     def settle(self, ca: str) -> bool:
@@ -173,22 +168,9 @@ class Production:
             log.info("CA %s: the withdrawals that had failed are committed", ca)
         if self._unwithdrawn[ca]:
             return False
-        self._keep_taken(ca)
+        if self._truth is not None:
+            self._truth.keep(ca)
         return True
-
-    def _keep_taken(self, ca: str, *, now: bool = False) -> None:
-        """Keep the index version the store is now true to (at most every KEEP_EVERY
-        seconds: an older copy only makes a warm restart withdraw a little more)."""
-        source = self.sources.get(ca)
-        copy_into = getattr(source, "copy_into", None)
-        if self._taken is None or source is None or copy_into is None:
-            return
-        kept, at = self._copied.get(ca, (None, 0.0))
-        if kept is source.snapshot or (not now and time.monotonic() - at < KEEP_EVERY):
-            return
-        snapshot = source.snapshot
-        if self._taken.write(ca, copy_into, snapshot):
-            self._copied[ca] = (snapshot, time.monotonic())
 
     def unwithdrawn(self, ca: str) -> int:
         """Serials of ``ca`` whose withdrawal has not committed yet."""
@@ -202,18 +184,8 @@ class Production:
             self.store.start()
 
     def _accepts(self, key: bytes, value: bytes) -> bool:
-        """Whether a record another host published (its header checked against its signed
-        body already) says what this host's index says: the same entry, and the status
-        that entry gives (never a good answer for a serial the index says is revoked)."""
-        snapshots = {name: source.snapshot for name, source in self.sources.items()}
-        if next(untrue_keys([(key, value)], snapshots), None) is not None:
-            return False
-        parsed, record = parse_key(key), decode(value)
-        snapshot = snapshots.get(parsed[0]) if parsed is not None else None
-        if parsed is None or record is None or snapshot is None:
-            return False
-        truth = snapshot.entries.get(parsed[1])
-        return record.cert_status is (CertStatus.GOOD if truth is None else CertStatus.REVOKED)
+        """Whether a record another host published says what this host's index says."""
+        return index_agrees(key, value, {n: s.snapshot for n, s in self.sources.items()})
 
     def _leads_changed(self) -> None:  # in the publisher's thread
         if self._loop is not None:
@@ -226,52 +198,21 @@ class Production:
 
     def reconcile(self) -> int:
         """Delete what the store holds that the indexes no longer say (a restart after
-        the index changed, say) or that is no answer of a CA served here. Blocking.
-
-        Where the index version the store is true to was kept (store/taken_indexes.py),
-        only the serials on the lines changed since are withdrawn; else the CA's records
-        are read whole (and the whole store, if which CAs it held is not known)."""
+        the index changed, say) or that is no answer of a CA served here, before anyone
+        reads it (server/store_truth.py says how little can be read). Blocking."""
         snapshots = {name: source.snapshot for name, source in self.sources.items()}
         self._last.update(snapshots)
-        held = None if self._taken is None else self._taken.held_cas()
-        whole, deleted = [], 0
-        for ca, source in self.sources.items():
-            changed = self._changed_since(ca, source)
-            if changed is None:
-                whole.append(ca)
-                continue
-            self._unwithdrawn[ca].extend(prefixes(ca, changed))
-            deleted += max(0, self._withdraw(ca))
-        if held is None:
-            deleted += self.store.delete(untrue_keys(self.store.items(), snapshots))
-        else:
-            gone = sorted(held - set(self.sources))  # CAs no longer served
-            deleted += max(0, self.store.withdraw([ca.encode() + b"\0" for ca in gone]))
-            for ca in whole:
-                items = self.store.items(ca.encode() + b"\0")
-                deleted += self.store.delete(untrue_keys(items, snapshots))
-        if self._taken is not None:
-            self._taken.note_cas(list(self.sources))
-            for ca in self.sources:
-                if not self._unwithdrawn[ca]:
-                    self._keep_taken(ca, now=True)
-        how = "read whole" if held is None else (
-            f"read whole for {', '.join(whole)}" if whole else "changed lines only")  # fmt: skip
-        log.info("answer store: %d records withdrawn that the indexes no longer say (%s)",
-                 deleted, how)  # fmt: skip
-        return deleted
+        if self._truth is None:
+            deleted = self.store.delete(untrue_keys(self.store.items(), snapshots))
+            log.info("answer store: %d records withdrawn that the indexes no longer say "
+                     "(read whole)", deleted)  # fmt: skip
+            return deleted
+        return self._truth.reconcile(snapshots, self._withdraw_serials,
+                                     lambda ca: not self._unwithdrawn[ca])  # fmt: skip
 
-    def _changed_since(self, ca: str, source: StatusSource) -> list[int] | None:
-        """The serials on the lines of the CA's index that changed since the version the
-        store is true to (None: not known; the CA's records are read whole)."""
-        changed_since = getattr(source, "changed_since", None)
-        if self._taken is None or changed_since is None:
-            return None
-        path = self._taken.copy_path(ca)
-        if not path.is_file():
-            return None
-        changed: list[int] | None = changed_since(path)
-        return changed
+    def _withdraw_serials(self, ca: str, serials: list[int]) -> int:
+        self._unwithdrawn[ca].extend(prefixes(ca, serials))
+        return max(0, self._withdraw(ca))
 
     def replaced_issuers(self) -> None:
         """A reload: answers of a replaced certificate or key are produced again."""
@@ -304,7 +245,8 @@ class Production:
         """The CA's issuer, if this host produces for it (in a fleet: holds its lease) now:
         not while its CRLs are past their nextUpdate (an answer would claim a freshness
         they do not have; a newer CRL taken up brings the production back)."""
-        if not self._leads(ca) or self._expired(ca):
+        until = self._until(ca)
+        if not self._leads(ca) or (until is not None and until <= self._clock().timestamp()):
             return None
         return next((i for i in self.service.issuers if i.name == ca), None)
 
@@ -313,10 +255,6 @@ class Production:
         source = self.sources.get(ca)
         until = None if source is None or source.snapshot is None else source.snapshot.valid_until
         return None if until is None else until.timestamp()
-
-    def _expired(self, ca: str) -> bool:
-        until = self._until(ca)
-        return until is not None and until <= self._clock().timestamp()
 
     async def _changes(self) -> None:
         for ca, queue in self._changed.items():

@@ -54,10 +54,12 @@ class TakenIndexes:
         self._write(self.directory / f"cas.{self.identity}.json", data)
 
     def forget(self, ca: str) -> None:
-        """The copy no longer speaks for the store (a change not yet withdrawn)."""
+        """The copy no longer speaks for the store (a change not yet withdrawn). Renamed
+        aside, not deleted: on a full volume (the usual reason) freeing its pages would
+        only let the store take a little more before it is full again."""
         for path in (self.image_path(ca), self.copy_path(ca)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            with contextlib.suppress(OSError):
+                path.replace(path.with_name(path.name + ".stale"))
 
     def seed(self, ca: str) -> tuple[Path, IndexSnapshot] | None:
         """The CA's kept version and the snapshot read from it, if both are sound."""
