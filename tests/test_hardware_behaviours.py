@@ -44,7 +44,9 @@ BEHAVIOURS = {
         {"find_per_s": 10}, "sighup",
     ),
 }  # fmt: skip
-LOAD = 2.5  # seconds of requests before and after the quiet period
+# Seconds of requests before and after the quiet period (benchmarks/hardware_behaviours.py
+# runs each behaviour for 30 + 30 s through HSM_TEST_BEHAVIOUR_SECONDS).
+LOAD = float(os.environ.get("HSM_TEST_BEHAVIOUR_SECONDS", "2.5"))
 QUIET = 3.0  # longer than the idle timeout
 
 
@@ -205,3 +207,33 @@ def test_a_token_that_goes_away_and_comes_back_in_another_slot(
             )  # fmt: skip
     assert any(a.response_status is ocsp.OCSPResponseStatus.TRY_LATER for _, _, a in seen)
     print(f"signed again {signed_again:.2f} s after the token came back in another slot")
+
+
+def test_softhsm_reset_on_fork_as_hardware_behaves_after_a_fork(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SoftHSM with ``library.reset_on_fork = true`` forgets its initialisation in a forked
+    child, as hardware modules do (PKCS#11 2.20 6.6.1): every process that signs must
+    initialise the module itself. serve with two workers signs nonce answers throughout."""
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(softhsm.conf.read_text() + "library.reset_on_fork = true\n")
+    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
+    server = start_server(config, port, tmp_path / "server.log")
+    signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
+    cert = x509.load_pem_x509_certificate(setup.certs["revoked"].read_bytes())
+    try:
+        for _ in range(20):  # a new connection each: both workers, through the producer
+            builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate,
+                                                                hashes.SHA1())  # fmt: skip
+            builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+            answer = _post(server.url, builder.build().public_bytes(Encoding.DER))
+            assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+            assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+            fuzz.verify(signer, answer.signature, answer.tbs_response_bytes, answer)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text()
