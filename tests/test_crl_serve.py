@@ -165,13 +165,22 @@ def test_statuses_revocation_and_untrusted_crls(world: CrlWorld, serve: object) 
     assert _status(server, setup, "good", "sha256") is ocsp.OCSPCertStatus.REVOKED
     revoked = ("good", *REVOKED)
     # CRLs that do not deserve trust: the one before (an older number), one signed by
-    # another key, an expired one, and a newer, well signed one that drops every revoked
-    # serial. Each leaves every revoked serial revoked.
+    # another key, one of another issuer, one from the future, an expired one, and a
+    # newer, well signed one that drops every revoked serial. Each leaves every revoked
+    # serial revoked.
     other = ec.generate_private_key(ec.SECP256R1())
     subject = setup.ca.certificate.subject
     faults = {
         "order": first,
         "signature": make_crl(other, subject, [], number=10**6),
+        "issuer": make_crl(setup.ca.key, OTHER_CA, [], number=10**6),
+        "time": make_crl(
+            setup.ca.key,
+            subject,
+            [],
+            number=10**6,
+            this_update=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+        ),
         "expired": make_crl(
             setup.ca.key,
             subject,

@@ -26,7 +26,7 @@ def signers_out_of_validity(app: web.Application) -> list[str]:
 def problems(app: web.Application) -> list[str]:
     """What keeps the process that holds the token and indexes from answering now."""
     found = [
-        f"index {name}: not loaded"
+        f"status of CA {name} (its index or CRLs): not loaded"
         for name, source in app[SOURCES].items()
         if source.snapshot is None
     ]
