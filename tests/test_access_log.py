@@ -181,7 +181,7 @@ async def test_log_lines_of_a_loop_turn_are_written_when_the_turn_ends() -> None
 def test_log_time_worked_out_once_a_second_reads_as_loggings_own() -> None:
     import random
 
-    from hsm_ocsp.config.logs import JsonFormatter, TextFormatter
+    from hsm_ocsp.core.logs import JsonFormatter, TextFormatter
 
     text = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     stock, ours, ours_json = logging.Formatter(text), TextFormatter(text), JsonFormatter()
@@ -213,7 +213,7 @@ def test_direct_access_line_reads_as_the_logging_path_writes_it(
     fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Set up as ``serve`` does, the line skips ``logging`` but must not differ."""
-    from hsm_ocsp.config.logs import direct_handler, setup_logging
+    from hsm_ocsp.core.logs import direct_handler, setup_logging
 
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
@@ -252,7 +252,7 @@ async def test_access_lines_of_a_loop_turn_are_written_together_at_its_end(
 ) -> None:
     """Served as ``serve`` sets it up, a turn's lines wait for the turn's end, each with
     the time it was logged at, and read as the logging path writes them."""
-    from hsm_ocsp.config.logs import setup_logging
+    from hsm_ocsp.core.logs import setup_logging
     from hsm_ocsp.server.access_log import write_access_lines
 
     root = logging.getLogger()

@@ -67,6 +67,20 @@ def test_each_module_imports_only_its_own_and_inner_layers(layer: str, path: Pat
     assert not wrong, f"{path.relative_to(PACKAGE.parent)} ({layer}) imports {wrong}"
 
 
+def test_the_token_layer_takes_plain_values_not_the_configuration() -> None:
+    """hsm_ocsp/pkcs11 is handed module paths, PINs, key specs and numbers: it imports
+    nothing of hsm_ocsp/config (server/key_set.py turns a configuration into key specs)."""
+    found = {
+        str(path.relative_to(PACKAGE)): [
+            n for n in _imports(path) if n.startswith("hsm_ocsp.config")
+        ]
+        for _, path in _modules()
+        if path.parent.name == "pkcs11"
+    }
+    assert not {k: v for k, v in found.items() if v}
+    assert found  # the layer was looked at
+
+
 def test_the_checker_catches_an_inner_layer_importing_an_outer_one() -> None:
     assert not _allowed("core", "hsm_ocsp.server.app")
     assert not _allowed("core", "aiohttp.web")

@@ -465,7 +465,7 @@ def test_the_key_of_an_expired_certificate_is_not_looked_for(
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from hsm_ocsp.config.file import load_config
-    from hsm_ocsp.pkcs11.key_set import key_specs
+    from hsm_ocsp.server.key_set import key_specs
 
     setup = build_ca(tmp_path / "ca", softhsm)
     assert setup.responder_cert is not None

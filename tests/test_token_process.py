@@ -210,7 +210,7 @@ async def test_a_pool_of_sessions_signs_on_each_and_stops_them_all(softhsm: Soft
     pool = TokenPool(MODULE, softhsm.pin, [spec], sessions=2, sign_timeout=5, log_format="text")
     try:
         await pool.open()
-        assert pool.up and all(m.up for m in pool.more)
+        assert pool.up and all(m.up for m in pool.members)
         signed: list[float] = []
         pool.on_sign = signed.append
         data = [os.urandom(32) for _ in range(40)]
@@ -218,9 +218,9 @@ async def test_a_pool_of_sessions_signs_on_each_and_stops_them_all(softhsm: Soft
         for one, signature in zip(data, signatures, strict=True):
             verify(public_key, spec.scheme, one, signature)  # type: ignore[arg-type]
         assert len(signed) == 40  # every signature timed, whichever member made it
-        pids = {pool.pid, *(m.pid for m in pool.more)}
+        pids = {m.pid for m in pool.members}
         assert len(pids) == 2 and None not in pids
-        calls = [pool._next_id, *(m._next_id for m in pool.more)]  # the open, then signatures
+        calls = [m._next_id for m in pool.members]  # the open, then signatures
         assert all(n > 5 for n in calls) and sum(calls) == 40 + 2, calls  # both signed
     finally:
         await pool.aclose()

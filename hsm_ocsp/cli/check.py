@@ -23,10 +23,10 @@ from ..core.errors import IndexFormatError, TokenError
 from ..core.index import parse_index
 from ..core.responder_profile import Level, profile_findings
 from ..core.signing import SchemeKind
-from ..pkcs11.key_set import PROBE, SigningKey, proves, signing_keys
 from ..pkcs11.token import Token
 from ..pkcs11.token_info import SessionLimits
 from ..server.crl_source import CrlSource
+from ..server.key_set import PROBE, SigningKey, proves, signing_keys
 
 __all__ = ["EXPIRY_WARNING", "Finding", "check_config", "run_check"]
 

@@ -266,7 +266,7 @@ def run_demo(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     if args.no_serve:
         return 0
-    from ..config.logs import setup_logging
+    from ..core.logs import setup_logging
     from ..server.supervisor import run_server
 
     config = load_config(setup.config)

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from ..config.logs import setup_logging
 from ..core.errors import EXIT_USAGE, HsmOcspError, exit_code
+from ..core.logs import setup_logging
 
 __all__ = ["main"]
 

@@ -98,7 +98,7 @@ class TokenConfig:
     module: str = DEFAULT_MODULE
     pin_env: str | None = DEFAULT_PIN_ENV
     pin_file: Path | None = None
-    sign_timeout: float = 5.0
+    sign_timeout: float = LIMITS.sign_timeout
     sessions: int = 1  # signer processes of the producer, each with a session (a login)
     # Seconds a session may stay unused before a cheap call keeps it open (tokens that
     # drop idle sessions: YubiHSM 2 after 30 s); 0: none.

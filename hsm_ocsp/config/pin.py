@@ -3,9 +3,8 @@
 ``serve`` reads the PIN before any worker or signer starts and removes its
 variable from the environment, so no child (a signer, a worker, anything they
 run) inherits it; the workers get it in memory and pass it to their signer
-over a socket. Every process that holds it cannot dump core: ``RLIMIT_CORE``
-is 0 (inherited by children) and ``PR_SET_DUMPABLE`` is 0 (which also keeps
-other processes of the same user from reading its memory through /proc).
+over a socket. Every process that holds it cannot dump core
+(pkcs11/core_dumps.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import resource
 import stat
 from pathlib import Path
 
@@ -21,16 +19,7 @@ from ..core.errors import ConfigError
 from .model import DEFAULT_MODULE, DEFAULT_PIN_ENV, Config, TokenConfig
 from .section import read_toml
 
-__all__ = ["forbid_core_dumps", "module_and_pin", "read_pin", "take_pin"]
-
-_PR_SET_DUMPABLE = 4
-
-
-def forbid_core_dumps() -> None:
-    """No core file from this process or its children, and no ptrace by its user."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+__all__ = ["module_and_pin", "read_pin", "take_pin"]
 
 
 def take_pin(config: Config) -> str:

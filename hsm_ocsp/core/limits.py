@@ -20,6 +20,8 @@ class Limits:
     # read and a signature check, and is what each added worker costs (issue 31).
     front_memo_entries: int = 16_384
     front_memo_bytes: int = 8 << 20
+    # Seconds a token call may take before the token is taken as failing (token.sign_timeout).
+    sign_timeout: float = 5.0
     # Answers for serials not in the index kept in the host's store (the oldest go).
     unknown_answers: int = 10_000
 

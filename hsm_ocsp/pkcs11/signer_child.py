@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config.pin import forbid_core_dumps
 from ..core.errors import TokenError
+from .core_dumps import forbid_core_dumps
 from .login_gate import LoginGate
 from .signer_protocol import FrameReader, Reply, Request, Setup, frame
 from .token import Token
@@ -40,7 +40,7 @@ def _serve(sock: socket.socket) -> None:
     setup = first[0]
     if not isinstance(setup, Setup):
         return
-    from ..config.logs import setup_logging
+    from ..core.logs import setup_logging
 
     setup_logging(setup.log_format, setup.log_level)
     gate = None if setup.gate is None else LoginGate(Path(setup.gate))

@@ -34,8 +34,8 @@ import subprocess
 import sys
 import time
 
-from ..config.model import ServerConfig, TokenConfig
 from ..core.errors import TokenError
+from ..core.limits import LIMITS
 from ..core.outbox import Outbox
 from . import signer_child
 from .key_lookup import LOOKUP_PATIENCE, KeySpec
@@ -61,8 +61,8 @@ class TokenProcess(TokenState):
         pin: str,
         keys: list[KeySpec],
         *,
-        sign_timeout: float = TokenConfig.sign_timeout,
-        log_format: str = ServerConfig.log_format,
+        sign_timeout: float = LIMITS.sign_timeout,
+        log_format: str = "text",  # [server] log_format's default
         gate: LoginGate | None = None,
         keepalive: float = 0.0,
     ) -> None:
@@ -248,6 +248,16 @@ class TokenProcess(TokenState):
     async def sign(self, name: str, data: bytes) -> bytes:
         """Sign ``data`` with the key ``name``; TokenError if the token fails."""
         return await self._call(name, data)
+
+    @property
+    def waiting(self) -> int:
+        """Calls sent and not yet answered."""
+        return len(self._waiting)
+
+    def take_keys_at_start(self, keys: list[KeySpec]) -> None:
+        """Sign with ``keys`` once the child starts (again): it is not running now."""
+        self.keys = {k.name: k for k in keys}
+        self._setup = dataclasses.replace(self._setup, keys=keys)
 
     async def set_keys(self, keys: list[KeySpec]) -> None:
         """Sign with ``keys`` from now on (a reload). The child finds each new key on

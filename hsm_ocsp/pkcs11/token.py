@@ -24,8 +24,8 @@ import pkcs11
 from pkcs11 import Attribute
 from pkcs11 import exceptions as p11e
 
-from ..config.model import TokenConfig
 from ..core.errors import TokenError
+from ..core.limits import LIMITS
 from .key_lookup import KeySpec, Patience, find_key
 from .keys import select_token
 from .login_gate import LoginGate, LoginRefused
@@ -62,7 +62,7 @@ class Token(TokenState):
         pin: str,
         keys: list[KeySpec],
         *,
-        sign_timeout: float = TokenConfig.sign_timeout,
+        sign_timeout: float = LIMITS.sign_timeout,
         min_backoff: float = 0.25,
         max_backoff: float = 2.0,
         gate: LoginGate | None = None,

@@ -2,18 +2,20 @@
 session on the token (and its own login, through the shared login gate: a refused PIN
 is still tried once in all).
 
-Before the producer, each worker had a signer process; now one process signs for the
-host, so a token that signs in parallel (RSA on SoftHSM signs about as fast again
-with a second process; network HSMs take many sessions) would be held to one
-signature at a time. The pool sends each signature to the member with the fewest
-waiting, among those that are up. It is a TokenProcess itself (its first member), so
-the token's state, metrics and readiness read as before: the first member's.
+One process signs for the host, so a token that signs in parallel (RSA on SoftHSM signs
+about as fast again with a second process; network HSMs take many sessions) would be
+held to one signature at a time. The pool has its members and sends each signature to
+the one with the fewest waiting, among those that are up. The token's state (up, the
+last error, what readiness and the metrics read) is the first member's: while it is
+down the pool is, and a signature none of the others can make goes to it, so that a
+failure marks the pool down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from ..core.errors import TokenError
 from .key_lookup import KeySpec
@@ -23,22 +25,20 @@ from .signer_process import TokenProcess
 __all__ = ["TokenPool"]
 
 
-class TokenPool(TokenProcess):
+class TokenPool:
     def __init__(
         self,
         module: str,
         pin: str,
         keys: list[KeySpec],
         *,
-        sessions: int,
+        sessions: int = 1,
         sign_timeout: float,
         log_format: str,
         gate: LoginGate | None = None,
         keepalive: float = 0.0,
     ) -> None:
-        super().__init__(module, pin, keys, sign_timeout=sign_timeout, log_format=log_format,
-                         gate=gate, keepalive=keepalive)  # fmt: skip
-        self.more = [
+        self.members = [
             TokenProcess(
                 module,
                 pin,
@@ -48,40 +48,95 @@ class TokenPool(TokenProcess):
                 gate=gate,
                 keepalive=keepalive,
             )
-            for _ in range(sessions - 1)
+            for _ in range(max(1, sessions))
         ]
+        self.first = self.members[0]
 
     def __repr__(self) -> str:  # never show the PIN
-        return f"TokenPool(module={self.module!r}, sessions={1 + len(self.more)})"
+        return f"TokenPool(module={self.module!r}, sessions={len(self.members)})"
+
+    # --- the token's state: the first member's --------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self.first.up
+
+    @property
+    def last_error(self) -> str | None:
+        return self.first.last_error
+
+    @property
+    def module(self) -> str:
+        return self.first.module
+
+    @property
+    def gate(self) -> LoginGate | None:
+        return self.first.gate
+
+    @property
+    def keys(self) -> dict[str, KeySpec]:
+        return self.first.keys
+
+    @property
+    def sign_timeout(self) -> float:
+        return self.first.sign_timeout
+
+    @property
+    def on_state_change(self) -> Callable[[bool], None] | None:
+        return self.first.on_state_change
+
+    @on_state_change.setter
+    def on_state_change(self, listener: Callable[[bool], None] | None) -> None:
+        self.first.on_state_change = listener
+
+    @property
+    def on_sign(self) -> Callable[[float], None] | None:
+        return self.first.on_sign
+
+    @on_sign.setter
+    def on_sign(self, listener: Callable[[float], None] | None) -> None:
+        for member in self.members:  # every signature timed, whichever member made it
+            member.on_sign = listener
+
+    @property
+    def on_recover(self) -> Callable[[int, int], None] | None:
+        return self.first.on_recover
+
+    @on_recover.setter
+    def on_recover(self, listener: Callable[[int, int], None] | None) -> None:
+        for member in self.members:
+            member.on_recover = listener
+
+    def algorithm_identifier(self, name: str) -> bytes:
+        return self.first.algorithm_identifier(name)
+
+    # --- calls --------------------------------------------------------------------------
 
     async def sign(self, name: str, data: bytes) -> bytes:
-        """On the member with the fewest signatures waiting (the first while none is up,
-        so that a failure marks the pool down)."""
-        members = [self, *(m for m in self.more if m.up)]
-        member = min(members, key=lambda m: len(m._waiting))
-        if member is self:
-            return await super().sign(name, data)
-        member.on_sign = self.on_sign
-        member.on_recover = self.on_recover
+        """On the member with the fewest signatures waiting (the first while no other is
+        up, so that a failure marks the pool down)."""
+        members = [self.first, *(m for m in self.members[1:] if m.up)]
+        member = min(members, key=lambda m: m.waiting)
+        if member is self.first:
+            return await member.sign(name, data)
         try:
             return await member.sign(name, data)
         except TokenError:
-            return await super().sign(name, data)  # the first member says if it is down
+            return await self.first.sign(name, data)  # the first member says if it is down
 
     async def open(self) -> None:
-        await super().open()
-        for member in self.more:  # a member that cannot open now is started on its first use
+        await self.first.open()
+        for member in self.members[1:]:  # one that cannot open now starts on its first use
             with contextlib.suppress(TokenError):
                 await member.open()
 
     async def set_keys(self, keys: list[KeySpec]) -> None:
-        await asyncio.gather(*(m.set_keys(keys) for m in self.more if m.up))
-        await super().set_keys(keys)
-        for member in self.more:
+        others = self.members[1:]
+        await asyncio.gather(*(m.set_keys(keys) for m in others if m.up))
+        await self.first.set_keys(keys)
+        for member in others:
             if not member.up:  # it takes them when it starts again
-                member.keys = dict(self.keys)
-                member._setup = self._setup
+                member.take_keys_at_start(keys)
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(m.aclose() for m in self.more), return_exceptions=True)
-        await super().aclose()
+        await asyncio.gather(*(m.aclose() for m in self.members), return_exceptions=True)

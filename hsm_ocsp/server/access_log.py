@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from ..config.logs import JsonFormatter, TextFormatter, direct_handler
+from ..core.logs import JsonFormatter, TextFormatter, direct_handler
 from ..core.reply import Reply
 from .app_keys import CA_NAME, REPLY, STARTED
 from .per_turn import OncePerTurn, TurnBufferedStream

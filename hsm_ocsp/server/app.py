@@ -22,9 +22,7 @@ from ..core.responder import Issuer
 from ..core.service import OCSPService
 from ..core.shared_answers import signer_fingerprint
 from ..core.signing import SignatureScheme
-from ..pkcs11.key_set import ProvenKeys, key_specs, take_keys
 from ..pkcs11.login_gate import LoginGate
-from ..pkcs11.signer_process import TokenProcess
 from ..pkcs11.token_pool import TokenPool
 from ..store.audit_log import AuditLog
 from ..store.copy_memory import CopyMemory
@@ -49,6 +47,7 @@ from .app_state import (
 from .crl_source import CrlSource
 from .health import healthz, problems, readyz
 from .index_source import IndexSource
+from .key_set import ProvenKeys, key_specs, take_keys
 from .metrics import Metrics
 from .producer_link import serve_link, socket_path
 from .production import Production
@@ -64,20 +63,13 @@ log = logging.getLogger("hsm_ocsp.http")
 READER_CHECK_EVERY = 2.0  # seconds between two looks for stale LMDB reader slots
 
 
-def build_token(
-    config: Config, pin: str | None = None, gate: LoginGate | None = None
-) -> TokenProcess:
-    """The token with one key a CA (not yet started); the PIN read as the config says
-    unless given. ``token.sessions`` above 1: a pool of signer processes."""
+def build_token(config: Config, pin: str | None = None, gate: LoginGate | None = None) -> TokenPool:
+    """The token with one key a CA (not yet started), as ``token.sessions`` signer
+    processes; the PIN read as the config says unless given."""
     pin = pin if pin is not None else read_pin(config.token, config.path)
-    module, keys, sessions = config.token.module, key_specs(config), config.token.sessions
-    timeout, log_format = config.token.sign_timeout, config.server.log_format
-    keepalive = config.token.keepalive
-    if sessions > 1:
-        return TokenPool(module, pin, keys, sessions=sessions, sign_timeout=timeout,
-                         log_format=log_format, gate=gate, keepalive=keepalive)  # fmt: skip
-    return TokenProcess(module, pin, keys, sign_timeout=timeout, log_format=log_format, gate=gate,
-                        keepalive=keepalive)  # fmt: skip
+    return TokenPool(config.token.module, pin, key_specs(config), sessions=config.token.sessions,
+                     sign_timeout=config.token.sign_timeout, log_format=config.server.log_format,
+                     gate=gate, keepalive=config.token.keepalive)  # fmt: skip
 
 
 def issuers_of(config: Config) -> list[Issuer]:
@@ -112,7 +104,7 @@ def signer_keys(config: Config) -> SignerKeys:
 def create_app(
     config: Config,
     *,
-    token: TokenProcess | None = None,
+    token: TokenPool | None = None,
     handle_signals: bool = False,
     pin: str | None = None,
     login_gate: LoginGate | None = None,
@@ -172,7 +164,7 @@ def create_app(
     return app
 
 
-def _metrics(config: Config, sources: dict[str, StatusSource], token: TokenProcess) -> Metrics:
+def _metrics(config: Config, sources: dict[str, StatusSource], token: TokenPool) -> Metrics:
     """Metrics of this process, fed by the token and index hooks."""
     metrics = Metrics()
     for ca in config.cas:

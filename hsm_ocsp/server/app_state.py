@@ -11,9 +11,9 @@ from ..config.model import Config
 from ..core.record_check import RecordChecker
 from ..core.reply import Reply
 from ..core.responder import Issuer
-from ..pkcs11.key_set import ProvenKeys
-from ..pkcs11.signer_process import TokenProcess
+from ..pkcs11.token_pool import TokenPool
 from ..store.vouch import Vouches
+from .key_set import ProvenKeys
 from .metrics import Metrics
 from .producer_link import ProducerClient
 from .production import Production
@@ -48,7 +48,7 @@ PRODUCER = web.AppKey("producer", ProducerClient)
 SOURCES = web.AppKey("sources", dict[str, StatusSource])
 
 
-TOKEN = web.AppKey("token", TokenProcess)
+TOKEN = web.AppKey("token", TokenPool)
 
 
 KEYS = web.AppKey("keys", ProvenKeys)  # the token as answers are signed with it

@@ -24,13 +24,14 @@ import time
 from pathlib import Path
 
 from ..config.model import Config
-from ..config.pin import forbid_core_dumps, take_pin
+from ..config.pin import take_pin
 from ..config.reload import read_reloadable, unservable
 from ..core.errors import EXIT_CRASHED, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ConfigError, HsmOcspError
-from ..pkcs11.key_set import keys_changed, prove_new_keys
+from ..pkcs11.core_dumps import forbid_core_dumps
 from ..pkcs11.login_gate import LoginGate
 from ..store.lmdb_store import set_aside
 from ..store.state_dir import StateDirBusy, lock_state_dir
+from .key_set import keys_changed, prove_new_keys
 from .metrics_files import prepare_multiprocess, process_dead, remove_multiprocess_dir
 from .producer import run_producer
 from .producer_link import socket_path

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..core.errors import HsmOcspError
-from ..pkcs11.key_set import PROBE
 from .app_state import METRICS, PRODUCTION, SOURCES, TOKEN, VOUCHES
 from .health import signers_out_of_validity, stale_indexes
+from .key_set import PROBE
 from .status_source import StatusSource
 
 log = logging.getLogger("hsm_ocsp.http")

@@ -28,9 +28,10 @@ from ..config.model import CAConfig, Config
 from ..core.errors import TokenError
 from ..core.responder import key_names, spki
 from ..core.signing import verify
-from .key_lookup import KeySpec
-from .login_gate import LoginGate
-from .signer_process import TokenProcess
+from ..pkcs11.key_lookup import KeySpec
+from ..pkcs11.login_gate import LoginGate
+from ..pkcs11.signer_process import TokenProcess
+from ..pkcs11.token_pool import TokenPool
 
 __all__ = [
     "PROBE",
@@ -92,7 +93,7 @@ def key_specs(config: Config) -> list[KeySpec]:
     return [key.spec for ca in config.cas for key in signing_keys(ca)]
 
 
-async def _open(token: TokenProcess, attempts: int = STARTUP_ATTEMPTS) -> None:
+async def _open(token: TokenProcess | TokenPool, attempts: int = STARTUP_ATTEMPTS) -> None:
     """Open the token; a passing fault (a network HSM slow to answer) is tried again a
     few times, a wrong PIN or a missing key not."""
     for attempt in range(attempts):
@@ -106,7 +107,7 @@ async def _open(token: TokenProcess, attempts: int = STARTUP_ATTEMPTS) -> None:
             await asyncio.sleep(0.5 * (attempt + 1))
 
 
-async def _prove(token: TokenProcess, key: SigningKey) -> None:
+async def _prove(token: TokenProcess | TokenPool, key: SigningKey) -> None:
     if not proves(key, await token.sign(key.spec.name, PROBE)):
         raise TokenError(
             f"CA {key.ca.name}: key {key.ca.key} does not belong to {key.ca.signer_key} "
@@ -115,7 +116,9 @@ async def _prove(token: TokenProcess, key: SigningKey) -> None:
         ) from None
 
 
-async def prove_keys(token: TokenProcess, config: Config, attempts: int = STARTUP_ATTEMPTS) -> None:
+async def prove_keys(
+    token: TokenProcess | TokenPool, config: Config, attempts: int = STARTUP_ATTEMPTS
+) -> None:
     """Open the token, then sign a probe with every key and verify it against its
     certificate; TokenError says what failed."""
     await _open(token, attempts)
@@ -130,7 +133,7 @@ class ProvenKeys:
     producer that starts while the token is away serves its store (and withdraws what
     the indexes change) at once, and proves the keys once the token is back."""
 
-    def __init__(self, token: TokenProcess) -> None:
+    def __init__(self, token: TokenProcess | TokenPool) -> None:
         self.token = token
         self.proven = False
 
@@ -153,7 +156,7 @@ def _where(config: Config, key: SigningKey) -> str:
     return f"{config.path}: ca[{number}].{key.ca.signer_key}: {key.certificate_path}"
 
 
-async def take_keys(token: TokenProcess, config: Config) -> None:
+async def take_keys(token: TokenProcess | TokenPool, config: Config) -> None:
     """Sign with ``config``'s keys from now on (a reload); nothing to do if they are
     the running ones. Each new key is found and proven first; TokenError naming the
     file and the key (and the running keys kept) if one is missing or does not fit

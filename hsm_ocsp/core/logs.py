@@ -17,8 +17,6 @@ import sys
 import time
 from typing import Any
 
-from .model import LogFormat
-
 __all__ = ["JsonFormatter", "TextFormatter", "direct_handler", "setup_logging"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -90,9 +88,9 @@ class JsonFormatter(TextFormatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
-def setup_logging(fmt: str = LogFormat.TEXT, level: int = logging.INFO) -> None:
+def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == LogFormat.JSON else TextFormatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
