@@ -36,6 +36,7 @@ BEHAVIOURS = {
     ),
     "every 20th signature CKR_DEVICE_ERROR": ({"fail_every": 20, "fail_rv": 0x30}, "throttled"),
     "5 ms a signature (a network HSM)": ({"latency_ms": 5}, None),
+    "multi-part signing refused (CloudHSM)": ({"no_multipart": 1}, None),
     "a session idle 2.5 s dropped, token.keepalive 1 s": ({"idle_ms": 2500}, "kept"),
     "at most 2 sessions on the token, token.sessions 2 (YubiHSM 2: 16)": (
         {"max_sessions": 2}, "limit",
@@ -237,3 +238,26 @@ def test_softhsm_reset_on_fork_as_hardware_behaves_after_a_fork(
     finally:
         server.stop()
     assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.parametrize("algorithm", ["ec-p256", "rsa-2048", "ed25519"])
+def test_csr_signs_with_one_call_on_a_token_without_multi_part_signing(
+    tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch, algorithm: str
+) -> None:
+    """``csr`` too makes one C_Sign a signature (data hashed on the host): it works on a
+    token that refuses C_SignUpdate (AWS CloudHSM), and the request verifies."""
+    import subprocess
+    import sys
+
+    for name, value in behaving_token.environment(no_multipart=1).items():
+        monkeypatch.setenv(name, value)
+    module = behaving_token.build(tmp_path)
+    uri, _ = softhsm.make_key(algorithm)
+    done = subprocess.run(
+        [sys.executable, "-m", "hsm_ocsp", "csr", "--module", str(module), "--key", uri,
+         "--subject", "CN=ocsp.example"],
+        capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    request = x509.load_pem_x509_csr(done.stdout)
+    assert request.is_signature_valid

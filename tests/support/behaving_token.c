@@ -8,6 +8,9 @@
  *   HSM_SHIM_FAIL_EVERY  every Nth signature fails with HSM_SHIM_FAIL_RV (default
  *                        CKR_FUNCTION_FAILED: how CloudHSM reports throttling)
  *   HSM_SHIM_LATENCY_MS  each signature takes this much longer (a network HSM)
+ *   HSM_SHIM_NO_MULTIPART "1": C_SignUpdate and C_SignFinal are refused with
+ *                        CKR_FUNCTION_NOT_SUPPORTED (AWS CloudHSM; not balanced over a
+ *                        Luna HA group): only one C_Sign a signature works
  *   HSM_SHIM_MAX_SESSIONS the token says (C_GetTokenInfo) it allows this many sessions
  *                        and refuses one more with CKR_SESSION_COUNT (YubiHSM 2: 16);
  *                        counted over every process that names the same
@@ -38,7 +41,7 @@ static CK_FUNCTION_LIST mine;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long idle_ms, fail_every, latency_ms, signatures;
 static CK_RV fail_rv = CKR_FUNCTION_FAILED;
-static int no_ro;
+static int no_ro, no_multipart;
 static long max_sessions, find_per_s, finds, find_second;
 static long local_counts[2];
 static long *counts = local_counts; /* [0] open now, [1] the most ever open */
@@ -218,6 +221,18 @@ static CK_RV sign(CK_SESSION_HANDLE s, CK_BYTE_PTR data, CK_ULONG size, CK_BYTE_
     return real->C_Sign(s, data, size, signature, length);
 }
 
+static CK_RV sign_update(CK_SESSION_HANDLE s, CK_BYTE_PTR part, CK_ULONG size) {
+    if (no_multipart) return CKR_FUNCTION_NOT_SUPPORTED;
+    CK_RV rv = used(s);
+    return rv != CKR_OK ? rv : real->C_SignUpdate(s, part, size);
+}
+
+static CK_RV sign_final(CK_SESSION_HANDLE s, CK_BYTE_PTR signature, CK_ULONG_PTR length) {
+    if (no_multipart) return CKR_FUNCTION_NOT_SUPPORTED;
+    CK_RV rv = used(s);
+    return rv != CKR_OK ? rv : real->C_SignFinal(s, signature, length);
+}
+
 static CK_RV find_init(CK_SESSION_HANDLE s, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
     CK_RV rv = used(s);
     if (rv == CKR_OK) rv = looked_up();
@@ -261,6 +276,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
         fail_rv = (CK_RV)env_long("HSM_SHIM_FAIL_RV", CKR_FUNCTION_FAILED);
         latency_ms = env_long("HSM_SHIM_LATENCY_MS", 0);
         no_ro = env_long("HSM_SHIM_NO_RO", 0) != 0;
+        no_multipart = env_long("HSM_SHIM_NO_MULTIPART", 0) != 0;
         max_sessions = env_long("HSM_SHIM_MAX_SESSIONS", 0);
         find_per_s = env_long("HSM_SHIM_FIND_PER_S", 0);
         gone_file = getenv("HSM_SHIM_GONE_FILE");
@@ -284,6 +300,8 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list) {
         mine.C_Login = login;
         mine.C_SignInit = sign_init;
         mine.C_Sign = sign;
+        mine.C_SignUpdate = sign_update;
+        mine.C_SignFinal = sign_final;
         mine.C_FindObjectsInit = find_init;
         mine.C_FindObjects = find;
         mine.C_FindObjectsFinal = find_final;
