@@ -3,10 +3,9 @@ serial of every index and every CertID hash of its CA (core/pre_production.py).
 
 In order: the serials an index change touched (their stored answers are withdrawn
 first, at the moment the new index is taken up, so no process serves the old status),
-then answers due for refresh, then the fill of what the store lacks. Clients' own
-requests do not wait here: they go to the service straight, and their signatures take
-their turn at the token with these (sign_queue.py). ``producer.max_signatures_per_second``
-caps what is signed here; a token that fails pauses the work, it is not retried in a spin.
+then answers due for refresh, then the fill. Clients' requests go to the service straight
+and take their turn at the token with these (sign_queue.py); ``max_signatures_per_second``
+caps what is signed here; a token that fails pauses the work, not retried in a spin.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from ..core.pre_production import (
     request_der,
     untrue_keys,
 )
-from ..core.rate import Rate
+from ..core.rate import Rate, Window
 from ..core.refresh import refresh_time
 from ..core.responder import Issuer
 from ..core.service import OCSPService
@@ -94,12 +93,12 @@ class Production:
         self._loop: asyncio.AbstractEventLoop | None = None
         rate = config.producer.max_signatures_per_second
         self._rate = Rate(rate)  # paced: one in flight a 10/s, so a change waits behind one
-        # Two signatures in flight for each session the token gives: each session has the
-        # next one waiting while it signs (a network HSM's latency is then hidden).
-        in_flight = max(IN_FLIGHT, 2 * config.token.sessions)
-        self._slots = asyncio.Semaphore(
-            max(1, min(in_flight, int(rate) // 10)) if rate else in_flight
-        )
+        # Two in flight a session (each has the next waiting while it signs: a network
+        # HSM's latency hidden); IN_FLIGHT while they are quick (the way to the signers).
+        low, high = 2 * config.token.sessions, max(IN_FLIGHT, 2 * config.token.sessions)
+        if rate:
+            low = high = max(1, min(high, int(rate) // 10))
+        self._slots = Window(low, high)
         self._tasks: set[asyncio.Task[bool]] = set()
         self._failed = False
         self._refill = True  # a fill pass is due (at start, after a reload)
@@ -252,9 +251,8 @@ class Production:
 
     def _until(self, ca: str) -> float | None:
         """Unix time the CA's status stops being true (its CRLs' nextUpdate), if it does."""
-        source = self.sources.get(ca)
-        until = None if source is None or source.snapshot is None else source.snapshot.valid_until
-        return None if until is None else until.timestamp()
+        until = getattr(getattr(self.sources.get(ca), "snapshot", None), "valid_until", None)
+        return None if until is None else float(until.timestamp())
 
     async def _changes(self) -> None:
         for ca, queue in self._changed.items():
@@ -344,7 +342,7 @@ class Production:
     async def _produce(
         self, issuer: Issuer, cert_id_der: bytes, reason: Reason, serial: int | None = None
     ) -> None:
-        """Start signing one answer (at most IN_FLIGHT at once, at the configured rate).
+        """Start signing one answer (a window of them at once, at the configured rate).
         ``serial``: a change's, queued again if its answer cannot be signed now (the
         token away): a change leaves the queue only once every form of it is signed."""
         while any(source.loading for source in self.sources.values()):
@@ -360,7 +358,9 @@ class Production:
 
     async def _sign(self, ca: str, request: bytes, reason: Reason) -> bool:
         SIGN_REASON.set(reason)  # this task's own context
+        started = time.monotonic()
         reply = await self.service.respond(request, ca)
+        self._slots.took(time.monotonic() - started)
         if reply.successful and reply.produced_at is not None:  # its refresh is looked for
             due = refresh_time(reply.produced_at, reply.next_update).timestamp()
             self._refresh_at = min(self._refresh_at, due)
