@@ -72,6 +72,16 @@ class IndexSnapshot:
     def __contains__(self, serial: int) -> bool:
         return serial in self.entries
 
+    def listed(self, serial: int) -> bool:
+        """Whether the source lists the serial. A CA answering the serials its CRLs do not
+        list good (core/crl.py AllIssued) has them in ``entries`` but does not list them:
+        their answers are signed and kept within the bounds of unknown serials', so that
+        a flood of made-up serials neither crowds the issued ones' line nor fills the store."""
+        entries = self.entries
+        return (
+            dict.__contains__(entries, serial) if isinstance(entries, dict) else serial in entries
+        )
+
     def __len__(self) -> int:
         return len(self.entries)
 

@@ -57,7 +57,7 @@ def _kind(cert_ids: Sequence[CertID], snapshot: IndexSnapshot) -> Kind:
         return Kind.AHEAD
     if len(cert_ids) > 1:
         return Kind.MULTI
-    return Kind.ISSUED if cert_ids[0].serial_number in snapshot.entries else Kind.UNKNOWN
+    return Kind.ISSUED if snapshot.listed(cert_ids[0].serial_number) else Kind.UNKNOWN
 
 
 class OCSPService:
@@ -259,11 +259,12 @@ class OCSPService:
         )
         size = len(reply.body) + sum(map(len, key[1])) + ENTRY_OVERHEAD
         # One CertID of a serial the CA issued: the answers a flood cannot push out.
-        main = len(serials) == 1 and values[0] is not _MISSING
+        main = len(serials) == 1 and snapshot.listed(serials[0])
         self._cache.put(key, entry, size, main=main)
         signer = issuer.signer_at(reply.produced_at)
-        if (
+        if (  # a serial the index lists or lacks (not one a CRL CA answers good unlisted)
             len(serials) == 1
+            and (main or values[0] is _MISSING)
             and self._sharer is not None
             and signer is not None
             and produced_ahead(issuer, cert_ids[0])
