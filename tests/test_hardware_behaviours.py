@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from .support import behaving_token, fuzz
-from .support.ca import build_ca, write_config
+from .support.ca import CASetup, build_ca, write_config
 from .support.fleet import metric
-from .support.server import free_port, start_server
+from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import MODULE, SoftHSM
 from .support.watch import request_for
 
@@ -72,16 +72,9 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
         monkeypatch.setenv(name, value)
     counts = tmp_path / "sessions.count"  # every process's sessions, as the token counts
     monkeypatch.setenv("HSM_SHIM_SESSIONS_FILE", str(counts))
-    module = behaving_token.build(tmp_path)
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
-    token = f'module = "{module}"' + ('\nkeepalive = "1s"' if ridden == "kept" else "")
-    token += "\nsessions = 2" if ridden == "limit" else ""
-    config.write_text(config.read_text().replace(f'module = "{MODULE}"', token))
-    server = start_server(config, port, tmp_path / "server.log")
-    signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
+    token = ('\nkeepalive = "1s"' if ridden == "kept" else "") + (
+        "\nsessions = 2" if ridden == "limit" else "")  # fmt: skip
+    setup, server, signer = _serve_on_the_shim(tmp_path, softhsm, token)
     cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
     stop, not_ready = threading.Event(), []
     watcher = threading.Thread(target=_readiness, args=(server.url, stop, not_ready))
@@ -122,6 +115,24 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
     print(f"{behaviour}: {len(answers)} answers, ridden out {recovered}")
 
 
+def _serve_on_the_shim(
+    tmp_path: Path, softhsm: SoftHSM, token: str = ""
+) -> tuple[CASetup, RunningServer, x509.Certificate]:
+    """serve (two workers) on SoftHSM behind the shim, as the HSM_SHIM_* environment says;
+    ``token``: more [token] lines. The CA set-up, the server, the responder certificate."""
+    module = behaving_token.build(tmp_path)
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
+                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config.write_text(
+        config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"' + token)
+    )
+    server = start_server(config, port, tmp_path / "server.log")
+    assert setup.responder_cert is not None
+    return setup, server, x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())
+
+
 def _check_ridden_out(
     ridden: str | None, log: str, most_open: int, recovered: dict[str, float]
 ) -> None:
@@ -156,14 +167,7 @@ def test_a_token_that_goes_away_and_comes_back_in_another_slot(
     for name, value in behaving_token.environment().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("HSM_SHIM_GONE_FILE", str(gone))
-    module = behaving_token.build(tmp_path)
-    setup = build_ca(tmp_path / "ca", softhsm)
-    port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
-    config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"'))
-    server = start_server(config, port, tmp_path / "server.log")
-    signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
+    setup, server, signer = _serve_on_the_shim(tmp_path, softhsm)
     cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
     cached = request_for(cert, setup.ca.certificate, "sha256")
 
