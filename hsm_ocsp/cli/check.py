@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Iterator
 
 from ..config.file import load_config
@@ -283,12 +284,15 @@ def _check_crl(ca: CAConfig, crl: CrlConfig) -> Iterator[Finding]:
                 "never issued)")  # fmt: skip
     yield Finding(Level.NOTE if crl.issued is None else Level.OK, ca.name, mode)
     source = CrlSource(ca, crl)
+    quiet = logging.getLogger("hsm_ocsp.crl")  # its failures are findings here
+    level, quiet.level = quiet.level, logging.CRITICAL
     try:
         snapshot = source.load()
     except IndexFormatError as exc:
         yield Finding(Level.ERROR, ca.name, f"CRL {exc}")
         return
     finally:
+        quiet.setLevel(level)
         source.close()
     until = source.valid_until
     yield Finding(Level.OK, ca.name, f"CRL {source.number} taken from {', '.join(crl.fulls)}: "

@@ -62,6 +62,7 @@ class CrlSource:
         self.on_refused: Callable[[str], None] | None = None  # the reason's label
         self._unused: tuple[str, ...] = ()
         self._failures: dict[str, str] = {}  # place -> what failed there last (said once)
+        self._last_failure: tuple[str, str] | None = None
         self._keep_in = keep_in
 
     # --- what the rest asks of a status source --------------------------------------
@@ -98,7 +99,8 @@ class CrlSource:
         self._from_kept(self._clock())
         self.check(force=True)
         if self.snapshot is None:
-            raise IndexFormatError(self.path, None, self.last_error or "no CRL taken")
+            where, problem = self._last_failure or (self.path, "no CRL taken")
+            raise IndexFormatError(where, None, problem)
         return self.snapshot
 
     def check(self, *, force: bool = False) -> bool:
@@ -168,7 +170,7 @@ class CrlSource:
         try:
             data = place.take()
         except FetchError as exc:
-            self._say(place.name, f"cannot fetch: {exc}", "fetch")
+            self._say(place.name, f"cannot fetch: {_reason(exc, place.name)}", "fetch")
             return False
         if data is None:
             return False
@@ -208,7 +210,8 @@ class CrlSource:
         try:
             return self._issued.read()
         except FetchError as exc:
-            self._say(str(self._issued.path), f"issued serials not read: {exc}", "issued")
+            where = str(self._issued.path)
+            self._say(where, f"issued serials not read: {_reason(exc, where)}", "issued")
             return False
 
     def _combine(self) -> bool:
@@ -248,6 +251,7 @@ class CrlSource:
             return
         self._failures[where] = problem
         self.last_error = f"{where}: {problem}"
+        self._last_failure = (where, problem)
         log.error("CA %s: %s: %s; the CRLs in service stay", self.name, where, problem)
         if self.on_error is not None:
             self.on_error(IndexFormatError(where, None, problem))
@@ -261,3 +265,8 @@ class CrlSource:
         log.error("CRL for CA %s not taken, keeping the last good one: %s", self.name, exc)
         if self.on_error is not None:
             self.on_error(exc)
+
+
+def _reason(exc: FetchError, where: str) -> str:
+    """The failure without the place it names first (said once, by the caller)."""
+    return str(exc).removeprefix(f"{where}: ")
