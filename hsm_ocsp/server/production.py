@@ -299,19 +299,19 @@ class Production:
         return due
 
     async def _fill(self) -> None:
-        """Produce what the store lacks (or holds of a replaced signer), in chunks. A CA
-        whose pass signed all it lacked is ``complete``: its store answers every serial."""
+        """Produce what the store lacks (or holds of a replaced signer), in chunks; a CA
+        whose pass signed all it lacked is ``complete``. Each chunk yields the loop."""
         for ca, source in self.sources.items():
             issuer = self._issuer(ca)
             failures = self._failures[ca]
             serials = list(source.snapshot.entries) if issuer and source.snapshot else []
             for start in range(0, len(serials), CHUNK):
-                chunk = serials[start : start + CHUNK]
-                snapshot = source.snapshot  # the newest: an old one is not kept alive
+                chunk, snapshot = serials[start : start + CHUNK], source.snapshot  # the newest
                 assert issuer is not None and snapshot is not None
                 for key, reason in self._wanted(ca, issuer, snapshot, chunk):
                     await self._produce(issuer, key, reason)
                     await self._first_things_first()
+                await asyncio.sleep(0)  # a full store's pass must not hold the loop for seconds
             await self._drain()
             self.complete[ca] = bool(serials) and self._failures[ca] == failures
 
