@@ -461,3 +461,43 @@ def test_a_warm_restart_withdraws_only_what_changed_while_down(
         assert _ask(server.url, setup, "good").certificate_status is REVOKED
     finally:
         server.stop()
+
+
+def test_a_revocation_forgotten_while_down_is_not_brought_back_by_a_warm_start(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """The status image kept for a warm start has the remembered revocations laid over
+    it: forgotten (``hsm-ocsp revocations forget``) while the host was down, one must not
+    come back from the image. A start then reads the index whole."""
+    import subprocess
+    import sys
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    server = _serve(tmp_path, setup, free_port(), "first.log")
+    server.stop()
+    serial = setup.serial("keycompromise")
+    lines = setup.ca.index.read_text().splitlines(keepends=True)
+    fields = next(line.split("\t") for line in lines if int(line.split("\t")[3], 16) == serial)
+    dropped = "\t".join(["V", fields[1], "", *fields[3:]])  # the revocation dropped
+    setup.ca.index.write_text("".join(dropped if line.startswith("\t".join(fields[:1])) and
+                                      int(line.split("\t")[3], 16) == serial else line
+                                      for line in lines))  # fmt: skip
+    server = _serve(tmp_path, setup, free_port(), "second.log")  # remembered: still revoked
+    try:
+        assert _ask(server.url, setup, "keycompromise").certificate_status is REVOKED
+    finally:
+        server.stop()
+    assert list((tmp_path / "state" / "taken").glob("root.*.image"))  # kept at that start
+    forgot = subprocess.run(
+        [sys.executable, "-m", "hsm_ocsp", "revocations", "forget", "--config",
+         str(tmp_path / "config.toml"), "--ca", "root", "--serial", f"{serial:X}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert forgot.returncode == 0, forgot.stderr
+    server = _serve(tmp_path, setup, free_port(), "third.log")
+    try:
+        good = ocsp.OCSPCertStatus.GOOD
+        assert _ask(server.url, setup, "keycompromise").certificate_status is good
+        assert "(a warm start)" not in server.log.read_text()
+    finally:
+        server.stop()

@@ -26,6 +26,7 @@ from typing import BinaryIO
 
 from ..core.index import IndexSnapshot
 from ..core.index_image import decode_image, encode_image
+from .ledger import LEDGER_NAME
 
 __all__ = ["TakenIndexes"]
 
@@ -37,6 +38,7 @@ class TakenIndexes:
     def __init__(self, state_dir: Path, store_identity: int) -> None:
         self.directory = state_dir / DIRECTORY
         self.identity = store_identity
+        self.ledger = state_dir / LEDGER_NAME  # the revocations remembered (store/ledger.py)
 
     def copy_path(self, ca: str) -> Path:
         return self.directory / f"{ca}.{self.identity}.index"
@@ -62,12 +64,20 @@ class TakenIndexes:
                 path.replace(path.with_name(path.name + ".stale"))
 
     def seed(self, ca: str) -> tuple[Path, IndexSnapshot] | None:
-        """The CA's kept version and the snapshot read from it, if both are sound."""
+        """The CA's kept version and the snapshot read from it, if both are sound. The
+        snapshot has the revocations remembered then laid over it: if the memory changed
+        since (a revocation forgotten while the host was down), it is not used."""
         try:
             info = os.stat(self.copy_path(ca))
+            written = os.stat(self.image_path(ca)).st_mtime_ns
             data = self.image_path(ca).read_bytes()
         except OSError:
             return None
+        try:
+            if os.stat(self.ledger).st_mtime_ns >= written:
+                return None
+        except FileNotFoundError:
+            pass  # nothing remembered yet: nothing to have changed
         snapshot = decode_image(data, (info.st_size, info.st_mtime_ns))
         return None if snapshot is None else (self.copy_path(ca), snapshot)
 
