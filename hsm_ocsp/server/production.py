@@ -161,15 +161,15 @@ class Production:
 
     def settle(self, ca: str) -> bool:
         """Try again the withdrawals of ``ca`` that did not commit (the watcher's thread,
-        once a tick); True once none is left, and the CA's stored answers may be vouched
-        for (store/vouch.py)."""
+        once a tick); True once none is left: its stored answers may be vouched for."""
         if self._unwithdrawn[ca] and self._withdraw(ca) >= 0:
             log.info("CA %s: the withdrawals that had failed are committed", ca)
-        if self._unwithdrawn[ca]:
-            return False
-        if self._truth is not None:
+        return not self._unwithdrawn[ca]
+
+    def keep_version(self, ca: str) -> None:
+        """Keep the version the store is true to; after the tick's vouch (a copy takes time)."""
+        if self._truth is not None and not self._unwithdrawn[ca]:
             self._truth.keep(ca)
-        return True
 
     def unwithdrawn(self, ca: str) -> int:
         """Serials of ``ca`` whose withdrawal has not committed yet."""

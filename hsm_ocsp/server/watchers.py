@@ -85,6 +85,8 @@ def _settler(app: web.Application, ca: str) -> Callable[[], None]:
             return
         if vouches is not None:
             vouches.vouch(ca)
+        if production is not None:
+            production.keep_version(ca)
 
     return settle
 
