@@ -146,12 +146,22 @@ def test_counters_move_by_exactly_the_requests_sent(
 
     send_mix(server.url, setup)
     # A worker counts a loop turn's requests at the end of the turn, just after the
-    # answers went out: with two workers the other one may be a moment behind.
+    # answers went out: with two workers the other one may be a moment behind, and a
+    # scrape may fall between two families of one flush (the requests counted, their
+    # durations not yet). Wait for every family the assertions read.
     deadline = time.monotonic() + 5
     while True:
         text, after = scrape(metrics_url)
         counted = sum(v for (name, _), v in after.items() if name == "hsm_ocsp_requests_total")
-        if counted >= sum(EXPECTED_REQUESTS.values()) or time.monotonic() > deadline:
+        timed = delta(before, after, "hsm_ocsp_request_duration_seconds_count")
+        looked = sum(
+            delta(before, after, "hsm_ocsp_cache_lookups_total", result=r)
+            for r in ("hit", "miss", "stale")
+        )
+        total = sum(EXPECTED_REQUESTS.values())
+        if (counted >= total and timed >= total and looked >= CACHE_LOOKUPS) or (
+            time.monotonic() > deadline
+        ):
             break
         time.sleep(0.05)
 
