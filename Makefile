@@ -24,9 +24,10 @@ test: deps lint
 test-fast: deps lint
 	$(PY) -m pytest -m "not slow and not machine_tokens"
 
-## Build the container image with podman and run the compose stack (root; not in test).
-image-test:
-	bash scripts/image-test.sh
+## Build the container image with podman, run the compose stack and play the Kubernetes
+## manifests with podman kube play (root; a few minutes; not in test).
+image-test: deps
+	PYTHON=$(PY) bash scripts/image-test.sh
 
 lint: deps
 	$(VENV)/bin/ruff check hsm_ocsp tests

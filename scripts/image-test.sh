@@ -1,5 +1,6 @@
 #!/bin/bash
-# make image-test: build the container image with podman and run the compose stack for real.
+# make image-test: build the container image with podman, run the compose stack for real,
+# then play the Kubernetes manifests with podman kube play (scripts/kube_play.py).
 #
 # Not part of make test (it takes a few minutes and needs root). Steps:
 #  1. podman, runc, podman-compose and debootstrap from Debian, if missing;
@@ -12,14 +13,17 @@
 #     copy of the compose files; openssl ocsp must verify a good and a revoked answer;
 #  5. the responder is stopped (podman stop -t 15, compose's stop_grace_period) while a
 #     client sends its body a byte a second: it must exit 0;
-#  6. prints the image's size and its venv's, then removes the stack and its volumes.
+#  6. prints the image's size and its venv's, then removes the stack and its volumes;
+#  7. scripts/kube_play.py: deploy/kubernetes/ (set-up Job, Redis, a signing host, two
+#     edges) with podman kube play; a good and a revoked answer through each edge, a
+#     revocation reaching them, the resources each pod used.
 # podman 4.3 on this kernel: runc (not crun), and container limits under the hard ones.
 set -eu
 cd "$(dirname "$0")/.."
 SRC=$(pwd)
 [ "$(id -u)" = 0 ] || { echo "image-test: run as root" >&2; exit 2; }
 missing=""
-for p in podman runc podman-compose debootstrap; do
+for p in podman runc podman-compose debootstrap catatonit; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
@@ -111,4 +115,7 @@ echo "  stopped under a slow client in ${took} s, exit code $code"
 
 size=$(podman image inspect hsm-ocsp:latest --format '{{.Size}}')
 venv=$(podman run --rm --network=none --entrypoint du hsm-ocsp:latest -sm /opt/hsm-ocsp/venv | cut -f1)
-echo "image-test: passed; image $((size / 1000000)) MB (its base included), venv $venv MB"
+echo "image-test: compose passed; image $((size / 1000000)) MB (its base included), venv $venv MB"
+
+cd "$SRC"
+"${PYTHON:-python3}" scripts/kube_play.py

@@ -67,8 +67,9 @@ cp "$SRC/hsm_ocsp/data/init-token.sh" "$SRC/hsm_ocsp/data/softhsm2.conf.in" \
 cp "$SRC/deploy/docker/init.sh" "$PREFIX/share/hsm-ocsp/init.sh"
 chmod 755 "$PREFIX/share/hsm-ocsp/init.sh" "$PREFIX/share/hsm-ocsp/softhsm/init-token.sh"
 
-# 4. In the image: an unprivileged user owning the two volume mount points, so
-#    fresh named volumes start out writable by it.
+# 4. In the image: an unprivileged user owning the volume mount points (token, CA data,
+#    the store's state_dir), so fresh named volumes start out writable by it (podman
+#    and Docker copy a mount point's owner into a new volume; Kubernetes uses fsGroup).
 if [ -n "${HSM_OCSP_USER:-}" ]; then
     # Fixed ids, user and group alike: files in volumes are 10001:10001 on every
     # host, and the Dockerfile's numeric USER lets Kubernetes check runAsNonRoot.
@@ -79,9 +80,10 @@ if [ -n "${HSM_OCSP_USER:-}" ]; then
         useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/hsm-ocsp \
             --shell /usr/sbin/nologin "$HSM_OCSP_USER"
     fi
-    mkdir -p /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/data /etc/hsm-ocsp
-    chown 10001:10001 /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/data
-    chmod 700 /var/lib/hsm-ocsp/token
+    mkdir -p /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/data /var/lib/hsm-ocsp/state \
+        /etc/hsm-ocsp
+    chown 10001:10001 /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/data /var/lib/hsm-ocsp/state
+    chmod 700 /var/lib/hsm-ocsp/token /var/lib/hsm-ocsp/state
 fi
 
 # 5. Smoke test: the command runs and the package imports from the venv.
