@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,39 @@ def test_include_ca_certificate_is_a_roots_by_default_and_may_be_set(tmp_path: P
     path.write_text(path.read_text().replace("= true", '= "yes"'))
     with pytest.raises(ConfigError, match="include_ca_certificate"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "fault", ["state_dir under a file", "state_dir a file", "pin_file missing"]
+)
+def test_serve_with_a_path_it_cannot_use_is_one_line_naming_the_key(
+    tmp_path: Path, softhsm: SoftHSM, fault: str
+) -> None:
+    """Every path serve needs, missing or unusable: one line naming the key and the path,
+    exit 2, never a traceback."""
+    import subprocess
+
+    setup = build_ca(tmp_path / "ca", softhsm)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    state, key, path = str(tmp_path / "state"), "server.state_dir", ""
+    if fault == "state_dir under a file":
+        state = path = str(blocker / "state")
+    elif fault == "state_dir a file":
+        state = path = str(blocker)
+    config = write_config(tmp_path / "config.toml", {"root": setup},
+                          server=f'state_dir = "{state}"')  # fmt: skip
+    env = {**os.environ, "HSM_OCSP_PIN": softhsm.pin}
+    if fault == "pin_file missing":
+        key, path = "token.pin_file", str(tmp_path / "no-such-pin")
+        text = config.read_text().replace("[token]\n", f'[token]\npin_file = "{path}"\n')
+        config.write_text(text.replace('pin_env = "HSM_OCSP_PIN"\n', ""))
+        env.pop("HSM_OCSP_PIN")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "hsm-ocsp"), "serve", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, lines
+    assert key in lines[0] and path in lines[0], lines
