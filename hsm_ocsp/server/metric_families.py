@@ -1,6 +1,6 @@
 """The hsm_ocsp_ metric families: names, help, labels and how several workers add up.
 
-Metric names are part of the interface (README lists them; the alerts use them).
+Metric names are part of the interface (docs/operators-guide.md lists them; the alerts use them).
 Labels take only bounded values: CA names from the config, the HTTP method folded
 to GET/POST/HEAD/other, the OCSP response status by its RFC 6960 name, certificate
 and cache-lookup results from fixed sets. ``metrics.Metrics`` feeds them.
