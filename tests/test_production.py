@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp as x509_ocsp
 
+from hsm_ocsp.core import service as service_module
 from hsm_ocsp.core.front_service import FrontService
 from hsm_ocsp.core.index import parse_index
 from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
@@ -27,10 +28,10 @@ from hsm_ocsp.core.pre_production import (
     changed_serials,
     needs,
     prefixes,
-    request_der,
 )
-from hsm_ocsp.core.reply import Reply
+from hsm_ocsp.core.reply import Events, Reply
 from hsm_ocsp.core.reply_wire import decode_reply, encode_reply
+from hsm_ocsp.core.request import decode_request
 from hsm_ocsp.core.shared_answers import (
     MISSING,
     Sharer,
@@ -83,8 +84,9 @@ def test_the_produced_certid_is_the_one_openssl_clients_send(ca: OpenSSLCA, algo
     cert = x509.load_pem_x509_certificate(subject.read_bytes())
     chosen = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[algorithm]
     theirs = x509_ocsp.OCSPRequestBuilder().add_certificate(cert, ca.certificate, chosen)
-    ours = request_der(cert_id(world.issuer, algorithm, cert.serial_number).der)
-    assert ours == theirs.build().public_bytes(Encoding.DER)
+    ours = cert_id(world.issuer, algorithm, cert.serial_number)
+    (sent,) = decode_request(theirs.build().public_bytes(Encoding.DER)).cert_ids
+    assert ours.der == sent.der and ours == sent
 
 
 def test_an_index_change_names_new_changed_and_gone_serials() -> None:
@@ -308,3 +310,44 @@ def test_readyz_fails_when_a_stored_answer_nears_its_next_update_unrefreshed(
     production.soonest["root"] = now + 10 * 60
     (problem,) = margins(app)
     assert problem.startswith("CA root: a stored answer is ") and "not refreshed" in problem
+
+
+class _Counted(Events):
+    def __init__(self) -> None:
+        self.lookups: list[str] = []
+        self.reasons: list[str] = []
+
+    def cache_lookup(self, result: str) -> None:
+        self.lookups.append(result)
+
+    def signed_for(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+async def test_the_producer_produces_from_the_certid_with_its_reason(
+    ca: OpenSSLCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request bytes to itself: the answer is made from the CertID, signed for the
+    reason given, kept for clients, and the producer's look-ups are not clients'."""
+    events = _Counted()
+    world = World(ca, events=events)
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the producer decoded a request")
+
+    monkeypatch.setattr(service_module, "decode_request", no_decoding)
+    one = cert_id(world.issuer, "sha256", REVOKED)
+    reply = await world.service.produce("root", one, Reason.CHANGE)
+    assert reply.successful and world.signer.count == 1 and events.reasons == ["change"]
+    again = await world.service.produce("root", one, Reason.REFRESH)  # fresh: kept
+    assert again.body == reply.body and world.signer.count == 1 and events.lookups == []
+    gone = await world.service.produce("elsewhere", one, Reason.FILL)
+    assert gone.status is OCSPResponseStatus.TRY_LATER and world.signer.count == 1
+    monkeypatch.undo()
+    request = x509_ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        one.issuer_name_hash, one.issuer_key_hash, REVOKED, hashes.SHA256()
+    )
+    client = await world.service.respond(request.build().public_bytes(Encoding.DER))
+    assert client.body == reply.body and events.lookups == ["hit"]  # a client's counts
+    answer = x509_ocsp.load_der_ocsp_response(client.body)
+    assert answer.certificate_status is x509_ocsp.OCSPCertStatus.REVOKED

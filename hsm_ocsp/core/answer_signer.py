@@ -17,7 +17,7 @@ from .errors import HsmOcspError
 from .index import IndexSnapshot
 from .model import NON_ISSUED, OCSPResponseStatus
 from .ocsp import CertID, SingleResponse
-from .pre_production import SIGN_REASON, Reason
+from .pre_production import Reason
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .responder import Issuer, SigningCertificate, single_responses
 from .response import encode_basic_response, encode_response_data, encode_successful
@@ -31,7 +31,7 @@ _REASONS = {
     Kind.MULTI: Reason.LIVE,
     Kind.NONCE: Reason.NONCE,
     Kind.UNKNOWN: Reason.UNKNOWN,
-    Kind.AHEAD: Reason.FILL,  # the producer says which (SIGN_REASON)
+    Kind.AHEAD: Reason.FILL,  # the producer says which (its reason argument)
 }
 
 
@@ -65,7 +65,11 @@ class AnswerSigner:
         cert_ids: Sequence[CertID],
         nonce: bytes | None,
         kind: Kind,
+        reason: Reason | None = None,
     ) -> Reply:
+        """Sign the answer for ``cert_ids``; ``reason`` is the producer's, for its own
+        signatures (a client's answer is named by its ``kind``)."""
+        why = (reason or _REASONS[kind]).value
         now = self._clock()
         signer = issuer.signer_at(now)
         if signer is None:  # never a signature no valid certificate vouches for
@@ -93,9 +97,8 @@ class AnswerSigner:
         )
         started = time.perf_counter()
         if self._audit is not None:
-            reason = (SIGN_REASON.get() or _REASONS[kind]).value
             self._lines[id(tbs)] = _line_fields(issuer, signer.key, now, next_update, singles,
-                                                reason, tbs)  # fmt: skip
+                                                why, tbs)  # fmt: skip
         try:
             signature = await self._queue.sign(kind, signer.key, tbs)
         except Busy:
@@ -108,7 +111,7 @@ class AnswerSigner:
         finally:
             self._lines.pop(id(tbs), None)
         self.events.signed(time.perf_counter() - started)
-        self.events.signed_for((SIGN_REASON.get() or _REASONS[kind]).value)
+        self.events.signed_for(why)
         body = encode_successful(
             encode_basic_response(
                 tbs,

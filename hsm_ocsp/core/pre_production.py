@@ -10,7 +10,6 @@ signed by a certificate that no longer signs).
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import enum
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,7 +29,6 @@ from .shared_answers import (
 )
 
 __all__ = [
-    "SIGN_REASON",
     "Reason",
     "cert_id",
     "changed_serials",
@@ -40,7 +38,6 @@ __all__ = [
     "needs",
     "prefixes",
     "produced_ahead",
-    "request_der",
     "untrue_keys",
 ]
 
@@ -57,12 +54,6 @@ class Reason(enum.Enum):
     LIVE = "live"  # a client waited for it (a store miss, several CertIDs)
     NONCE = "nonce"  # signed for one client alone
     UNKNOWN = "unknown"  # a serial the index does not hold
-
-
-# Set by the producer around the answers it signs ahead; a client's answer has none.
-SIGN_REASON: contextvars.ContextVar[Reason | None] = contextvars.ContextVar(
-    "sign_reason", default=None
-)
 
 
 def cert_id(issuer: Issuer, algorithm: str, serial: int) -> CertID:
@@ -87,11 +78,6 @@ def produced_ahead(issuer: Issuer, one: CertID) -> bool:
         and keyable(one.serial_number)
         and cert_id(issuer, one.hash_algorithm, one.serial_number).der == one.der
     )
-
-
-def request_der(cert_id_der: bytes) -> bytes:
-    """An OCSPRequest for one CertID (its DER), no nonce: what a stapling server sends."""
-    return der.sequence(der.sequence(der.sequence(der.sequence(cert_id_der))))
 
 
 def changed_serials(old: IndexSnapshot | None, new: IndexSnapshot) -> list[int]:

@@ -17,11 +17,9 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import ocsp
 
-from .errors import MalformedRequestError
 from .model import CertStatus
 from .ocsp import CertID
-from .pre_production import request_der
-from .request import decode_request
+from .request import decode_cert_id
 from .shared_answers import StoredAnswer, cert_id_of, decode, parse_key
 from .signing import SignatureScheme, verify
 
@@ -50,14 +48,6 @@ class Checked:
     hold: bool  # revoked with reason certificateHold (which may be released)
 
 
-def _cert_id(der: bytes) -> CertID | None:
-    try:
-        request = decode_request(request_der(der), max_cert_ids=1)
-    except MalformedRequestError:
-        return None
-    return request.cert_ids[0] if request.cert_ids[0].der == der else None
-
-
 class RecordChecker:
     def __init__(self, keys: SignerKeys) -> None:
         self.keys = keys
@@ -70,7 +60,7 @@ class RecordChecker:
         if parsed is None or record is None:
             return None
         signer = self.keys.get(parsed[0], {}).get(record.signer)
-        cert_id = _cert_id(cert_id_of(key))
+        cert_id = decode_cert_id(cert_id_of(key))
         if signer is None or cert_id is None or cert_id.serial_number != parsed[1]:
             return None
         try:

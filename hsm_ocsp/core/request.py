@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .errors import MalformedRequestError
-from .ocsp import OCSPRequest
-from .request_fast import decode_request_fast
+from .ocsp import CertID, OCSPRequest
+from .request_fast import decode_request_fast, read_cert_id
 from .request_full import decode_request_full
 
 
@@ -16,3 +16,9 @@ def decode_request(data: bytes, *, max_cert_ids: int = 64) -> OCSPRequest:
     if fast is not None:
         return fast
     return decode_request_full(data, max_cert_ids=max_cert_ids)
+
+
+def decode_cert_id(data: bytes) -> CertID | None:
+    """One CertID from its DER, as the store keys it (SHA-1 or SHA-256, DER, nothing
+    after it); None for anything else."""
+    return read_cert_id(data, 0, len(data)) if data else None

@@ -47,7 +47,7 @@ def _tlv_at(data: bytes, i: int, end: int) -> tuple[int, int, int] | None:
     return tag, i, stop
 
 
-def _fast_cert_id(data: bytes, start: int, end: int) -> CertID | None:
+def read_cert_id(data: bytes, start: int, end: int) -> CertID | None:
     """The CertID whose TLV is ``data[start:end]``."""
     outer = _tlv_at(data, start, end)
     if outer is None or outer[0] != 0x30 or outer[2] != end:
@@ -145,7 +145,7 @@ def _fast_cert_ids(data: bytes, i: int, end: int, max_cert_ids: int) -> list[Cer
         item = _tlv_at(data, i, end)
         if item is None or item[0] != 0x30:
             return None
-        cert_id = _fast_cert_id(data, item[1], item[2])  # None too if extensions follow it
+        cert_id = read_cert_id(data, item[1], item[2])  # None too if extensions follow it
         if cert_id is None:
             return None
         cert_ids.append(cert_id)

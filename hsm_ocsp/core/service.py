@@ -23,7 +23,7 @@ from .index import IndexSnapshot
 from .limits import LIMITS
 from .model import OCSPResponseStatus
 from .ocsp import CertID, OCSPRequest
-from .pre_production import SIGN_REASON, produced_ahead
+from .pre_production import Reason, produced_ahead
 from .record_check import RecordChecker
 from .refresh import refresh_time
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
@@ -51,9 +51,9 @@ class _CacheEntry:
     values: tuple[object, ...]
 
 
-def _kind(cert_ids: Sequence[CertID], snapshot: IndexSnapshot) -> Kind:
+def _kind(cert_ids: Sequence[CertID], snapshot: IndexSnapshot, reason: Reason | None) -> Kind:
     """Which line a signature for these CertIDs waits in (see sign_queue.py)."""
-    if SIGN_REASON.get() is not None:  # the producer signing ahead of any client
+    if reason is not None:  # the producer signing ahead of any client
         return Kind.AHEAD
     if len(cert_ids) > 1:
         return Kind.MULTI
@@ -121,6 +121,22 @@ class OCSPService:
             return await asyncio.shield(waiting)
         return await self._sign_once(key, issuer, snapshot, request.cert_ids, entry)
 
+    async def produce(self, ca: str, one: CertID, reason: Reason) -> Reply:
+        """The producer's own answer for one CertID of CA ``ca``, signed for ``reason``
+        unless a fresh one is cached or stored: no request bytes, no client counted."""
+        issuer = next((i for i in self.issuers if i.name == ca), None)
+        snapshot = self._snapshots(ca)
+        if issuer is None or snapshot is None:  # a reload dropped it, or no index yet
+            return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        key = (ca, (one.der,))
+        hit, entry = self._look_up(key, issuer, snapshot, (one,), count=False)
+        if hit is not None:
+            return hit
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        return await self._sign_once(key, issuer, snapshot, (one,), entry, reason)
+
     def _decode(
         self, data: bytes, ca_name: str | None
     ) -> tuple[Issuer, IndexSnapshot, OCSPRequest] | Reply:
@@ -140,12 +156,13 @@ class OCSPService:
 
     def _look_up(
         self, key: tuple[str, tuple[bytes, ...]], issuer: Issuer, snapshot: IndexSnapshot,
-        cert_ids: Sequence[CertID],
+        cert_ids: Sequence[CertID], count: bool = True,
     ) -> tuple[Reply | None, _CacheEntry | None]:  # fmt: skip
         """An answer that may be served now, from this worker's cache or else the host's
-        store; and the entry to fall back on if a new signature cannot be made."""
+        store; and the entry to fall back on if a new signature cannot be made.
+        ``count``: a client's look-up (hit, stale, miss), not the producer's own."""
         entry = self._cache.get(key)
-        if (hit := self._still_good(entry, snapshot)) is not None:
+        if (hit := self._still_good(entry, snapshot, count)) is not None:
             return hit, entry
         if self._shared is None or len(cert_ids) != 1:
             return None, entry
@@ -154,16 +171,20 @@ class OCSPService:
             return None, entry
         return (shared.reply if shared.refresh_at > self._clock() else None), shared
 
-    def _still_good(self, entry: _CacheEntry | None, snapshot: IndexSnapshot) -> Reply | None:
-        """The cached answer if it answers now (each look-up counted: hit, stale, miss)."""
+    def _still_good(
+        self, entry: _CacheEntry | None, snapshot: IndexSnapshot, count: bool = True
+    ) -> Reply | None:
+        """The cached answer if it answers now (each client's look-up counted: hit,
+        stale, miss)."""
         if entry is None:
-            self.events.cache_lookup("miss")
-            return None
-        if entry.refresh_at > self._clock() and self._unchanged(entry, snapshot):
-            self.events.cache_lookup("hit")
-            return entry.reply
-        self.events.cache_lookup("stale")
-        return None
+            result, found = "miss", None
+        elif entry.refresh_at > self._clock() and self._unchanged(entry, snapshot):
+            result, found = "hit", entry.reply
+        else:
+            result, found = "stale", None
+        if count:
+            self.events.cache_lookup(result)
+        return found
 
     async def _sign_once(
         self,
@@ -172,14 +193,15 @@ class OCSPService:
         snapshot: IndexSnapshot,
         cert_ids: Sequence[CertID],
         entry: _CacheEntry | None,
+        reason: Reason | None = None,
     ) -> Reply:
-        """Sign the answer for ``key``; requests for it meanwhile wait for this one."""
+        """Sign the answer for ``key``; requests for it meanwhile wait for this one.
+        ``reason``: the producer's, for its own signatures."""
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            reply = await self._answers.sign(
-                issuer, snapshot, cert_ids, None, _kind(cert_ids, snapshot)
-            )
+            kind = _kind(cert_ids, snapshot, reason)
+            reply = await self._answers.sign(issuer, snapshot, cert_ids, None, kind, reason)
             if reply.successful and issuer in self.issuers:  # not replaced by a reload meanwhile
                 self._store(key, reply, issuer, snapshot, cert_ids)
             elif entry is not None:

@@ -27,7 +27,6 @@ from prometheus_client import (
 
 from ..core.index import IndexSnapshot
 from ..core.model import CertStatus
-from ..core.pre_production import SIGN_REASON
 from ..core.reply import Events, Reply
 from .app_keys import REPLY, STARTED
 from .metric_families import CACHE_RESULTS, MetricFamilies
@@ -161,8 +160,6 @@ class Metrics(MetricFamilies, Events):
         self.unrefreshed.inc()
 
     def cache_lookup(self, result: str) -> None:
-        if SIGN_REASON.get() is not None:  # the producer's own look, not a client's
-            return
         self._lookups.append(result)
         self._flush_soon()
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from ..config.model import Config
 from ..core.clock import utcnow
 from ..core.index import IndexSnapshot
+from ..core.ocsp import CertID
 from ..core.pre_production import (
-    SIGN_REASON,
     Reason,
     cert_id,
     changed_serials,
@@ -31,11 +31,11 @@ from ..core.pre_production import (
     lifetime_of,
     needs,
     prefixes,
-    request_der,
     untrue_keys,
 )
 from ..core.rate import Rate, Window
 from ..core.refresh import refresh_time
+from ..core.request import decode_cert_id
 from ..core.responder import Issuer
 from ..core.service import OCSPService
 from ..core.shared_answers import (
@@ -263,7 +263,7 @@ class Production:
             while queue and issuer is not None:
                 serial = queue.popleft()
                 for algorithm in hashes:  # a form that fails puts the serial back (_done)
-                    await self._produce(issuer, cert_id(issuer, algorithm, serial).der,
+                    await self._produce(issuer, cert_id(issuer, algorithm, serial),
                                         Reason.CHANGE, serial)  # fmt: skip
             await self._drain()
             started = self._changed_at.pop(ca, None)
@@ -280,8 +280,8 @@ class Production:
                 continue
             due = await asyncio.to_thread(self._due, ca, now)  # reads the whole store
             failures = self._failures[ca]
-            for key in due:
-                await self._produce(issuer, cert_id_of(key), Reason.REFRESH)
+            for one in filter(None, (decode_cert_id(cert_id_of(key)) for key in due)):
+                await self._produce(issuer, one, Reason.REFRESH)
                 if self._changed[ca]:
                     await self._changes()
             await self._drain()
@@ -308,8 +308,8 @@ class Production:
             for start in range(0, len(serials), CHUNK):
                 chunk, snapshot = serials[start : start + CHUNK], source.snapshot  # the newest
                 assert issuer is not None and snapshot is not None
-                for key, reason in self._wanted(ca, issuer, snapshot, chunk):
-                    await self._produce(issuer, key, reason)
+                for one, reason in self._wanted(ca, issuer, snapshot, chunk):
+                    await self._produce(issuer, one, reason)
                     await self._first_things_first()
                 await asyncio.sleep(0)  # a full store's pass must not hold the loop for seconds
             await self._drain()
@@ -324,7 +324,7 @@ class Production:
 
     def _wanted(
         self, ca: str, issuer: Issuer, snapshot: IndexSnapshot, serials: list[int]
-    ) -> Iterator[tuple[bytes, Reason]]:
+    ) -> Iterator[tuple[CertID, Reason]]:
         now = self._clock()
         signer = issuer.signer_at(now)
         if signer is None:
@@ -337,10 +337,10 @@ class Production:
                 one = cert_id(issuer, algorithm, serial)
                 data = self.store.get(shared_key(ca, one))
                 if (reason := needs(data, value, fingerprint, now, lifetime)) is not None:
-                    yield one.der, reason
+                    yield one, reason
 
     async def _produce(
-        self, issuer: Issuer, cert_id_der: bytes, reason: Reason, serial: int | None = None
+        self, issuer: Issuer, one: CertID, reason: Reason, serial: int | None = None
     ) -> None:
         """Start signing one answer (a window of them at once, at the configured rate).
         ``serial``: a change's, queued again if its answer cannot be signed now (the
@@ -352,14 +352,13 @@ class Production:
             self._failed = False
             await asyncio.sleep(PAUSE)
         await self._rate.wait()
-        task = asyncio.create_task(self._sign(issuer.name, request_der(cert_id_der), reason))
+        task = asyncio.create_task(self._sign(issuer.name, one, reason))
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._done, issuer.name, serial))
 
-    async def _sign(self, ca: str, request: bytes, reason: Reason) -> bool:
-        SIGN_REASON.set(reason)  # this task's own context
+    async def _sign(self, ca: str, one: CertID, reason: Reason) -> bool:
         started = time.monotonic()
-        reply = await self.service.respond(request, ca)
+        reply = await self.service.produce(ca, one, reason)
         self._slots.took(time.monotonic() - started)
         if reply.successful and reply.produced_at is not None:  # its refresh is looked for
             due = refresh_time(reply.produced_at, reply.next_update).timestamp()
