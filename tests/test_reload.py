@@ -86,3 +86,27 @@ def test_a_change_the_producer_or_store_would_not_take_needs_a_restart(
         assert changes_needing_restart(running, load_config(path)) == [named]
     path.write_text(text.replace("[[ca]]\n", '[[ca]]\nvalidity = "2h"\n', 1))
     assert changes_needing_restart(running, load_config(path)) == []
+
+
+def test_a_reload_is_handed_over_as_the_bytes_the_supervisor_accepted(tmp_path: Path) -> None:
+    """What a child takes on SIGHUP: the numbered bytes the supervisor accepted, each
+    number once; nothing after a refusal; nothing from a file it did not write whole."""
+    from hsm_ocsp.config.handoff import Handoff, accept, accepted, discard
+
+    child = Handoff(tmp_path)
+    assert child.new() is None  # nothing accepted yet
+    first = accept(tmp_path, b"[server]\nworkers = 2\n", 1)
+    found = child.new()
+    assert found is not None and found.number == 1 and found.text == "[server]\nworkers = 2\n"
+    assert found.digest == first.digest
+    child.took(found)
+    assert child.new() is None  # taken once
+    accept(tmp_path, b"[server]\nworkers = 2\n", 2)  # the same bytes, a new reload
+    again = child.new()
+    assert again is not None and again.number == 2
+    discard(tmp_path)  # the next reload being decided, or refused
+    assert child.new() is None
+    accept(tmp_path, b"x = 1\n", 3)
+    path = next(tmp_path.glob("reload-accepted.toml"))
+    path.write_bytes(path.read_bytes().replace(b"x = 1", b"x = 2"))  # not the bytes accepted
+    assert accepted(tmp_path) is None and child.new() is None

@@ -35,10 +35,12 @@ _NO_INDEX = Path(os.devnull)  # and no index read (its producer copies answers f
 _CA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and check the whole configuration; ConfigError names file and key."""
+def load_config(path: str | os.PathLike[str], text: str | None = None) -> Config:
+    """Read and check the whole configuration; ConfigError names file and key.
+    ``text``: the file's content as read before (a reload the supervisor accepted),
+    parsed as if read from ``path`` now."""
     file = Path(path)
-    data = read_toml(file)
+    data = read_toml(file, text)
     Section(file, "", data, {"server", "token", "ca", "producer", "store", "audit"})
     store = _store(Section(file, "store", data.get("store", {}), {"redis"}))
     # No [token] table: its defaults, or, in a fleet (a Redis), an edge without a token.

@@ -52,13 +52,15 @@ def changes_needing_restart(running: Config, new: Config) -> list[str]:
     return changed
 
 
-def read_reloadable(running: Config, *, quiet: bool = False) -> Config | None:
-    """The configuration file as it is now, if a running responder can take it; else
-    None, after one log line that says why (at debug level when ``quiet``: with several
-    workers the parent says it once)."""
+def read_reloadable(
+    running: Config, *, quiet: bool = False, text: str | None = None
+) -> Config | None:
+    """The configuration file as it is now (or ``text``, its content as the supervisor
+    read it), if a running responder can take it; else None, after one log line that
+    says why (at debug level when ``quiet``: with several workers the parent says it)."""
     level = logging.DEBUG if quiet else logging.ERROR
     try:
-        new = load_config(running.path)
+        new = load_config(running.path, text)
     except ConfigError as exc:
         log.log(level, "reload refused, the running configuration stays: %s", exc)
         return None

@@ -164,10 +164,11 @@ def host_port(section: Section, name: str, default: str | None) -> tuple[str, in
     return host, int(port)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """A TOML file as a dict; ConfigError naming the file if it cannot be read."""
+def read_toml(path: Path, text: str | None = None) -> dict[str, Any]:
+    """A TOML file (or ``text``, read from it before) as a dict; ConfigError naming the
+    file if it cannot be read."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8") if text is None else text)
     except OSError as exc:
         raise ConfigError(path, "(file)", f"cannot read: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

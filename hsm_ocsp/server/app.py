@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from ..config.handoff import Accepted, Handoff
 from ..config.model import Config, NonceMode, UnknownSerials
 from ..config.pin import read_pin
 from ..config.reload import read_reloadable
@@ -35,6 +36,7 @@ from ..store.taken_indexes import TakenIndexes
 from ..store.vouch import VOUCH_FOR, Vouches
 from .app_state import (
     CONFIG,
+    HANDOFF,
     KEYS,
     METRICS,
     PRODUCTION,
@@ -158,6 +160,9 @@ def create_app(
         app[VOUCHES] = vouches
         app.on_cleanup.append(lambda _: _close(store, vouches))
     app[RUNNING] = {"config": config}  # what a reload replaces (the app itself is frozen)
+    if role == "producer":  # a supervisor decides reloads: take what it accepted
+        assert config.server.state_dir is not None
+        app[HANDOFF] = Handoff(config.server.state_dir)
     app.cleanup_ctx.append(_lifecycle(handle_signals))
     app.cleanup_ctx.append(_producing(role))
     add_routes(app, config, metrics, readyz, healthz)
@@ -208,21 +213,35 @@ async def _reload(app: web.Application, wake: asyncio.Event) -> None:
     ledgers = {s.ledger for s in app[SOURCES].values() if s.ledger is not None}
     for ledger in ledgers:  # an operator's ``revocations forget`` is taken up now
         await asyncio.get_running_loop().run_in_executor(None, ledger.reread)
-    read = functools.partial(read_reloadable, running, quiet=running.server.workers > 1)
-    new = await asyncio.get_running_loop().run_in_executor(None, read)
+    new, found = await _decided(app, running)
     if new is not None and app[RUNNING]["config"] is running:  # no newer reload won
         try:
             await take_keys(app[TOKEN], new)  # a new key: found and proven first
-        except HsmOcspError as exc:  # with several workers the supervisor said it
-            level = logging.DEBUG if running.server.workers > 1 else logging.ERROR
-            log.log(level, "reload refused, the running configuration stays: %s", exc)
+        except HsmOcspError as exc:  # (under a supervisor: it had proven the key)
+            log.error("reload refused, the running configuration stays: %s", exc)
         else:
             app[RUNNING]["config"] = new
+            if found is not None:
+                app[HANDOFF].took(found)
             app[SERVICE].replace_issuers(issuers_of(new))
             if PRODUCTION in app:
                 app[PRODUCTION].replaced_issuers()
-            log.info("configuration reloaded from %s", new.path)
+            level = logging.DEBUG if found is not None else logging.INFO  # the supervisor said
+            log.log(level, "configuration reloaded from %s", new.path)
     wake.set()
+
+
+async def _decided(app: web.Application, running: Config) -> tuple[Config | None, Accepted | None]:
+    """The configuration to take: under a supervisor, the one it accepted (if any, and
+    not taken yet); alone, the file as it is now, decided here."""
+    loop = asyncio.get_running_loop()
+    if HANDOFF not in app:  # one process: its own decision
+        return await loop.run_in_executor(None, read_reloadable, running), None
+    found = await loop.run_in_executor(None, app[HANDOFF].new)
+    if found is None:
+        return None, None
+    read = functools.partial(read_reloadable, running, quiet=True, text=found.text)
+    return await loop.run_in_executor(None, read), found
 
 
 class _Views:

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from ..config.handoff import Handoff
 from ..config.model import Config
 from ..core.record_check import RecordChecker
 from ..core.reply import Reply
@@ -61,6 +62,8 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 RUNNING = web.AppKey("running", dict[str, Config])
+# A child of a supervisor: the reload it accepted (config/handoff.py).
+HANDOFF = web.AppKey("handoff", Handoff)
 
 
 VOUCHES = web.AppKey("vouches", Vouches)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..config.handoff import Handoff
 from ..config.model import Config, NonceMode
 from ..config.reload import read_reloadable
 from ..core.front_service import FrontService
@@ -20,7 +21,7 @@ from ..core.record_check import RecordChecker
 from ..store.lmdb_store import LmdbStore
 from ..store.vouch import Vouches
 from .app import issuers_of, signer_keys
-from .app_state import CONFIG, METRICS, PRODUCER, RUNNING, SERVICE
+from .app_state import CONFIG, HANDOFF, METRICS, PRODUCER, RUNNING, SERVICE
 from .health import front_healthz, front_readyz
 from .metrics import Metrics
 from .producer_link import ProducerClient, socket_path
@@ -61,6 +62,8 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         check=RecordChecker(signer_keys(config)),
     )
     app[RUNNING] = {"config": config}
+    assert config.server.state_dir is not None
+    app[HANDOFF] = Handoff(config.server.state_dir)
     app.cleanup_ctx.append(_lifecycle(store, handle_signals))
     if vouches is not None:
         app.on_cleanup.append(lambda _: _close(vouches))
@@ -69,14 +72,19 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
 
 
 async def _reload(app: web.Application) -> None:
-    """SIGHUP: the new certificates and rules (the producer takes up keys and indexes)."""
-    running = app[RUNNING]["config"]
-    read = functools.partial(read_reloadable, running, quiet=True)
-    new = await asyncio.get_running_loop().run_in_executor(None, read)
+    """SIGHUP: the new certificates and rules the supervisor accepted, if any (the
+    producer takes up keys and indexes)."""
+    running, loop = app[RUNNING]["config"], asyncio.get_running_loop()
+    found = await loop.run_in_executor(None, app[HANDOFF].new)
+    if found is None:  # refused, or taken already: the supervisor said which
+        return
+    read = functools.partial(read_reloadable, running, quiet=True, text=found.text)
+    new = await loop.run_in_executor(None, read)
     if new is not None and app[RUNNING]["config"] is running:
         app[RUNNING]["config"] = new
+        app[HANDOFF].took(found)
         app[SERVICE].replace_issuers(issuers_of(new), RecordChecker(signer_keys(new)))
-        log.info("configuration reloaded from %s", new.path)
+        log.debug("configuration %s taken from %s", found.digest[:16], new.path)
 
 
 async def _close(vouches: Vouches) -> None:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..config.handoff import accept, discard
 from ..config.model import Config
 from ..config.pin import take_pin
 from ..config.reload import read_reloadable, unservable
@@ -131,17 +132,33 @@ def _no_temporary_directory() -> str | None:
     return None
 
 
-def _reloaded(config: Config, pin: str, gate: LoginGate) -> Config:
-    """The configuration a SIGHUP brings, or the running one if it is refused. A new
-    key is proven first on the token, so that a worker forked later can use it."""
-    new = read_reloadable(config)
-    if new is None or not new.signing or not keys_changed(config, new):
-        return new or config
+def _reloaded(config: Config, pin: str, gate: LoginGate, number: int) -> Config:
+    """The configuration a SIGHUP brings, or the running one if it is refused: decided
+    here, once. The file is read once; a new key is proven on the token first (so that
+    a worker forked later can use it); only then are the accepted bytes handed to the
+    producer and the workers (config/handoff.py), which take exactly those."""
+    state_dir = config.server.state_dir
+    assert state_dir is not None
+    discard(state_dir)  # until this reload is decided there is nothing to take
     try:
-        asyncio.run(prove_new_keys(new, pin, gate))
-    except HsmOcspError as exc:
-        log.error("reload refused, the running configuration stays: %s", exc)
+        data = config.path.read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        log.error("reload refused, the running configuration stays: %s: %s", config.path, why)
         return config
+    new = read_reloadable(config, text=text)
+    if new is None:
+        return config
+    if new.signing and keys_changed(config, new):
+        try:
+            asyncio.run(prove_new_keys(new, pin, gate))
+        except HsmOcspError as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return config
+    taken = accept(state_dir, data, number)
+    log.info("reload %d of %s accepted (sha256 %s); the producer and the workers take it",
+             number, config.path, taken.digest[:16])  # fmt: skip
     return new
 
 
@@ -165,6 +182,7 @@ class _Supervisor:
         self.exit_code = EXIT_OK
         self.started = time.monotonic()
         self.faults = 0  # producers in a row that a memory fault killed soon after start
+        self.reloads = 0  # SIGHUPs taken: the number of the next accepted reload
         assert config.server.state_dir is not None
         self.link = socket_path(config.server.state_dir)
 
@@ -172,6 +190,8 @@ class _Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda signum, frame: self.received.append(signum))
         self.link.unlink(missing_ok=True)  # a socket of a run before is no sign of life
+        assert self.config.server.state_dir is not None
+        discard(self.config.server.state_dir)  # a reload a run before accepted is not ours
         self._fork(producer=True)
         while self.children:
             self._take_signals()
@@ -199,7 +219,8 @@ class _Supervisor:
         while self.received:
             if self.received.pop() == signal.SIGHUP:
                 self.gate.reset()  # the operator acted: a refused login may be tried once more
-                self.config = _reloaded(self.config, self.pin, self.gate)  # for later forks
+                self.reloads += 1
+                self.config = _reloaded(self.config, self.pin, self.gate, self.reloads)
                 self._signal_all(signal.SIGHUP)
             elif not self.stopping:
                 self._stop(EXIT_OK)
