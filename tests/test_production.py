@@ -22,6 +22,7 @@ from hsm_ocsp.core import service as service_module
 from hsm_ocsp.core.front_service import FrontService
 from hsm_ocsp.core.index import parse_index
 from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
+from hsm_ocsp.core.ocsp import CertID, OCSPRequest
 from hsm_ocsp.core.pre_production import (
     Reason,
     cert_id,
@@ -66,13 +67,13 @@ def store(tmp_path: Path) -> LmdbStore:
     return LmdbStore(tmp_path)
 
 
-def _front(world: World, store: LmdbStore) -> tuple[FrontService, list[bytes]]:
+def _front(world: World, store: LmdbStore) -> tuple[FrontService, list[OCSPRequest]]:
     """A worker's service whose producer is ``world``'s service; what it was asked."""
-    asked: list[bytes] = []
+    asked: list[OCSPRequest] = []
 
-    async def producer(data: bytes, ca_name: str | None) -> Reply:
-        asked.append(data)
-        return await world.service.respond(data, ca_name)
+    async def producer(ca: str, request: OCSPRequest) -> Reply:
+        asked.append(request)
+        return await world.service.answer(ca, request)
 
     return FrontService([world.issuer], store, producer, clock=lambda: world.now), asked
 
@@ -253,22 +254,33 @@ def test_a_reply_crosses_the_link_as_it_was() -> None:
 
 
 async def test_the_link_answers_and_a_missing_producer_is_try_later(tmp_path: Path) -> None:
+    """The link carries the request as the worker decoded it (CA, nonce, CertIDs' parts),
+    answers out of order, and says tryLater while no producer listens."""
     path = tmp_path / "producer.sock"
     client = ProducerClient(path, timeout=5)
-    assert (await client.ask(b"x", None)).status is OCSPResponseStatus.TRY_LATER
-    assert await client.problems() == ["producer: not reachable"]
-    seen: list[tuple[bytes, str | None]] = []
 
-    async def respond(data: bytes, ca: str | None) -> Reply:
-        seen.append((data, ca))
+    def question(i: int) -> OCSPRequest:
+        one = CertID("sha256" if i % 2 else None, bytes([i]) * 32, b"k" * 32, -i * 999, b"d" * i)
+        return OCSPRequest((one,), None if i % 3 else bytes([i]) * 3)
+
+    assert (await client.ask("root", question(1))).status is OCSPResponseStatus.TRY_LATER
+    assert await client.problems() == ["producer: not reachable"]
+    seen: list[tuple[str, OCSPRequest]] = []
+
+    async def respond(ca: str, request: OCSPRequest) -> Reply:
+        seen.append((ca, request))
         await asyncio.sleep(0.01 * len(seen))  # out of order: later asks answer first
-        return Reply(data[::-1], OCSPResponseStatus.SUCCESSFUL, ca, (), None, None, '"t"')
+        body = request.cert_ids[0].issuer_name_hash
+        return Reply(body, OCSPResponseStatus.SUCCESSFUL, ca, (), None, None, '"t"')
 
     server = await serve_link(path, respond, lambda: ["token: gone"])
     try:
         await asyncio.sleep(0.3)  # past the retry pause
-        replies = await asyncio.gather(*(client.ask(bytes([i]) * 3, "root") for i in range(20)))
-        assert [r.body for r in replies] == [bytes([i]) * 3 for i in range(20)]
+        replies = await asyncio.gather(*(client.ask(f"ca{i}", question(i)) for i in range(20)))
+        assert [r.body for r in replies] == [bytes([i]) * 32 for i in range(20)]
+        assert sorted(seen, key=lambda x: x[0]) == sorted(
+            ((f"ca{i}", question(i)) for i in range(20)), key=lambda x: x[0]
+        )  # every part as the worker decoded it
         assert await client.problems() == ["token: gone"]
         assert oct(path.stat().st_mode)[-3:] == "600"
     finally:
@@ -351,3 +363,29 @@ async def test_the_producer_produces_from_the_certid_with_its_reason(
     assert client.body == reply.body and events.lookups == ["hit"]  # a client's counts
     answer = x509_ocsp.load_der_ocsp_response(client.body)
     assert answer.certificate_status is x509_ocsp.OCSPCertStatus.REVOKED
+
+
+async def test_a_request_the_worker_asks_for_is_decoded_once(
+    ca: OpenSSLCA, store: LmdbStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nonce, a serial the store lacks, several CertIDs: decoded by the worker, which
+    hands the decoded parts over; the producer decodes nothing."""
+    world = World(ca, shared=store)
+    front, asked = _front(world, store)
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the producer decoded a request")
+
+    monkeypatch.setattr(service_module, "decode_request", no_decoding)
+    nonce = b"\x04\x10" + bytes(range(16))
+    for request, nonced in (
+        (build_request([(ca.certificate, GOOD)], nonce=nonce), True),
+        (build_request([(ca.certificate, REVOKED)]), False),
+        (build_request([(ca.certificate, GOOD), (ca.certificate, REVOKED)]), False),
+    ):
+        reply = await front.respond(request)
+        assert reply.successful, reply
+        answer = x509_ocsp.load_der_ocsp_response(reply.body)
+        nonces = [e for e in answer.extensions if isinstance(e.value, x509.OCSPNonce)]
+        assert bool(nonces) is nonced
+    assert len(asked) == 3 and asked[0].nonce is not None and asked[1].nonce is None

@@ -22,6 +22,7 @@ from .clock import utcnow
 from .errors import MalformedRequestError
 from .limits import LIMITS
 from .model import OCSPResponseStatus
+from .ocsp import OCSPRequest
 from .record_check import RecordChecker
 from .reply import UNSUCCESSFUL, Events, Reply
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
@@ -39,7 +40,7 @@ from .shared_answers import (
 __all__ = ["Ask", "FrontService"]
 
 log = logging.getLogger("hsm_ocsp.service")
-Ask = Callable[[bytes, str | None], Awaitable[Reply]]  # the producer: request -> reply
+Ask = Callable[[str, OCSPRequest], Awaitable[Reply]]  # the producer: CA, request -> reply
 _MAX_KNOWN_REQUEST = 512  # as in service.py: only requests of the common size are memoised
 
 
@@ -101,23 +102,24 @@ class FrontService:
     async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
         """Answer one DER request; never raises for bad input or a producer away."""
         known = self._known.get((ca_name, data))
-        if known is None:
-            routed = self._route(data, ca_name)
-            if isinstance(routed, Reply):
-                return routed
-            if routed is None:  # not an answer the store holds
-                return await self._ask(data, ca_name)
-            known = routed
-            if len(data) <= _MAX_KNOWN_REQUEST:
-                self._remember((ca_name, data), known)
-        hit = self._stored(*known)
-        if hit is not None:
-            return hit
-        return await self._ask(data, ca_name)
+        if known is not None and (hit := self._stored(*known)) is not None:
+            return hit  # a request seen before: not even decoded
+        routed = self._route(data, ca_name)
+        if isinstance(routed, Reply):
+            return routed
+        issuer, request, key = routed
+        if key is not None:  # a stored kind of answer
+            if known is None and len(data) <= _MAX_KNOWN_REQUEST:
+                self._remember((ca_name, data), (issuer, key))
+            if known is None and (hit := self._stored(issuer, key)) is not None:
+                return hit
+        return await self._ask(issuer.name, request)  # decoded: the producer decodes nothing
 
-    def _route(self, data: bytes, ca_name: str | None) -> Reply | tuple[Issuer, bytes] | None:
-        """The answer now (a bad request, a CA not served), the store key of a
-        stored kind of answer, or None: only the producer can answer it."""
+    def _route(
+        self, data: bytes, ca_name: str | None
+    ) -> Reply | tuple[Issuer, OCSPRequest, bytes | None]:
+        """The answer now (a bad request, a CA not served), or the request, its CA and
+        the store key of a stored kind of answer (None: only the producer answers it)."""
         try:
             request = decode_request(data, max_cert_ids=self.max_cert_ids)
         except MalformedRequestError as exc:
@@ -127,10 +129,10 @@ class FrontService:
         if issuer is None:
             return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
         if (self.echo_nonce and request.nonce is not None) or len(request.cert_ids) != 1:
-            return None
+            return issuer, request, None
         if not keyable(request.cert_ids[0].serial_number):  # in no index: never stored
-            return None
-        return issuer, shared_key(issuer.name, request.cert_ids[0])
+            return issuer, request, None
+        return issuer, request, shared_key(issuer.name, request.cert_ids[0])
 
     def _stored(self, issuer: Issuer, key: bytes) -> Reply | None:
         """The stored answer under ``key`` if it may be served now. Only a hit is

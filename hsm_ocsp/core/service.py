@@ -106,13 +106,28 @@ class OCSPService:
         if isinstance(found, Reply):
             return found
         issuer, snapshot, request = found
+        nonce = self.echo_nonce and request.nonce is not None
+        if known is None and not nonce and len(data) <= _MAX_KNOWN_REQUEST:
+            self._remember((ca_name, data), (issuer.name, tuple(c.der for c in request.cert_ids)))
+        return await self._answer(issuer, snapshot, request)
+
+    async def answer(self, ca: str, request: OCSPRequest) -> Reply:
+        """Answer a request a worker decoded, for the CA it chose (the producer's link):
+        nothing is decoded here."""
+        issuer = select_issuer(self.issuers, request.cert_ids, ca)
+        if issuer is None:  # a reload meanwhile: the CA is no longer served
+            return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
+        snapshot = self._snapshots(issuer.name)
+        if snapshot is None:
+            return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
+        return await self._answer(issuer, snapshot, request)
+
+    async def _answer(self, issuer: Issuer, snapshot: IndexSnapshot, request: OCSPRequest) -> Reply:
         if self.echo_nonce and request.nonce is not None:  # for this request alone
             return await self._answers.sign(
                 issuer, snapshot, request.cert_ids, request.nonce, Kind.NONCE
             )
         key = (issuer.name, tuple(c.der for c in request.cert_ids))
-        if known is None and len(data) <= _MAX_KNOWN_REQUEST:
-            self._remember((ca_name, data), key)
         hit, entry = self._look_up(key, issuer, snapshot, request.cert_ids)
         if hit is not None:
             return hit

@@ -51,7 +51,7 @@ from .health import healthz, problems, readyz
 from .index_source import IndexSource
 from .key_set import ProvenKeys, key_specs, take_keys
 from .metrics import Metrics
-from .producer_link import serve_link, socket_path
+from .producer_link import Respond, serve_link, socket_path
 from .production import Production
 from .routes import add_routes
 from .start_up import load_and_prove
@@ -128,7 +128,7 @@ def create_app(
     sources = app[SOURCES]
     metrics = app[METRICS] = _metrics(config, sources, app[TOKEN])
     store = _store(config, sources)  # opened after fork
-    app[SERVICE] = OCSPService(
+    app[SERVICE] = service = OCSPService(
         issuers,
         functools.partial(_looked_at, sources),
         app[KEYS],
@@ -150,7 +150,7 @@ def create_app(
             if found is not None and isinstance(source, IndexSource):
                 source.seed(*found)
         truth = StoreTruth(store, sources, taken)
-        production = Production(config, app[SERVICE], sources, store, metrics, leads=leads,  # type: ignore[arg-type]
+        production = Production(config, service, sources, store, metrics, leads=leads,
                                 truth=truth)  # fmt: skip
         production.attach()  # withdrawals from the first index change on
         app[PRODUCTION] = production
@@ -164,7 +164,7 @@ def create_app(
         assert config.server.state_dir is not None
         app[HANDOFF] = Handoff(config.server.state_dir)
     app.cleanup_ctx.append(_lifecycle(handle_signals))
-    app.cleanup_ctx.append(_producing(role))
+    app.cleanup_ctx.append(_producing(role, service.answer))
     add_routes(app, config, metrics, readyz, healthz)
     return app
 
@@ -359,7 +359,7 @@ async def _start_production(
     return tasks
 
 
-def _producing(role: str):  # type: ignore[no-untyped-def]
+def _producing(role: str, answer: Respond):  # type: ignore[no-untyped-def]
     """Once the indexes and the token are up: the store reconciled with the indexes,
     pre-production started, and (a producer) the link to the workers opened."""
 
@@ -370,7 +370,7 @@ def _producing(role: str):  # type: ignore[no-untyped-def]
         if role == "producer":
             state_dir = app[CONFIG].server.state_dir
             assert state_dir is not None
-            link = await serve_link(socket_path(state_dir), app[SERVICE].respond,
+            link = await serve_link(socket_path(state_dir), answer,
                                     lambda: problems(app))  # fmt: skip
         log.info("%s %d ready", role, os.getpid())
         try:

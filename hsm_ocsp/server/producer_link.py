@@ -2,10 +2,11 @@
 state directory, one connection per worker, requests multiplexed on it.
 
 A frame is its length and a request id (``!II``), then the payload. A worker asks
-with an op byte, the CA of the URL (length-prefixed, empty for none) and the DER
-request; the producer answers with the same id and a reply (core/reply_wire.py) or,
-for a readiness question, the problems it sees, one a line. A worker whose producer is
-away answers what only the producer can answer with tryLater, and connects again.
+with an op byte and the request it decoded, for the CA it chose (core/question.py: the
+producer decodes nothing again); the producer answers with the same id and a reply
+(core/reply_wire.py) or, for a readiness question, the problems it sees, one a line. A
+worker whose producer is away answers what only the producer can answer with tryLater,
+and connects again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 
 from ..core.frames import split_frames
 from ..core.model import OCSPResponseStatus
+from ..core.ocsp import OCSPRequest
 from ..core.outbox import Outbox
+from ..core.question import decode_question, encode_question
 from ..core.reply import UNSUCCESSFUL, Reply
 from ..core.reply_wire import decode_reply, encode_reply
 
@@ -38,7 +41,7 @@ TRY_LATER = UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
 RETRY_AFTER = 0.2  # seconds between two attempts to reach an absent producer
 ASK_TIMEOUT = 30.0
 
-Respond = Callable[[bytes, str | None], Awaitable[Reply]]
+Respond = Callable[[str, OCSPRequest], Awaitable[Reply]]  # a CA, a decoded request
 Problems = Callable[[], list[str]]
 
 
@@ -128,9 +131,13 @@ async def _answer(
     if payload[:1] == bytes((_READY,)):
         out.write(_frame(ident, "\n".join(problems()).encode()))
         return
-    size = payload[1] if len(payload) > 1 else 0
-    ca = payload[2 : 2 + size].decode(errors="replace") or None
-    reply = await respond(payload[2 + size :], ca)
+    try:
+        ca, request = decode_question(payload[1:])
+    except (ValueError, UnicodeDecodeError) as exc:  # never from a worker of this host
+        log.error("a link client sent a question that is not one: %s", exc)
+        reply = UNSUCCESSFUL[OCSPResponseStatus.MALFORMED_REQUEST]
+    else:
+        reply = await respond(ca, request)
     out.write(_frame(ident, encode_reply(reply)))
 
 
@@ -149,10 +156,10 @@ class ProducerClient:
         self._failed_at = 0.0
         self._said = False
 
-    async def ask(self, data: bytes, ca_name: str | None) -> Reply:
-        """The producer's answer; tryLater if it cannot be reached or does not answer."""
-        ca = (ca_name or "").encode()[:255]
-        payload = await self._call(bytes((_ANSWER, len(ca))) + ca + data)
+    async def ask(self, ca: str, request: OCSPRequest) -> Reply:
+        """The producer's answer to ``request`` (decoded here) for ``ca``; tryLater if it
+        cannot be reached or does not answer."""
+        payload = await self._call(bytes((_ANSWER,)) + encode_question(ca, request))
         if payload is None:
             return TRY_LATER
         try:

@@ -14,6 +14,7 @@ import signal
 
 from ..config.model import Config
 from ..core.errors import EXIT_OK
+from ..core.ocsp import OCSPRequest
 from ..core.record_check import RecordChecker
 from ..core.reply import Reply
 from ..store.copy_memory import CopyMemory
@@ -30,7 +31,7 @@ __all__ = ["run_replica"]
 log = logging.getLogger("hsm_ocsp.producer")
 
 
-async def _nothing_to_sign(data: bytes, ca_name: str | None) -> Reply:
+async def _nothing_to_sign(ca: str, request: OCSPRequest) -> Reply:
     return TRY_LATER
 
 
