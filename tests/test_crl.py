@@ -242,7 +242,7 @@ def test_a_file_of_issued_serials_as_exports_write_them(tmp_path: Path) -> None:
     path.write_text('17:67:16:ab\n"1a2b"\n# a comment\n\nFF # trailing\n')
     issued = IssuedSerials(path, 1 << 20, OTHER)
     assert issued.read() is True
-    assert issued.serials == {0x176716AB, 0x1A2B, 0xFF}
+    assert issued.serials == frozenset({0x176716AB, 0x1A2B, 0xFF})
     assert issued.read() is False  # unchanged
     path.write_text("Serial Number\n1a2b\n")
     with pytest.raises(FetchError, match=r"issued.txt:1: .* is not a hex serial"):

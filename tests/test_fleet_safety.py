@@ -36,17 +36,17 @@ def test_an_edge_whose_first_copy_is_cut_short_copies_again(
     try:
         filled(signing, setup)
         edge = edge_host(tmp_path, setup, redis_server.url)
-        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
+        until(lambda: ready(edge), 30)
         for name in victims:
             assert status_of(edge.url, body_for(setup, name)) is GOOD
         edge.stop()
         for name in victims:
             setup.ca.revoke(setup.certs[name], "-crl_reason", "keyCompromise")
         for name in victims:
-            until(lambda n=name: status_of(signing.url, body_for(setup, n)) is REVOKED, 20)  # type: ignore[misc]
+            until(lambda n=name: status_of(signing.url, body_for(setup, n)) is REVOKED, 20)
         proxy = CutProxy(tmp_path / "proxy.sock", redis_server.socket, cut_after=8192).start()
         edge = edge_host(tmp_path, setup, proxy.url)
-        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
+        until(lambda: ready(edge), 30)
         assert proxy.cuts == 1
         for name in victims:
             for algorithm in ("sha1", "sha256"):
@@ -77,17 +77,22 @@ def test_junk_in_redis_is_skipped_and_replication_goes_on(
         client.rpush(b"hsm-ocsp:s:junk-list", b"x")
         client.hset(b"hsm-ocsp:s:junk-big", b"f", b"\0" * (1 << 20))
         edge = edge_host(tmp_path, setup, redis_server.url)
-        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
+        until(lambda: ready(edge), 30)
         assert status_of(edge.url, body_for(setup, "good")) is GOOD
         # Withdrawals of no serial (an empty prefix would match every key) are skipped.
-        for junk in ({b"o": b"w", b"p": b""}, {b"o": b"w"}, {b"o": b"w", b"p": b"root\0"}):
-            client.xadd(b"hsm-ocsp:changes", junk)
+        junks: list[dict[bytes | str, bytes | str]] = [
+            {b"o": b"w", b"p": b""},
+            {b"o": b"w"},
+            {b"o": b"w", b"p": b"root\0"},
+        ]
+        for junk in junks:
+            client.xadd(b"hsm-ocsp:changes", junk)  # type: ignore[arg-type]
         time.sleep(1)
         for name in ("good", "expired", "keycompromise"):
             assert status_of(edge.url, body_for(setup, name)) in (GOOD, REVOKED)
         assert status_of(edge.url, body_for(setup, "good")) is GOOD
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
-        until(lambda: status_of(edge.url, body_for(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
+        until(lambda: status_of(edge.url, body_for(setup, "good")) is REVOKED, 20)
         time.sleep(6)  # a flapping lease shows within a renewal or two
         log = signing.log.read_text()
         assert log.count("pre-producing for") == 1, log[-3000:]
@@ -121,14 +126,14 @@ def test_an_old_answer_or_junk_written_back_into_redis_is_never_served(
     try:
         filled(signing, setup)
         edge = edge_host(tmp_path, setup, redis_server.url)
-        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
+        until(lambda: ready(edge), 30)
         client = redis.Redis(unix_socket_path=str(redis_server.socket))
         good, expired = _serial_name(setup, "good"), _serial_name(setup, "expired")
         old = client.hgetall(good)
         assert len(old) == 2
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
         for server in (signing, edge):
-            until(lambda s=server: status_of(s.url, body_for(setup, "good")) is REVOKED, 20)  # type: ignore[misc]
+            until(lambda s=server: status_of(s.url, body_for(setup, "good")) is REVOKED, 20)
         stream = b"hsm-ocsp:changes"
         prefix = good[len(b"hsm-ocsp:s:") :]
         for der, value in old.items():
@@ -147,7 +152,7 @@ def test_an_old_answer_or_junk_written_back_into_redis_is_never_served(
                     assert status_of(server.url, body_for(setup, "expired", algorithm)) is GOOD
         assert metric(edge, "hsm_ocsp_replication_refused") >= 3
         fresh = edge_host(tmp_path, setup, redis_server.url, "fresh")  # copies Redis now
-        until(lambda: ready(fresh), 30)  # type: ignore[arg-type]
+        until(lambda: ready(fresh), 30)
         for algorithm in ("sha1", "sha256"):
             assert status_of(fresh.url, body_for(setup, "good", algorithm)) is REVOKED
             assert status_of(fresh.url, body_for(setup, "expired", algorithm)) is GOOD
@@ -173,10 +178,10 @@ def test_a_redis_restored_from_an_older_snapshot_is_found_and_refilled(
     try:
         filled(signing, setup)
         edge = edge_host(tmp_path, setup, redis_server.url)
-        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
+        until(lambda: ready(edge), 30)
         redis.Redis(unix_socket_path=str(redis_server.socket)).save()  # the old snapshot
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
-        until(lambda: status_of(edge.url, body_for(setup, "good")) is REVOKED, 20)  # type: ignore[union-attr]
+        until(lambda: status_of(edge.url, body_for(setup, "good")) is REVOKED, 20)
         redis_server.kill()
         redis_server.start()  # loads the snapshot: the good answer is back
         restored = time.monotonic()
@@ -185,7 +190,7 @@ def test_a_redis_restored_from_an_older_snapshot_is_found_and_refilled(
         for algorithm in ("sha1", "sha256"):
             until(
                 lambda a=algorithm: status_of(fresh.url, body_for(setup, "good", a)) is REVOKED, 20
-            )  # type: ignore[misc, union-attr]
+            )
         for _ in range(5):
             for server in (edge, fresh):
                 assert status_of(server.url, body_for(setup, "good")) is REVOKED
@@ -220,14 +225,14 @@ def test_a_signing_host_whose_index_lags_never_takes_the_lease(
         second = signing_host(tmp_path, setup, redis_server.url, "b", index=lagging)
         filled(first, setup)
         edge = edge_host(tmp_path, setup, redis_server.url)
-        until(lambda: ready(edge), 30)  # type: ignore[arg-type]
+        until(lambda: ready(edge), 30)
         for name in victims:
             setup.ca.revoke(setup.certs[name], "-crl_reason", "superseded")
         revoked_at = time.monotonic()
         for name in victims:
-            until(lambda n=name: status_of(edge.url, body_for(setup, n)) is REVOKED, 20)  # type: ignore[misc, union-attr]
+            until(lambda n=name: status_of(edge.url, body_for(setup, n)) is REVOKED, 20)
         first.stop()  # its lease runs out in 15 s
-        until(lambda: "behind the fleet's" in second.log.read_text(), 25)  # type: ignore[union-attr]
+        until(lambda: "behind the fleet's" in second.log.read_text(), 25)
         time.sleep(6)
         assert "pre-producing for root" not in second.log.read_text()
         for name in victims:
@@ -236,7 +241,7 @@ def test_a_signing_host_whose_index_lags_never_takes_the_lease(
         copied = lagging.with_suffix(".new")
         shutil.copy(setup.ca.index, copied)
         copied.rename(lagging)  # B's copy catches up
-        until(lambda: "pre-producing for root" in second.log.read_text(), 20)  # type: ignore[union-attr]
+        until(lambda: "pre-producing for root" in second.log.read_text(), 20)
         for name in victims[:5]:
             assert status_of(edge.url, body_for(setup, name)) is REVOKED, name
     finally:

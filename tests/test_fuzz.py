@@ -8,11 +8,11 @@ a fixed seed so that a failure replays.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from hsm_ocsp.config.file import load_config
 from hsm_ocsp.core.errors import MalformedRequestError
@@ -29,7 +29,7 @@ SEED = 11  # among its mutations: negative and over-long serials (HTTP 500 befor
 
 
 @pytest.fixture
-def fuzz_target(tmp_path: Path, softhsm: SoftHSM) -> tuple[Path, object]:
+def fuzz_target(tmp_path: Path, softhsm: SoftHSM) -> tuple[Path, fuzz.Target]:
     setup = build_ca(tmp_path / "ca", softhsm)
     # With a store: answers for serials the store can key are shared, the rest never.
     state = f'state_dir = "{tmp_path / "state"}"'
@@ -41,17 +41,17 @@ def fuzz_target(tmp_path: Path, softhsm: SoftHSM) -> tuple[Path, object]:
 
 @pytest.mark.slow
 async def test_fuzz_whole_http_path_never_5xx_and_every_answer_right(
-    fuzz_target: tuple[Path, object], aiohttp_server: Callable[..., object]
+    fuzz_target: tuple[Path, fuzz.Target], aiohttp_server: AiohttpServer
 ) -> None:
     config, target = fuzz_target
-    server = await aiohttp_server(create_app(load_config(config)))  # type: ignore[operator]
+    server = await aiohttp_server(create_app(load_config(config)))
     started = time.monotonic()
     report = await fuzz.run(
         str(server.make_url("/")),
         target,
         count=CASES,
         seed=SEED,
-        concurrency=4,  # type: ignore[attr-defined]
+        concurrency=4,
     )
     seconds = time.monotonic() - started
     print(report.summary(), f"{seconds:.1f} s")
@@ -68,7 +68,7 @@ async def test_fuzz_whole_http_path_never_5xx_and_every_answer_right(
     }  # fmt: skip
 
 
-def test_fuzz_oracle_rejects_a_wrong_answer(fuzz_target: tuple[Path, object]) -> None:
+def test_fuzz_oracle_rejects_a_wrong_answer(fuzz_target: tuple[Path, fuzz.Target]) -> None:
     """The oracle is not a rubber stamp: a 5xx, a wrong status or a tryLater fail it."""
     _config, target = fuzz_target
     case = fuzz.Case("post", b"", fuzz.MALFORMED)
@@ -115,11 +115,11 @@ def test_nonce_that_is_ber_not_der_is_malformed() -> None:
 
 @pytest.mark.parametrize("path", ["/%0A", "/MEow%0AMEow", "/root/%0D%0A", "/%0a%2B%2F"])
 async def test_get_path_with_a_newline_is_malformed_request_not_404(
-    fuzz_target: tuple[Path, object], aiohttp_client: Callable[..., object], path: str
+    fuzz_target: tuple[Path, fuzz.Target], aiohttp_client: AiohttpClient, path: str
 ) -> None:
     """A decoded %0A in the path still reaches the OCSP handler (RFC 6960 §4.2.1)."""
     config, _target = fuzz_target
-    client = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    client = await aiohttp_client(create_app(load_config(config)))
     answer = await client.get(path)
     assert answer.status == 200, path
     body = await answer.read()

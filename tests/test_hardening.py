@@ -11,15 +11,16 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
+from pytest_aiohttp import AiohttpClient
 
 from hsm_ocsp.config.file import load_config
 from hsm_ocsp.core.errors import ConfigError
@@ -32,6 +33,8 @@ from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import SoftHSM
 
 OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
+
+Client = TestClient[web.Request, web.Application]
 
 
 def _request(setup: CASetup, name: str) -> bytes:
@@ -164,11 +167,11 @@ def test_hardening_2_index_rewritten_in_place_is_not_taken_half_written(tmp_path
 
 @pytest.fixture
 async def client(
-    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: Callable[..., object]
-) -> tuple[TestClient, CASetup]:
+    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: AiohttpClient
+) -> tuple[Client, CASetup]:
     setup = build_ca(tmp_path / "ca", softhsm)
     config = write_config(tmp_path / "config.toml", {"root": setup})
-    test_client: TestClient = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    test_client: Client = await aiohttp_client(create_app(load_config(config)))
     return test_client, setup
 
 
@@ -254,7 +257,7 @@ def test_hardening_15_absolute_form_target_and_100_continue_over_the_limit(
 
 
 async def test_hardening_16_server_header_names_no_versions(
-    client: tuple[TestClient, CASetup],
+    client: tuple[Client, CASetup],
 ) -> None:
     test_client, setup = client
     for response in (
@@ -613,7 +616,7 @@ def _request_for(setup: CASetup, serials: list[int]) -> bytes:
 
 
 async def test_hardening_7_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
-    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: Callable[..., object]
+    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: AiohttpClient
 ) -> None:
     import secrets
 
@@ -624,7 +627,7 @@ async def test_hardening_7_cache_bounded_in_bytes_and_floods_cannot_evict_issued
     config = write_config(
         tmp_path / "config.toml", {"root": setup}, server=f"cache_bytes = {limit}"
     )
-    client: TestClient = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    client: Client = await aiohttp_client(create_app(load_config(config)))
     service = client.app[SERVICE]
     first = {}
     for name in ("good", "revoked", "keycompromise", "superseded"):
@@ -765,7 +768,7 @@ def test_hardening_1_an_index_not_taken_up_past_the_bound_fails_readiness(
 
     def stale() -> str:
         with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
-            text = response.read().decode()
+            text = str(response.read().decode())
         return next(x for x in text.splitlines() if x.startswith('hsm_ocsp_index_stale{ca="root"}'))
 
     try:

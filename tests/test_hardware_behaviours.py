@@ -76,7 +76,7 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
         "\nsessions = 2" if ridden == "limit" else "")  # fmt: skip
     setup, server, signer = _serve_on_the_shim(tmp_path, softhsm, token)
     cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
-    stop, not_ready = threading.Event(), []
+    stop, not_ready = threading.Event(), list[object]()
     watcher = threading.Thread(target=_readiness, args=(server.url, stop, not_ready))
     watcher.start()
     answers: list[ocsp.OCSPResponse] = []

@@ -31,7 +31,7 @@ def make_client(
     aiohttp_client: Callable[..., Awaitable[Client]], tmp_path: Path
 ) -> Callable[..., Awaitable[Client]]:
     async def make(setups: dict[str, CASetup], **ca_extra: str) -> Client:
-        config = write_config(tmp_path / "hsm-ocsp.toml", setups, **ca_extra)
+        config = write_config(tmp_path / "hsm-ocsp.toml", setups, **ca_extra)  # type: ignore[arg-type]
         return await aiohttp_client(create_app(load_config(config)))
 
     return make

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
+from pytest_aiohttp import AiohttpClient
 
 from hsm_ocsp.config.file import load_config
 from hsm_ocsp.server.app import create_app
@@ -29,6 +31,8 @@ from .support.ca import CASetup, build_ca, write_config
 from .support.softhsm import SoftHSM
 
 Fault = Callable[[Path, bytes], int | None]  # damages the file; returns the bad line
+
+Client = TestClient[web.Request, web.Application]
 
 
 def _truncated_last_line(path: Path, good: bytes) -> int | None:
@@ -127,7 +131,7 @@ def _request(setup: CASetup, name: str, nonce: bytes | None) -> bytes:
     return builder.build().public_bytes(Encoding.DER)
 
 
-async def _cert_status(client: TestClient, setup: CASetup, name: str) -> set[ocsp.OCSPCertStatus]:
+async def _cert_status(client: Client, setup: CASetup, name: str) -> set[ocsp.OCSPCertStatus]:
     """The status answered with and without a nonce (fresh and cached paths)."""
     found = set()
     for nonce in (None, os.urandom(16)):
@@ -151,7 +155,7 @@ def index_setup(tmp_path: Path, softhsm: SoftHSM) -> tuple[CASetup, bytes, bytes
     return setup, before, after, config
 
 
-async def _reload_errors(client: TestClient) -> float:
+async def _reload_errors(client: Client) -> float:
     """``hsm_ocsp_index_reload_errors_total{ca="root"}`` from /metrics."""
     text = await (await client.get("/metrics")).text()
     line = next(x for x in text.splitlines() if x.startswith("hsm_ocsp_index_reload_errors_total{"))
@@ -159,7 +163,7 @@ async def _reload_errors(client: TestClient) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-async def _check(client: TestClient) -> bool:
+async def _check(client: Client) -> bool:
     """Two ticks of the watcher: a file changed in place is read on the second."""
     source = client.app[SOURCES]["root"]
     loop = asyncio.get_running_loop()
@@ -171,11 +175,11 @@ async def _check(client: TestClient) -> bool:
 async def test_damaged_index_keeps_last_good_snapshot_and_takes_up_next_good_file(
     fault: str,
     index_setup: tuple[CASetup, bytes, bytes, Path],
-    aiohttp_client: Callable[..., object],
+    aiohttp_client: AiohttpClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     setup, before, after, config = index_setup
-    client: TestClient = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    client: Client = await aiohttp_client(create_app(load_config(config)))
     source = client.app[SOURCES]["root"]
     snapshot = source.snapshot
     assert await _cert_status(client, setup, "revoked") == {ocsp.OCSPCertStatus.REVOKED}
@@ -210,11 +214,11 @@ async def test_damaged_index_keeps_last_good_snapshot_and_takes_up_next_good_fil
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file; see 'directory'")
 async def test_unreadable_index_keeps_last_good_snapshot(
     index_setup: tuple[CASetup, bytes, bytes, Path],
-    aiohttp_client: Callable[..., object],
+    aiohttp_client: AiohttpClient,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     setup, before, after, config = index_setup
-    client: TestClient = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    client: Client = await aiohttp_client(create_app(load_config(config)))
     source = client.app[SOURCES]["root"]
     snapshot = source.snapshot
     caplog.set_level(logging.ERROR, logger="hsm_ocsp.index")
@@ -229,11 +233,11 @@ async def test_unreadable_index_keeps_last_good_snapshot(
 
 async def test_watcher_notices_damage_and_repair_by_itself(
     index_setup: tuple[CASetup, bytes, bytes, Path],
-    aiohttp_client: Callable[..., object],
+    aiohttp_client: AiohttpClient,
 ) -> None:
     """No direct ``check()``: the application's own 1 s watcher does the work."""
     setup, _before, after, config = index_setup
-    client: TestClient = await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator]
+    client: Client = await aiohttp_client(create_app(load_config(config)))
     source = client.app[SOURCES]["root"]
     snapshot = source.snapshot
     _half_written(setup.ca.index, after)

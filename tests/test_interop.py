@@ -10,6 +10,7 @@ import base64
 import shutil
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_get_response_verifies_with_openssl(
 ) -> None:
     setup, server, directory = interop
     der = build_request([(setup.ca.certificate, setup.serial("keycompromise"))])
-    url = server.url + urllib.request.quote(base64.b64encode(der).decode(), safe="")
+    url = server.url + urllib.parse.quote(base64.b64encode(der).decode(), safe="")
     with urllib.request.urlopen(url, timeout=10) as resp:
         (directory / "get.der").write_bytes(resp.read())
     out = subprocess.run(

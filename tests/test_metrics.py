@@ -264,8 +264,8 @@ def test_a_dead_worker_does_not_reset_the_counters(
     assert value(after, "hsm_ocsp_cert_status_total", status="good") == 3
 
     # /metrics is on metrics_listen only: on the main port it is an OCSP path.
-    status, body = http(server.url + "metrics")
-    assert status == 200 and ocsp_status(body) == "malformed_request"
+    code, body = http(server.url + "metrics")
+    assert code == 200 and ocsp_status(body) == "malformed_request"
     server.stop()
     assert not metrics_dir.exists()  # the parent cleans up after itself
 

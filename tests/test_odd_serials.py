@@ -77,7 +77,7 @@ def setup(tmp_path: Path, softhsm: SoftHSM) -> CASetup:
     return made
 
 
-SIGNED = {ocsp.OCSPCertStatus.UNKNOWN, ocsp.OCSPResponseStatus.MALFORMED_REQUEST}
+SIGNED: set[object] = {ocsp.OCSPCertStatus.UNKNOWN, ocsp.OCSPResponseStatus.MALFORMED_REQUEST}
 
 
 @pytest.mark.slow

@@ -500,7 +500,8 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     wait_for(lambda: len(server.worker_pids()) == 2)
     before = server.worker_pids()
     for pid in before:  # both listen before one is killed
-        wait_for(lambda pid=pid: b"(pid %d)" % pid in server.log.read_bytes())
+        mark = b"(pid %d)" % pid
+        wait_for(lambda: mark in server.log.read_bytes())  # noqa: B023 (called at once)
     issuer = _issuer(setup)
     cached = [build_request([(issuer, setup.serial("good"))])]
     warm = Results()  # signed once before the load (each worker signs it once anyway)

@@ -182,7 +182,7 @@ async def test_cached_answers_do_not_keep_an_old_index_in_memory(ca: OpenSSLCA) 
     world = World(ca)
     request = build_request([(ca.certificate, GOOD)])
     first = await world.service.respond(request)
-    old = weakref.ref(world.snapshot)  # type: ignore[arg-type]
+    old = weakref.ref(world.snapshot)
     world.snapshot = parse_index(INDEX.encode())  # a reload, nothing changed
     gc.collect()
     assert old() is None
@@ -195,7 +195,7 @@ async def test_a_worker_answers_bad_requests_and_foreign_cas_without_asking(
 ) -> None:
     world = World(ca)
 
-    async def producer(data: bytes, ca_name: str | None) -> Reply:
+    async def producer(ca_name: str, request: OCSPRequest) -> Reply:
         raise AssertionError("asked")
 
     front = FrontService([world.issuer], store, producer, clock=lambda: world.now)

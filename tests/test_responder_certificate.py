@@ -226,7 +226,9 @@ def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_ve
         produced = response.produced_at_utc
         assert carried.not_valid_before_utc <= produced < carried.not_valid_after_utc, name
         assert isinstance(key, ec.EllipticCurvePublicKey)
-        carried.public_key().verify(  # type: ignore[union-attr]
+        carried_key = carried.public_key()
+        assert isinstance(carried_key, ec.EllipticCurvePublicKey)
+        carried_key.verify(
             response.signature, response.tbs_response_bytes, ec.ECDSA(hashes.SHA256())
         )
         seen.append((produced, name))

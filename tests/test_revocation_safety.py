@@ -96,7 +96,7 @@ def test_a_producer_replaced_while_the_token_is_away_still_withdraws_a_revocatio
         assert "token not usable at start" in server.log.read_text()
         token.start()  # back: the revocation is signed within seconds
         for what in bodies:
-            until(lambda w=what: watch.last(server.url, w) is REVOKED, 20)  # type: ignore[misc]
+            until(lambda w=what: watch.last(server.url, w) is REVOKED, 20)
     finally:
         watch.stop()
         server.stop()
@@ -127,17 +127,17 @@ def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
         time.sleep(0.5)
         revoked_at = time.monotonic()
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
-        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") >= 1, 10)  # type: ignore[union-attr]
+        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") >= 1, 10)
         code, text = _readyz(server)
         assert code == 503 and "not yet withdrawn" in text, text
         time.sleep(GRACE)
         assert not watch.good_after(revoked_at + GRACE), watch.good_after(revoked_at + GRACE)
         assert "cannot withdraw" in server.log.read_text()
         ballast.unlink()  # space again: the withdrawal commits at its next try
-        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") == 0, 10)  # type: ignore[union-attr]
-        until(lambda: _readyz(server)[0] == 200, 10)  # type: ignore[union-attr]
+        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") == 0, 10)
+        until(lambda: _readyz(server)[0] == 200, 10)
         for what in bodies:
-            until(lambda w=what: watch.last(server.url, w) is REVOKED, 10)  # type: ignore[union-attr,misc]
+            until(lambda w=what: watch.last(server.url, w) is REVOKED, 10)
         watch.stop()
         assert not watch.good_after(revoked_at + GRACE)
         assert re.search(r"withdrawals that had failed are committed", server.log.read_text())

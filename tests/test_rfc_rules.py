@@ -8,17 +8,18 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pytest_aiohttp import AiohttpClient
 
 from hsm_ocsp.cli.check import check_config
 from hsm_ocsp.config.file import load_config
@@ -32,6 +33,8 @@ from .support.softhsm import SoftHSM
 
 TYPE = {"Content-Type": "application/ocsp-request"}
 
+Client = TestClient[web.Request, web.Application]
+
 
 def _request(setup: CASetup, name: str) -> bytes:
     cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
@@ -40,14 +43,14 @@ def _request(setup: CASetup, name: str) -> bytes:
 
 
 async def _client(
-    tmp_path: Path, setup: CASetup, aiohttp_client: Callable[..., object], **extra: str
-) -> TestClient:
-    config = write_config(tmp_path / "config.toml", {"root": setup}, **extra)
-    return await aiohttp_client(create_app(load_config(config)))  # type: ignore[operator,no-any-return]
+    tmp_path: Path, setup: CASetup, aiohttp_client: AiohttpClient, **extra: str
+) -> Client:
+    config = write_config(tmp_path / "config.toml", {"root": setup}, **extra)  # type: ignore[arg-type]
+    return await aiohttp_client(create_app(load_config(config)))
 
 
 async def test_rule_11_requestor_name_and_request_signature_are_ignored(
-    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: Callable[..., object]
+    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: AiohttpClient
 ) -> None:
     setup = build_ca(tmp_path / "ca", softhsm)
     client = await _client(tmp_path, setup, aiohttp_client)
@@ -83,7 +86,7 @@ SIGNATURE_ALGORITHMS = {
 
 @pytest.mark.parametrize("algorithm", list(SIGNATURE_ALGORITHMS))
 async def test_rule_26_signature_algorithm_bytes(
-    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: Callable[..., object], algorithm: str
+    tmp_path: Path, softhsm: SoftHSM, aiohttp_client: AiohttpClient, algorithm: str
 ) -> None:
     setup = build_ca(tmp_path / "ca", softhsm, algorithm=algorithm)
     client = await _client(tmp_path, setup, aiohttp_client)
@@ -155,7 +158,7 @@ def test_rule_32_responder_certificate_profile(tmp_path: Path, softhsm: SoftHSM)
 
     sound = levels(_responder(ca, public_key))
     assert set(sound.values()) == {Level.OK} and len(sound) == 6
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "EKUs besides OCSPSigning": dict(eku=(x509.ExtendedKeyUsage(
             [ExtendedKeyUsageOID.OCSP_SIGNING, ExtendedKeyUsageOID.SERVER_AUTH]), False)),
         "nocheck critical": dict(nocheck=(x509.OCSPNoCheck(), True)),
@@ -204,7 +207,7 @@ def test_check_notes_which_validators_cannot_verify_the_signature_algorithm(
     tmp_path: Path, softhsm: SoftHSM, algorithm: str, extra: dict[str, str]
 ) -> None:
     setup = build_ca(tmp_path / "ca", softhsm, algorithm=algorithm)
-    config = write_config(tmp_path / "config.toml", {"root": setup}, **extra)
+    config = write_config(tmp_path / "config.toml", {"root": setup}, **extra)  # type: ignore[arg-type]
     notes = [f for f in check_config(load_config(config)) if f.level == "note"]
     if algorithm == "ec-p256":
         assert notes == []

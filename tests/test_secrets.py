@@ -89,8 +89,9 @@ def test_pin_is_in_no_log_metric_error_or_command_line(
             assert status == 200
             assert ocsp.load_der_ocsp_response(body).response_status.value == 0
             seen.append((f"response for {name}", body))
-    for path, body in (("", b"not ocsp"), ("zzz", None), ("healthz", None), ("readyz", None)):
-        seen.append((f"/{path}", _fetch(server.url + path, body)[1]))
+    odd: list[tuple[str, bytes | None]] = [("", b"not ocsp"), ("zzz", None), ("healthz", None)]
+    for path, sent in [*odd, ("readyz", None)]:
+        seen.append((f"/{path}", _fetch(server.url + path, sent)[1]))
     status, metrics = _fetch(server.url + "metrics")
     assert status == 200 and b"hsm_ocsp_requests_total" in metrics
     seen.append(("/metrics", metrics))

@@ -103,8 +103,9 @@ def _wait_closed(stalled: list[tuple[socket.socket, float]], deadline: float) ->
     lived = []
     while selector.get_map() and time.monotonic() < deadline:
         for key, _ in selector.select(timeout=0.2):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            ready = key.fileobj
+            assert isinstance(ready, socket.socket)
+            sock = ready
             try:
                 data = sock.recv(65536)
             except ConnectionResetError:

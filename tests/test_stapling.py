@@ -107,7 +107,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHSM) -> Iterator
             if name == "file":
                 # A response fetched from hsm-ocsp ahead of time, stapled as it is.
                 stapling_file = site_dir / "ocsp.der"
-                command = [
+                command: list[str | Path] = [
                     "openssl", "ocsp", "-issuer", ca.cert_path, "-cert", leaf,
                     "-url", responder.url, "-CAfile", ca.cert_path, "-respout", stapling_file,
                 ]  # fmt: skip

@@ -185,7 +185,8 @@ def test_every_serial_is_produced_ahead_serves_every_worker_and_a_restart_starts
         assert _counter(server, "hsm_ocsp_answers_signed_total") == 2
     finally:
         server.stop()
-    assert dt.datetime.now(dt.UTC) < answers[0].next_update_utc  # still within its life
+    next_update = answers[0].next_update_utc
+    assert next_update is not None and dt.datetime.now(dt.UTC) < next_update  # still alive
 
 
 @pytest.mark.slow
@@ -408,7 +409,8 @@ def test_answers_of_a_first_fill_are_refreshed_before_they_are_due(
         waited = time.monotonic() - started
         for _ in range(10):
             answer = _ask(server.url, setup, "good")
-            assert answer.next_update_utc > dt.datetime.now(dt.UTC)
+            next_update = answer.next_update_utc
+            assert next_update is not None and next_update > dt.datetime.now(dt.UTC)
         assert _readyz(server)[0] == 200
         assert _counter(server, 'hsm_ocsp_signatures_total{reason="live"}') == 0
     finally:

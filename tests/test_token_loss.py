@@ -51,7 +51,7 @@ def p11kit(tmp_path: Path, softhsm: SoftHSM) -> Iterator[P11KitServer]:
 
 
 def _config(tmp_path: Path, setup: CASetup, port: int, sign_timeout: str, **ca_extra: str) -> Path:
-    path = write_config(tmp_path / "config.toml", {"root": setup}, port=port, **ca_extra)
+    path = write_config(tmp_path / "config.toml", {"root": setup}, port=port, **ca_extra)  # type: ignore[arg-type]
     text = path.read_text().replace(
         f'module = "{MODULE}"', f'module = "{CLIENT_MODULE}"\nsign_timeout = "{sign_timeout}"'
     )

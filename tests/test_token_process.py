@@ -216,7 +216,7 @@ async def test_a_pool_of_sessions_signs_on_each_and_stops_them_all(softhsm: Soft
         data = [os.urandom(32) for _ in range(40)]
         signatures = await asyncio.gather(*(pool.sign("root", d) for d in data))
         for one, signature in zip(data, signatures, strict=True):
-            verify(public_key, spec.scheme, one, signature)  # type: ignore[arg-type]
+            verify(public_key, spec.scheme, one, signature)
         assert len(signed) == 40  # every signature timed, whichever member made it
         pids = {m.pid for m in pool.members}
         assert len(pids) == 2 and None not in pids
@@ -241,7 +241,7 @@ async def test_calls_of_one_turn_go_together_and_their_replies_are_not_held(
     _done, pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
     assert pending, "every reply came at once: the first ones were held for the last"
     for one, signature in zip(data, await asyncio.gather(*calls), strict=True):
-        verify(public_key, token.keys["root"].scheme, one, signature)  # type: ignore[arg-type]
+        verify(public_key, token.keys["root"].scheme, one, signature)
 
 
 async def test_a_slow_tokens_replies_are_never_held_for_the_next_signature(
@@ -259,6 +259,6 @@ async def test_a_slow_tokens_replies_are_never_held_for_the_next_signature(
         done, _pending = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
         assert len(done) == 1, "the first reply waited for the second signature"
         for n, signature in enumerate(await asyncio.gather(*calls)):
-            verify(public_key, spec.scheme, bytes([n]), signature)  # type: ignore[arg-type]
+            verify(public_key, spec.scheme, bytes([n]), signature)
     finally:
         await token.aclose()

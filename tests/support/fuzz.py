@@ -452,7 +452,7 @@ def check(case: Case, target: Target, status: int, headers: dict[str, str], body
         want = target.expected(
             cid["issuer_name_hash"].native, cid["issuer_key_hash"].native, algorithm, serial
         )
-        got_status = C[single["cert_status"].name.upper()]
+        got_status = ocsp.OCSPCertStatus[single["cert_status"].name.upper()]
         assert got_status is want, f"serial {serial:x}: {got_status.name}, want {want.name}"
     if case.nonce is not None:
         echoed = response.extensions.get_extension_for_oid(OCSPExtensionOID.NONCE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import urllib.error
+import urllib.parse
 import urllib.request
 
 UNKNOWN_SERIAL = 0x7E57AB1E  # a serial no test CA issues
@@ -21,4 +22,4 @@ def http(url: str, data: bytes | None = None, method: str | None = None) -> tupl
 
 
 def get_path(der: bytes) -> str:
-    return urllib.request.quote(base64.b64encode(der).decode(), safe="")
+    return urllib.parse.quote(base64.b64encode(der).decode(), safe="")

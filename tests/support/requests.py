@@ -68,4 +68,4 @@ def build_request(
         )
     if exts:
         tbs["request_extensions"] = [asn1_ocsp.TBSRequestExtension(e) for e in exts]
-    return asn1_ocsp.OCSPRequest({"tbs_request": tbs}).dump()
+    return bytes(asn1_ocsp.OCSPRequest({"tbs_request": tbs}).dump())

@@ -201,7 +201,7 @@ WEIGHTS = [30, 15, 15, 15, 10, 5, 10]
 
 
 class Load:
-    def __init__(self, setup: Setup, target: object, expect: Expectations, seed: int) -> None:
+    def __init__(self, setup: Setup, target: fuzz.Target, expect: Expectations, seed: int) -> None:
         self.setup = setup
         self.target = target
         self.expect = expect
@@ -285,7 +285,9 @@ class Load:
             self.expect.observed(serial, got, started)
         if nonce is not None:
             echoed = response.extensions.get_extension_for_oid(OCSPExtensionOID.NONCE)
-            assert echoed.value.nonce == nonce, "nonce not echoed"
+            assert isinstance(echoed.value, x509.OCSPNonce) and echoed.value.nonce == nonce, (
+                "nonce not echoed"
+            )
         else:
             assert not list(response.extensions), "extensions without a nonce"
 
