@@ -4,6 +4,7 @@ FROM debian:bookworm-slim
 
 COPY pyproject.toml README.md constraints.txt /src/
 COPY hsm_ocsp /src/hsm_ocsp
+COPY softhsm /src/softhsm
 COPY deploy/docker /src/deploy/docker
 RUN HSM_OCSP_USER=hsm-ocsp /src/deploy/docker/build-image.sh /src /opt/hsm-ocsp \
     && rm -rf /src

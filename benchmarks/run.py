@@ -8,7 +8,7 @@ Run as root from the repository root. The script re-executes itself inside a
 new network namespace (``unshare -n``, loopback only), because ``openssl ocsp
 -port`` binds every address; everything it starts listens on 127.0.0.1 there.
 
-In one run it makes a SoftHSM token (``hsm_ocsp/data/init-token.sh``) and, for each
+In one run it makes a SoftHSM token (``softhsm/init-token.sh``) and, for each
 key algorithm, a CA (``openssl ca``) whose index has 10,000 lines (a few real
 certificates, the rest generated in OpenSSL's format), a responder key on the
 token for hsm-ocsp and a key file of the same algorithm for the peer. Then it

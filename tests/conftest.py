@@ -17,7 +17,7 @@ from .support.softhsm import PIN, SO_PIN, TOKEN_LABEL, SoftHSM, use_softhsm_toke
 
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHSM:
-    """One SoftHSM token for the test session, made by hsm_ocsp/data/init-token.sh."""
+    """One SoftHSM token for the test session, made by softhsm/init-token.sh."""
     directory = tmp_path_factory.mktemp("softhsm")
     conf = directory / "softhsm2.conf"
     use_softhsm_token(conf, label=TOKEN_LABEL, pin=PIN, so_pin=SO_PIN)

@@ -105,7 +105,7 @@ def test_demo_serves_good_and_revoked_then_reuses_everything(tmp_path: Path) -> 
     assert {name: (directory / name).read_bytes() for name in _MADE} == before
     assert _count_keys(directory) == 1
     script = subprocess.run(
-        ["/bin/sh", str(ROOT / "hsm_ocsp" / "data" / "init-token.sh")],
+        ["/bin/sh", str(ROOT / "softhsm" / "init-token.sh")],
         env={**_env(), "SOFTHSM2_CONF": str(directory / "softhsm" / "softhsm2.conf"),
              "TOKEN_LABEL": "hsm-ocsp-demo", "HSM_OCSP_SO_PIN": "unused"},
         capture_output=True, text=True, check=True,
@@ -168,8 +168,8 @@ def test_installed_wheel_runs_demo_keygen_csr_check_and_serve_outside_the_checko
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "hsm_ocsp", source / "hsm_ocsp",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    for name in ("hsm_ocsp", "softhsm"):  # softhsm/: the SoftHSM set-up's one home
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "wheel", "--no-deps", "-w", wheels, source], check=True, timeout=300)

@@ -5,7 +5,8 @@
 #
 #   build-image.sh SRC PREFIX
 #
-# SRC     source tree (pyproject.toml, README.md, constraints.txt, hsm_ocsp/, deploy/docker/)
+# SRC     source tree (pyproject.toml, README.md, constraints.txt, hsm_ocsp/, softhsm/,
+#         deploy/docker/)
 # PREFIX  where to install: PREFIX/venv (the package), PREFIX/share/hsm-ocsp (scripts)
 #
 # Environment:
@@ -40,7 +41,8 @@ fi
 # 2. The package in its own venv, built from a copy so SRC stays untouched.
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/constraints.txt" "$SRC/hsm_ocsp" "$stage/"
+cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/constraints.txt" "$SRC/hsm_ocsp" \
+    "$SRC/softhsm" "$stage/"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 mkdir -p "$PREFIX"
 if [ "${HSM_OCSP_REUSE_DEPS:-0}" = 1 ]; then
@@ -62,7 +64,7 @@ fi
 
 # 3. The scripts the one-shot set-up runs.
 mkdir -p "$PREFIX/share/hsm-ocsp/softhsm"
-cp "$SRC/hsm_ocsp/data/init-token.sh" "$SRC/hsm_ocsp/data/softhsm2.conf.in" \
+cp "$SRC/softhsm/init-token.sh" "$SRC/softhsm/softhsm2.conf.in" \
     "$PREFIX/share/hsm-ocsp/softhsm/"
 cp "$SRC/deploy/docker/init.sh" "$PREFIX/share/hsm-ocsp/init.sh"
 chmod 755 "$PREFIX/share/hsm-ocsp/init.sh" "$PREFIX/share/hsm-ocsp/softhsm/init-token.sh"

@@ -3,7 +3,7 @@
 Everything lives in one directory and is made only when missing, so a second
 run reuses the token, the key, the CA, its certificates and the index:
 
-    DIR/softhsm/      softhsm2.conf, tokens/, so-pin (made by data/init-token.sh)
+    DIR/softhsm/      softhsm2.conf, tokens/, so-pin (made by softhsm/init-token.sh)
     DIR/ca/           openssl.cnf, ca.key, ca.pem, index.txt, good.pem, revoked.pem, ...
     DIR/responder.csr the request made by ``csr`` for the token key made by ``keygen``
     DIR/responder.pem the delegated responder certificate (``openssl ca -extensions ocsp``)
@@ -14,8 +14,9 @@ Then it serves through the normal ``serve`` path on 127.0.0.1 and prints the
 user PIN comes from ``HSM_OCSP_PIN`` (``make demo`` sets 1234); the SO PIN is
 generated once into ``DIR/softhsm/so-pin``.
 
-``init-token.sh`` ships inside the package (``hsm_ocsp/data/``), so the demo
-works from an installed wheel as well as from a checkout.
+``init-token.sh`` lives in the checkout's top-level ``softhsm/`` and ships inside
+the wheel as ``hsm_ocsp/softhsm/``, so the demo works from an installed wheel as
+well as from a checkout.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The SoftHSM token of the demo (and of the tests, benchmarks and soak), made by the
-package's own data/init-token.sh."""
+"""The SoftHSM token of the demo (and of the tests, benchmarks and soak), made by
+softhsm/init-token.sh: the checkout's top-level softhsm/, which an installed wheel
+carries as hsm_ocsp/softhsm."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from ..core.errors import HsmOcspError
 
 
 def init_token_script() -> Path:
-    """``init-token.sh``, package data of this installation."""
-    script = Path(__file__).resolve().parent.parent / "data" / "init-token.sh"
-    if not script.is_file():
-        raise HsmOcspError(f"{script} not found: this hsm-ocsp installation is incomplete")
-    return script
+    """``init-token.sh`` of this installation: the wheel's package data, or the
+    checkout's softhsm/ (an editable install, the tests)."""
+    package = Path(__file__).resolve().parent.parent
+    for script in (
+        package / "softhsm" / "init-token.sh",
+        package.parent / "softhsm" / "init-token.sh",
+    ):
+        if script.is_file():
+            return script
+    raise HsmOcspError(f"{package / 'softhsm'} not found: this hsm-ocsp installation is incomplete")
 
 
 def run(*args: str | Path, env: dict[str, str] | None = None) -> str:
@@ -31,7 +37,7 @@ def run(*args: str | Path, env: dict[str, str] | None = None) -> str:
 
 
 def init_softhsm_token(conf: Path, *, label: str, pin: str, so_pin: str) -> None:
-    """Make the SoftHSM token ``label`` (kept if it exists) through data/init-token.sh.
+    """Make the SoftHSM token ``label`` (kept if it exists) through softhsm/init-token.sh.
 
     ``conf`` is the softhsm2.conf to use, written when missing with the token
     directory beside it.

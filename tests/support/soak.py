@@ -5,7 +5,7 @@
     python scripts/soak.py --minutes 0.5   # a smoke run
 
 It makes everything it needs in a temporary directory: a SoftHSM token
-(``hsm_ocsp/data/init-token.sh``) with a P-256 responder key, a CA run by ``openssl
+(``softhsm/init-token.sh``) with a P-256 responder key, a CA run by ``openssl
 ca`` whose index has 10,000 lines, and a config with ``workers = 2``. Then it
 starts ``hsm-ocsp serve`` (its own process group, stopped by PID at the end) and
 drives it from ``--concurrency`` keep-alive connections with a mix of requests:
