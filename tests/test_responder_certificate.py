@@ -240,8 +240,10 @@ def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_ve
     assert late and set(late) == {"C"}  # answers made after C's notBefore carry C
     log = server.log.read_text()
     # Each SIGHUP decided once, by the supervisor (the same bytes again: the certificates
-    # of the directory are read again), and taken by the producer and both workers.
-    assert log.count(" accepted (sha256 ") == 10 and "reload refused" not in log
+    # of the directory are read again), and taken by the producer and both workers, who
+    # say nothing of it. (Two SIGHUPs that arrive together are one signal: 9 is allowed.)
+    assert 9 <= log.count(" accepted (sha256 ") <= 10 and "reload refused" not in log
+    assert "configuration reloaded" not in log
 
 
 def test_a_reload_that_cannot_be_taken_is_refused_in_one_line_and_the_old_one_serves(
@@ -449,7 +451,7 @@ def test_a_certificate_whose_key_is_not_on_the_token_is_refused_at_reload(
         # No process took the refused configuration (before, each worker read the file
         # again and took it on its own: "configuration reloaded", once per worker).
         assert "configuration reloaded" not in server.log.read_text()
-        assert "accepted" not in server.log.read_text()
+        assert " accepted (sha256 " not in server.log.read_text()
         assert f"ca[0].responder_certificate: {stranger}" in refusals[0]
         assert "no such private key" in refusals[0] and "Traceback" not in server.log.read_text()
         response = _ask(server.url, setup, "revoked")
