@@ -127,14 +127,7 @@ class OCSPService:
             return await self._answers.sign(
                 issuer, snapshot, request.cert_ids, request.nonce, Kind.NONCE
             )
-        key = (issuer.name, tuple(c.der for c in request.cert_ids))
-        hit, entry = self._look_up(key, issuer, snapshot, request.cert_ids)
-        if hit is not None:
-            return hit
-        waiting = self._inflight.get(key)
-        if waiting is not None:  # the same answer is being signed: wait for it
-            return await asyncio.shield(waiting)
-        return await self._sign_once(key, issuer, snapshot, request.cert_ids, entry)
+        return await self._kept_or_signed(issuer, snapshot, request.cert_ids)
 
     async def produce(self, ca: str, one: CertID, reason: Reason) -> Reply:
         """The producer's own answer for one CertID of CA ``ca``, signed for ``reason``
@@ -143,14 +136,23 @@ class OCSPService:
         snapshot = self._snapshots(ca)
         if issuer is None or snapshot is None:  # a reload dropped it, or no index yet
             return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
-        key = (ca, (one.der,))
-        hit, entry = self._look_up(key, issuer, snapshot, (one,), count=False)
+        return await self._kept_or_signed(issuer, snapshot, (one,), reason)
+
+    async def _kept_or_signed(
+        self, issuer: Issuer, snapshot: IndexSnapshot, cert_ids: Sequence[CertID],
+        reason: Reason | None = None,
+    ) -> Reply:  # fmt: skip
+        """The cached or stored answer if it may be served, else one signature (requests
+        for the same answer meanwhile wait for it). ``reason``: the producer's own, whose
+        look-ups are not counted as clients'."""
+        key = (issuer.name, tuple(c.der for c in cert_ids))
+        hit, entry = self._look_up(key, issuer, snapshot, cert_ids, count=reason is None)
         if hit is not None:
             return hit
         waiting = self._inflight.get(key)
-        if waiting is not None:
+        if waiting is not None:  # the same answer is being signed: wait for it
             return await asyncio.shield(waiting)
-        return await self._sign_once(key, issuer, snapshot, (one,), entry, reason)
+        return await self._sign_once(key, issuer, snapshot, cert_ids, entry, reason)
 
     def _decode(
         self, data: bytes, ca_name: str | None
