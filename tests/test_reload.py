@@ -90,7 +90,8 @@ def test_a_change_the_producer_or_store_would_not_take_needs_a_restart(
 
 def test_a_reload_is_handed_over_as_the_bytes_the_supervisor_accepted(tmp_path: Path) -> None:
     """What a child takes on SIGHUP: the numbered bytes the supervisor accepted, each
-    number once; nothing after a refusal; nothing from a file it did not write whole."""
+    number once; after a refusal the last accepted one still (a child that had not read
+    it yet must find it), nothing new; nothing from a file it did not write whole."""
     from hsm_ocsp.config.handoff import Handoff, accept, accepted, discard
 
     child = Handoff(tmp_path)
@@ -104,7 +105,12 @@ def test_a_reload_is_handed_over_as_the_bytes_the_supervisor_accepted(tmp_path: 
     accept(tmp_path, b"[server]\nworkers = 2\n", 2)  # the same bytes, a new reload
     again = child.new()
     assert again is not None and again.number == 2
-    discard(tmp_path)  # the next reload being decided, or refused
+    # A refused reload writes nothing: reload 2 is still there for a child that had not
+    # read it yet, and a child forked with the running configuration has it already.
+    late = child.new()
+    assert late is not None and late.number == 2
+    assert Handoff(tmp_path).new() is None
+    discard(tmp_path)  # a serve starting: a run before's reload is not ours
     assert child.new() is None
     accept(tmp_path, b"x = 1\n", 3)
     path = next(tmp_path.glob("reload-accepted.toml"))

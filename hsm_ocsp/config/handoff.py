@@ -4,9 +4,10 @@ On SIGHUP the supervisor reads the configuration file once, decides (it parses, 
 that needs a restart changed, a new key is on the token and signs), and only then writes
 the bytes it accepted here, numbered, before it passes SIGHUP on. The producer and the
 workers take exactly those bytes (checked by their SHA-256), never the file as it may be
-a moment later, and each numbered reload once: a reload the supervisor refused is taken
-by no process. (The same bytes may come again in a later reload: the certificates a
-directory holds, read again.)
+a moment later, and each numbered reload once: a reload the supervisor refused leaves
+the last accepted one here, which every process has taken or takes now (one that was
+still reading it when the refused SIGHUP came), and nothing new. (The same bytes may
+come again in a later reload: the certificates a directory holds, read again.)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def accepted(state_dir: Path) -> Accepted | None:
 
 
 def discard(state_dir: Path) -> None:
-    """Nothing accepted (a serve starting, a reload being decided or refused)."""
+    """Nothing accepted (a serve starting: a reload a run before accepted is not ours)."""
     (state_dir / _NAME).unlink(missing_ok=True)
 
 
@@ -74,8 +75,11 @@ class Handoff:
     this process has not taken yet."""
 
     def __init__(self, state_dir: Path) -> None:
+        """Made in a child the supervisor forked with its running configuration: that
+        is the last reload it accepted (if any), so it counts as taken already."""
         self.state_dir = state_dir
-        self.taken = -1
+        found = accepted(state_dir)
+        self.taken = -1 if found is None else found.number
 
     def new(self) -> Accepted | None:
         found = accepted(self.state_dir)

@@ -137,9 +137,10 @@ def _reloaded(config: Config, pin: str, gate: LoginGate, number: int) -> Config:
     here, once. The file is read once; a new key is proven on the token first (so that
     a worker forked later can use it); only then are the accepted bytes handed to the
     producer and the workers (config/handoff.py), which take exactly those."""
+    # The last accepted reload stays in the handoff until another is accepted: a child
+    # still reading it when this SIGHUP came must find it, and it is the running config.
     state_dir = config.server.state_dir
     assert state_dir is not None
-    discard(state_dir)  # until this reload is decided there is nothing to take
     try:
         data = config.path.read_bytes()
         text = data.decode("utf-8")
