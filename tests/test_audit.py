@@ -1,4 +1,4 @@
-"""The audit trail of signatures (issue 29): one JSON line per signature the token is
+"""The audit trail of signatures: one JSON line per signature the token is
 asked to make, chained by the SHA-256 of the line before; ``hsm-ocsp audit verify``
 names a line changed, removed or moved, and a file of the trail missing."""
 

@@ -1,4 +1,4 @@
-"""During a cold fill on a slow token, a client waits a bounded time (issue 31): its
+"""During a cold fill on a slow token, a client waits a bounded time: its
 signature takes its turn beside the producer's (which wait in a line of their own) and,
 if the token has not reached it within 2 s, the answer is tryLater, never a wait of many
 seconds behind the fill."""

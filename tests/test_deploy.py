@@ -366,7 +366,7 @@ def test_absolute_pin_file_is_read_where_load_credential_puts_it(
 
 
 def test_image_user_and_group_are_numeric_10001() -> None:
-    """Issue 17.2: runAsNonRoot needs a numeric USER; volumes need a fixed gid."""
+    """runAsNonRoot needs a numeric USER; volumes need a fixed gid."""
     users = re.findall(r"^USER\s+(\S+)", DOCKERFILE.read_text(), re.M)
     assert users == ["10001:10001"]
     script = (ROOT / "deploy" / "docker" / "build-image.sh").read_text()
@@ -397,7 +397,7 @@ def load_config_text_default(key: str) -> float:
 def test_image_build_installs_the_pinned_versions_without_pip_or_setuptools(
     tmp_path: Path,
 ) -> None:
-    """Issue 17.3: the image's venv is made from constraints.txt, as CI's is."""
+    """The image's venv is made from constraints.txt, as CI's is."""
     prefix = tmp_path / "opt"
     build = run_script(
         [ROOT / "deploy" / "docker" / "build-image.sh", ROOT, prefix], dict(os.environ), 600

@@ -1,4 +1,4 @@
-"""EAP-TLS (issue 32): FreeRADIUS checks each user's certificate with OCSP
+"""EAP-TLS: FreeRADIUS checks each user's certificate with OCSP
 (``ocsp { enable = yes; softfail = no }``) and ``eapol_test`` is the 802.1X client, both
 real, on 127.0.0.1, against ``serve`` with two workers. Two CAs: one with a delegated
 responder certificate, one that signs its answers with its own key (with its

@@ -1,4 +1,4 @@
-"""Issue 14, item 5: a fleet. A signing host (token, index) and a keyless edge (no
+"""A fleet: a signing host (token, index) and a keyless edge (no
 token, no index) share a real redis-server; each has its own state directory. The
 edge serves what the signing host produced, takes up a revocation, rides out Redis
 going away, and catches up when Redis comes back (empty) without a restart."""

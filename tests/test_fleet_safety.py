@@ -1,4 +1,4 @@
-"""A fleet under faults (issue 26): a signing host and a keyless edge sharing a real
+"""A fleet under faults: a signing host and a keyless edge sharing a real
 redis-server. An edge never goes back to an older answer than it has seen, whatever
 Redis does, and catches up whatever interrupts it."""
 

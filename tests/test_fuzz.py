@@ -1,12 +1,16 @@
-"""Issue 6.3: hostile input over the whole HTTP path never gets a 5xx or a wrong answer.
+"""Hostile input over the whole HTTP path never gets a 5xx or a wrong answer, in
+every role: one process, a worker with its producer, a keyless edge.
 
 The cases and the oracle are ``scripts/fuzz.py`` (which runs a million against a
-real server); here 10,000 of them run against the application in-process, with
-a fixed seed so that a failure replays.
+real server); here 10,000 of them run against the application in-process and a few
+thousand against each role as real processes, with fixed seeds so that a failure
+replays.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from pathlib import Path
 
@@ -21,7 +25,10 @@ from hsm_ocsp.server.app import create_app
 
 from .support import fuzz
 from .support.ca import build_ca, write_config
+from .support.fleet import edge_host, filled, signing_host
 from .support.fuzz import CERT_ID, wrap_request
+from .support.redis import RedisServer
+from .support.server import free_port, start_server
 from .support.softhsm import SoftHSM
 
 CASES = 10_000
@@ -68,6 +75,61 @@ async def test_fuzz_whole_http_path_never_5xx_and_every_answer_right(
     }  # fmt: skip
 
 
+ROLE_CASES = 3_000
+KINDS = {"post", "get", "mutated", "nonce", "cert-ids", "bad-http", "huge", "foreign-ca"}
+
+
+def _role_run(url: str, target: fuzz.Target, seed: int) -> fuzz.Report:
+    report = asyncio.run(fuzz.run(url, target, count=ROLE_CASES, seed=seed, concurrency=4))
+    print(report.summary())
+    assert not report.failures, "\n".join(report.failures[:20])
+    assert report.done >= ROLE_CASES and set(report.kinds) >= KINDS
+    return report
+
+
+@pytest.mark.slow
+def test_fuzz_a_worker_with_its_producer_never_5xx_and_every_answer_right(
+    tmp_path: Path, softhsm: SoftHSM
+) -> None:
+    """Two workers and their producer as ``serve`` runs them: a miss, a nonce and several
+    CertIDs cross the link to the producer (decoded parts, not bytes)."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    port = free_port()
+    state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"'
+    config = write_config(tmp_path / "host.toml", {"root": setup}, port=port, server=state)
+    server = start_server(config, port, tmp_path / "host.log")
+    try:
+        report = _role_run(server.url, fuzz.Target.from_config(config), seed=12)
+        assert report.answers["SUCCESSFUL"] and report.answers["MALFORMED_REQUEST"]
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.slow
+def test_fuzz_an_edge_never_5xx_and_every_answer_right(tmp_path: Path, softhsm: SoftHSM) -> None:
+    """A keyless edge serving what a signing host published to Redis: what it lacks is
+    tryLater, what it answers is the signing host's signed answer, right."""
+    setup = build_ca(tmp_path / "ca", softhsm)
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.start()
+    host = edge = None
+    try:
+        host = signing_host(tmp_path, setup, redis_server.url, "host")
+        filled(host, setup)
+        edge = edge_host(tmp_path, setup, redis_server.url)
+        target = dataclasses.replace(fuzz.Target.from_config(tmp_path / "host.toml"), edge=True)
+        report = _role_run(edge.url, target, seed=13)
+        # It served stored answers, and refused (not guessed) what it could not sign.
+        assert report.answers["SUCCESSFUL"] and report.answers["TRY_LATER"]
+        assert "Traceback" not in edge.log.read_text()
+    finally:
+        for server in (edge, host):
+            if server is not None:
+                server.stop()
+        redis_server.stop()
+
+
 def test_fuzz_oracle_rejects_a_wrong_answer(fuzz_target: tuple[Path, fuzz.Target]) -> None:
     """The oracle is not a rubber stamp: a 5xx, a wrong status or a tryLater fail it."""
     _config, target = fuzz_target
@@ -81,6 +143,14 @@ def test_fuzz_oracle_rejects_a_wrong_answer(fuzz_target: tuple[Path, fuzz.Target
         fuzz.check(case, target, 200, ok_headers, bytes.fromhex("30030a0103"))  # tryLater
     with pytest.raises(AssertionError):
         fuzz.check(case, target, 200, {"content-type": fuzz.OCSP_TYPE}, malformed)  # cacheable
+    try_later = bytes.fromhex("30030a0103")
+    signed = fuzz.Case("post", b"", frozenset({fuzz.S.SUCCESSFUL}))
+    with pytest.raises(AssertionError):  # a signing host must sign it
+        fuzz.check(signed, target, 200, ok_headers, try_later)
+    edge = dataclasses.replace(target, edge=True)  # an edge may not have it: tryLater
+    fuzz.check(signed, edge, 200, ok_headers, try_later)
+    with pytest.raises(AssertionError):  # but malformed stays malformed
+        fuzz.check(case, edge, 200, ok_headers, try_later)
 
 
 @pytest.mark.parametrize(

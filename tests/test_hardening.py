@@ -59,9 +59,7 @@ def _start(
     return setup, start_server(config, port, tmp_path / "server.log", max_fds=max_fds)
 
 
-def test_hardening_1_revocation_taken_up_during_a_descriptor_flood(
-    tmp_path: Path, softhsm: SoftHSM
-) -> None:
+def test_revocation_taken_up_during_a_descriptor_flood(tmp_path: Path, softhsm: SoftHSM) -> None:
     """ulimit -n 256 and more idle connections than that: the revocation still lands."""
     setup, server = _start(tmp_path, softhsm, max_fds=256)
     try:
@@ -105,7 +103,7 @@ def _revoke_during_a_flood(setup: CASetup, server: RunningServer) -> None:
             sock.close()
 
 
-def test_hardening_1_transient_errors_are_retried_and_a_stale_index_fails_readiness(
+def test_transient_errors_are_retried_and_a_stale_index_fails_readiness(
     tmp_path: Path,
 ) -> None:
     """EMFILE on open is retried next tick; a file not taken up for the bound counts as stale."""
@@ -139,7 +137,7 @@ def test_hardening_1_transient_errors_are_retried_and_a_stale_index_fails_readin
     assert source.stale_for() == 0
 
 
-def test_hardening_2_index_rewritten_in_place_is_not_taken_half_written(tmp_path: Path) -> None:
+def test_index_rewritten_in_place_is_not_taken_half_written(tmp_path: Path) -> None:
     lines = [line + "\n" for line in generated_index_lines(2000)]
     index = tmp_path / "index.txt"
     index.write_text("".join(lines))
@@ -175,7 +173,7 @@ async def client(
     return test_client, setup
 
 
-def test_hardening_11_content_encoding_gets_415_not_500_and_no_traceback(
+def test_content_encoding_gets_415_not_500_and_no_traceback(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     setup, server = _start(tmp_path, softhsm)
@@ -211,9 +209,7 @@ def test_hardening_11_content_encoding_gets_415_not_500_and_no_traceback(
     assert "Traceback" not in log and " 500 " not in log, log
 
 
-def test_hardening_13_same_issuer_twice_is_refused_naming_both(
-    tmp_path: Path, softhsm: SoftHSM
-) -> None:
+def test_same_issuer_twice_is_refused_naming_both(tmp_path: Path, softhsm: SoftHSM) -> None:
     setup = build_ca(tmp_path / "ca", softhsm)
     config = write_config(tmp_path / "config.toml", {"root": setup, "shadow": setup})
     with pytest.raises(ConfigError) as raised:
@@ -221,7 +217,7 @@ def test_hardening_13_same_issuer_twice_is_refused_naming_both(
     assert raised.value.key == "ca[1].certificate" and "ca[0]" in str(raised.value)
 
 
-def test_hardening_15_absolute_form_target_and_100_continue_over_the_limit(
+def test_absolute_form_target_and_100_continue_over_the_limit(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     import base64
@@ -256,7 +252,7 @@ def test_hardening_15_absolute_form_target_and_100_continue_over_the_limit(
         server.stop()
 
 
-async def test_hardening_16_server_header_names_no_versions(
+async def test_server_header_names_no_versions(
     client: tuple[Client, CASetup],
 ) -> None:
     test_client, setup = client
@@ -268,9 +264,7 @@ async def test_hardening_16_server_header_names_no_versions(
         assert response.headers["Server"] == "hsm-ocsp"
 
 
-def test_hardening_6_headers_are_bounded_and_connections_capped(
-    tmp_path: Path, softhsm: SoftHSM
-) -> None:
+def test_headers_are_bounded_and_connections_capped(tmp_path: Path, softhsm: SoftHSM) -> None:
     _, server = _start(tmp_path, softhsm, server="max_connections = 20")
     port = server.port
     held: list[socket.socket] = []
@@ -341,7 +335,7 @@ def _processes_of(root: int) -> list[int]:
     return found
 
 
-def test_hardening_5_pin_leaves_the_environment_no_core_dumps_no_planted_module(
+def test_pin_leaves_the_environment_no_core_dumps_no_planted_module(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     import subprocess
@@ -416,7 +410,7 @@ def _signed_request(unsigned: bytes, certs: list[bytes]) -> bytes:
     return der.sequence(tbs, der.explicit(0, signature))
 
 
-def test_hardening_9_request_signature_and_certificates_are_not_decoded(
+def test_request_signature_and_certificates_are_not_decoded(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     """A signed request is answered as the unsigned one; its certificates are never parsed.
@@ -435,7 +429,7 @@ def test_hardening_9_request_signature_and_certificates_are_not_decoded(
         assert decode_request(signed) == decode_request(unsigned)
 
 
-def test_hardening_10_endless_line_is_refused_without_gathering_it(tmp_path: Path) -> None:
+def test_endless_line_is_refused_without_gathering_it(tmp_path: Path) -> None:
     """A 256 MiB 'line' (a sparse file: no newline anywhere) is refused at its first 4 MiB."""
     import subprocess
     import sys
@@ -465,7 +459,7 @@ def test_hardening_10_endless_line_is_refused_without_gathering_it(tmp_path: Pat
     assert int(grew_mib) < 64, f"peak memory grew {grew_mib} MiB reading a 256 MiB line"
 
 
-def test_hardening_10_index_over_max_index_bytes_is_refused_and_others_reload(
+def test_index_over_max_index_bytes_is_refused_and_others_reload(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     """A 20 GB index (sparse) is refused by its size; the other CA reloads; /healthz answers."""
@@ -528,7 +522,7 @@ def _spied(
 
 
 @pytest.mark.skipif(not Path(SPY).exists(), reason="pkcs11-spy (Debian opensc-pkcs11)")
-def test_hardening_4_wrong_pin_makes_one_failed_login_per_start_whatever_the_workers(
+def test_wrong_pin_makes_one_failed_login_per_start_whatever_the_workers(
     tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import subprocess
@@ -550,7 +544,7 @@ def test_hardening_4_wrong_pin_makes_one_failed_login_per_start_whatever_the_wor
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path(SPY).exists(), reason="pkcs11-spy (Debian opensc-pkcs11)")
-def test_hardening_4_pin_refused_at_run_time_stops_logins_until_sighup(
+def test_pin_refused_at_run_time_stops_logins_until_sighup(
     tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The PIN changes on the token under a running responder; its signers are replaced."""
@@ -615,7 +609,7 @@ def _request_for(setup: CASetup, serials: list[int]) -> bytes:
     return build_request([(setup.ca.certificate, s) for s in serials], algorithm="sha256")
 
 
-async def test_hardening_7_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
+async def test_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
     tmp_path: Path, softhsm: SoftHSM, aiohttp_client: AiohttpClient
 ) -> None:
     import secrets
@@ -645,7 +639,7 @@ async def test_hardening_7_cache_bounded_in_bytes_and_floods_cannot_evict_issued
 
 
 @pytest.mark.slow
-def test_hardening_12_token_watcher_survives_running_out_of_descriptors(
+def test_token_watcher_survives_running_out_of_descriptors(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     """The signer dies while the worker has no descriptor left to start another: the
@@ -695,9 +689,7 @@ def _kill_the_signer_while_descriptors_run_out(server: RunningServer) -> None:
             sock.close()
 
 
-def test_hardening_14_metrics_on_the_main_listener_is_said_in_the_log(
-    tmp_path: Path, softhsm: SoftHSM
-) -> None:
+def test_metrics_on_the_main_listener_is_said_in_the_log(tmp_path: Path, softhsm: SoftHSM) -> None:
     _, server = _start(tmp_path / "open", softhsm)
     server.stop()
     assert "set [server] metrics_listen to a private address" in server.log.read_text()
@@ -718,7 +710,7 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_hardening_6_unfinished_headers_cost_bounded_memory_that_returns(
+def test_unfinished_headers_cost_bounded_memory_that_returns(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     """300 connections each stop half-way through the most headers the limits allow."""
@@ -752,7 +744,7 @@ def test_hardening_6_unfinished_headers_cost_bounded_memory_that_returns(
     assert after - before < 32, (before, during, after)
 
 
-def test_hardening_1_an_index_not_taken_up_past_the_bound_fails_readiness(
+def test_an_index_not_taken_up_past_the_bound_fails_readiness(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
     """server.index_stale_after: /readyz 503 and hsm_ocsp_index_stale 1 past it, back after."""

@@ -1,4 +1,4 @@
-"""Hardware HSMs as they really behave (issue 27), each behaviour imitated over SoftHSM
+"""Hardware HSMs as they really behave, each behaviour imitated over SoftHSM
 by tests/support/behaving_token.c, against a real ``serve`` with two workers: cached and
 nonce requests through a quiet period, every nonce answer signed and verified (never
 tryLater), /readyz never failing, no "token lost", and what was ridden out counted."""

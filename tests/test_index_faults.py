@@ -1,4 +1,4 @@
-"""Issue 6.2: a damaged index never replaces the last good snapshot.
+"""A damaged index never replaces the last good snapshot.
 
 Each fault is made on the real file under a running application; the watcher's
 own ``check()`` runs, the log must name the file (and the line where there is

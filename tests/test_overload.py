@@ -1,4 +1,4 @@
-"""Issue 6.4: overload against a real ``hsm-ocsp serve`` process; 6.5: a short soak.
+"""Overload against a real ``hsm-ocsp serve`` process, and a short soak.
 
 The load comes from the test itself (asyncio streams, bounded in time and
 count, 127.0.0.1 only), through a client that never retries: every connection
@@ -247,7 +247,7 @@ class GatedSigner:
         return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
 
 
-async def test_hardening_8_each_kind_of_live_signature_waits_in_its_own_bounded_line(
+async def test_each_kind_of_live_signature_waits_in_its_own_bounded_line(
     tmp_path: Path,
 ) -> None:
     """max_pending_signatures = 60: nonce, unknown-serial and multi-CertID signatures may
@@ -542,7 +542,7 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     assert server.process.poll() is None
 
 
-# --- issue 6.5: the soak script, as a short run -----------------------------------
+# --- the soak script, as a short run -----------------------------------
 
 
 def test_soak_verdict_fails_on_errors_replaced_workers_unseen_changes_and_growth() -> None:

@@ -1,4 +1,4 @@
-"""PINs are opaque (issue 27): the forms hardware vendors use (AWS CloudHSM's
+"""PINs are opaque: the forms hardware vendors use (AWS CloudHSM's
 ``user:password``, YubiHSM 2's key id and password ``0001password``, spaces, ``%`` and
 ``:``) log in unchanged from the environment and from ``pin_file``."""
 

@@ -1,4 +1,4 @@
-"""Issue 14: the parts of the producer and of its workers, with a software signer and a
+"""The parts of the producer and of its workers, with a software signer and a
 real LMDB store: what is produced ahead, what a worker serves from the store, what a
 withdrawal does, and the link between the processes."""
 
@@ -136,7 +136,7 @@ async def test_a_worker_serves_the_stored_answer_and_asks_the_producer_for_the_r
 async def test_an_unknown_serials_answer_serves_every_worker_until_the_serial_is_issued(
     ca: OpenSSLCA, store: LmdbStore
 ) -> None:
-    """Issue 14, item 3: an unknown serial's answer, signed once, goes to the store for
+    """An unknown serial's answer, signed once, goes to the store for
     every worker; the index issuing the serial withdraws it like any change."""
     world = World(ca, shared=store)
     front, asked = _front(world, store)

@@ -1,6 +1,6 @@
 """No answer outlives the certificate that signs it, and none is signed outside its life.
 
-Issue 15, items 1 and 2, on a real server and token: a responder certificate that
+On a real server and token: a responder certificate that
 expires in 10 minutes caps nextUpdate; one that has expired, or is not valid yet,
 makes its CA answer tryLater (never a signature) and /readyz 503.
 """
@@ -167,7 +167,7 @@ def _load(
 def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_verifies(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
-    """Issue 15's rollover under load: A is replaced by B with a SIGHUP (and nine more
+    """A rollover under load: A is replaced by B with a SIGHUP (and nine more
     SIGHUPs follow), then C, installed ahead, takes over at its notBefore. Every request
     is answered, and every answer verifies against the certificate it carries, which
     was valid at its producedAt and is the one in use then."""
@@ -338,7 +338,7 @@ def _wait_for_log(server: Any, text: str, count: int, timeout: float = 20) -> No
 
 @pytest.mark.slow
 def test_a_new_key_rolls_in_under_load_without_a_restart(tmp_path: Path, softhsm: SoftHSM) -> None:
-    """Issue 15 items 3 and 5 with new keys, as the operator's guide runs it: keygen
+    """New keys, as the operator's guide runs it: keygen
     makes key B under a new label (key A keeps signing), csr, the CA signs it with
     ``-extensions ocsp``, its certificate goes beside A's and a SIGHUP brings it in;
     then key C's certificate, installed ahead, takes over at its notBefore. Under

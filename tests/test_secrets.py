@@ -1,4 +1,4 @@
-"""Issue 6.6: the PIN appears in no log line, metric, error message or command line.
+"""The PIN appears in no log line, metric, error message or command line.
 
 Real processes, real token: a responder with two workers serving good,
 revoked, nonce and malformed requests, reloading on SIGHUP and scraped for

@@ -1,4 +1,4 @@
-"""Issue 6.3: slow and stalled clients against a real ``hsm-ocsp serve`` process.
+"""Slow and stalled clients against a real ``hsm-ocsp serve`` process.
 
 500 connections that send half a request and stall must not cost other
 clients more than 20 % of their throughput, and are cut off once
@@ -203,7 +203,7 @@ def test_unparsable_requests_are_not_logged_with_tracebacks(server: tuple[Any, s
 def test_sigterm_with_a_slow_body_arriving_exits_0_within_the_drain_bound(
     tmp_path: Path, softhsm: SoftHSM, workers: int
 ) -> None:
-    """Issue 17.1: one byte a second of a POST body must not hold the stop past 5 s."""
+    """One byte a second of a POST body must not hold the stop past 5 s."""
     setup = build_ca(tmp_path / "ca", softhsm)
     port = free_port()
     config = write_config(

@@ -421,7 +421,7 @@ def test_answers_of_a_first_fill_are_refreshed_before_they_are_due(
 def test_a_warm_restart_withdraws_only_what_changed_while_down(
     tmp_path: Path, softhsm: SoftHSM
 ) -> None:
-    """Issue 31, item 4: the index version the store is true to is kept in state_dir; a
+    """The index version the store is true to is kept in state_dir; a
     restart compares the index with it and withdraws only the serials on changed lines
     (never serving first and checking after), so it does not read the whole store. A
     revocation made while the host was down is answered revoked from the first answer

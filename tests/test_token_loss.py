@@ -1,4 +1,4 @@
-"""Issue 6.1: the token goes away or hangs; the responder survives and comes back.
+"""The token goes away or hangs; the responder survives and comes back.
 
 The token is remote: ``p11-kit server`` in front of the session's SoftHSM token,
 and the responder loads ``p11-kit-client.so`` (a remote module, as a network HSM
@@ -320,7 +320,7 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
     assert server.process.poll() is None
 
 
-def test_hardening_3_cached_answer_served_past_its_refresh_until_next_update_without_token(
+def test_cached_answer_served_past_its_refresh_until_next_update_without_token(
     tmp_path: Path,
     softhsm: SoftHSM,
     p11kit: P11KitServer,
@@ -389,7 +389,7 @@ def test_a_revocation_while_the_token_is_gone_is_try_later_never_the_stored_good
     serve: object,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Issue 14, item 4: stored answers keep flowing without the token, but a serial
+    """Stored answers keep flowing without the token, but a serial
     the index changed is withdrawn at once: tryLater until it can be signed again."""
     setup = build_ca(tmp_path / "ca", softhsm)
     monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
@@ -427,7 +427,7 @@ def test_a_token_outage_past_half_the_validity_serves_pre_produced_answers_to_ne
     serve: object,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Issue 14, token outage: with the token gone for longer than half the validity,
+    """With the token gone for longer than half the validity,
     every worker serves the pre-produced answers (refresh due or not) up to their
     nextUpdate, never after; a serial new to the index gets tryLater."""
     setup = build_ca(tmp_path / "ca", softhsm)
@@ -498,7 +498,7 @@ def test_a_revocation_while_the_token_is_gone_is_withdrawn_on_an_edge_too(
     serve: object,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Issue 14, item 4, on an edge: the signing host's token is gone, a revocation is
+    """The signing host's token is gone, a revocation is
     withdrawn on the signing host and, through Redis, on the keyless edge: tryLater
     there too, never the good it had copied."""
     from .support.redis import RedisServer
