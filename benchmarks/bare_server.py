@@ -30,7 +30,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hsm_ocsp.server.worker import new_event_loop
+from hsm_ocsp.server.event_loop import new_event_loop
 
 
 def signer(label: str) -> Callable[[], bytes]:

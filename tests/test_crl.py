@@ -22,6 +22,7 @@ from hsm_ocsp.core.revocation_memory import remember
 from hsm_ocsp.server.crl_source import CrlSource
 
 from .support.crls import NOW, Entry, delegate_certificate, idp, make_crl
+from .support.events import Heard
 from .support.pki import OpenSSLCA
 
 OTHER = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Another CA")])
@@ -190,7 +191,9 @@ def test_an_indirect_crl_of_a_delegated_issuer(ca: OpenSSLCA, tmp_path: Path) ->
         read_crl(direct, ca.certificate, NOW, delegate=cert)
 
 
-def _source(ca: OpenSSLCA, crl: Path, issued: Path | None) -> CrlSource:
+def _source(
+    ca: OpenSSLCA, crl: Path, issued: Path | None, events: Heard | None = None
+) -> CrlSource:
     mode = NotOnCrl.GOOD if issued is None else NotOnCrl.UNKNOWN
     config = CrlConfig(fulls=(str(crl),), issued=issued, not_on_crl=mode)
     ca_config = CAConfig(
@@ -198,7 +201,7 @@ def _source(ca: OpenSSLCA, crl: Path, issued: Path | None) -> CrlSource:
         index=Path("/dev/null"), key=parse_pkcs11_uri("pkcs11:object=x"),
         validity=dt.timedelta(hours=1), crl=config,
     )  # fmt: skip
-    return CrlSource(ca_config, config)
+    return CrlSource(ca_config, config, events=events)
 
 
 def test_the_source_keeps_the_last_good_crl(ca: OpenSSLCA, tmp_path: Path) -> None:
@@ -207,9 +210,9 @@ def test_the_source_keeps_the_last_good_crl(ca: OpenSSLCA, tmp_path: Path) -> No
     subject = ca.certificate.subject
     path = tmp_path / "ca.crl"
     path.write_bytes(make_crl(ca.key, subject, [Entry(0x1001)], number=5))
-    source = _source(ca, path, ca.dir / "newcerts")
-    refused: list[str] = []
-    source.on_refused = refused.append
+    heard = Heard()
+    source = _source(ca, path, ca.dir / "newcerts", heard)
+    refused = heard.refusals
     snapshot = source.load()
     assert snapshot.entries[0x1001] is not None
     issued = {int(p.stem, 16) for p in (ca.dir / "newcerts").glob("*.pem")}

@@ -25,9 +25,10 @@ from pytest_aiohttp import AiohttpClient
 
 from hsm_ocsp.config.file import load_config
 from hsm_ocsp.server.app import create_app
-from hsm_ocsp.server.app_state import SOURCES
+from hsm_ocsp.server.app_state import HOST
 
 from .support.ca import CASetup, build_ca, write_config
+from .support.events import Heard
 from .support.softhsm import SoftHSM
 
 Fault = Callable[[Path, bytes], int | None]  # damages the file; returns the bad line
@@ -165,7 +166,7 @@ async def _reload_errors(client: Client) -> float:
 
 async def _check(client: Client) -> bool:
     """Two ticks of the watcher: a file changed in place is read on the second."""
-    source = client.app[SOURCES]["root"]
+    source = client.app[HOST].sources["root"]
     loop = asyncio.get_running_loop()
     first = await asyncio.wait_for(loop.run_in_executor(None, source.check), 10)
     return first or await asyncio.wait_for(loop.run_in_executor(None, source.check), 10)
@@ -180,7 +181,7 @@ async def test_damaged_index_keeps_last_good_snapshot_and_takes_up_next_good_fil
 ) -> None:
     setup, before, after, config = index_setup
     client: Client = await aiohttp_client(create_app(load_config(config)))
-    source = client.app[SOURCES]["root"]
+    source = client.app[HOST].sources["root"]
     snapshot = source.snapshot
     assert await _cert_status(client, setup, "revoked") == {ocsp.OCSPCertStatus.REVOKED}
     assert await _cert_status(client, setup, "good") == {ocsp.OCSPCertStatus.GOOD}
@@ -219,7 +220,7 @@ async def test_unreadable_index_keeps_last_good_snapshot(
 ) -> None:
     setup, before, after, config = index_setup
     client: Client = await aiohttp_client(create_app(load_config(config)))
-    source = client.app[SOURCES]["root"]
+    source = client.app[HOST].sources["root"]
     snapshot = source.snapshot
     caplog.set_level(logging.ERROR, logger="hsm_ocsp.index")
     _unreadable(setup.ca.index, before)
@@ -238,7 +239,7 @@ async def test_watcher_notices_damage_and_repair_by_itself(
     """No direct ``check()``: the application's own 1 s watcher does the work."""
     setup, _before, after, config = index_setup
     client: Client = await aiohttp_client(create_app(load_config(config)))
-    source = client.app[SOURCES]["root"]
+    source = client.app[HOST].sources["root"]
     snapshot = source.snapshot
     _half_written(setup.ca.index, after)
     for _ in range(60):
@@ -265,10 +266,10 @@ def test_the_gap_between_openssl_ca_renames_is_not_an_error(tmp_path: Path) -> N
 
     index = tmp_path / "index.txt"
     index.write_text("V\t301231235959Z\t\t01\tunknown\t/CN=a\n")
-    source = IndexSource("root", index)
+    heard = Heard()
+    source = IndexSource("root", index, events=heard)
     source.load()
-    errors: list[object] = []
-    source.on_error = errors.append
+    errors = heard.errors
     index.rename(tmp_path / "index.txt.old")
     (tmp_path / "index.txt.new").write_text(
         "R\t301231235959Z\t261124011953Z,keyCompromise\t01\tunknown\t/CN=a\n"

@@ -291,10 +291,7 @@ async def test_the_link_answers_and_a_missing_producer_is_try_later(tmp_path: Pa
 def test_readyz_fails_when_a_stored_answer_nears_its_next_update_unrefreshed(
     ca: OpenSSLCA, store: LmdbStore, tmp_path: Path
 ) -> None:
-    from aiohttp import web
-
     from hsm_ocsp.config.file import load_config
-    from hsm_ocsp.server.app_state import CONFIG, PRODUCTION
     from hsm_ocsp.server.health import margins
     from hsm_ocsp.server.metrics import Metrics
     from hsm_ocsp.server.production import Production
@@ -309,18 +306,16 @@ def test_readyz_fails_when_a_stored_answer_nears_its_next_update_unrefreshed(
     world = World(ca, shared=store)
     asyncio.run(world.service.respond(build_request([(ca.certificate, GOOD)])))
     production = Production(config, world.service, {}, store, Metrics())
-    app = web.Application()
-    app[CONFIG], app[PRODUCTION] = config, production
-    assert margins(app) == []  # nothing looked at yet
+    assert margins(config, production, {}) == []  # nothing looked at yet
     # The store's soonest nextUpdate is found as the refresh scan reads it.
     assert production._due("root", world.now.timestamp()) == []
     assert production.soonest["root"] == (world.now + dt.timedelta(hours=1)).timestamp()
     # The margin is min(min_margin, validity / 4): 15 minutes here.
     now = dt.datetime.now(dt.UTC).timestamp()
     production.soonest["root"] = now + 20 * 60
-    assert margins(app) == []
+    assert margins(config, production, {}) == []
     production.soonest["root"] = now + 10 * 60
-    (problem,) = margins(app)
+    (problem,) = margins(config, production, {})
     assert problem.startswith("CA root: a stored answer is ") and "not refreshed" in problem
 
 

@@ -393,7 +393,7 @@ async def test_an_index_on_a_file_system_that_hangs_holds_its_own_ca_alone(
 
     from hsm_ocsp.config.file import load_config
     from hsm_ocsp.server.app import create_app
-    from hsm_ocsp.server.app_state import SOURCES
+    from hsm_ocsp.server.app_state import HOST
 
     root = build_ca(tmp_path / "root", softhsm)
     other = build_ca(tmp_path / "other", softhsm, name="Other CA")
@@ -402,7 +402,7 @@ async def test_an_index_on_a_file_system_that_hangs_holds_its_own_ca_alone(
     app = create_app(load_config(config))
     client = await aiohttp_client(app)
     hang = threading.Event()
-    source = app[SOURCES]["other"]
+    source = app[HOST].sources["other"]
     real = source.check
 
     def hung(*, force: bool = False) -> bool:

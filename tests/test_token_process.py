@@ -21,6 +21,7 @@ from hsm_ocsp.core.signing import scheme_for_public_key, verify
 from hsm_ocsp.pkcs11.key_lookup import KeySpec
 from hsm_ocsp.pkcs11.signer_process import TokenProcess
 
+from .support.events import Heard
 from .support.softhsm import MODULE, SoftHSM
 
 
@@ -53,10 +54,8 @@ async def test_signs_in_a_child_whose_argv_has_no_pin(
     rsa_token: tuple[TokenProcess, object], softhsm: SoftHSM
 ) -> None:
     token, public_key = rsa_token
-    states: list[bool] = []
-    seconds: list[float] = []
-    token.on_state_change = states.append
-    token.on_sign = seconds.append
+    heard = token.events = Heard()  # not opened yet: as if given to the constructor
+    states, seconds = heard.states, heard.signatures
     await token.open()
     assert token.up and states == [True]
     signature = await token.sign("root", b"to be signed")
@@ -207,12 +206,15 @@ async def test_a_pool_of_sessions_signs_on_each_and_stops_them_all(softhsm: Soft
     from hsm_ocsp.pkcs11.token_pool import TokenPool
 
     spec, public_key = _spec(softhsm, "rsa-2048")
-    pool = TokenPool(MODULE, softhsm.pin, [spec], sessions=2, sign_timeout=5, log_format="text")
+    heard = Heard()
+    pool = TokenPool(MODULE, softhsm.pin, [spec], sessions=2, sign_timeout=5, log_format="text",
+                     events=heard)  # fmt: skip
     try:
         await pool.open()
         assert pool.up and all(m.up for m in pool.members)
-        signed: list[float] = []
-        pool.on_sign = signed.append
+        assert heard.states == [True]  # the token's state: told once, not once a member
+        signed = heard.signatures
+        signed.clear()  # the keys proven as the members opened
         data = [os.urandom(32) for _ in range(40)]
         signatures = await asyncio.gather(*(pool.sign("root", d) for d in data))
         for one, signature in zip(data, signatures, strict=True):

@@ -87,7 +87,7 @@ def test_workers_run_uvloop_unless_asyncio_is_asked_for(monkeypatch: pytest.Monk
 
     import uvloop
 
-    from hsm_ocsp.server.worker import EVENT_LOOP_ENV, new_event_loop
+    from hsm_ocsp.server.event_loop import EVENT_LOOP_ENV, new_event_loop
 
     monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
     loop = new_event_loop()

@@ -17,7 +17,7 @@ from ..core.shared_answers import (
     shared_key,
     signer_fingerprint,
 )
-from ..server.app import issuers_of
+from ..server.issuers import issuers_of
 from ..server.status_source import open_source
 from ..store.lmdb_store import LmdbStore
 

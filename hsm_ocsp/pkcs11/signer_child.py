@@ -22,6 +22,7 @@ from .core_dumps import forbid_core_dumps
 from .login_gate import LoginGate
 from .signer_protocol import FrameReader, Reply, Request, Setup, frame
 from .token import Token
+from .token_state import NoTokenEvents
 
 log = logging.getLogger("hsm_ocsp.token")
 _PR_SET_PDEATHSIG = 1
@@ -34,6 +35,16 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _Timed(NoTokenEvents):
+    """The seconds of each C_Sign, gathered to go back with the reply."""
+
+    def __init__(self, into: list[float]) -> None:
+        self._into = into
+
+    def token_signed(self, seconds: float) -> None:
+        self._into.append(seconds)
+
+
 def _serve(sock: socket.socket) -> None:
     frames = FrameReader(sock)
     first = frames.batch() or [None]
@@ -44,9 +55,9 @@ def _serve(sock: socket.socket) -> None:
 
     setup_logging(setup.log_format, setup.log_level)
     gate = None if setup.gate is None else LoginGate(Path(setup.gate))
-    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate)
-    signed: list[float] = []
-    token.on_sign = signed.append  # the seconds of C_Sign alone, as in the worker
+    signed: list[float] = []  # the seconds of C_Sign alone, as in the worker
+    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate,
+                  events=_Timed(signed))  # fmt: skip
     requests: list[Any] | None = first[1:]
     while requests is not None:
         # The replies to what arrived together go back together (one send, one

@@ -41,7 +41,7 @@ from . import signer_child
 from .key_lookup import LOOKUP_PATIENCE, KeySpec
 from .login_gate import LoginGate
 from .signer_protocol import Reply, Request, Setup, frame, take_frames
-from .token_state import TokenState
+from .token_state import TokenEvents, TokenState
 
 __all__ = ["TokenProcess"]
 
@@ -65,8 +65,9 @@ class TokenProcess(TokenState):
         log_format: str = "text",  # [server] log_format's default
         gate: LoginGate | None = None,
         keepalive: float = 0.0,
+        events: TokenEvents | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(events)
         self.module = module
         self.keys = {k.name: k for k in keys}
         self._retired: dict[str, KeySpec] = {}
@@ -149,12 +150,12 @@ class TokenProcess(TokenState):
     def _answered(self, reply: Reply) -> None:
         call_id, payload, ok, retryable, seconds, up, last_error, recovered = reply
         self._sent.pop(call_id, None)
-        if any(recovered) and self.on_recover is not None:
-            self.on_recover(*recovered)
+        if any(recovered):
+            self.events.token_recovered(*recovered)
         self.last_error = last_error
         self._set_up(up)
-        if seconds is not None and self.on_sign is not None:
-            self.on_sign(seconds)
+        if seconds is not None:
+            self.events.token_signed(seconds)
         future = self._waiting.pop(call_id, None)
         if future is None or future.done():
             return

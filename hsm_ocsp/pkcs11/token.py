@@ -32,7 +32,7 @@ from .login_gate import LoginGate, LoginRefused
 from .mechanisms import mechanism_for
 from .token_errors import DEFINITE_ERRORS, PIN_ERRORS, describe_error
 from .token_info import SessionLimits, session_limits
-from .token_state import TokenState
+from .token_state import TokenEvents, TokenState
 
 __all__ = ["Token"]
 
@@ -66,8 +66,9 @@ class Token(TokenState):
         min_backoff: float = 0.25,
         max_backoff: float = 2.0,
         gate: LoginGate | None = None,
+        events: TokenEvents | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(events)
         self.module = module
         self._pin = pin
         self._gate = gate
@@ -197,8 +198,7 @@ class Token(TokenState):
         except Exception as exc:
             self._failed(exc)
             raise TokenError(f"signing failed: {describe_error(exc)}") from None
-        if self.on_sign is not None:
-            self.on_sign(time.perf_counter() - started)
+        self.events.token_signed(time.perf_counter() - started)
         return scheme.finish(raw)
 
     def _sign_riding_out(self, name: str, prepared: bytes, mechanism: Any, param: Any) -> bytes:

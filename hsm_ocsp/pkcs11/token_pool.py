@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 from ..core.errors import TokenError
 from .key_lookup import KeySpec
 from .login_gate import LoginGate
 from .signer_process import TokenProcess
+from .token_state import SignsOnly, TokenEvents
 
 __all__ = ["TokenPool"]
 
@@ -37,7 +37,11 @@ class TokenPool:
         log_format: str,
         gate: LoginGate | None = None,
         keepalive: float = 0.0,
+        events: TokenEvents | None = None,
     ) -> None:
+        """``events``: told of every signature, and of the first member's up and down
+        (the token's state, as the properties below read it)."""
+        others = None if events is None else SignsOnly(events)
         self.members = [
             TokenProcess(
                 module,
@@ -47,8 +51,9 @@ class TokenPool:
                 log_format=log_format,
                 gate=gate,
                 keepalive=keepalive,
+                events=events if number == 0 else others,
             )
-            for _ in range(max(1, sessions))
+            for number in range(max(1, sessions))
         ]
         self.first = self.members[0]
 
@@ -80,32 +85,6 @@ class TokenPool:
     @property
     def sign_timeout(self) -> float:
         return self.first.sign_timeout
-
-    @property
-    def on_state_change(self) -> Callable[[bool], None] | None:
-        return self.first.on_state_change
-
-    @on_state_change.setter
-    def on_state_change(self, listener: Callable[[bool], None] | None) -> None:
-        self.first.on_state_change = listener
-
-    @property
-    def on_sign(self) -> Callable[[float], None] | None:
-        return self.first.on_sign
-
-    @on_sign.setter
-    def on_sign(self, listener: Callable[[float], None] | None) -> None:
-        for member in self.members:  # every signature timed, whichever member made it
-            member.on_sign = listener
-
-    @property
-    def on_recover(self) -> Callable[[int, int], None] | None:
-        return self.first.on_recover
-
-    @on_recover.setter
-    def on_recover(self, listener: Callable[[int, int], None] | None) -> None:
-        for member in self.members:
-            member.on_recover = listener
 
     def algorithm_identifier(self, name: str) -> bytes:
         return self.first.algorithm_identifier(name)

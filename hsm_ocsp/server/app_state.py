@@ -12,13 +12,9 @@ from ..config.model import Config
 from ..core.record_check import RecordChecker
 from ..core.reply import Reply
 from ..core.responder import Issuer
-from ..pkcs11.token_pool import TokenPool
-from ..store.vouch import Vouches
-from .key_set import ProvenKeys
 from .metrics import Metrics
 from .producer_link import ProducerClient
-from .production import Production
-from .status_source import StatusSource
+from .signing_host import SigningHost
 
 
 class Answers(Protocol):
@@ -40,19 +36,11 @@ class Answers(Protocol):
 SERVICE = web.AppKey("service", Answers)
 
 
-PRODUCTION = web.AppKey("production", Production)
+# A lone worker: the signing host behind its HTTP application (signing_host.py).
+HOST = web.AppKey("host", SigningHost)
 
 
 PRODUCER = web.AppKey("producer", ProducerClient)
-
-
-SOURCES = web.AppKey("sources", dict[str, StatusSource])
-
-
-TOKEN = web.AppKey("token", TokenPool)
-
-
-KEYS = web.AppKey("keys", ProvenKeys)  # the token as answers are signed with it
 
 
 CONFIG = web.AppKey("config", Config)
@@ -61,9 +49,6 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 
 
+# A producer's worker: the configuration running, and the reloads its supervisor accepted.
 RUNNING = web.AppKey("running", dict[str, Config])
-# A child of a supervisor: the reload it accepted (config/handoff.py).
 HANDOFF = web.AppKey("handoff", Handoff)
-
-
-VOUCHES = web.AppKey("vouches", Vouches)

@@ -23,6 +23,7 @@ from ..core.index import IndexSnapshot
 from ..store.ledger import Ledger
 from .crl_fetch import FetchError, Place, place_for
 from .issued_serials import IssuedSerials
+from .source_events import SILENT, SourceEvents
 
 __all__ = ["CrlSource"]
 
@@ -34,7 +35,8 @@ class CrlSource:
 
     def __init__(self, ca: CAConfig, crl: CrlConfig, *, ledger: Ledger | None = None,
                  clock: Callable[[], dt.datetime] | None = None,
-                 keep_in: Path | None = None) -> None:  # fmt: skip
+                 keep_in: Path | None = None, events: SourceEvents | None = None,
+                 ) -> None:  # fmt: skip
         """``keep_in``: a directory (in state_dir) where each CRL taken is kept, so that a
         restart while its place is unreachable starts from it (judged again first)."""
         self.name = ca.name
@@ -57,9 +59,7 @@ class CrlSource:
         self.last_error: str | None = None
         self.failing_since: float | None = None
         self.checked_at = 0.0
-        self.on_reload: Callable[[IndexSnapshot], None] | None = None
-        self.on_error: Callable[[IndexFormatError], None] | None = None
-        self.on_refused: Callable[[str], None] | None = None  # the reason's label
+        self.events = events if events is not None else SILENT
         self._unused: tuple[str, ...] = ()
         self._failures: dict[str, str] = {}  # place -> what failed there last (said once)
         self._last_failure: tuple[str, str] | None = None
@@ -236,8 +236,7 @@ class CrlSource:
         self.snapshot = snapshot
         self.last_error = None
         self.failing_since = None
-        if self.on_reload is not None:
-            self.on_reload(snapshot)
+        self.events.reloaded(snapshot, self.number)
         log.info("CA %s: status from CRLs: %d revoked%s", self.name, snapshot.counts["R"],
                  "" if issued is None else f", {len(issued)} issued")  # fmt: skip
         return True
@@ -245,16 +244,14 @@ class CrlSource:
     def _say(self, where: str, problem: str, label: str) -> None:
         """Log a failure once (until it changes), count it, keep the last good CRL. Not a
         staleness: the CRLs in service are good until their nextUpdate (``expired_for``)."""
-        if self.on_refused is not None:
-            self.on_refused(label)
+        self.events.refused(label)
         if self._failures.get(where) == problem:
             return
         self._failures[where] = problem
         self.last_error = f"{where}: {problem}"
         self._last_failure = (where, problem)
         log.error("CA %s: %s: %s; the CRLs in service stay", self.name, where, problem)
-        if self.on_error is not None:
-            self.on_error(IndexFormatError(where, None, problem))
+        self.events.failed(IndexFormatError(where, None, problem))
 
     def _failed(self, exc: IndexFormatError) -> None:
         if self.failing_since is None:
@@ -263,8 +260,7 @@ class CrlSource:
             return
         self.last_error = str(exc)
         log.error("CRL for CA %s not taken, keeping the last good one: %s", self.name, exc)
-        if self.on_error is not None:
-            self.on_error(exc)
+        self.events.failed(exc)
 
 
 def _reason(exc: FetchError, where: str) -> str:

@@ -20,9 +20,9 @@ from ..core.limits import LIMITS
 from ..core.record_check import RecordChecker
 from ..store.lmdb_store import LmdbStore
 from ..store.vouch import Vouches
-from .app import issuers_of, signer_keys
 from .app_state import CONFIG, HANDOFF, METRICS, PRODUCER, RUNNING, SERVICE
-from .health import front_healthz, front_readyz
+from .health import answer, health
+from .issuers import issuers_of, signer_keys
 from .metrics import Metrics
 from .producer_link import ProducerClient, socket_path
 from .routes import add_routes
@@ -67,8 +67,17 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
     app.cleanup_ctx.append(_lifecycle(store, handle_signals))
     if vouches is not None:
         app.on_cleanup.append(lambda _: _close(vouches))
-    add_routes(app, config, metrics, front_readyz, front_healthz)
+    add_routes(app, config, metrics, _readyz, _healthz)
     return app
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready when the producer is."""
+    return answer(await request.app[PRODUCER].problems())
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return health(await request.app[PRODUCER].problems())
 
 
 async def _reload(app: web.Application) -> None:

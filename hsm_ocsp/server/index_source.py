@@ -7,7 +7,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,6 +14,7 @@ from ..core.errors import HsmOcspError, IndexFormatError
 from ..core.index import DEFAULT_MAX_BYTES, IndexSnapshot, parse_index_stream
 from ..core.index_delta import changed_lines, reread_changed
 from ..store.ledger import Ledger
+from .source_events import SILENT, SourceEvents
 
 __all__ = ["TRANSIENT_ERRNOS", "IndexSource"]
 
@@ -97,6 +97,7 @@ class IndexSource:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         ledger: Ledger | None = None,
+        events: SourceEvents | None = None,
     ) -> None:
         """``ledger``: the revocations seen before, laid over every version read (a
         revocation never goes back), and what a version shows first written down."""
@@ -115,8 +116,7 @@ class IndexSource:
         self._seen: StatKey | None = None
         self._loaded_inode: int | None = None
         self._changing: StatKey | None = None  # an in-place change seen once, not yet read
-        self.on_reload: Callable[[IndexSnapshot], None] | None = None
-        self.on_error: Callable[[IndexFormatError], None] | None = None
+        self.events = events if events is not None else SILENT
         self.loading = False  # a load is under way (in the watcher's thread)
         # The file read last, still open, and the snapshot read from it.
         self._kept: tuple[int, StatKey, IndexSnapshot] | None = None
@@ -176,8 +176,7 @@ class IndexSource:
         self._changing = None
         self.last_error = None
         self.failing_since = None
-        if self.on_reload is not None:
-            self.on_reload(snapshot)
+        self.events.reloaded(snapshot, None)
         return snapshot
 
     def _remembered(self, snapshot: IndexSnapshot) -> IndexSnapshot:
@@ -357,5 +356,4 @@ class IndexSource:
             return
         self.last_error = str(exc)
         log.error("index for CA %s not reloaded, keeping the last good one: %s", self.name, exc)
-        if self.on_error is not None:
-            self.on_error(exc)
+        self.events.failed(exc)

@@ -8,13 +8,11 @@ import asyncio
 import logging
 import signal
 
-from aiohttp import web
-
 from ..config.model import Config
 from ..core.errors import EXIT_OK, HsmOcspError, exit_code
 from ..pkcs11.login_gate import LoginGate
-from .app import create_app
-from .worker import new_event_loop
+from .event_loop import new_event_loop
+from .signing_host import SigningHost
 
 __all__ = ["run_producer"]
 
@@ -22,9 +20,8 @@ log = logging.getLogger("hsm_ocsp.producer")
 
 
 async def _produce(config: Config, pin: str, gate: LoginGate) -> None:
-    app = create_app(config, handle_signals=True, pin=pin, login_gate=gate, role="producer")
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()  # indexes read, keys proven, store reconciled, link open
+    host = SigningHost(config, pin=pin, login_gate=gate, handle_signals=True, link=True)
+    await host.start()  # indexes read, keys proven, store reconciled, link open
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -32,12 +29,12 @@ async def _produce(config: Config, pin: str, gate: LoginGate) -> None:
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await host.close()
 
 
 def run_producer(config: Config, *, pin: str, gate: LoginGate) -> int:
     """Run the producer until SIGTERM; the exit code says why it ended."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's handler is in
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the host's handler is in
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(_produce(config, pin, gate))

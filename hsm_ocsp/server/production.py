@@ -115,34 +115,23 @@ class Production:
 
     # --- withdrawals: called in the index watcher's thread --------------------------
 
-    def attach(self) -> None:
-        """Withdraw changed serials whenever an index is taken up (before anything
-        else hears of the new index)."""
-        for name, source in self.sources.items():
-            source.on_reload = self._on_reload(name, source.on_reload)
-
-    def _on_reload(
-        self, ca: str, then: Callable[[IndexSnapshot], None] | None
-    ) -> Callable[[IndexSnapshot], None]:
-        def reloaded(snapshot: IndexSnapshot) -> None:
-            old, self._last[ca] = self._last[ca], snapshot
-            changed = sorted(changed_serials(old, snapshot))
-            if changed:
-                self._unwithdrawn[ca].extend(prefixes(ca, changed))
-                withdrawn = self._withdraw(ca)
-                if isinstance(self.store, FleetStore):  # another host may have signed them
-                    self.store.follower.refetch(prefixes(ca, changed))
-                log.info("CA %s: %d serials changed in the index, %s stored answers withdrawn",
-                         ca, len(changed), "no" if withdrawn < 0 else withdrawn)  # fmt: skip
-                if self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._queue_changes, ca, changed)
-            if old is not None and old.valid_until != snapshot.valid_until and self._loop:
-                # A newer CRL: answers capped by the old one's nextUpdate are made again.
-                self._loop.call_soon_threadsafe(self.replaced_issuers)
-            if then is not None:
-                then(snapshot)
-
-        return reloaded
+    def index_taken(self, ca: str, snapshot: IndexSnapshot) -> None:
+        """A version of the index of ``ca`` is taken up: its changed serials are withdrawn
+        now, before anything else hears of it (the host's events call this first)."""
+        old, self._last[ca] = self._last[ca], snapshot
+        changed = sorted(changed_serials(old, snapshot))
+        if changed:
+            self._unwithdrawn[ca].extend(prefixes(ca, changed))
+            withdrawn = self._withdraw(ca)
+            if isinstance(self.store, FleetStore):  # another host may have signed them
+                self.store.follower.refetch(prefixes(ca, changed))
+            log.info("CA %s: %d serials changed in the index, %s stored answers withdrawn",
+                     ca, len(changed), "no" if withdrawn < 0 else withdrawn)  # fmt: skip
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._queue_changes, ca, changed)
+        if old is not None and old.valid_until != snapshot.valid_until and self._loop:
+            # A newer CRL: answers capped by the old one's nextUpdate are made again.
+            self._loop.call_soon_threadsafe(self.replaced_issuers)
 
     def _withdraw(self, ca: str) -> int:
         """Withdraw what is waiting for ``ca``; -1 if the store could not commit it, and
@@ -177,16 +166,15 @@ class Production:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        if isinstance(self.store, FleetStore):  # a lease won or lost: fill what is ours
-            self.store.publisher.on_leads = self._leads_changed
-            self.store.follower.accept = self._accepts
+        if isinstance(self.store, FleetStore):
             self.store.start()
 
-    def _accepts(self, key: bytes, value: bytes) -> bool:
+    def accepts(self, key: bytes, value: bytes) -> bool:
         """Whether a record another host published says what this host's index says."""
         return index_agrees(key, value, {n: s.snapshot for n, s in self.sources.items()})
 
-    def _leads_changed(self) -> None:  # in the publisher's thread
+    def leads_changed(self) -> None:
+        """A lease won or lost (the publisher's thread): fill what is ours now."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.replaced_issuers)
 

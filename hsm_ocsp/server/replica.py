@@ -21,10 +21,10 @@ from ..store.copy_memory import CopyMemory
 from ..store.lmdb_store import LmdbStore
 from ..store.redis_fleet import connect
 from ..store.redis_follower import Follower
-from .app import signer_keys
+from .event_loop import new_event_loop
+from .issuers import signer_keys
 from .metrics import Metrics
 from .producer_link import TRY_LATER, serve_link, socket_path
-from .worker import new_event_loop
 
 __all__ = ["run_replica"]
 

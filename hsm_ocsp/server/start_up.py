@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from ..core.errors import TokenError
-from .app_state import CONFIG, KEYS, RUNNING, SOURCES, TOKEN
+
+if TYPE_CHECKING:
+    from .signing_host import SigningHost
 
 __all__ = ["PROVE_EVERY", "load_and_prove", "prove_later"]
 
@@ -17,15 +18,15 @@ log = logging.getLogger("hsm_ocsp.http")
 PROVE_EVERY = 2.0  # seconds between two tries of a token that was away at start
 
 
-async def load_and_prove(app: web.Application) -> list[asyncio.Task[None]]:
+async def load_and_prove(host: SigningHost) -> list[asyncio.Task[None]]:
     """The indexes loaded while the keys are proven (in the signer processes); a token
     that is away is tried again in the background (the task returned), a wrong PIN or
     key stops the start."""
     loop = asyncio.get_running_loop()
-    token = app[TOKEN]
-    proving = asyncio.create_task(app[KEYS].prove(app[CONFIG]))
+    token = host.token
+    proving = asyncio.create_task(host.keys.prove(host.config))
     try:
-        for source in app[SOURCES].values():
+        for source in host.sources.values():
             await loop.run_in_executor(None, source.load)
     except BaseException:
         proving.cancel()
@@ -43,20 +44,20 @@ async def load_and_prove(app: web.Application) -> list[asyncio.Task[None]]:
             "for what needs a signature, and trying the token",
             exc,
         )
-        return [asyncio.create_task(prove_later(app))]
+        return [asyncio.create_task(prove_later(host))]
     except BaseException:
         await token.aclose()
         raise
     return []
 
 
-async def prove_later(app: web.Application) -> None:
+async def prove_later(host: SigningHost) -> None:
     """Prove the keys once the token is back; a wrong PIN or key ends the tries (said
     once: readiness names it)."""
     while True:
         await asyncio.sleep(PROVE_EVERY)
         try:
-            await app[KEYS].prove(app[RUNNING]["config"], attempts=1)
+            await host.keys.prove(host.config, attempts=1)
         except TokenError as exc:
             if not exc.retryable:
                 log.error("token: %s; not tried again until a reload or restart", exc)

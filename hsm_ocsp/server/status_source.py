@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from ..config.model import CAConfig
-from ..core.errors import IndexFormatError
 from ..core.index import IndexSnapshot
 from ..store.ledger import Ledger
 from .crl_source import CrlSource
 from .index_source import IndexSource
+from .source_events import SourceEvents
 
-__all__ = ["StatusSource", "open_source"]
+__all__ = ["SourceEvents", "StatusSource", "open_source"]
 
 
 class StatusSource(Protocol):
@@ -25,8 +24,6 @@ class StatusSource(Protocol):
     loading: bool
     last_error: str | None
     checked_at: float
-    on_reload: Callable[[IndexSnapshot], None] | None
-    on_error: Callable[[IndexFormatError], None] | None
 
     @property
     def path(self) -> Path | str: ...
@@ -38,10 +35,14 @@ class StatusSource(Protocol):
 
 
 def open_source(
-    ca: CAConfig, ledger: Ledger | None = None, state_dir: Path | None = None
+    ca: CAConfig,
+    ledger: Ledger | None = None,
+    state_dir: Path | None = None,
+    events: SourceEvents | None = None,
 ) -> StatusSource:
     """The CA's source. CRLs taken are kept in ``state_dir``/crls for the next start."""
     if ca.crl is not None:
         keep_in = None if state_dir is None else state_dir / "crls"
-        return CrlSource(ca, ca.crl, ledger=ledger, keep_in=keep_in)
-    return IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes, ledger=ledger)
+        return CrlSource(ca, ca.crl, ledger=ledger, keep_in=keep_in, events=events)
+    return IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes, ledger=ledger,
+                       events=events)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The application's background tasks: take up index changes, probe the token.
+"""A signing host's background tasks: take up index changes, probe the token.
 
 Each CA's index is watched by a task of its own whose looks at the file run on a
 thread of their own: a file system that stops answering (a hard NFS mount) holds that
@@ -14,14 +14,15 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from ..core.errors import HsmOcspError
-from .app_state import METRICS, PRODUCTION, SOURCES, TOKEN, VOUCHES
 from .health import signers_out_of_validity, stale_indexes
 from .key_set import PROBE
 from .status_source import StatusSource
+
+if TYPE_CHECKING:
+    from .signing_host import SigningHost
 
 log = logging.getLogger("hsm_ocsp.http")
 
@@ -32,12 +33,12 @@ WATCH_INTERVAL = 1.0
 PROBE_INTERVAL = 10.0
 
 
-async def watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
+async def watch_indexes(host: SigningHost, wake: asyncio.Event) -> None:
     """One watcher per CA; ``wake`` (a reload) makes each read its file again."""
-    forced = {name: asyncio.Event() for name in app[SOURCES]}
+    forced = {name: asyncio.Event() for name in host.sources}
     watchers = [
-        asyncio.create_task(_watch_one(app, source, forced[name]))
-        for name, source in app[SOURCES].items()
+        asyncio.create_task(_watch_one(host, source, forced[name]))
+        for name, source in host.sources.items()
     ]
     try:
         while True:
@@ -51,10 +52,10 @@ async def watch_indexes(app: web.Application, wake: asyncio.Event) -> None:
         await asyncio.gather(*watchers, return_exceptions=True)
 
 
-async def _watch_one(app: web.Application, source: StatusSource, force: asyncio.Event) -> None:
+async def _watch_one(host: SigningHost, source: StatusSource, force: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"index-{source.name}")
-    settle = _settler(app, source.name)
+    settle = _settler(host, source.name)
     try:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -66,17 +67,17 @@ async def _watch_one(app: web.Application, source: StatusSource, force: asyncio.
                 await loop.run_in_executor(thread, settle)
             except Exception:  # keep watching whatever one check did
                 log.exception("index check for %s failed", source.path)
-            _report(app, source.name)
+            _report(host, source.name)
     finally:
         thread.shutdown(wait=False, cancel_futures=True)
 
 
-def _settler(app: web.Application, ca: str) -> Callable[[], None]:
+def _settler(host: SigningHost, ca: str) -> Callable[[], None]:
     """After each look at the file: withdrawals that did not commit are tried again, and
     only once none is left does the producer vouch for the CA's stored answers."""
-    production = app.get(PRODUCTION)
-    vouches = app.get(VOUCHES)
-    source = app[SOURCES][ca]
+    production = host.production
+    vouches = host.vouches
+    source = host.sources[ca]
 
     def settle() -> None:
         if source.untaken:  # a version of the index is waiting to be taken up
@@ -91,22 +92,22 @@ def _settler(app: web.Application, ca: str) -> Callable[[], None]:
     return settle
 
 
-def _report(app: web.Application, name: str) -> None:
-    stale = stale_indexes(app)
-    invalid = signers_out_of_validity(app)
-    app[METRICS].index_stale.labels(name).set(1 if name in stale else 0)
-    app[METRICS].signer_ok.labels(name).set(0 if name in invalid else 1)
-    production = app.get(PRODUCTION)
+def _report(host: SigningHost, name: str) -> None:
+    stale = stale_indexes(host)
+    invalid = signers_out_of_validity(host)
+    host.metrics.index_stale.labels(name).set(1 if name in stale else 0)
+    host.metrics.signer_ok.labels(name).set(0 if name in invalid else 1)
+    production = host.production
     if production is not None:
-        app[METRICS].withdrawals_pending.labels(name).set(production.unwithdrawn(name))
-    ledger = app[SOURCES][name].ledger
+        host.metrics.withdrawals_pending.labels(name).set(production.unwithdrawn(name))
+    ledger = host.sources[name].ledger
     if ledger is not None:
-        app[METRICS].revocations_kept.labels(name).set(ledger.kept.get(name, 0))
+        host.metrics.revocations_kept.labels(name).set(ledger.kept.get(name, 0))
 
 
-async def watch_token(app: web.Application) -> None:
-    token = app[TOKEN]
-    refused = app[METRICS].login_refused
+async def watch_token(host: SigningHost) -> None:
+    token = host.token
+    refused = host.metrics.login_refused
     while True:
         await asyncio.sleep(1.0 if not token.up else PROBE_INTERVAL)
         refused.set(int(token.gate is not None and token.gate.refused() is not None))

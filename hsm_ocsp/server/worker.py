@@ -25,14 +25,12 @@ from .access_log import AccessLogger, write_access_lines
 from .app import create_app
 from .app_state import METRICS
 from .capped_site import CappedTCPSite, default_max_connections
+from .event_loop import new_event_loop
 from .front_app import create_front_app
 from .metrics import create_metrics_app
 from .per_turn import log_lines_once_a_turn
 
 log = logging.getLogger("hsm_ocsp.serve")
-
-EVENT_LOOP_ENV = "HSM_OCSP_EVENT_LOOP"
-
 
 # Request line (a GET carries the request in it), one header, and headers per request.
 MAX_LINE = 8190
@@ -137,24 +135,6 @@ async def _serve_app(
         if metrics_runner is not None:
             await metrics_runner.cleanup()
         await runner.cleanup()
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A worker's event loop: uvloop's (a dependency), or asyncio's where it is missing.
-
-    uvloop answered a cached request with about 10 % less CPU than asyncio's
-    own loop (wrk, 2 workers, 4 alternating pairs). ``HSM_OCSP_EVENT_LOOP=asyncio``
-    asks for asyncio's loop: to compare (``benchmarks/run.py --loop asyncio``), or
-    where uvloop misbehaves.
-    """
-    if os.environ.get(EVENT_LOOP_ENV) == "asyncio":
-        return asyncio.new_event_loop()
-    try:
-        import uvloop
-    except ImportError:  # e.g. a venv built with --no-deps on a host without it
-        log.warning("uvloop is not installed; using asyncio's event loop")
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def run_worker(config: Config, *, reuse_port: bool, pin: str, gate: LoginGate | None) -> int:

@@ -14,30 +14,36 @@ from .lmdb_store import LmdbStore
 from .redis_fleet import Publisher
 from .redis_follower import Follower
 
-__all__ = ["FleetStore"]
+__all__ = ["FleetStore", "put_back"]
+
+
+def put_back(local: LmdbStore, publisher: Publisher) -> Callable[[bytes], None]:
+    """What a signing host's follower does with a record in Redis it would not copy (an
+    old answer written back, bytes that are no answer): for a CA whose lease the host
+    holds, it puts its own back (or withdraws the serial), so that Redis does not keep
+    serving it to edges."""
+
+    def refused(key: bytes) -> None:
+        parsed = parse_key(key)
+        if parsed is None or not publisher.leads(parsed[0]):
+            return
+        value = local.get(key)
+        if value is not None:
+            publisher.put(key, value)
+        else:
+            publisher.withdraw([key[: len(key) - _der_length(key)]])
+
+    return refused
 
 
 class FleetStore:
     def __init__(self, local: LmdbStore, publisher: Publisher, follower: Follower) -> None:
+        """``follower`` made with ``refused=put_back(local, publisher)``."""
         self.local = local
         self.publisher = publisher
         self.follower = follower
         self.path = local.path
         self.identity = local.identity
-        follower.on_refused = self._refused
-
-    def _refused(self, key: bytes) -> None:
-        """A record in Redis this host would not copy (an old answer written back, bytes
-        that are no answer): for a CA whose lease it holds, it puts its own back (or
-        withdraws the serial), so that Redis does not keep serving it to edges."""
-        parsed = parse_key(key)
-        if parsed is None or not self.publisher.leads(parsed[0]):
-            return
-        value = self.local.get(key)
-        if value is not None:
-            self.publisher.put(key, value)
-        else:
-            self.publisher.withdraw([key[: len(key) - _der_length(key)]])
 
     def start(self) -> None:
         self.publisher.start()

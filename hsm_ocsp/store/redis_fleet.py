@@ -125,9 +125,12 @@ class Publisher:
         local: LmdbStore,
         cas: Sequence[str],
         view: Callable[[str], tuple[int, int] | None] = lambda ca: (0, 0),
+        leads_changed: Callable[[], None] | None = None,
     ) -> None:
         """``view(ca)``: how far this host's index of ``ca`` has come (see ``fleet_view``);
-        a host never leads a CA with a view older than one the fleet has seen."""
+        a host never leads a CA with a view older than one the fleet has seen.
+        ``leads_changed``: called (in this publisher's thread) when the set of CAs it
+        leads changes: another set to pre-produce."""
         self.client = client
         self.local = local
         self.view = view
@@ -149,7 +152,7 @@ class Publisher:
         self._release = client.register_script(_RELEASE)
         self._raise_view = client.register_script(_RAISE_VIEW)
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
-        self.on_leads: Callable[[], None] | None = None  # called in this thread
+        self._leads_changed = leads_changed
 
     def start(self) -> None:
         self._thread.start()
@@ -209,8 +212,8 @@ class Publisher:
             return
         log.info("pre-producing for %s (leases held in Redis)", ", ".join(sorted(held)) or "no CA")
         self.held = frozenset(held)  # before the producer hears of it: it asks leads() at once
-        if self.on_leads is not None:
-            self.on_leads()  # another set of CAs to pre-produce
+        if self._leads_changed is not None:
+            self._leads_changed()  # another set of CAs to pre-produce
 
     def _up_to_date(self, ca: str) -> bool:
         """Whether this host's view of ``ca`` is as far as any the fleet has seen (which

@@ -37,22 +37,25 @@ class Follower:
         check: RecordChecker,
         memory: CopyMemory,
         skip: bytes | None = None,
+        *,
+        accept: Callable[[bytes, bytes], bool] | None = None,
+        refused: Callable[[bytes], None] | None = None,
     ) -> None:
         """``check``: a record is copied only if its body is an answer signed for its
         CA that says what its header says; ``memory``: what was seen before, so that
-        nothing older (or revoked before) is taken again, whatever Redis holds."""
+        nothing older (or revoked before) is taken again, whatever Redis holds.
+        ``accept`` (a signing host): a record is taken only if the host's own index says
+        the same (else the serial is fetched again when its index changes: refetch).
+        ``refused``: told of each key whose record was not taken (the lease holder
+        publishes its own again: Redis must not keep an answer it refuses)."""
         self.client = client
         self.local = local
         self.check = check
         self.memory = memory
         self.refused = 0  # records not copied: unsigned, not what they claim, or older
-        # Told of each key whose record was not taken (the lease holder publishes its own
-        # again: Redis must not keep an answer it refuses).
-        self.on_refused: Callable[[bytes], None] | None = None
+        self._refused = refused
         self.skip = skip  # a signing host's own entries: already in its store
-        # A signing host takes a record only if its own index says the same (else the
-        # serial is fetched again when its index changes: refetch).
-        self.accept: Callable[[bytes, bytes], bool] | None = None
+        self.accept = accept
         self._refetch: collections.deque[bytes] = collections.deque()
         self.synced = False  # a full copy has been taken once
         self.skipped = 0  # entries in Redis that were not records (junk, wrong types)
@@ -64,7 +67,6 @@ class Follower:
         self._stop = threading.Event()
         self._said = Said("answer follower")
         self._thread = threading.Thread(target=self._run, name="follower", daemon=True)
-        self.on_change: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -166,12 +168,12 @@ class Follower:
             prefix = key[: len(key) - len(cert_id_of(key))]
             if found is None or not self._newer(key, prefix, found.record, revoked):
                 self.refused += 1
-                if self.on_refused is not None:
-                    self.on_refused(key)
+                if self._refused is not None:
+                    self._refused(key)
                 continue
             if self.accept is not None and not self.accept(key, value):
-                if self.on_refused is not None:
-                    self.on_refused(key)
+                if self._refused is not None:
+                    self._refused(key)
                 continue
             taken.append((key, value))
             if found.record.cert_status is REVOKED and not found.hold:
