@@ -283,3 +283,30 @@ async def test_access_lines_of_a_loop_turn_are_written_together_at_its_end(
     assert re.fullmatch(
         r"INFO hsm_ocsp\.access\.turn-test: POST ca=- .* remote=127\.0\.0\.1", first[24:]
     )
+
+
+def test_a_reply_carries_what_each_answer_needs_worked_out_once() -> None:
+    """Headers and log text live on the Reply (no memo keyed on its identity): served
+    again, it costs nothing more; ``cached`` says only where it came from."""
+    import dataclasses
+
+    from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
+    from hsm_ocsp.core.reply import UNSUCCESSFUL, Reply
+
+    produced = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
+    signed = Reply(b"0", OCSPResponseStatus.SUCCESSFUL, "root", (CertStatus.REVOKED,),
+                   produced, produced + dt.timedelta(hours=1), '"e"')  # fmt: skip
+    assert signed.log_text == "ocsp=successful certs=revoked cached=no"
+    headers = signed.headers()
+    assert headers is signed.headers()  # worked out once
+    assert headers.post == {"ETag": '"e"', "Last-Modified": "Sat, 05 Dec 2026 12:00:00 GMT",
+                            "Expires": "Sat, 05 Dec 2026 13:00:00 GMT"}  # fmt: skip
+    at = produced.timestamp() + 600
+    assert headers.get(at)["Cache-Control"].startswith("max-age=3000, public")
+    assert headers.get(at + 1)["Cache-Control"].startswith("max-age=2999, public")
+    stored = dataclasses.replace(signed, cached=True)  # the same answer, from the store
+    assert stored.log_text == "ocsp=successful certs=revoked cached=yes"
+    assert stored.headers() is not headers and stored.headers().post == headers.post
+    malformed = UNSUCCESSFUL[OCSPResponseStatus.MALFORMED_REQUEST]
+    assert malformed.log_text == "ocsp=malformedRequest certs=- cached=no"
+    assert malformed.headers().get(at) == {"Cache-Control": "no-cache"}

@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Protocol
 
 from .model import RESPONSE_STATUS_NAMES, CertStatus, OCSPResponseStatus
+from .reply_headers import ReplyHeaders
 from .response import (
     encode_unsuccessful,
 )
@@ -55,10 +56,11 @@ class Events:
 class Reply:
     """An encoded OCSPResponse and what the HTTP layer needs to know of it.
 
-    A Reply never changes, and it is equal only to itself (``eq=False``: hashed by
-    identity). A cached answer is one Reply served many times, so the server's
-    memos (its HTTP headers in handlers.py, the per-turn counts in metrics.py) key
-    on the Reply itself. Its log fields are worked out once, here.
+    A Reply never changes. What is worked out of it for each answer (its access-log
+    fields and text, its HTTP headers) is worked out once and kept on the Reply itself,
+    so that a Reply served again and again (from a cache or the store) costs nothing
+    more, with no memo keyed on its identity. ``cached`` says only where it came from:
+    a cache or the store (True), or a signature made for this request (False).
     """
 
     body: bytes
@@ -69,20 +71,35 @@ class Reply:
     next_update: dt.datetime | None = None
     etag: str | None = None
     cached: bool = False
-    # For the access log: the RFC 6960 status name, the certificate statuses.
+    # For the access log: the RFC 6960 status name, the certificate statuses, and the
+    # part of a text line that depends on the reply alone.
     status_name: str = dataclasses.field(init=False)
     cert_values: tuple[str, ...] = dataclasses.field(init=False)
     cert_text: str = dataclasses.field(init=False)
+    log_text: str = dataclasses.field(init=False)
+    _headers: ReplyHeaders | None = dataclasses.field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         values = tuple(s.value for s in self.cert_statuses)
-        object.__setattr__(self, "status_name", RESPONSE_STATUS_NAMES[self.status])
+        status_name = RESPONSE_STATUS_NAMES[self.status]
+        cert_text = ",".join(values) or "-"
+        text = f"ocsp={status_name} certs={cert_text} cached={'yes' if self.cached else 'no'}"
+        object.__setattr__(self, "status_name", status_name)
         object.__setattr__(self, "cert_values", values)
-        object.__setattr__(self, "cert_text", ",".join(values) or "-")
+        object.__setattr__(self, "cert_text", cert_text)
+        object.__setattr__(self, "log_text", text)
 
     @property
     def successful(self) -> bool:
         return self.status is OCSPResponseStatus.SUCCESSFUL
+
+    def headers(self) -> ReplyHeaders:
+        """Its HTTP headers, worked out the first time they are asked for."""
+        headers = self._headers
+        if headers is None:
+            headers = ReplyHeaders(self)
+            object.__setattr__(self, "_headers", headers)
+        return headers
 
 
 UNSUCCESSFUL = {s: Reply(encode_unsuccessful(s), s) for s in OCSPResponseStatus if s != 0}

@@ -22,8 +22,6 @@ access_log = logging.getLogger("hsm_ocsp.access")
 _NO_REPLY: tuple[str | None, tuple[str, ...], str, bool] = (None, (), "-", False)
 _ACCESS_FORMAT = "%s ca=%s path_length=%d http=%d ocsp=%s certs=%s cached=%s %.3fms remote=%s"
 _NO_FIELDS: dict[str, Any] = {}
-_TEXTS: dict[Reply, str] = {}  # a cached Reply (hashed by identity) -> its part of the line
-_MEMO_ENTRIES = 1024
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -33,7 +31,7 @@ class AccessLogger(AbstractAccessLogger):
     body themselves (a GET path is the whole request, unbounded in size).
 
     This runs for every request, so what depends only on the reply is worked
-    out once per cached reply, and when logging is set up as ``setup_logging``
+    out once, on the Reply (core/reply.py), and when logging is set up as ``setup_logging``
     leaves it the line is written straight to the handler's stream, formatted
     by the handler's own formatter (``logs.direct_handler``): the ``logging``
     machinery in between cost about a third of a cached answer's CPU.
@@ -191,13 +189,8 @@ def _write(handler: logging.StreamHandler[Any], line: str, end: str | None = Non
 
 
 def _reply_text(reply: Reply | None) -> str:
-    """``ocsp=... certs=... cached=...`` of ``reply``, worked out once a cached reply."""
-    text = _TEXTS.get(reply) if reply is not None and reply.cached else None
-    if text is None:
-        status, _, certs_text, cached = AccessLogger._fields(reply)
-        text = f"ocsp={status or '-'} certs={certs_text} cached={'yes' if cached else 'no'}"
-        if reply is not None and reply.cached:
-            if len(_TEXTS) >= _MEMO_ENTRIES:
-                _TEXTS.clear()
-            _TEXTS[reply] = text
-    return text
+    """``ocsp=... certs=... cached=...`` of ``reply`` (worked out once, on the Reply)."""
+    return _NO_REPLY_TEXT if reply is None else reply.log_text
+
+
+_NO_REPLY_TEXT = "ocsp=- certs=- cached=no"

@@ -5,66 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import datetime as dt
 import functools
 import time
-from email.utils import format_datetime
 from urllib.parse import unquote
 
 from aiohttp import ClientPayloadError, web
 
 from ..core.reply import Reply
+from ..core.reply_headers import ERROR_HEADERS
 from .app_keys import CA_NAME, REPLY
 from .app_state import CONFIG, SERVICE
 
 OCSP_RESPONSE = "application/ocsp-response"
-
-
-_ERROR_HEADERS = {"Cache-Control": "no-cache"}
-
-
-@functools.lru_cache(maxsize=1024)  # a cached reply's two dates, on every answer
-def http_date(when: dt.datetime) -> str:
-    return format_datetime(when.astimezone(dt.UTC), usegmt=True)
-
-
-class _ReplyHeaders:
-    """The HTTP headers of one reply, worked out once: only max-age moves.
-
-    aiohttp copies the headers into each response, so these dicts are shared.
-    """
-
-    __slots__ = ("_get", "_max_age", "_next_update", "post", "reply")
-
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self._max_age = -1
-        self._next_update = 0.0
-        if not reply.successful:
-            self.post = self._get = _ERROR_HEADERS
-            return
-        assert reply.produced_at is not None and reply.next_update is not None
-        assert reply.etag is not None
-        self.post = {
-            "ETag": reply.etag,
-            "Last-Modified": http_date(reply.produced_at),
-            "Expires": http_date(reply.next_update),
-        }
-        self._get = self.post
-        self._next_update = reply.next_update.timestamp()
-
-    def get(self, now: float) -> dict[str, str]:
-        """The headers of a GET answer at Unix time ``now``."""
-        if not self.reply.successful:
-            return self._get
-        max_age = max(0, int(self._next_update - now))
-        if max_age != self._max_age:
-            self._get = {
-                **self.post,
-                "Cache-Control": f"max-age={max_age}, public, no-transform, must-revalidate",
-            }
-            self._max_age = max_age
-        return self._get
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -104,30 +56,17 @@ def decode_get(encoded: str) -> bytes | None:
 
 
 class OCSPHandler:
-    # Bounds of the per-handler memos below (entries, and the longest GET path kept).
+    # Bounds of the per-handler memo below (entries, and the longest GET path kept).
     MEMO_ENTRIES = 1024
     MEMO_PATH = 1024
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
-        # A cached Reply (hashed by identity) -> its headers, worked out once.
-        self._reply_headers: dict[Reply, _ReplyHeaders] = {}
         # raw GET path -> (CA name, DER request or None): repeated GETs skip the parsing
         self._get_paths: dict[str, tuple[str | None, bytes | None]] = {}
 
-    def _headers_of(self, reply: Reply) -> _ReplyHeaders:
-        if not reply.cached:  # signed for this request alone
-            return _ReplyHeaders(reply)
-        memo = self._reply_headers
-        headers = memo.get(reply)
-        if headers is None:
-            if len(memo) >= self.MEMO_ENTRIES:
-                memo.clear()
-            headers = memo[reply] = _ReplyHeaders(reply)
-        return headers
-
     def _reply(self, request: web.Request, reply: Reply, *, cacheable: bool) -> web.Response:
-        reply_headers = self._headers_of(reply)
+        reply_headers = reply.headers()
         headers = reply_headers.get(time.time()) if cacheable else reply_headers.post
         request[REPLY] = reply
         if reply.successful and _etag_matches(
@@ -187,7 +126,7 @@ class OCSPHandler:
 
 def _refuse(status: int, text: str) -> web.Response:
     """An HTTP error that closes the connection (its body may be unread)."""
-    response = web.Response(status=status, text=text + "\n", headers=_ERROR_HEADERS)
+    response = web.Response(status=status, text=text + "\n", headers=ERROR_HEADERS)
     response.force_close()
     return response
 

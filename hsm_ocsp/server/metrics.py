@@ -178,17 +178,19 @@ class Metrics(MetricFamilies, Events):
         self._flush_signatures()
         done, self._done = self._done, []
         lookups, self._lookups = self._lookups, []
-        # A cached Reply (hashed by identity) answers many requests: count by reply,
-        # then by label.
-        by_reply = collections.Counter((method, reply) for method, reply, _ in done)
+        # Counted by label: (method, status name, certificate statuses) first.
+        by_label = collections.Counter(
+            (method, HTTP_ERROR, ()) if reply is None
+            else (method, reply.status_name, reply.cert_statuses)
+            for method, reply, _ in done
+        )  # fmt: skip
         requests: dict[tuple[str, str], int] = {}
         certs: dict[CertStatus, int] = {}
-        for (method, reply), count in by_reply.items():
+        for (method, status, cert_statuses), count in by_label.items():
             if method not in METHODS:
                 method = OTHER_METHOD
-            status = HTTP_ERROR if reply is None else reply.status_name
             requests[method, status] = requests.get((method, status), 0) + count
-            for cert_status in reply.cert_statuses if reply is not None else ():
+            for cert_status in cert_statuses:
                 certs[cert_status] = certs.get(cert_status, 0) + count
         for (method, status), count in requests.items():
             child = self._request_children.get((method, status))
