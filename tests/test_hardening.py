@@ -614,7 +614,7 @@ async def test_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
 ) -> None:
     import secrets
 
-    from hsm_ocsp.server.app_state import SERVICE
+    from hsm_ocsp.server.app_state import HOST
 
     setup = build_ca(tmp_path / "ca", softhsm)
     limit = 256 * 1024
@@ -622,7 +622,7 @@ async def test_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
         tmp_path / "config.toml", {"root": setup}, server=f"cache_bytes = {limit}"
     )
     client: Client = await aiohttp_client(create_app(load_config(config)))
-    service = client.app[SERVICE]
+    service = client.app[HOST].service
     first = {}
     for name in ("good", "revoked", "keycompromise", "superseded"):
         body = _request(setup, name)

@@ -52,7 +52,7 @@ async def test_fast_path_and_decoded_path_give_the_same_reply(
     w = make_world()
     sha1 = build_request([(w.ca.certificate, 0x1000)])
     await w.service.respond(sha1)
-    w.service._known.clear()  # the next answer comes through decoding
+    w.service._front._known.clear()  # the next answer comes through decoding
     decoded = await w.service.respond(sha1)
     fast = await w.service.respond(sha1)
     assert decoded == fast
@@ -110,7 +110,7 @@ async def test_nonce_requests_are_signed_every_time_with_echo(
     two = await w.service.respond(der)
     assert w.signer.count == 2
     assert not one.cached and not two.cached
-    assert not w.service._known
+    assert not w.service._front._known
 
 
 async def test_ca_path_is_part_of_the_fast_path_key(make_world: Callable[..., World]) -> None:
@@ -125,5 +125,5 @@ async def test_fast_path_map_is_bounded(make_world: Callable[..., World]) -> Non
     w = make_world(cache_entries=3)
     for serial in range(0x3000, 0x3010):
         await w.service.respond(build_request([(w.ca.certificate, serial)]))
-    assert len(w.service._known) <= 3
+    assert len(w.service._front._known) <= 3
     assert w.service.cache_size() <= 3

@@ -10,6 +10,7 @@ import datetime as dt
 import gc
 import multiprocessing
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp as x509_ocsp
 
-from hsm_ocsp.core import service as service_module
-from hsm_ocsp.core.front_service import FrontService
+from hsm_ocsp.core import front as front_module
+from hsm_ocsp.core.front import Front
 from hsm_ocsp.core.index import parse_index
 from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
 from hsm_ocsp.core.ocsp import CertID, OCSPRequest
@@ -30,9 +31,11 @@ from hsm_ocsp.core.pre_production import (
     needs,
     prefixes,
 )
+from hsm_ocsp.core.record_check import RecordChecker
 from hsm_ocsp.core.reply import Events, Reply
 from hsm_ocsp.core.reply_wire import decode_reply, encode_reply
 from hsm_ocsp.core.request import decode_request
+from hsm_ocsp.core.responder import Issuer
 from hsm_ocsp.core.shared_answers import (
     MISSING,
     Sharer,
@@ -41,6 +44,7 @@ from hsm_ocsp.core.shared_answers import (
     shared_key,
     signer_fingerprint,
 )
+from hsm_ocsp.core.store_source import StoreSource
 from hsm_ocsp.server.producer_link import ProducerClient, serve_link
 from hsm_ocsp.store.lmdb_store import LmdbStore
 
@@ -67,15 +71,26 @@ def store(tmp_path: Path) -> LmdbStore:
     return LmdbStore(tmp_path)
 
 
-def _front(world: World, store: LmdbStore) -> tuple[FrontService, list[OCSPRequest]]:
-    """A worker's service whose producer is ``world``'s service; what it was asked."""
-    asked: list[OCSPRequest] = []
+class _Producer:
+    """The link to a producer whose service is ``world``'s: what it was asked."""
 
-    async def producer(ca: str, request: OCSPRequest) -> Reply:
-        asked.append(request)
-        return await world.service.answer(ca, request)
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.asked: list[OCSPRequest] = []
 
-    return FrontService([world.issuer], store, producer, clock=lambda: world.now), asked
+    async def answer(self, issuer: Issuer, request: OCSPRequest) -> Reply:
+        self.asked.append(request)
+        return await self.world.service.answer_for(issuer.name, request)
+
+    def replaced(self, issuers: Sequence[Issuer], check: RecordChecker | None) -> None:
+        pass
+
+
+def _front(world: World, store: LmdbStore) -> tuple[Front, list[OCSPRequest]]:
+    """A worker's front door: the store, then a producer that is ``world``'s service."""
+    producer = _Producer(world)
+    stored = StoreSource(store, clock=lambda: world.now)
+    return Front([world.issuer], (stored, producer)), producer.asked
 
 
 @pytest.mark.parametrize("algorithm", ["sha1", "sha256"])
@@ -111,7 +126,7 @@ async def test_a_worker_serves_the_stored_answer_and_asks_the_producer_for_the_r
     assert first.successful and len(asked) == 1 and world.signer.count == 1
     again = await front.respond(request)
     assert again.body == first.body and len(asked) == 1  # from the store, nobody asked
-    assert again is await front.respond(request)  # one Reply: the HTTP memos hold
+    assert again is await front.respond(request)  # the record read and checked once
 
     # Withdrawn (an index change): the worker asks, never serves the old record.
     world.snapshot = parse_index(
@@ -194,15 +209,12 @@ async def test_a_worker_answers_bad_requests_and_foreign_cas_without_asking(
     ca: OpenSSLCA, store: LmdbStore
 ) -> None:
     world = World(ca)
-
-    async def producer(ca_name: str, request: OCSPRequest) -> Reply:
-        raise AssertionError("asked")
-
-    front = FrontService([world.issuer], store, producer, clock=lambda: world.now)
+    front, asked = _front(world, store)
     assert (await front.respond(b"\x30\x03junk")).status is OCSPResponseStatus.MALFORMED_REQUEST
     other = OpenSSLCA(ca.dir.parent / "other", "Other CA")
     foreign = await front.respond(build_request([(other.certificate, GOOD)]))
     assert foreign.status is OCSPResponseStatus.UNAUTHORIZED
+    assert asked == [] and world.signer.count == 0
 
 
 async def test_an_answer_of_a_replaced_signer_is_not_served(
@@ -342,7 +354,7 @@ async def test_the_producer_produces_from_the_certid_with_its_reason(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the producer decoded a request")
 
-    monkeypatch.setattr(service_module, "decode_request", no_decoding)
+    monkeypatch.setattr(front_module, "decode_request", no_decoding)
     one = cert_id(world.issuer, "sha256", REVOKED)
     reply = await world.service.produce("root", one, Reason.CHANGE)
     assert reply.successful and world.signer.count == 1 and events.reasons == ["change"]
@@ -367,11 +379,14 @@ async def test_a_request_the_worker_asks_for_is_decoded_once(
     hands the decoded parts over; the producer decodes nothing."""
     world = World(ca, shared=store)
     front, asked = _front(world, store)
+    decoded: list[bytes] = []
+    from hsm_ocsp.core.request import decode_request as real
 
-    def no_decoding(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the producer decoded a request")
+    def counted(data: bytes, **kwargs: int) -> OCSPRequest:
+        decoded.append(data)
+        return real(data, **kwargs)
 
-    monkeypatch.setattr(service_module, "decode_request", no_decoding)
+    monkeypatch.setattr(front_module, "decode_request", counted)
     nonce = b"\x04\x10" + bytes(range(16))
     for request, nonced in (
         (build_request([(ca.certificate, GOOD)], nonce=nonce), True),
@@ -384,3 +399,4 @@ async def test_a_request_the_worker_asks_for_is_decoded_once(
         nonces = [e for e in answer.extensions if isinstance(e.value, x509.OCSPNonce)]
         assert bool(nonces) is nonced
     assert len(asked) == 3 and asked[0].nonce is not None and asked[1].nonce is None
+    assert len(decoded) == 3  # once each, by the worker: the producer decodes nothing

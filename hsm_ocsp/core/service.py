@@ -1,4 +1,6 @@
-"""From request bytes to response bytes: decode, status, cache, sign.
+"""The signing source (answer_source.py): status from the index, then the cached or
+stored answer, else a signature. The producer answers its workers and its own
+pre-production with it; a lone worker answers HTTP with it behind the front door.
 
 No HTTP here and no PKCS#11: the signer and the index snapshots come in from
 outside, so the whole path is tested with a software signer too.
@@ -18,7 +20,7 @@ from . import shared_answers
 from .answer_signer import AnswerSigner
 from .audit import Audit
 from .clock import utcnow
-from .errors import MalformedRequestError
+from .front import Front
 from .index import IndexSnapshot
 from .limits import LIMITS
 from .model import OCSPResponseStatus
@@ -28,7 +30,6 @@ from .record_check import RecordChecker
 from .refresh import refresh_time
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
-from .request import decode_request
 from .responder import Issuer, select_issuer
 from .shared_answers import SharedAnswers, Sharer
 from .sign_queue import Kind
@@ -37,9 +38,6 @@ __all__ = ["OCSPService"]
 
 log = logging.getLogger("hsm_ocsp.service")
 _MISSING = shared_answers.MISSING
-# Requests up to this size are remembered for the fast path (one CertID is ~80-120
-# bytes), so that map holds at most cache_entries x 512 bytes however it is flooded.
-_MAX_KNOWN_REQUEST = 512
 
 
 @dataclasses.dataclass(slots=True)
@@ -78,7 +76,6 @@ class OCSPService:
         audit: Audit | None = None,
     ) -> None:
         self.issuers = tuple(issuers)
-        self.issuer_names = frozenset(i.name for i in issuers)
         self._snapshots = snapshots
         self.max_cert_ids = max_cert_ids
         self.echo_nonce = echo_nonce
@@ -92,35 +89,29 @@ class OCSPService:
         self._cache_bytes = cache_bytes
         self._cache: ReplyCache[_CacheEntry] = ReplyCache(cache_entries, cache_bytes)
         self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}
-        # Exact request bytes (and the CA of the URL) -> cache key, so a repeated
-        # request skips decoding: ~70 % of a cached answer's CPU went to asn1crypto.
-        # Only requests whose answer may come from the cache are remembered.
-        self._known: dict[tuple[str | None, bytes], tuple[str, tuple[bytes, ...]]] = {}
+        # A lone worker's front door, with this service its one source.
+        self._front = Front(self.issuers, (self,), max_cert_ids=max_cert_ids,
+                            memo_entries=min(cache_entries, LIMITS.front_memo_entries))  # fmt: skip
 
     async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
-        """Answer one DER request; never raises for bad input or a failed token."""
-        known = self._known.get((ca_name, data))
-        if known is not None and (hit := self._fresh(known)) is not None:
-            return hit
-        found = self._decode(data, ca_name)
-        if isinstance(found, Reply):
-            return found
-        issuer, snapshot, request = found
-        nonce = self.echo_nonce and request.nonce is not None
-        if known is None and not nonce and len(data) <= _MAX_KNOWN_REQUEST:
-            self._remember((ca_name, data), (issuer.name, tuple(c.der for c in request.cert_ids)))
-        return await self._answer(issuer, snapshot, request)
+        """Answer one DER request (front.py, then ``answer``); never raises for bad input
+        or a failed token."""
+        return await self._front.respond(data, ca_name)
 
-    async def answer(self, ca: str, request: OCSPRequest) -> Reply:
-        """Answer a request a worker decoded, for the CA it chose (the producer's link):
-        nothing is decoded here."""
-        issuer = select_issuer(self.issuers, request.cert_ids, ca)
-        if issuer is None:  # a reload meanwhile: the CA is no longer served
-            return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
+    async def answer(self, issuer: Issuer, request: OCSPRequest) -> Reply:
+        """The answer to a decoded request for ``issuer`` (one of this service's)."""
         snapshot = self._snapshots(issuer.name)
         if snapshot is None:
             return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         return await self._answer(issuer, snapshot, request)
+
+    async def answer_for(self, ca: str, request: OCSPRequest) -> Reply:
+        """Answer a request a worker decoded, for the CA it chose by name (the producer's
+        link): nothing is decoded here."""
+        issuer = select_issuer(self.issuers, request.cert_ids, ca)
+        if issuer is None:  # a reload meanwhile: the CA is no longer served
+            return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
+        return await self.answer(issuer, request)
 
     async def _answer(self, issuer: Issuer, snapshot: IndexSnapshot, request: OCSPRequest) -> Reply:
         if self.echo_nonce and request.nonce is not None:  # for this request alone
@@ -153,23 +144,6 @@ class OCSPService:
         if waiting is not None:  # the same answer is being signed: wait for it
             return await asyncio.shield(waiting)
         return await self._sign_once(key, issuer, snapshot, cert_ids, entry, reason)
-
-    def _decode(
-        self, data: bytes, ca_name: str | None
-    ) -> tuple[Issuer, IndexSnapshot, OCSPRequest] | Reply:
-        """The request, its CA and that CA's index; else the unsuccessful answer."""
-        try:
-            request = decode_request(data, max_cert_ids=self.max_cert_ids)
-        except MalformedRequestError as exc:
-            log.debug("malformed request: %s", exc)
-            return UNSUCCESSFUL[OCSPResponseStatus.MALFORMED_REQUEST]
-        issuer = select_issuer(self.issuers, request.cert_ids, ca_name)
-        if issuer is None:
-            return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
-        snapshot = self._snapshots(issuer.name)
-        if snapshot is None:
-            return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
-        return issuer, snapshot, request
 
     def _look_up(
         self, key: tuple[str, tuple[bytes, ...]], issuer: Issuer, snapshot: IndexSnapshot,
@@ -246,27 +220,6 @@ class OCSPService:
         self.events.served_unrefreshed()
         return entry.reply
 
-    def _fresh(self, key: tuple[str, tuple[bytes, ...]]) -> Reply | None:
-        """The cached reply for ``key`` if it is fresh and its serials unchanged."""
-        entry = self._cache.get(key)
-        if entry is None:
-            return None
-        snapshot = self._snapshots(key[0])
-        if snapshot is None or entry.refresh_at <= self._clock():
-            return None
-        if not self._unchanged(entry, snapshot):
-            return None
-        self.events.cache_lookup("hit")
-        return entry.reply
-
-    def _remember(
-        self, request: tuple[str | None, bytes], key: tuple[str, tuple[bytes, ...]]
-    ) -> None:
-        known = self._known
-        if len(known) >= self.cache_entries:  # bounded like the cache: drop the oldest
-            del known[next(iter(known))]
-        known[request] = key
-
     @staticmethod
     def _unchanged(entry: _CacheEntry, snapshot: IndexSnapshot) -> bool:
         if entry.snapshot() is snapshot:
@@ -336,16 +289,23 @@ class OCSPService:
         self._cache.put(key, entry, size, main=True)
         return entry
 
+    @property
+    def issuer_names(self) -> frozenset[str]:
+        return self._front.issuer_names
+
     def replace_issuers(
         self, issuers: Sequence[Issuer], check: RecordChecker | None = None
     ) -> None:
-        """New certificates or rules for the same CAs (a reload); the cached answers,
-        signed under the old ones, are dropped. (``check`` is the front's: this service
-        takes a stored answer only if it says what the index says.)"""
+        """New certificates or rules for the same CAs (a reload): the front door's and
+        this service's (``replaced``)."""
+        self._front.replace_issuers(issuers, check)
+
+    def replaced(self, issuers: Sequence[Issuer], check: RecordChecker | None) -> None:
+        """The cached answers, signed under the old issuers, are dropped. (``check`` is
+        a worker's: this service takes a stored answer only if it says what the index
+        says.)"""
         self.issuers = tuple(issuers)
-        self.issuer_names = frozenset(i.name for i in issuers)
         self._cache = ReplyCache(self.cache_entries, self._cache_bytes)
-        self._known.clear()
 
     def cache_size(self) -> int:
         return len(self._cache)

@@ -31,7 +31,10 @@ def create_app(
     host = SigningHost(config, token=token, pin=pin, login_gate=login_gate,
                        handle_signals=handle_signals)  # fmt: skip
     app = web.Application(client_max_size=config.server.max_request_bytes)
-    app[HOST], app[CONFIG], app[METRICS], app[SERVICE] = host, config, host.metrics, host.service
+    app[HOST] = host
+    app[CONFIG] = config
+    app[METRICS] = host.metrics
+    app[SERVICE] = host.service  # the front door with the signing service its one source
 
     async def running(app: web.Application) -> AsyncIterator[None]:
         await host.start()

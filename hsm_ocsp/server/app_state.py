@@ -18,19 +18,18 @@ from .signing_host import SigningHost
 
 
 class Answers(Protocol):
-    """What the routes ask for answers: the full service (core/service.py) where the
-    token and indexes are, the front (core/front_service.py) in a producer's worker."""
+    """What the routes ask for answers: the front door (core/front.py) with its sources:
+    the signing service alone in a lone worker (core/service.py), the store then the
+    producer in a producer's worker."""
 
-    issuers: tuple[Issuer, ...]
-    issuer_names: frozenset[str]
+    @property
+    def issuer_names(self) -> frozenset[str]: ...
 
     async def respond(self, data: bytes, ca_name: str | None = None) -> Reply: ...
 
     def replace_issuers(
         self, issuers: Sequence[Issuer], check: RecordChecker | None = None
     ) -> None: ...
-
-    def cache_bytes(self) -> int: ...
 
 
 SERVICE = web.AppKey("service", Answers)

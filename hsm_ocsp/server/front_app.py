@@ -15,9 +15,10 @@ from aiohttp import web
 from ..config.handoff import Handoff
 from ..config.model import Config, NonceMode
 from ..config.reload import read_reloadable
-from ..core.front_service import FrontService
+from ..core.front import Front
 from ..core.limits import LIMITS
 from ..core.record_check import RecordChecker
+from ..core.store_source import StoreSource
 from ..store.lmdb_store import LmdbStore
 from ..store.vouch import Vouches
 from .app_state import CONFIG, HANDOFF, METRICS, PRODUCER, RUNNING, SERVICE
@@ -47,20 +48,21 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
     names = [ca.name for ca in config.cas]
     vouches = Vouches(state_dir, names, store.identity) if config.signing else None
     producer = app[PRODUCER] = ProducerClient(socket_path(state_dir))
-    app[SERVICE] = FrontService(
-        issuers_of(config),
+    entries = min(config.server.cache_entries, LIMITS.front_memo_entries)
+    stored = StoreSource(
         store,
-        producer.ask,
-        max_cert_ids=config.server.max_cert_ids,
         # An edge cannot sign: it answers a nonce request from its copy, without the
         # nonce (RFC 9654 lets a responder leave it out).
         echo_nonce=config.server.nonce is NonceMode.ECHO and config.signing,
-        cache_entries=min(config.server.cache_entries, LIMITS.front_memo_entries),
+        cache_entries=entries,
         cache_bytes=min(config.server.cache_bytes, LIMITS.front_memo_bytes),
         events=metrics,
         vouched=None if vouches is None else vouches.vouched,
         check=RecordChecker(signer_keys(config)),
     )
+    # The store first, then the producer for what the store cannot answer.
+    app[SERVICE] = Front(issuers_of(config), (stored, producer),
+                         max_cert_ids=config.server.max_cert_ids, memo_entries=entries)  # fmt: skip
     app[RUNNING] = {"config": config}
     assert config.server.state_dir is not None
     app[HANDOFF] = Handoff(config.server.state_dir)

@@ -18,7 +18,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from ..core.frames import split_frames
@@ -26,8 +26,10 @@ from ..core.model import OCSPResponseStatus
 from ..core.ocsp import OCSPRequest
 from ..core.outbox import Outbox
 from ..core.question import decode_question, encode_question
+from ..core.record_check import RecordChecker
 from ..core.reply import UNSUCCESSFUL, Reply
 from ..core.reply_wire import decode_reply, encode_reply
+from ..core.responder import Issuer
 
 __all__ = ["ProducerClient", "serve_link", "socket_path"]
 
@@ -142,7 +144,8 @@ async def _answer(
 
 
 class ProducerClient:
-    """A worker's end of the link."""
+    """A worker's end of the link: the answer source (core/answer_source.py) that asks
+    the producer, with the request decoded here."""
 
     def __init__(self, path: Path, timeout: float = ASK_TIMEOUT) -> None:
         self.path = path
@@ -156,9 +159,12 @@ class ProducerClient:
         self._failed_at = 0.0
         self._said = False
 
+    async def answer(self, issuer: Issuer, request: OCSPRequest) -> Reply:
+        return await self.ask(issuer.name, request)
+
     async def ask(self, ca: str, request: OCSPRequest) -> Reply:
-        """The producer's answer to ``request`` (decoded here) for ``ca``; tryLater if it
-        cannot be reached or does not answer."""
+        """The producer's answer to ``request`` (decoded here) for CA ``ca``; tryLater
+        if it cannot be reached or does not answer."""
         payload = await self._call(bytes((_ANSWER,)) + encode_question(ca, request))
         if payload is None:
             return TRY_LATER
@@ -167,6 +173,9 @@ class ProducerClient:
         except ValueError as exc:
             log.error("producer sent a reply that is not one: %s", exc)
             return TRY_LATER
+
+    def replaced(self, issuers: Sequence[Issuer], check: RecordChecker | None) -> None:
+        """A reload: nothing kept here (the producer takes it up itself)."""
 
     async def problems(self) -> list[str]:
         """What the producer says keeps it from answering ([] when ready)."""

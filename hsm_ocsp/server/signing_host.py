@@ -159,7 +159,7 @@ class SigningHost:
             if self.role == "producer":
                 assert self.config.server.state_dir is not None
                 path = socket_path(self.config.server.state_dir)
-                self._link = await serve_link(path, self.service.answer, self.problems)
+                self._link = await serve_link(path, self.service.answer_for, self.problems)
         except BaseException:
             await self.close()
             raise

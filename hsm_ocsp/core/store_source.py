@@ -1,10 +1,10 @@
-"""A worker's answers when the host has a producer: no token and no index here.
+"""The host's store as an answer source (answer_source.py), in a producer's worker or an
+edge's: no token and no index here.
 
-An answer for one CertID is read from the host's store (core/shared_answers.py),
-served until its nextUpdate if one of the CA's configured certificates valid now signed
-it. Everything else (a serial the store lacks, a nonce, several CertIDs) is asked of
-the producer, which holds the token and the indexes. Bad requests and CertIDs of CAs
-not served here are answered at once, without asking anyone.
+An answer for one CertID is read from the host's store (shared_answers.py), served until
+its nextUpdate if one of the CA's configured certificates valid now signed it. Anything
+else (a serial the store lacks, a nonce, several CertIDs) is not its to answer: the next
+source (the link to the producer) is asked.
 
 The producer withdraws a serial's records before it signs anew when the index changes
 its status: so a worker never needs the index to know that a stored answer is true.
@@ -15,19 +15,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .clock import utcnow
-from .errors import MalformedRequestError
 from .limits import LIMITS
-from .model import OCSPResponseStatus
 from .ocsp import OCSPRequest
 from .record_check import RecordChecker
-from .reply import UNSUCCESSFUL, Events, Reply
+from .reply import Events, Reply
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
-from .request import decode_request
-from .responder import Issuer, SigningCertificate, select_issuer
+from .responder import Issuer, SigningCertificate
 from .shared_answers import (
     SharedAnswers,
     StoredAnswer,
@@ -37,20 +33,14 @@ from .shared_answers import (
     signer_fingerprint,
 )
 
-__all__ = ["Ask", "FrontService"]
-
-log = logging.getLogger("hsm_ocsp.service")
-Ask = Callable[[str, OCSPRequest], Awaitable[Reply]]  # the producer: CA, request -> reply
-_MAX_KNOWN_REQUEST = 512  # as in service.py: only requests of the common size are memoised
-
+__all__ = ["StoreSource"]
 
 RECHECK = 1.0  # seconds an answer past its refresh time is served before the store is read
 
 
 @dataclasses.dataclass(slots=True)
 class _Memo:
-    """A record read from the store, and the Reply made of it (one Reply served again
-    and again, so the HTTP layer's memos keyed on the Reply hold). It is served without
+    """A record read from the store, and the Reply made of it. It is served without
     reading the store while the store's generation stays (no withdrawal since) and
     before ``recheck``: the record's refresh time, when a fresher one is due."""
 
@@ -62,14 +52,11 @@ class _Memo:
     generation: int
 
 
-class FrontService:
+class StoreSource:
     def __init__(
         self,
-        issuers: Sequence[Issuer],
         shared: SharedAnswers,
-        ask: Ask,
         *,
-        max_cert_ids: int = LIMITS.max_cert_ids,
         echo_nonce: bool = True,
         cache_entries: int = LIMITS.front_memo_entries,
         cache_bytes: int = LIMITS.front_memo_bytes,
@@ -79,60 +66,29 @@ class FrontService:
         check: RecordChecker | None = None,
     ) -> None:
         """``vouched(ca)``: whether the producer has lately said that the store holds
-        what the CA's index says (store/vouch.py); while it has not, every answer of the
-        CA is asked of the producer. None (an edge, which has no index): always."""
-        self.issuers = tuple(issuers)
-        self.issuer_names = frozenset(i.name for i in issuers)
+        what the CA's index says (store/vouch.py); while it has not, no answer of the
+        CA comes from here. None (an edge, which has no index): always.
+        ``echo_nonce``: a request with a nonce is not the store's to answer (an edge,
+        which cannot sign, answers it from the store without the nonce)."""
         self._vouched = vouched
         self.check = check  # a record is served only if its signed body says what it says
         self._shared = shared
-        self._ask = ask
-        self.max_cert_ids = max_cert_ids
         self.echo_nonce = echo_nonce
         self.events = events or Events()
         self._clock = clock
         self._entries = cache_entries
         self._bytes = cache_bytes
         self._memo: ReplyCache[_Memo] = ReplyCache(cache_entries, cache_bytes)
-        # Exact request bytes (and the CA of the URL) -> (CA, store key).
-        self._known: dict[tuple[str | None, bytes], tuple[Issuer, bytes]] = {}
         self._fingerprints: dict[int, tuple[SigningCertificate, bytes]] = {}
         self._valid: dict[str, tuple[Issuer, int, frozenset[bytes]]] = {}
 
-    async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
-        """Answer one DER request; never raises for bad input or a producer away."""
-        known = self._known.get((ca_name, data))
-        if known is not None and (hit := self._stored(*known)) is not None:
-            return hit  # a request seen before: not even decoded
-        routed = self._route(data, ca_name)
-        if isinstance(routed, Reply):
-            return routed
-        issuer, request, key = routed
-        if key is not None:  # a stored kind of answer
-            if known is None and len(data) <= _MAX_KNOWN_REQUEST:
-                self._remember((ca_name, data), (issuer, key))
-            if known is None and (hit := self._stored(issuer, key)) is not None:
-                return hit
-        return await self._ask(issuer.name, request)  # decoded: the producer decodes nothing
-
-    def _route(
-        self, data: bytes, ca_name: str | None
-    ) -> Reply | tuple[Issuer, OCSPRequest, bytes | None]:
-        """The answer now (a bad request, a CA not served), or the request, its CA and
-        the store key of a stored kind of answer (None: only the producer answers it)."""
-        try:
-            request = decode_request(data, max_cert_ids=self.max_cert_ids)
-        except MalformedRequestError as exc:
-            log.debug("malformed request: %s", exc)
-            return UNSUCCESSFUL[OCSPResponseStatus.MALFORMED_REQUEST]
-        issuer = select_issuer(self.issuers, request.cert_ids, ca_name)
-        if issuer is None:
-            return UNSUCCESSFUL[OCSPResponseStatus.UNAUTHORIZED]
+    async def answer(self, issuer: Issuer, request: OCSPRequest) -> Reply | None:
         if (self.echo_nonce and request.nonce is not None) or len(request.cert_ids) != 1:
-            return issuer, request, None
-        if not keyable(request.cert_ids[0].serial_number):  # in no index: never stored
-            return issuer, request, None
-        return issuer, request, shared_key(issuer.name, request.cert_ids[0])
+            return None
+        one = request.cert_ids[0]
+        if not keyable(one.serial_number):  # in no index: never stored
+            return None
+        return self._stored(issuer, shared_key(issuer.name, one))
 
     def _stored(self, issuer: Issuer, key: bytes) -> Reply | None:
         """The stored answer under ``key`` if it may be served now. Only a hit is
@@ -202,12 +158,6 @@ class FrontService:
             known = self._fingerprints[id(signer)] = (signer, signer_fingerprint(signer))
         return known[1]
 
-    def _remember(self, request: tuple[str | None, bytes], found: tuple[Issuer, bytes]) -> None:
-        known = self._known
-        if len(known) >= self._entries:  # bounded like the memo: drop the oldest
-            del known[next(iter(known))]
-        known[request] = found
-
     def _record(self, key: bytes, data: bytes) -> StoredAnswer | None:
         """The record, checked against its signed body when a checker was given: a record
         that is not what it claims (damage, bytes put there) is never served."""
@@ -216,15 +166,9 @@ class FrontService:
         checked = self.check.check(key, data)
         return None if checked is None else checked.record
 
-    def replace_issuers(
-        self, issuers: Sequence[Issuer], check: RecordChecker | None = None
-    ) -> None:
-        """A reload: new certificates or rules for the same CAs (and their keys)."""
+    def replaced(self, issuers: Sequence[Issuer], check: RecordChecker | None) -> None:
         if check is not None:
             self.check = check
-        self.issuers = tuple(issuers)
-        self.issuer_names = frozenset(i.name for i in issuers)
-        self._known.clear()
         self._memo = ReplyCache(self._entries, self._bytes)
 
     def cache_size(self) -> int:
