@@ -139,7 +139,7 @@ def _check_ridden_out(
     """What each behaviour must show it rode out."""
     if ridden == "limit":  # never more than token.sessions open, all processes together
         assert most_open <= 2, most_open
-    if ridden == "sighup":  # the reload's look-ups were throttled and waited out
+    if ridden == "sighup":  # look-ups (at start, at the reload) were throttled and waited out
         assert "reload" in log.lower(), log[-2000:]
         assert recovered["throttled"] >= 1, recovered
     if ridden == "kept":  # the keep-alive kept the sessions: none was dropped

@@ -17,8 +17,8 @@
  *                        HSM_SHIM_SESSIONS_FILE (a counter shared through mmap), as a
  *                        token counts them; the most ever open is kept beside it
  *   HSM_SHIM_FIND_PER_S  object look-ups (C_FindObjectsInit, C_GetAttributeValue) over
- *                        this many a second in this process fail with CKR_DEVICE_ERROR
- *                        (AWS CloudHSM: 10 a second an HSM)
+ *                        this many within any second in this process fail with
+ *                        CKR_DEVICE_ERROR (AWS CloudHSM: 10 a second an HSM)
  *   HSM_SHIM_GONE_FILE   while this file exists the token is away (its slot is not
  *                        listed, every call on a session says CKR_DEVICE_REMOVED); each
  *                        time it comes back it is in another slot (its id + 1000), and
@@ -42,7 +42,9 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long idle_ms, fail_every, latency_ms, signatures;
 static CK_RV fail_rv = CKR_FUNCTION_FAILED;
 static int no_ro, no_multipart;
-static long max_sessions, find_per_s, finds, find_second;
+static long max_sessions, find_per_s;
+#define MAX_FINDS 1024
+static long find_times[MAX_FINDS], finds, find_next; /* the last look-ups let through */
 static long local_counts[2];
 static long *counts = local_counts; /* [0] open now, [1] the most ever open */
 static const char *gone_file;
@@ -78,14 +80,22 @@ static int away(void) {
     return gone;
 }
 
-/* A look-up now: CKR_OK, or CKR_DEVICE_ERROR over the token's rate. */
+/* A look-up now: CKR_OK, or CKR_DEVICE_ERROR over the token's rate: when find_per_s
+   look-ups were let through within the last second (a sliding second, so that a burst
+   is throttled however it falls across the clock's seconds). */
 static CK_RV looked_up(void) {
     if (find_per_s <= 0) return CKR_OK;
+    long window = find_per_s < MAX_FINDS ? find_per_s : MAX_FINDS;
     CK_RV rv = CKR_OK;
     pthread_mutex_lock(&lock);
-    long second = now_ms() / 1000;
-    if (second != find_second) { find_second = second; finds = 0; }
-    if (++finds > find_per_s) rv = CKR_DEVICE_ERROR;
+    long now = now_ms();
+    if (finds == window && now - find_times[find_next] < 1000) {
+        rv = CKR_DEVICE_ERROR; /* find_times[find_next]: the oldest of the last `window` */
+    } else {
+        find_times[find_next] = now;
+        find_next = (find_next + 1) % window;
+        if (finds < window) finds++;
+    }
     pthread_mutex_unlock(&lock);
     return rv;
 }
