@@ -14,8 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from hsm_ocsp.core.errors import MalformedRequestError
 from hsm_ocsp.core.ocsp import OCSPRequest
-from hsm_ocsp.core.request import decode_request
-from hsm_ocsp.core.request_fast import decode_request_fast
+from hsm_ocsp.core.request import decode_request, decode_request_fast
 from hsm_ocsp.core.request_full import decode_request_full
 from hsm_ocsp.server.handlers import decode_get
 

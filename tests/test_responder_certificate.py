@@ -120,7 +120,7 @@ def test_try_later_while_the_responder_certificate_is_not_valid_yet(
 
 
 def test_rule_29_refresh_at_half_under_16h_else_8h_before_and_within_4_days() -> None:
-    from hsm_ocsp.core.refresh import refresh_time
+    from hsm_ocsp.core.clock import refresh_time
 
     start = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
     hours = dt.timedelta(hours=1)

@@ -17,6 +17,8 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 
+from cryptography import x509
+
 from ..config.file import load_config
 from ..config.model import CAConfig, Config, CrlConfig, in_use
 from ..config.pin import read_pin
@@ -138,20 +140,24 @@ def _attribute_findings(ca: str, named: str, attributes: dict[str, object]) -> I
         yield Finding(Level.OK, ca, "key is sensitive and not extractable")
 
 
+def _not_valid(cert: x509.Certificate, now: dt.datetime) -> str | None:
+    """Why ``cert`` is not valid at ``now``; None when it is."""
+    if now < cert.not_valid_before_utc:
+        return f"is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+    if now >= cert.not_valid_after_utc:
+        return f"expired {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
 def _check_validity(ca: CAConfig, now: dt.datetime, warn_days: int) -> Iterator[Finding]:
     """The certificate in use now, the next one, and the days left (rollover)."""
     certs = list(ca.responder_certificates) or [(ca.certificate_path, ca.certificate)]
     which = "responder certificate" if ca.responder_certificates else "CA certificate"
     path, cert = in_use(certs, now)
     not_after = cert.not_valid_after_utc
-    if now < cert.not_valid_before_utc:
-        when = f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-        yield Finding(Level.ERROR, ca.name, f"{which} {path} is not valid before {when}")
-        return
-    if now >= not_after:
-        yield Finding(
-            Level.ERROR, ca.name, f"{which} {path} expired {not_after:%Y-%m-%d %H:%M} UTC"
-        )
+    invalid = _not_valid(cert, now)
+    if invalid is not None:
+        yield Finding(Level.ERROR, ca.name, f"{which} {path} {invalid}")
         return
     days = (not_after - now).days
     yield Finding(

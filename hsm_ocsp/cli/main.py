@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import __version__
 from ..core.errors import EXIT_USAGE, HsmOcspError, exit_code
@@ -24,6 +25,29 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the responder")
     serve.add_argument("--config", required=True, help="TOML configuration file")
 
+    _add_key_commands(sub)
+    check = sub.add_parser("check", help="check the token, keys, certificates and indexes")
+    check.add_argument("--config", required=True)
+    check.add_argument(
+        "--warn-days",
+        type=int,
+        default=30,
+        help="warn when the signing certificate has fewer days left and no next one (30)",
+    )
+
+    _add_record_commands(sub)
+
+    demo = sub.add_parser("demo", help="make a demo token and CA, then serve them")
+    demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--no-serve", action="store_true", help="set up only, do not serve")
+    demo.add_argument("--status", choices=("index", "crl"), default="index",
+                      help="serve status from the CA's index.txt (default) or its CRL")  # fmt: skip
+    return parser
+
+
+def _add_key_commands(sub: Any) -> None:
+    """keygen and csr: the responder's key pair and its request, on the token."""
     keygen = sub.add_parser("keygen", help="make the responder key pair on the token")
     keygen.add_argument("--config", help="take the module and PIN from this config")
     keygen.add_argument("--module", help="PKCS#11 module (.so)")
@@ -48,15 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     csr.add_argument("--subject", required=True, help='e.g. "CN=ocsp.example.com,O=Example"')
     csr.add_argument("--out", help="file to write (default: standard output)")
 
-    check = sub.add_parser("check", help="check the token, keys, certificates and indexes")
-    check.add_argument("--config", required=True)
-    check.add_argument(
-        "--warn-days",
-        type=int,
-        default=30,
-        help="warn when the signing certificate has fewer days left and no next one (30)",
-    )
 
+def _add_record_commands(sub: Any) -> None:
+    """store, revocations and audit: what a host keeps."""
     store = sub.add_parser("store", help="what the host's answer store holds")
     store_sub = store.add_subparsers(dest="store_command", required=True)
     stats = store_sub.add_parser(
@@ -83,14 +101,6 @@ def _parser() -> argparse.ArgumentParser:
         "verify", help="check that no line of the trail was changed, removed or moved"
     )
     verify.add_argument("files", nargs="+", help="the trail's files, oldest first")
-
-    demo = sub.add_parser("demo", help="make a demo token and CA, then serve them")
-    demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--no-serve", action="store_true", help="set up only, do not serve")
-    demo.add_argument("--status", choices=("index", "crl"), default="index",
-                      help="serve status from the CA's index.txt (default) or its CRL")  # fmt: skip
-    return parser
 
 
 # Each command's module and function, imported when it runs (serve's import is heavy).

@@ -12,6 +12,7 @@ from ..core.errors import EXIT_OK, ConfigError
 from ..core.pre_production import cert_id, lifetime_of, needs
 from ..core.shared_answers import (
     NOT_IN_INDEX,
+    StoredAnswer,
     decode,
     parse_key,
     shared_key,
@@ -46,22 +47,28 @@ def run_store_stats(args: argparse.Namespace) -> int:
     now = int(dt.datetime.now(dt.UTC).timestamp())
     for ca in config.cas:
         mine = [(size, answer) for name, size, answer in records if name == ca.name]
-        statuses = collections.Counter(answer.cert_status.value for _, answer in mine)
-        counted = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-        line = f"ca {ca.name}: {len(mine)} answers ({counted or 'none'}), "
-        line += f"{sum(size for size, _ in mine)} bytes"
-        live = [answer.next_update for _, answer in mine if answer.next_update > now]
-        kept = [a.next_update for _, a in mine if a.next_update > now and a.truth != NOT_IN_INDEX]
-        if kept:  # of those kept fresh: an unknown serial's answer is signed when asked
-            soonest = dt.datetime.fromtimestamp(min(kept), dt.UTC)
-            line += f", soonest nextUpdate {soonest:%Y-%m-%d %H:%M:%S} UTC"
-        expired = len(mine) - len(live)
-        if expired:
-            line += f", {expired} past their nextUpdate (never served)"
+        line = _ca_line(ca.name, mine, now)
         if ca.name in backlog:
             line += f", backlog {backlog[ca.name]} (to produce or refresh now)"
         print(line)
     return EXIT_OK
+
+
+def _ca_line(name: str, mine: list[tuple[int, StoredAnswer]], now: int) -> str:
+    """What the store holds for CA ``name``: ``mine``, (size, record) each."""
+    statuses = collections.Counter(answer.cert_status.value for _, answer in mine)
+    counted = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    line = f"ca {name}: {len(mine)} answers ({counted or 'none'}), "
+    line += f"{sum(size for size, _ in mine)} bytes"
+    live = [answer.next_update for _, answer in mine if answer.next_update > now]
+    kept = [a.next_update for _, a in mine if a.next_update > now and a.truth != NOT_IN_INDEX]
+    if kept:  # of those kept fresh: an unknown serial's answer is signed when asked
+        soonest = dt.datetime.fromtimestamp(min(kept), dt.UTC)
+        line += f", soonest nextUpdate {soonest:%Y-%m-%d %H:%M:%S} UTC"
+    expired = len(mine) - len(live)
+    if expired:
+        line += f", {expired} past their nextUpdate (never served)"
+    return line
 
 
 def _backlog(store: LmdbStore, config: Config) -> dict[str, int]:

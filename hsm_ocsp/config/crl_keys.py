@@ -34,17 +34,20 @@ def _places(ca: Section, file_key: str, url_key: str) -> tuple[str, ...]:
         values = raw if isinstance(raw, list) else [raw]
         if not values or not all(isinstance(v, str) and v for v in values):
             raise ca.error(key, "must be a string or a list of strings")
-        for value in values:
-            if key == url_key:
-                if not value.startswith(("http://", "https://")):
-                    raise ca.error(key, f"{value!r}: an http:// or https:// URL is expected")
-                found.append(value)
-            else:
-                path = Path(value) if Path(value).is_absolute() else ca.path.parent / value
-                if not path.is_file():
-                    raise ca.error(key, f"file {path} does not exist")
-                found.append(str(path))
+        found += [_place(ca, key, value, url=key == url_key) for value in values]
     return tuple(found)
+
+
+def _place(ca: Section, key: str, value: str, *, url: bool) -> str:
+    """A URL as it is, a file as its path (relative to the configuration's directory)."""
+    if url:
+        if not value.startswith(("http://", "https://")):
+            raise ca.error(key, f"{value!r}: an http:// or https:// URL is expected")
+        return value
+    path = Path(value) if Path(value).is_absolute() else ca.path.parent / value
+    if not path.is_file():
+        raise ca.error(key, f"file {path} does not exist")
+    return str(path)
 
 
 def crl_config(ca: Section, certificate: x509.Certificate) -> CrlConfig | None:

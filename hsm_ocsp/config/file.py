@@ -208,12 +208,17 @@ def _cas(file: Path, raw_cas: object, signing: bool) -> tuple[CAConfig, ...]:
     return tuple(cas)
 
 
-def _ca(ca: Section, taken: set[str], signing: bool = True) -> CAConfig:
-    name = ca.required("name", str)
+def _ca_name(ca: Section, taken: set[str]) -> str:
+    name: str = ca.required("name", str)
     if not _CA_NAME.fullmatch(name) or name in ("healthz", "readyz", "metrics"):
         raise ca.error("name", f"{name!r}: use letters, digits, '-', '_', '.'")
     if name in taken:
         raise ca.error("name", f"{name!r} is used by another [[ca]]")
+    return name
+
+
+def _ca(ca: Section, taken: set[str], signing: bool = True) -> CAConfig:
+    name = _ca_name(ca, taken)
     cert_path, cert = ca.certificate("certificate")
     responders = ca.responder_certificates("responder_certificate")
     resp_path, resp_cert = in_use(responders) if responders else (None, None)

@@ -75,6 +75,20 @@ def read_pin(token: TokenConfig, config_path: object = "<config>") -> str:
     return env_pin
 
 
+def _token_strings(path: Path, table: object) -> dict[str, str]:
+    """``module``, ``pin_env`` and ``pin_file`` of a ``[token]`` table, those given."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, "token", "must be a table")
+    values: dict[str, str] = {}
+    for key in ("module", "pin_env", "pin_file"):
+        value = table.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(path, f"token.{key}", "must be a str")
+        if value is not None:
+            values[key] = value
+    return values
+
+
 def module_and_pin(config_path: str | None, module: str | None) -> tuple[str, str]:
     """The PKCS#11 module and user PIN for a command-line tool.
 
@@ -90,16 +104,7 @@ def module_and_pin(config_path: str | None, module: str | None) -> tuple[str, st
         return module, read_pin(TokenConfig(module=module), "(environment)")
     path = Path(config_path)
     data = read_toml(path)
-    table = data.get("token", {})
-    if not isinstance(table, dict):
-        raise ConfigError(path, "token", "must be a table")
-    values: dict[str, str] = {}
-    for key in ("module", "pin_env", "pin_file"):
-        value = table.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(path, f"token.{key}", "must be a str")
-        if value is not None:
-            values[key] = value
+    values = _token_strings(path, data.get("token", {}))
     pin_file = values.get("pin_file")
     token_config = TokenConfig(
         module=module or values.get("module", DEFAULT_MODULE),

@@ -123,18 +123,7 @@ class Section:
         names = raw if isinstance(raw, list) else [raw]
         if not names or not all(isinstance(n, str) for n in names):
             raise self.error(name, "must be a file name, a list of them or a directory")
-        paths: list[Path] = []
-        for text in names:
-            path = Path(text) if Path(text).is_absolute() else self.path.parent / text
-            if path.is_dir():
-                found = sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".der"))
-                if not found:
-                    raise self.error(name, f"directory {path} holds no .pem, .crt or .der")
-                paths += found
-            elif path.is_file():
-                paths.append(path)
-            else:
-                raise self.error(name, f"file {path} does not exist")
+        paths = [p for text in names for p in self._certificate_files(name, text)]
         certs = []
         for path in paths:
             try:
@@ -142,6 +131,18 @@ class Section:
             except (OSError, ValueError) as exc:
                 raise self.error(name, f"{path} is not a PEM or DER certificate ({exc})") from None
         return tuple(certs)
+
+    def _certificate_files(self, name: str, text: str) -> list[Path]:
+        """The file ``text`` names, or the certificate files of the directory it names."""
+        path = Path(text) if Path(text).is_absolute() else self.path.parent / text
+        if path.is_file():
+            return [path]
+        if not path.is_dir():
+            raise self.error(name, f"file {path} does not exist")
+        found = sorted(p for p in path.iterdir() if p.suffix in (".pem", ".crt", ".der"))
+        if not found:
+            raise self.error(name, f"directory {path} holds no .pem, .crt or .der")
+        return found
 
     def certificate(self, name: str, *, required: bool = True) -> tuple[Path | None, Any]:
         path = self.file(name, required=required)

@@ -75,16 +75,9 @@ class AnswerSigner:
         if signer is None:  # never a signature no valid certificate vouches for
             self._signer_invalid(issuer, now)
             return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
-        next_update = now + issuer.validity
-        if next_update > signer.not_after:  # no answer outlives its signer
-            next_update = signer.not_after.replace(microsecond=0)
-            self._validity_capped(issuer, signer)
-        source_until = snapshot.valid_until  # nor the CRL its status comes from
-        if source_until is not None and next_update > source_until:
-            if source_until <= now:  # a freshness the source does not have: none
-                self._source_expired(issuer, source_until, now)
-                return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
-            next_update = source_until.replace(microsecond=0)
+        next_update = self._next_update(issuer, signer, snapshot, now)
+        if next_update is None:
+            return UNSUCCESSFUL[OCSPResponseStatus.TRY_LATER]
         singles = single_responses(issuer, snapshot, cert_ids)
         tbs = encode_response_data(
             responder_key_hash=signer.responder_key_hash,
@@ -129,6 +122,25 @@ class AnswerSigner:
             next_update=next_update,
             etag='"' + hashlib.sha256(body).hexdigest()[:32] + '"',
         )
+
+    def _next_update(
+        self, issuer: Issuer, signer: SigningCertificate, snapshot: IndexSnapshot,
+        now: dt.datetime,
+    ) -> dt.datetime | None:  # fmt: skip
+        """The answer's nextUpdate: the CA's validity from now, cut so that no answer
+        outlives its signer nor the CRL its status comes from; None when that CRL is
+        past its own nextUpdate (a freshness the source does not have: no answer)."""
+        next_update = now + issuer.validity
+        if next_update > signer.not_after:
+            next_update = signer.not_after.replace(microsecond=0)
+            self._validity_capped(issuer, signer)
+        source_until = snapshot.valid_until
+        if source_until is None or next_update <= source_until:
+            return next_update
+        if source_until <= now:
+            self._source_expired(issuer, source_until, now)
+            return None
+        return source_until.replace(microsecond=0)
 
     async def _sign_logged(self, name: str, data: bytes) -> bytes:
         """The token's signature, its audit line written first; with audit.required a line

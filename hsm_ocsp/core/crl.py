@@ -131,19 +131,11 @@ def read_crl(
         extensions = crl.extensions
     except ValueError as exc:
         raise CrlRefused(f"not a CRL: {exc}", "format") from None
-    signer, indirect = _signer(crl, ca, delegate)
-    if not _verifies(crl, signer):
-        who = signer.subject.rfc4514_string()
-        raise CrlRefused(f"its signature does not verify with the key of {who}", "signature")
+    indirect = _signed(crl, ca, delegate)
     for ext in extensions:
         if ext.critical and ext.oid not in _KNOWN_CRL_EXTENSIONS:
             raise CrlRefused(f"unknown critical extension {ext.oid.dotted_string}", "format")
-    this_update = crl.last_update_utc
-    if this_update > now + CLOCK_SKEW:
-        raise CrlRefused(f"thisUpdate {this_update:%Y-%m-%d %H:%M:%S}Z is in the future", "time")
-    next_update = crl.next_update_utc
-    if next_update is not None and next_update <= now:
-        raise CrlRefused(f"past its nextUpdate {next_update:%Y-%m-%d %H:%M:%S}Z", "expired")
+    this_update, next_update = _in_time(crl, now)
     scope = _scope(extensions, indirect)
     base = _value(extensions, x509.DeltaCRLIndicator)
     number = _value(extensions, x509.CRLNumber)
@@ -165,6 +157,31 @@ def read_crl(
         entries=entries,
         size=len(data),
     )
+
+
+def _signed(
+    crl: x509.CertificateRevocationList, ca: x509.Certificate, delegate: x509.Certificate | None
+) -> bool:
+    """Whether ``crl`` is an indirect CRL, once its signature verified (with the CA's key
+    or its delegate's): CrlRefused if it does not."""
+    signer, indirect = _signer(crl, ca, delegate)
+    if not _verifies(crl, signer):
+        who = signer.subject.rfc4514_string()
+        raise CrlRefused(f"its signature does not verify with the key of {who}", "signature")
+    return indirect
+
+
+def _in_time(
+    crl: x509.CertificateRevocationList, now: dt.datetime
+) -> tuple[dt.datetime, dt.datetime | None]:
+    """thisUpdate and nextUpdate, if ``now`` is between them (with CLOCK_SKEW)."""
+    this_update = crl.last_update_utc
+    if this_update > now + CLOCK_SKEW:
+        raise CrlRefused(f"thisUpdate {this_update:%Y-%m-%d %H:%M:%S}Z is in the future", "time")
+    next_update = crl.next_update_utc
+    if next_update is not None and next_update <= now:
+        raise CrlRefused(f"past its nextUpdate {next_update:%Y-%m-%d %H:%M:%S}Z", "expired")
+    return this_update, next_update
 
 
 def _load(data: bytes) -> x509.CertificateRevocationList:
@@ -268,20 +285,24 @@ def combine(
             else:
                 listed[serial] = revocation
     revoked = {s: r for s, r in listed.items() if r is not None}
-    entries: dict[int, Revocation | None]
-    if issued is None:
-        entries = AllIssued(revoked)
-        good = 0
-    else:
-        entries = dict.fromkeys(issued)
-        good = len(entries)
-        for serial in revoked:
-            good -= serial in entries
-        entries.update(revoked)
+    entries, good = _entries(revoked, issued)
     counts = MappingProxyType({"V": good, "R": len(revoked), "E": 0})
     soonest = min((v for v in valid if v is not None), default=None)
     snapshot = IndexSnapshot(entries=entries, counts=counts, valid_until=soonest)
     return Combined(snapshot, soonest, tuple(unused))
+
+
+def _entries(
+    revoked: dict[int, Revocation], issued: Iterable[int] | None
+) -> tuple[dict[int, Revocation | None], int]:
+    """Every serial's status, and how many are good: those issued and not revoked (with
+    no list of issued serials, every serial not listed is good: AllIssued)."""
+    if issued is None:
+        return AllIssued(revoked), 0
+    entries: dict[int, Revocation | None] = dict.fromkeys(issued)
+    good = len(entries) - sum(1 for serial in revoked if serial in entries)
+    entries.update(revoked)
+    return entries, good
 
 
 def _delta_fits(delta: CrlFacts, base: CrlFacts | None) -> str | None:

@@ -83,6 +83,19 @@ def _revoked_list(tbs: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _content(data: bytes, at: int) -> tuple[int, int]:
+    """Where the content of the TLV at ``at`` starts and stops (short lengths inline)."""
+    n = data[at + 1]
+    if n < 0x80:
+        return at + 2, at + 2 + n
+    if n == 0x81:
+        return at + 3, at + 3 + data[at + 2]
+    if n == 0x82:
+        return at + 4, at + 4 + (data[at + 2] << 8 | data[at + 3])
+    _, start, stop = _tlv(data, at)
+    return start, stop
+
+
 def raw_entries(tbs: bytes) -> Iterator[tuple[int, bytes, bytes]]:
     """(serial, revocationDate TLV, crlEntryExtensions TLV or b"") of each entry. The
     lengths an entry has (under 64 KiB, a serial under 128 bytes) are read inline; any
@@ -96,15 +109,7 @@ def raw_entries(tbs: bytes) -> Iterator[tuple[int, bytes, bytes]]:
     while at < end:
         if data[at] != 0x30:
             raise EntryFault("an entry is not a SEQUENCE")
-        n = data[at + 1]
-        if n < 0x80:
-            start, stop = at + 2, at + 2 + n
-        elif n == 0x81:
-            start, stop = at + 3, at + 3 + data[at + 2]
-        elif n == 0x82:
-            start, stop = at + 4, at + 4 + (data[at + 2] << 8 | data[at + 3])
-        else:
-            _, start, stop = _tlv(data, at)
+        start, stop = _content(data, at)
         if stop > end or data[start] != 0x02 or data[start + 1] >= 0x80:
             raise EntryFault("an entry's serial is not a short INTEGER")
         s1 = start + 2 + data[start + 1]
@@ -168,21 +173,27 @@ def read_entries(
             if current != only_for:
                 continue
         revocation = shared.get((date, exts), _NONE)
-        if revocation is _NONE:
-            when = dates.get(date) or dates.setdefault(date, _date(date))
-            reason, invalidity, hold, _ = said
-            if reason is RevocationReason.REMOVE_FROM_CRL:
-                revocation = None
-            else:
-                hold = hold if reason is RevocationReason.CERTIFICATE_HOLD else None
-                revocation = Revocation(when, reason, invalidity, hold)
-            shared[date, exts] = revocation
+        if revocation is _NONE:  # worked out once for each (date, extensions) met
+            revocation = shared[date, exts] = _revocation(date, said, dates)
         if revocation is None:
             if delta:
                 entries[serial] = None
             continue  # removeFromCRL in a full CRL says nothing
         entries[serial] = revocation
     return entries
+
+
+def _revocation(
+    date: bytes, said: EntryFacts, dates: dict[bytes, dt.datetime]
+) -> Revocation | None:
+    """The revocation an entry of this date and these facts says; None for
+    removeFromCRL. ``dates``: each date read once."""
+    when = dates.get(date) or dates.setdefault(date, _date(date))
+    reason, invalidity, hold, _ = said
+    if reason is RevocationReason.REMOVE_FROM_CRL:
+        return None
+    hold = hold if reason is RevocationReason.CERTIFICATE_HOLD else None
+    return Revocation(when, reason, invalidity, hold)
 
 
 _NONE: Revocation | None = Revocation(dt.datetime(1, 1, 1, tzinfo=dt.UTC))  # a marker

@@ -37,14 +37,20 @@ def _length(data: bytes, i: int) -> tuple[int, int]:
 
 def _check_primitive(tag: int, content: bytes) -> None:
     if tag == 0x02:
-        if not content or (
-            len(content) > 1 and (content[0], content[1] >> 7) in ((0, 0), (0xFF, 1))
-        ):
-            raise ValueError("INTEGER not in its shortest form")
+        _check_integer(content)
     elif tag == 0x06:
-        if not content or content[-1] & 0x80 or content[0] == 0x80:
-            raise ValueError("malformed OBJECT IDENTIFIER")
-        if any(b == 0x80 and not content[j - 1] & 0x80 for j, b in enumerate(content) if j):
-            raise ValueError("OBJECT IDENTIFIER not in its shortest form")
+        _check_oid(content)
     elif tag == 0x05 and content:
         raise ValueError("NULL with content")
+
+
+def _check_integer(content: bytes) -> None:
+    if not content or (len(content) > 1 and (content[0], content[1] >> 7) in ((0, 0), (0xFF, 1))):
+        raise ValueError("INTEGER not in its shortest form")
+
+
+def _check_oid(content: bytes) -> None:
+    if not content or content[-1] & 0x80 or content[0] == 0x80:
+        raise ValueError("malformed OBJECT IDENTIFIER")
+    if any(b == 0x80 and not content[j - 1] & 0x80 for j, b in enumerate(content) if j):
+        raise ValueError("OBJECT IDENTIFIER not in its shortest form")

@@ -1,5 +1,11 @@
 """The front door of every serving process: a request decoded once, its CA chosen, and
-then answered by the first of its sources (answer_source.py) that has an answer.
+then answered by the first of its answer sources that has an answer.
+
+Answer sources: one interface, three kinds. The signing source (service.py: the index
+and the token, in the producer or a lone worker), the store (store_source.py: the host's
+LMDB, in a producer's worker or an edge's) and the link to the producer
+(server/producer_link.py, in a worker). A worker asks the store, then the link, the way
+Boulder's responder composes its sources.
 
 Bad requests and CertIDs of CAs not served here are answered at once, asking no source.
 A request seen before (the same bytes, for the same URL CA) is not decoded again: ~70 %
@@ -10,8 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
-from .answer_source import AnswerSource
 from .errors import MalformedRequestError
 from .limits import LIMITS
 from .model import OCSPResponseStatus
@@ -21,12 +27,24 @@ from .reply import UNSUCCESSFUL, Reply
 from .request import decode_request
 from .responder import Issuer, select_issuer
 
-__all__ = ["Front"]
+__all__ = ["AnswerSource", "Front"]
 
 log = logging.getLogger("hsm_ocsp.service")
 # Requests up to this size are remembered (one CertID is ~80-120 bytes), so that memo
 # holds at most memo_entries x (512 bytes and their decoded parts) however it is flooded.
 MAX_KNOWN_REQUEST = 512
+
+
+class AnswerSource(Protocol):
+    async def answer(self, issuer: Issuer, request: OCSPRequest) -> Reply | None:
+        """The answer to ``request`` (decoded, its CA chosen: ``issuer``), or None when
+        this source has none to give: the next one is asked. Never raises for bad input
+        or a part that is away (the answer is then tryLater)."""
+        ...
+
+    def replaced(self, issuers: Sequence[Issuer], check: RecordChecker | None) -> None:
+        """A reload: new certificates or rules for the same CAs, and (a worker) the new
+        checker of stored records; what was worked out under the old ones is dropped."""
 
 
 class Front:

@@ -68,25 +68,29 @@ def parse_revocation(field: str) -> Revocation:
         return Revocation(revocation_time)
     name = parts[1].lower()
     extra = parts[2] if len(parts) == 3 else None
-    if name == "holdinstruction":
+    if name in ("holdinstruction", "keytime", "cakeytime"):
         if extra is None:
-            raise ValueError("holdInstruction needs an instruction")
-        oid = _HOLD_INSTRUCTIONS.get(extra.lower(), extra)
-        if not _OID.fullmatch(oid):
-            raise ValueError(f"unknown hold instruction {extra!r}")
-        return Revocation(revocation_time, RevocationReason.CERTIFICATE_HOLD, None, oid)
-    if name in ("keytime", "cakeytime"):
-        if extra is None:
-            raise ValueError(f"{parts[1]} needs a time")
-        reason = (
-            RevocationReason.KEY_COMPROMISE if name == "keytime" else RevocationReason.CA_COMPROMISE
-        )
-        return Revocation(revocation_time, reason, parse_time(extra))
+            needs = "an instruction" if name == "holdinstruction" else "a time"
+            raise ValueError(f"{parts[1]} needs {needs}")
+        return _with_extra(revocation_time, name, extra)
     if name not in _REASONS:
         raise ValueError(f"unknown revocation reason {parts[1]!r}")
     if extra is not None:
         raise ValueError(f"reason {parts[1]} takes no third part")
     return Revocation(revocation_time, _REASONS[name])
+
+
+def _with_extra(revocation_time: dt.datetime, name: str, extra: str) -> Revocation:
+    """A hold with its instruction, or a key compromise with the time of it."""
+    if name == "holdinstruction":
+        oid = _HOLD_INSTRUCTIONS.get(extra.lower(), extra)
+        if not _OID.fullmatch(oid):
+            raise ValueError(f"unknown hold instruction {extra!r}")
+        return Revocation(revocation_time, RevocationReason.CERTIFICATE_HOLD, None, oid)
+    reason = (
+        RevocationReason.KEY_COMPROMISE if name == "keytime" else RevocationReason.CA_COMPROMISE
+    )
+    return Revocation(revocation_time, reason, parse_time(extra))
 
 
 def split_escaped(line: str) -> list[str]:

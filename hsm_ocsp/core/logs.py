@@ -96,6 +96,17 @@ def setup_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+def _straight_to_root(logger: logging.Logger) -> bool:
+    """Whether ``logger``'s lines reach the root through loggers without handlers or
+    filters that all propagate."""
+    current: logging.Logger | None = logger
+    while current is not None and current is not logging.root:
+        if current.handlers or current.filters or not current.propagate:
+            return False
+        current = current.parent
+    return True
+
+
 def direct_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
     """The one handler an INFO line of ``logger`` reaches, if nothing on the way can alter it.
 
@@ -104,12 +115,7 @@ def direct_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
     and no filters: as :func:`setup_logging` leaves it.
     """
     root = logging.root
-    current: logging.Logger | None = logger
-    while current is not None and current is not root:
-        if current.handlers or current.filters or not current.propagate:
-            return None
-        current = current.parent
-    if root.filters or len(root.handlers) != 1:
+    if not _straight_to_root(logger) or root.filters or len(root.handlers) != 1:
         return None
     handler = root.handlers[0]
     if type(handler) is not logging.StreamHandler or handler.filters:

@@ -1,5 +1,5 @@
 """RFC 6960 messages as this package sees them: the OIDs, a decoded request, the
-answer for one CertID. Decoding is in request.py (request_fast.py, request_full.py),
+answer for one CertID. Decoding is in request.py (and request_full.py),
 encoding in response.py: each CertID is echoed byte for byte, and every field is as
 the RFCs and the Baseline Requirements want it.
 """

@@ -49,7 +49,7 @@ class Reason(enum.Enum):
     """Why an answer was signed (the ``reason`` label of hsm_ocsp_signatures_total)."""
 
     CHANGE = "change"  # the index changed the serial's status
-    REFRESH = "refresh"  # the stored answer is due for refresh (refresh.py)
+    REFRESH = "refresh"  # the stored answer is due for refresh (clock.refresh_time)
     FILL = "fill"  # no answer stored yet
     LIVE = "live"  # a client waited for it (a store miss, several CertIDs)
     NONCE = "nonce"  # signed for one client alone

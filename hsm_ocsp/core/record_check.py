@@ -63,18 +63,29 @@ class RecordChecker:
         cert_id = decode_cert_id(cert_id_of(key))
         if signer is None or cert_id is None or cert_id.serial_number != parsed[1]:
             return None
-        try:
-            response = ocsp.load_der_ocsp_response(record.body)
-            if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
-                return None
-            singles = list(response.responses)
-            if len(singles) != 1 or not _says(singles[0], cert_id, record, response):
-                return None
-            verify(signer[0], signer[1], response.tbs_response_bytes, response.signature)
-        except (ValueError, InvalidSignature, TypeError):
+        single = _signed_single(record, cert_id, signer)
+        if single is None:
             return None
-        hold = singles[0].revocation_reason is x509.ReasonFlags.certificate_hold
+        hold = single.revocation_reason is x509.ReasonFlags.certificate_hold
         return Checked(parsed[0], parsed[1], record, hold)
+
+
+def _signed_single(
+    record: StoredAnswer, cert_id: CertID, signer: tuple[object, SignatureScheme]
+) -> ocsp.OCSPSingleResponse | None:
+    """The one SingleResponse of the record's body, if the body is an answer the signer
+    signed for ``cert_id`` that says what the record's header says."""
+    try:
+        response = ocsp.load_der_ocsp_response(record.body)
+        if response.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
+            return None
+        singles = list(response.responses)
+        if len(singles) != 1 or not _says(singles[0], cert_id, record, response):
+            return None
+        verify(signer[0], signer[1], response.tbs_response_bytes, response.signature)
+    except (ValueError, InvalidSignature, TypeError):
+        return None
+    return singles[0]
 
 
 def _says(

@@ -46,15 +46,19 @@ def remember(snapshot: IndexSnapshot, held: Mapping[int, Revocation]) -> Remembe
         else:
             kept.append(serial)
     if kept:
-        # A copy of the same kind (AllIssued: a CRL's serials not listed are good).
-        merged = type(entries)(entries) if isinstance(entries, dict) else dict(entries)
-        good = sum(1 for s in kept if entries.get(s, _MISSING) is None)
-        for serial in kept:
-            merged[serial] = held[serial]
-        counts = dict(snapshot.counts)
-        counts["R"] = counts.get("R", 0) + len(kept)
-        counts["V"] = max(0, counts.get("V", 0) - good)
-        snapshot = dataclasses.replace(
-            snapshot, entries=merged, counts=MappingProxyType(counts), delta=None
-        )
+        snapshot = _laid_over(snapshot, {serial: held[serial] for serial in kept})
     return Remembered(snapshot, new, released, kept)
+
+
+def _laid_over(snapshot: IndexSnapshot, kept: dict[int, Revocation]) -> IndexSnapshot:
+    """``snapshot`` with the revocations it dropped, ``kept``, laid over it."""
+    entries = snapshot.entries
+    # A copy of the same kind (AllIssued: a CRL's serials not listed are good).
+    merged = type(entries)(entries) if isinstance(entries, dict) else dict(entries)
+    good = sum(1 for s in kept if entries.get(s, _MISSING) is None)
+    merged.update(kept)
+    counts = dict(snapshot.counts)
+    counts["R"] = counts.get("R", 0) + len(kept)
+    counts["V"] = max(0, counts.get("V", 0) - good)
+    return dataclasses.replace(snapshot, entries=merged, counts=MappingProxyType(counts),
+                               delta=None)  # fmt: skip

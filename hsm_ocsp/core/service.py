@@ -1,4 +1,4 @@
-"""The signing source (answer_source.py): status from the index, then the cached or
+"""The signing source (front.py): status from the index, then the cached or
 stored answer, else a signature. The producer answers its workers and its own
 pre-production with it; a lone worker answers HTTP with it behind the front door.
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from . import shared_answers
 from .answer_signer import AnswerSigner
 from .audit import Audit
-from .clock import utcnow
+from .clock import refresh_time, utcnow
 from .front import Front
 from .index import IndexSnapshot
 from .limits import LIMITS
@@ -27,7 +27,6 @@ from .model import OCSPResponseStatus
 from .ocsp import CertID, OCSPRequest
 from .pre_production import Reason, produced_ahead
 from .record_check import RecordChecker
-from .refresh import refresh_time
 from .reply import UNSUCCESSFUL, Events, Reply, Signer
 from .reply_cache import ENTRY_OVERHEAD, ReplyCache
 from .responder import Issuer, select_issuer

@@ -1,4 +1,4 @@
-"""The host's store as an answer source (answer_source.py), in a producer's worker or an
+"""The host's store as an answer source (front.py), in a producer's worker or an
 edge's: no token and no index here.
 
 An answer for one CertID is read from the host's store (shared_answers.py), served until

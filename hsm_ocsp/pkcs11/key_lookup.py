@@ -91,24 +91,35 @@ def find_key(session: Any, spec: KeySpec, patience: Patience | None = None) -> A
         if spec.public_key is None:
             raise
         named = None
-    if named is not None and spec.public_key is not None:
-        where = step(lambda: _public_of(named))
-        beside = step(lambda: list(session.get_objects(where)))
-        if beside and step(lambda: _spki(beside[0])) != spec.public_key:
-            named = None  # the URI names another key than the certificate's
-    if named is not None:
-        return named
     if spec.public_key is None:
-        raise p11e.NoSuchKey(spec.name)
+        return named
+    if named is not None and _of_key(session, named, spec.public_key, step):
+        return named  # (else the URI names another key than the certificate's)
+    return _by_public_key(session, spec.name, spec.public_key, step)
+
+
+Step = Callable[[Callable[[], Any]], Any]
+
+
+def _of_key(session: Any, named: Any, public_key: bytes, step: Step) -> bool:
+    """Whether the private key ``named`` is of ``public_key``, as the public-key object
+    beside it says (none beside it: taken as it is)."""
+    where = step(lambda: _public_of(named))
+    beside = step(lambda: list(session.get_objects(where)))
+    return not beside or bool(step(lambda: _spki(beside[0])) == public_key)
+
+
+def _by_public_key(session: Any, name: str, public_key: bytes, step: Step) -> Any:
+    """The private key paired with the public-key object of ``public_key``."""
     # Read the whole search first: a search left open makes the next one fail
     # (CKR_OPERATION_ACTIVE).
     found = step(lambda: list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})))
     for public in found:
-        if step(functools.partial(_spki, public)) == spec.public_key:
+        if step(functools.partial(_spki, public)) == public_key:
             pair = step(functools.partial(_pair_of, public))
             get = functools.partial(session.get_key, object_class=ObjectClass.PRIVATE_KEY, **pair)
             return step(get)
-    raise p11e.NoSuchKey(spec.name)
+    raise p11e.NoSuchKey(name)
 
 
 def _pair_of(obj: Any) -> dict[str, Any]:

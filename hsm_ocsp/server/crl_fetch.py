@@ -14,6 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 __all__ = ["FetchError", "Place", "place_for"]
 
@@ -146,6 +147,18 @@ class UrlPlace(Place):
             self._kick.wait(self.interval)
             self._kick.clear()
 
+    def _body(self, response: Any) -> bytes:
+        """The response's body, refused past crl_max_bytes (by its Content-Length before
+        a byte is read, else by what was read)."""
+        length = response.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            raise FetchError(f"{self.url}: {length} bytes, over crl_max_bytes "
+                             f"({self.max_bytes})")  # fmt: skip
+        data = response.read(self.max_bytes + 1)
+        if len(data) > self.max_bytes:
+            raise FetchError(f"{self.url}: over crl_max_bytes ({self.max_bytes})")
+        return bytes(data)
+
     def _fetch(self) -> bytes | None:
         request = urllib.request.Request(self.url, headers={"User-Agent": USER_AGENT})
         # Conditional, but every tenth fetch whole: a server's validators have a
@@ -158,16 +171,10 @@ class UrlPlace(Place):
                 request.add_header("If-Modified-Since", self._modified)
         try:
             with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                    raise FetchError(f"{self.url}: {length} bytes, over crl_max_bytes "
-                                     f"({self.max_bytes})")  # fmt: skip
-                data = response.read(self.max_bytes + 1)
-                if len(data) > self.max_bytes:
-                    raise FetchError(f"{self.url}: over crl_max_bytes ({self.max_bytes})")
+                data = self._body(response)
                 self._etag = response.headers.get("ETag")
                 self._modified = response.headers.get("Last-Modified")
-                return bytes(data)
+                return data
         except urllib.error.HTTPError as exc:
             if exc.code == 304:
                 return None

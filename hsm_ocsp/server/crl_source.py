@@ -185,10 +185,7 @@ class CrlSource:
             self._say(place.name, f"CRL refused: {exc}", exc.label)
             return False
         old = self.in_service.get(place.name)
-        why = None if old is None else later_than(facts, old)
-        if why is None and facts.delta != (place in self._deltas):
-            why = "a delta CRL where a full one is expected" if facts.delta else (
-                "a full CRL where a delta is expected")  # fmt: skip
+        why = self._out_of_order(place, facts, old)
         if why is not None:
             self._say(place.name, f"CRL refused: {why}", "order")
             return False
@@ -203,6 +200,15 @@ class CrlSource:
                  facts.number, place.name, " (kept by the last run)" if kept else "",
                  len(facts.entries), until)  # fmt: skip
         return True
+
+    def _out_of_order(self, place: Place, facts: CrlFacts, old: CrlFacts | None) -> str | None:
+        """Why ``facts`` may not follow ``old`` from ``place`` (older, or a delta CRL
+        where a full one is expected, or the other way round); None if it may."""
+        why = None if old is None else later_than(facts, old)
+        if why is None and facts.delta != (place in self._deltas):
+            why = "a delta CRL where a full one is expected" if facts.delta else (
+                "a full CRL where a delta is expected")  # fmt: skip
+        return why
 
     def _issued_changed(self) -> bool:
         if self._issued is None:

@@ -222,8 +222,9 @@ class IndexSource:
         kept, base = self._kept, self.snapshot
         if kept is None and self._seed is not None:  # a first read, from a version kept
             kept, base = self._seed, self._seed[2]
-        if kept is None or kept[2] is not base or not info.st_size or kept[1][0] == info.st_ino:
-            return None  # a first read, an empty file, or the same file rewritten in place
+        if not self._comparable(kept, base, info):
+            return None
+        assert kept is not None and base is not None
         try:
             then = os.fstat(kept[0])  # a rename changes its ctime, a write its mtime
             if (then.st_size, then.st_mtime_ns) != kept[1][1:3] or not then.st_size:
@@ -236,6 +237,16 @@ class IndexSource:
             log.info("index %s for CA %s read from its changes since the version kept "
                      "(a warm start)", self.path, self.name)  # fmt: skip
         return snapshot
+
+    @staticmethod
+    def _comparable(
+        kept: tuple[int, StatKey, IndexSnapshot] | None, base: IndexSnapshot | None,
+        info: os.stat_result,
+    ) -> bool:  # fmt: skip
+        """Whether the file now can be read from its changes against ``kept``: not for a
+        first read, an empty file, or the same file rewritten in place."""
+        return (kept is not None and kept[2] is base and bool(info.st_size)
+                and kept[1][0] != info.st_ino)  # fmt: skip
 
     def _keep(self, fd: int, info: os.stat_result, snapshot: IndexSnapshot) -> None:
         """Keep the file just read open, to compare the next version with."""

@@ -144,7 +144,7 @@ async def _answer(
 
 
 class ProducerClient:
-    """A worker's end of the link: the answer source (core/answer_source.py) that asks
+    """A worker's end of the link: the answer source (core/front.py) that asks
     the producer, with the request decoded here."""
 
     def __init__(self, path: Path, timeout: float = ASK_TIMEOUT) -> None:

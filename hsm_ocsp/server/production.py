@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from ..config.model import Config
-from ..core.clock import utcnow
+from ..core.clock import refresh_time, utcnow
 from ..core.index import IndexSnapshot
 from ..core.ocsp import CertID
 from ..core.pre_production import (
@@ -34,7 +34,6 @@ from ..core.pre_production import (
     untrue_keys,
 )
 from ..core.rate import Rate, Window
-from ..core.refresh import refresh_time
 from ..core.request import decode_cert_id
 from ..core.responder import Issuer
 from ..core.service import OCSPService

@@ -84,19 +84,10 @@ def run_server(config: Config) -> int:
         return EXIT_USAGE
     private = None
     if config.server.state_dir is not None:
-        try:
-            config.server.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            lock = lock_state_dir(config.server.state_dir)  # held until serve ends
-        except OSError as exc:
-            log.error("%s: server.state_dir: cannot use %s: %s", config.path,
-                      config.server.state_dir, exc.strerror)  # fmt: skip
+        problem = _hold_state_dir(config.server.state_dir)
+        if problem is not None:
+            log.error("%s: server.state_dir: %s", config.path, problem)
             return EXIT_USAGE
-        except StateDirBusy as exc:
-            log.error("%s: server.state_dir: %s is in use by another hsm-ocsp serve (pid %s); "
-                      "each instance needs a state directory of its own", config.path,
-                      config.server.state_dir, exc.holder)  # fmt: skip
-            return EXIT_USAGE
-        del lock  # the descriptor stays open (and inherited) until the process ends
     else:  # the workers share answers for this run only
         private = Path(tempfile.mkdtemp(prefix="hsm-ocsp-state-"))
         config = dataclasses.replace(
@@ -116,6 +107,20 @@ def run_server(config: Config) -> int:
         gate.remove()
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
+
+
+def _hold_state_dir(state_dir: Path) -> str | None:
+    """Make ``state_dir`` and lock it for this serve (the descriptor stays open, and
+    inherited, until the process ends); else what is wrong, in words."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_state_dir(state_dir)
+    except OSError as exc:
+        return f"cannot use {state_dir}: {exc.strerror}"
+    except StateDirBusy as exc:
+        return (f"{state_dir} is in use by another hsm-ocsp serve (pid {exc.holder}); each "
+                "instance needs a state directory of its own")  # fmt: skip
+    return None
 
 
 def _no_temporary_directory() -> str | None:

@@ -53,7 +53,7 @@ class Follower:
         self.check = check
         self.memory = memory
         self.refused = 0  # records not copied: unsigned, not what they claim, or older
-        self._refused = refused
+        self._refused = refused or (lambda key: None)
         self.skip = skip  # a signing host's own entries: already in its store
         self.accept = accept
         self._refetch: collections.deque[bytes] = collections.deque()
@@ -168,12 +168,10 @@ class Follower:
             prefix = key[: len(key) - len(cert_id_of(key))]
             if found is None or not self._newer(key, prefix, found.record, revoked):
                 self.refused += 1
-                if self._refused is not None:
-                    self._refused(key)
+                self._refused(key)
                 continue
             if self.accept is not None and not self.accept(key, value):
-                if self._refused is not None:
-                    self._refused(key)
+                self._refused(key)
                 continue
             taken.append((key, value))
             if found.record.cert_status is REVOKED and not found.hold:
