@@ -79,6 +79,8 @@ class StoreSource:
         self._entries = cache_entries
         self._bytes = cache_bytes
         self._memo: ReplyCache[_Memo] = ReplyCache(cache_entries, cache_bytes)
+        # A CertID's DER (which names its CA by the hashes) -> its store key.
+        self._keys: dict[bytes, bytes] = {}
         self._fingerprints: dict[int, tuple[SigningCertificate, bytes]] = {}
         self._valid: dict[str, tuple[Issuer, int, frozenset[bytes]]] = {}
 
@@ -86,9 +88,14 @@ class StoreSource:
         if (self.echo_nonce and request.nonce is not None) or len(request.cert_ids) != 1:
             return None
         one = request.cert_ids[0]
-        if not keyable(one.serial_number):  # in no index: never stored
-            return None
-        return self._stored(issuer, shared_key(issuer.name, one))
+        key = self._keys.get(one.der)
+        if key is None:
+            if not keyable(one.serial_number):  # in no index: never stored
+                return None
+            if len(self._keys) >= self._entries:
+                self._keys.clear()
+            key = self._keys[one.der] = shared_key(issuer.name, one)
+        return self._stored(issuer, key)
 
     def _stored(self, issuer: Issuer, key: bytes) -> Reply | None:
         """The stored answer under ``key`` if it may be served now. Only a hit is
@@ -170,6 +177,7 @@ class StoreSource:
         if check is not None:
             self.check = check
         self._memo = ReplyCache(self._entries, self._bytes)
+        self._keys.clear()  # a CA may have another name now
 
     def cache_size(self) -> int:
         return len(self._memo)
