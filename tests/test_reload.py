@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.x509 import ocsp as x509_ocsp
 
+from hsm_ocsp.pkcs11.key_lookup import KeySpec
+
 from .support.ca import CASetup, write_config
 from .support.requests import build_request
 from .support.server import free_port
@@ -116,3 +118,45 @@ def test_a_reload_is_handed_over_as_the_bytes_the_supervisor_accepted(tmp_path: 
     path = next(tmp_path.glob("reload-accepted.toml"))
     path.write_bytes(path.read_bytes().replace(b"x = 1", b"x = 2"))  # not the bytes accepted
     assert accepted(tmp_path) is None and child.new() is None
+
+
+class _Token:
+    """A token that records what it is asked: the keys it holds, what it signs."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, KeySpec] = {}
+        self.signed: list[str] = []
+
+    async def set_keys(self, specs: list[KeySpec]) -> None:
+        self.keys = {spec.name: spec for spec in specs}
+
+    async def sign(self, name: str, data: bytes) -> bytes:
+        self.signed.append(name)
+        return b"not a signature of the certificate's key"
+
+
+async def test_a_new_key_is_proven_once_the_supervisor_proved_it_is_only_found(
+    tmp_path: Path,
+) -> None:
+    """A reload the supervisor accepted has had its new key proven on the token (in a
+    signer of its own): the producer finds it in its sessions and signs no second
+    probe. Alone (no supervisor), the process proves it itself, and a key that does not
+    fit its certificate is refused."""
+    from hsm_ocsp.config.file import load_config
+    from hsm_ocsp.core.errors import TokenError
+    from hsm_ocsp.server.key_set import take_keys
+
+    from .support.pki import OpenSSLCA
+
+    ca = OpenSSLCA(tmp_path / "ca")
+    path = tmp_path / "config.toml"
+    path.write_text(f'[[ca]]\nname = "root"\ncertificate = "{ca.cert_path}"\n'
+                    f'index = "{ca.index}"\nkey = "pkcs11:token=t;object=new"\n')  # fmt: skip
+    config = load_config(path)
+    accepted = _Token()
+    await take_keys(accepted, config, proven=True)  # type: ignore[arg-type]
+    assert list(accepted.keys) and accepted.signed == []
+    alone = _Token()
+    with pytest.raises(TokenError, match="does not belong"):
+        await take_keys(alone, config)  # type: ignore[arg-type]
+    assert alone.signed == list(accepted.keys)  # the probe, once, refused

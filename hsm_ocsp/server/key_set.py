@@ -156,11 +156,14 @@ def _where(config: Config, key: SigningKey) -> str:
     return f"{config.path}: ca[{number}].{key.ca.signer_key}: {key.certificate_path}"
 
 
-async def take_keys(token: TokenProcess | TokenPool, config: Config) -> None:
+async def take_keys(
+    token: TokenProcess | TokenPool, config: Config, *, proven: bool = False
+) -> None:
     """Sign with ``config``'s keys from now on (a reload); nothing to do if they are
-    the running ones. Each new key is found and proven first; TokenError naming the
-    file and the key (and the running keys kept) if one is missing or does not fit
-    its certificate."""
+    the running ones. Each new key is found and proven first (``proven``: found only,
+    the supervisor proved it on this token before it accepted the reload); TokenError
+    naming the file and the key (and the running keys kept) if one is missing or does
+    not fit its certificate."""
     running = dict(token.keys)
     keys = [key for ca in config.cas for key in signing_keys(ca)]
     if {k.spec.name: k.spec for k in keys} == running:
@@ -172,7 +175,8 @@ async def take_keys(token: TokenProcess | TokenPool, config: Config) -> None:
         trial[key.spec.name] = key.spec
         try:
             await token.set_keys(list(trial.values()))
-            await _prove(token, key)
+            if not proven:
+                await _prove(token, key)
         except TokenError as exc:
             with contextlib.suppress(TokenError):  # a token gone keeps a superset: harmless
                 await token.set_keys(list(running.values()))

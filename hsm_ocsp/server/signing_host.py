@@ -219,9 +219,9 @@ class SigningHost:
             await asyncio.get_running_loop().run_in_executor(None, ledger.reread)
         new, found = await self._decided(running)
         if new is not None and self.config is running:  # no newer reload won
-            try:
-                await take_keys(self.token, new)  # a new key: found and proven first
-            except HsmOcspError as exc:  # (under a supervisor: it had proven the key)
+            try:  # a new key: found, and proven first unless the supervisor did
+                await take_keys(self.token, new, proven=found is not None)
+            except HsmOcspError as exc:
                 log.error("reload refused, the running configuration stays: %s", exc)
             else:
                 self._take(new, found)
