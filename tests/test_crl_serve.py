@@ -30,8 +30,10 @@ from .support.crls import NOW, Entry, make_crl
 from .support.nginx import Nginx, start_nginx
 from .support.redis import RedisServer
 from .support.requests import build_request
+from .support.scrape import labelled, metrics_of
 from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import MODULE, SoftHSM
+from .support.waiting import until
 from .support.watch import request_for, status_of
 
 REVOKED = ("revoked", "keycompromise", "superseded", "hold", "keytime", "cakeytime")
@@ -113,28 +115,6 @@ def _status(server: RunningServer, setup: CASetup, name: str, algorithm: str = "
     return status_of(server.url, request_for(cert, setup.ca.certificate, algorithm))
 
 
-def _until(check: Callable[[], bool], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the time"
-        time.sleep(0.2)
-
-
-def _metrics(server: RunningServer) -> str:
-    with urllib.request.urlopen(server.url.rstrip("/") + "/metrics", timeout=10) as r:
-        return str(r.read().decode())
-
-
-def _metric(text: str, name: str, **labels: str) -> float | None:
-    want = [f'{k}="{v}"' for k, v in labels.items()]
-    for line in text.splitlines():
-        if (line.startswith(f"{name}{{") and all(p in line for p in want)) or (
-            not want and line.startswith(f"{name} ")
-        ):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 def test_statuses_revocation_and_untrusted_crls(world: CrlWorld, serve: object) -> None:
     setup = world.setup
     first = world.publish("-crlhours", "2")
@@ -155,16 +135,16 @@ def test_statuses_revocation_and_untrusted_crls(world: CrlWorld, serve: object) 
     assert answer.next_update_utc <= crl.next_update_utc  # never past the CRL's
     never = status_of(server.url, _unknown_request(setup))
     assert never is ocsp.OCSPCertStatus.UNKNOWN
-    metrics = _metrics(server)
+    metrics = metrics_of(server)
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    assert _metric(metrics, "hsm_ocsp_crl_number", ca="crlca") == number
-    assert _metric(metrics, "hsm_ocsp_crl_next_update_timestamp_seconds", ca="crlca") == (
+    assert labelled(metrics, "hsm_ocsp_crl_number", ca="crlca") == number
+    assert labelled(metrics, "hsm_ocsp_crl_next_update_timestamp_seconds", ca="crlca") == (
         crl.next_update_utc.timestamp()
     )
     # A revocation: openssl ca -revoke, a new CRL on the web server, both hash forms.
     setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
     world.publish("-crlhours", "2")
-    _until(lambda: _status(server, setup, "good") is ocsp.OCSPCertStatus.REVOKED)
+    until(lambda: _status(server, setup, "good") is ocsp.OCSPCertStatus.REVOKED)
     assert _status(server, setup, "good", "sha256") is ocsp.OCSPCertStatus.REVOKED
     revoked: tuple[str, ...] = ("good", *REVOKED)
     # CRLs that do not deserve trust: the one before (an older number), one signed by
@@ -199,19 +179,19 @@ def test_statuses_revocation_and_untrusted_crls(world: CrlWorld, serve: object) 
     for label, der in faults.items():
         world.crl.write_bytes(der)
         if label != "dropped":
-            counted = functools.partial(_metric, name="hsm_ocsp_crl_errors_total", ca="crlca",
+            counted = functools.partial(labelled, name="hsm_ocsp_crl_errors_total", ca="crlca",
                                         reason=label)  # fmt: skip
-            _until(lambda: (counted(_metrics(server)) or 0) >= 1)  # noqa: B023 (called at once)
+            until(lambda: (counted(metrics_of(server)) or 0) >= 1)  # noqa: B023 (called at once)
         else:
-            _until(lambda: _metric(_metrics(server), "hsm_ocsp_crl_number", ca="crlca") == 10**6)
+            until(lambda: labelled(metrics_of(server), "hsm_ocsp_crl_number", ca="crlca") == 10**6)
             # The hold the newer CRL no longer lists is released (RFC 5280): good again.
-            _until(lambda: _status(server, setup, "hold") is ocsp.OCSPCertStatus.GOOD)
+            until(lambda: _status(server, setup, "hold") is ocsp.OCSPCertStatus.GOOD)
             revoked = tuple(n for n in revoked if n != "hold")
         for name in revoked:
             for algorithm in ("sha1", "sha256"):
                 assert _status(server, setup, name, algorithm) is ocsp.OCSPCertStatus.REVOKED, (
                     label, name, algorithm)  # fmt: skip
-    dropped = _metric(_metrics(server), "hsm_ocsp_index_revocations_dropped", ca="crlca")
+    dropped = labelled(metrics_of(server), "hsm_ocsp_index_revocations_dropped", ca="crlca")
     assert dropped == len(revoked)  # kept by the revocation memory, and shown
 
 
@@ -232,7 +212,7 @@ def test_a_crl_past_its_next_update(world: CrlWorld, serve: object) -> None:
     assert answer.next_update_utc is not None and crl.next_update_utc is not None
     assert answer.next_update_utc <= crl.next_update_utc
     past = crl.next_update_utc + dt.timedelta(seconds=1)
-    _until(lambda: dt.datetime.now(dt.UTC) > past)
+    until(lambda: dt.datetime.now(dt.UTC) > past)
     late = _answer(server, setup, "good", nonce=True)
     assert late.response_status is ocsp.OCSPResponseStatus.TRY_LATER
     stored = _answer(server, setup, "revoked")  # the stored answer expired with its CRL
@@ -242,8 +222,8 @@ def test_a_crl_past_its_next_update(world: CrlWorld, serve: object) -> None:
     assert failed.value.code == 503
     assert b"past their nextUpdate" in failed.value.read()
     world.publish("-crlhours", "2")
-    _until(lambda: _status(server, setup, "good") is ocsp.OCSPCertStatus.GOOD)
-    _until(lambda: _ready(server))
+    until(lambda: _status(server, setup, "good") is ocsp.OCSPCertStatus.GOOD)
+    until(lambda: _ready(server))
 
 
 def _ready(server: RunningServer) -> bool:
@@ -272,14 +252,14 @@ def test_not_on_crl_good_and_check(world: CrlWorld, tmp_path: Path) -> None:
         assert _status(server, world.setup, "revoked") is ocsp.OCSPCertStatus.REVOKED
         # Made-up serials are answered good, but signed and kept as unknown serials are:
         # in their own line, never in the store (a flood of them cannot fill it).
-        _until(lambda: (_metric(_metrics(server), "hsm_ocsp_store_records") or 0) > 0)
-        records = _metric(_metrics(server), "hsm_ocsp_store_records")
+        until(lambda: (labelled(metrics_of(server), "hsm_ocsp_store_records") or 0) > 0)
+        records = labelled(metrics_of(server), "hsm_ocsp_store_records")
         for serial in range(0x7000_0000, 0x7000_0000 + 20):
             made_up = build_request([(world.setup.ca.certificate, serial)])
             assert status_of(server.url, made_up) is ocsp.OCSPCertStatus.GOOD
         time.sleep(2.5)  # the store's metric is brought up to date every 2 s
-        assert _metric(_metrics(server), "hsm_ocsp_store_records") == records
-        unknown = _metric(_metrics(server), "hsm_ocsp_signatures_total", reason="unknown")
+        assert labelled(metrics_of(server), "hsm_ocsp_store_records") == records
+        unknown = labelled(metrics_of(server), "hsm_ocsp_signatures_total", reason="unknown")
         assert unknown is not None and unknown >= 20
     finally:
         server.stop()
@@ -416,14 +396,14 @@ def test_fetching_over_http(world: CrlWorld) -> None:
         place.ready()
         assert place.take() == first
         fetches = place.fetches
-        _until(lambda: place.fetches >= fetches + 3)
+        until(lambda: place.fetches >= fetches + 3)
         assert place.take() is None  # unchanged: nothing new
         log = (world.nginx.prefix / "access.log").read_text()
         assert re.search(r'"GET /ca.crl HTTP/1.1" 304 ', log), log[-500:]
         second = world.publish("-crlhours", "2")
-        _until(lambda: (data := place.take()) is not None and data == second)
+        until(lambda: (data := place.take()) is not None and data == second)
         world.crl.unlink()  # a 404: said, and nothing taken
-        _until(lambda: _raises(place.take, FetchError, "HTTP 404"))
+        until(lambda: _raises(place.take, FetchError, "HTTP 404"))
     finally:
         place.close()
     world.publish("-crlhours", "2")
@@ -471,7 +451,7 @@ def test_a_fleet_serves_a_crl_backed_ca(
     edge = edge_host(tmp_path, setup, redis_server.url)
     try:
         edge_url, signing_url = edge.url, signing.url
-        _until(lambda: status_of(edge_url, body_for(setup, "good")) is ocsp.OCSPCertStatus.GOOD,
+        until(lambda: status_of(edge_url, body_for(setup, "good")) is ocsp.OCSPCertStatus.GOOD,
                30)  # fmt: skip
         assert status_of(edge_url, body_for(setup, "revoked")) is ocsp.OCSPCertStatus.REVOKED
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
@@ -480,7 +460,7 @@ def test_a_fleet_serves_a_crl_backed_ca(
             for algorithm in ("sha1", "sha256"):
                 body = body_for(setup, "good", algorithm)
                 asked = functools.partial(status_of, url, body)
-                _until(lambda: asked() is ocsp.OCSPCertStatus.REVOKED)  # noqa: B023
+                until(lambda: asked() is ocsp.OCSPCertStatus.REVOKED)  # noqa: B023
         answer = ocsp.load_der_ocsp_response(_post(edge_url, body_for(setup, "revoked")))
         assert answer.next_update_utc is not None
         assert answer.next_update_utc <= (x509.load_der_x509_crl(crl.read_bytes()).next_update_utc

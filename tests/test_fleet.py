@@ -18,8 +18,10 @@ from cryptography.x509 import ocsp
 
 from .support.ca import CASetup, build_ca, write_config
 from .support.redis import RedisServer
+from .support.scrape import metric
 from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import SoftHSM
+from .support.waiting import until
 
 pytestmark = pytest.mark.slow
 
@@ -40,20 +42,6 @@ def _status(server: RunningServer, setup: CASetup, name: str) -> object:
     if answer.response_status is not ocsp.OCSPResponseStatus.SUCCESSFUL:
         return answer.response_status
     return answer.certificate_status
-
-
-def _metric(server: RunningServer, name: str) -> float:
-    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name))
-
-
-def _until(check: object, timeout: float = 20) -> float:
-    started = time.monotonic()
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() - started < timeout, "not reached in time"
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def _edge_config(path: Path, setup: CASetup, port: int, redis_url: str, state: Path) -> Path:
@@ -80,7 +68,7 @@ def test_an_edge_serves_the_fleet_takes_up_revocations_and_rides_out_redis(
     signing = start_server(signing_config, signing_port, tmp_path / "signing.log")
     edge = None
     try:
-        _until(lambda: _metric(signing, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries)
+        until(lambda: metric(signing, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries)
         assert "pre-producing for root" in signing.log.read_text()
         edge_config = _edge_config(tmp_path / "edge.toml", setup, edge_port, redis_server.url,
                                    tmp_path / "edge")  # fmt: skip
@@ -93,33 +81,33 @@ def test_an_edge_serves_the_fleet_takes_up_revocations_and_rides_out_redis(
             assert here.signature == there.signature
         assert _status(edge, setup, "keycompromise") is ocsp.OCSPCertStatus.REVOKED
         assert not re.search(r"signer_child", edge.log.read_text())
-        assert _metric(edge, "hsm_ocsp_answers_signed_total") == 0
+        assert metric(edge, "hsm_ocsp_answers_signed_total") == 0
 
         # A revocation in the signing host's index reaches the edge.
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
-        seconds = _until(lambda: _status(edge, setup, "good") is ocsp.OCSPCertStatus.REVOKED)
+        seconds = until(lambda: _status(edge, setup, "good") is ocsp.OCSPCertStatus.REVOKED)
         print(f"revocation answered by the edge after {seconds:.1f} s")
         for _ in range(10):  # both edge workers, never the old good again
             assert _status(edge, setup, "good") is ocsp.OCSPCertStatus.REVOKED
 
         setup.certs["victim"] = setup.ca.issue("victim")
-        _until(lambda: _status(edge, setup, "victim") is ocsp.OCSPCertStatus.GOOD)
+        until(lambda: _status(edge, setup, "victim") is ocsp.OCSPCertStatus.GOOD)
 
         # Redis gone: the edge keeps serving its copy.
         redis_server.kill()
         setup.certs["new"] = setup.ca.issue("new")  # produced while Redis is away
         setup.ca.revoke(setup.certs["victim"], "-crl_reason", "keyCompromise")  # and this
-        _until(lambda: _status(signing, setup, "new") is ocsp.OCSPCertStatus.GOOD)
+        until(lambda: _status(signing, setup, "new") is ocsp.OCSPCertStatus.GOOD)
         for _ in range(10):
             assert _status(edge, setup, "keycompromise") is ocsp.OCSPCertStatus.REVOKED
             assert _status(edge, setup, "good") is ocsp.OCSPCertStatus.REVOKED
         assert _status(edge, setup, "new") is ocsp.OCSPResponseStatus.TRY_LATER
-        _until(lambda: _metric(edge, "hsm_ocsp_replication_connected") == 0)
+        until(lambda: metric(edge, "hsm_ocsp_replication_connected") == 0)
 
         # Redis back, empty: the signing host publishes its store again, and the edge
         # catches up without a restart.
         redis_server.start()
-        _until(lambda: _status(edge, setup, "new") is ocsp.OCSPCertStatus.GOOD, timeout=30)
+        until(lambda: _status(edge, setup, "new") is ocsp.OCSPCertStatus.GOOD, timeout=30)
         assert _status(edge, setup, "good") is ocsp.OCSPCertStatus.REVOKED
 
         def victim_revoked() -> bool:
@@ -129,8 +117,8 @@ def test_an_edge_serves_the_fleet_takes_up_revocations_and_rides_out_redis(
             assert status is not ocsp.OCSPCertStatus.GOOD
             return status is ocsp.OCSPCertStatus.REVOKED
 
-        _until(victim_revoked, timeout=30)
-        _until(lambda: _metric(edge, "hsm_ocsp_replication_connected") == 1)
+        until(victim_revoked, timeout=30)
+        until(lambda: metric(edge, "hsm_ocsp_replication_connected") == 1)
         assert "Redis reachable again" in edge.log.read_text()
     finally:
         if edge is not None:
@@ -160,9 +148,9 @@ def test_two_signing_hosts_sharing_a_redis_sign_each_answer_once(
             name = "hsm_ocsp_answers_signed_total"
             if reason:
                 name = f'hsm_ocsp_signatures_total{{reason="{reason}"}}'
-            return sum(_metric(host, name) for host in hosts)
+            return sum(metric(host, name) for host in hosts)
 
-        _until(lambda: signed("fill") >= 2 * entries)
+        until(lambda: signed("fill") >= 2 * entries)
         time.sleep(2)  # nothing more comes: the other host did not fill too
         assert signed("fill") == 2 * entries
         leaders = [h for h in hosts if "pre-producing for root" in h.log.read_text()]
@@ -171,7 +159,7 @@ def test_two_signing_hosts_sharing_a_redis_sign_each_answer_once(
             for host in hosts:
                 assert _status(host, setup, "good") is ocsp.OCSPCertStatus.GOOD
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "superseded")
-        _until(lambda: _status(leaders[0], setup, "good") is ocsp.OCSPCertStatus.REVOKED)
+        until(lambda: _status(leaders[0], setup, "good") is ocsp.OCSPCertStatus.REVOKED)
         time.sleep(2.5)  # both hosts have taken their index up
         for _ in range(5):
             for host in hosts:
@@ -179,7 +167,7 @@ def test_two_signing_hosts_sharing_a_redis_sign_each_answer_once(
         # SHA-1 and SHA-256, once for the fleet: by the lease holder as changes, or for
         # the client that asked it first (live); never again on the other host.
         assert signed("change") + signed("live") == 2 and signed("change") >= 1
-        assert _metric(hosts[hosts.index(leaders[0]) - 1], "hsm_ocsp_answers_signed_total") == 0
+        assert metric(hosts[hosts.index(leaders[0]) - 1], "hsm_ocsp_answers_signed_total") == 0
         assert signed() == 2 * entries + 2
     finally:
         for host in hosts:

@@ -4,6 +4,7 @@ Redis does, and catches up whatever interrupts it."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def test_an_edge_whose_first_copy_is_cut_short_copies_again(
     try:
         filled(signing, setup)
         edge = edge_host(tmp_path, setup, redis_server.url)
-        until(lambda: ready(edge), 30)
+        until(functools.partial(ready, edge), 30)
         for name in victims:
             assert status_of(edge.url, body_for(setup, name)) is GOOD
         edge.stop()

@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from pytest_aiohttp import AiohttpClient
@@ -35,12 +33,6 @@ from .support.softhsm import SoftHSM
 OCSP_TYPE = {"Content-Type": "application/ocsp-request"}
 
 Client = TestClient[web.Request, web.Application]
-
-
-def _request(setup: CASetup, name: str) -> bytes:
-    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
-    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
-    return builder.build().public_bytes(Encoding.DER)
 
 
 def _post_status(url: str, body: bytes) -> ocsp.OCSPCertStatus:
@@ -63,7 +55,7 @@ def test_revocation_taken_up_during_a_descriptor_flood(tmp_path: Path, softhsm: 
     """ulimit -n 256 and more idle connections than that: the revocation still lands."""
     setup, server = _start(tmp_path, softhsm, max_fds=256)
     try:
-        body = _request(setup, "good")
+        body = setup.request("good")
         assert _post_status(server.url, body) is ocsp.OCSPCertStatus.GOOD
         _revoke_during_a_flood(setup, server)
         deadline = time.monotonic() + 5  # until the server has seen the flood close
@@ -191,7 +183,7 @@ def test_content_encoding_gets_415_not_500_and_no_traceback(
             assert raised.value.code == 415, encoding
         req = urllib.request.Request(
             server.url,
-            data=_request(setup, "good"),
+            data=setup.request("good"),
             headers={**OCSP_TYPE, "Content-Encoding": "identity"},
         )
         with urllib.request.urlopen(req, timeout=10) as response:
@@ -225,7 +217,7 @@ def test_absolute_form_target_and_100_continue_over_the_limit(
     setup, server = _start(tmp_path, softhsm)
     port = server.port
     try:
-        encoded = base64.b64encode(_request(setup, "revoked")).decode()
+        encoded = base64.b64encode(setup.request("revoked")).decode()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(
                 f"GET http://127.0.0.1:{port}/{encoded} HTTP/1.1\r\nHost: x\r\n"
@@ -257,7 +249,7 @@ async def test_server_header_names_no_versions(
 ) -> None:
     test_client, setup = client
     for response in (
-        await test_client.post("/", data=_request(setup, "good"), headers=OCSP_TYPE),
+        await test_client.post("/", data=setup.request("good"), headers=OCSP_TYPE),
         await test_client.get("/healthz"),
         await test_client.get("/nothing-here"),
     ):
@@ -421,7 +413,7 @@ def test_request_signature_and_certificates_are_not_decoded(
     from hsm_ocsp.core.request import decode_request
 
     setup = build_ca(tmp_path / "ca", softhsm)
-    unsigned = _request(setup, "revoked")
+    unsigned = setup.request("revoked")
     real = setup.ca.certificate.public_bytes(Encoding.DER)
     not_a_cert = b"\x30\x03\x02\x01\x01"  # SEQUENCE { INTEGER 1 }
     for certs in ([real] * 3, [not_a_cert]):
@@ -469,7 +461,7 @@ def test_index_over_max_index_bytes_is_refused_and_others_reload(
     config = write_config(tmp_path / "config.toml", {"big": big, "other": other}, port=port)
     server = start_server(config, port, tmp_path / "server.log")
     try:
-        body = _request(other, "good")
+        body = other.request("good")
         assert _post_status(server.url + "other/", body) is ocsp.OCSPCertStatus.GOOD
         replacement = big.ca.index.with_name("index.txt.new")
         with replacement.open("wb") as file:
@@ -482,7 +474,7 @@ def test_index_over_max_index_bytes_is_refused_and_others_reload(
             time.sleep(0.2)
         with urllib.request.urlopen(server.url + "healthz", timeout=2) as response:
             assert response.status == 200
-        big_body = _request(big, "revoked")
+        big_body = big.request("revoked")
         assert _post_status(server.url + "big/", big_body) is ocsp.OCSPCertStatus.REVOKED
         assert "over ca.max_index_bytes" in server.log.read_text()
     finally:
@@ -625,7 +617,7 @@ async def test_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
     service = client.app[HOST].service
     first = {}
     for name in ("good", "revoked", "keycompromise", "superseded"):
-        body = _request(setup, name)
+        body = setup.request(name)
         first[name] = await (await client.post("/", data=body, headers=OCSP_TYPE)).read()
     for i in range(600):  # random serials, one or ten a request
         serials = [secrets.randbits(64) for _ in range(1 if i % 6 else 10)]
@@ -633,7 +625,7 @@ async def test_cache_bounded_in_bytes_and_floods_cannot_evict_issued_serials(
         assert response.status == 200
         assert service.cache_bytes() <= limit
     for name, answer in first.items():  # still the very answers signed first: cached
-        again = await (await client.post("/", data=_request(setup, name), headers=OCSP_TYPE)).read()
+        again = await (await client.post("/", data=setup.request(name), headers=OCSP_TYPE)).read()
         assert again == answer, f"{name}'s cached answer was pushed out by the flood"
     assert service.cache_bytes() > limit // 5  # the flood did fill its own part (a quarter)
 

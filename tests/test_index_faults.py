@@ -17,9 +17,6 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from pytest_aiohttp import AiohttpClient
 
@@ -124,19 +121,11 @@ def _replace_atomically(path: Path, data: bytes) -> None:
     os.replace(new, path)
 
 
-def _request(setup: CASetup, name: str, nonce: bytes | None) -> bytes:
-    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
-    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
-    if nonce is not None:
-        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-    return builder.build().public_bytes(Encoding.DER)
-
-
 async def _cert_status(client: Client, setup: CASetup, name: str) -> set[ocsp.OCSPCertStatus]:
     """The status answered with and without a nonce (fresh and cached paths)."""
     found = set()
     for nonce in (None, os.urandom(16)):
-        response = await client.post("/", data=_request(setup, name, nonce))
+        response = await client.post("/", data=setup.request(name, nonce=nonce))
         assert response.status == 200
         parsed = ocsp.load_der_ocsp_response(await response.read())
         assert parsed.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL

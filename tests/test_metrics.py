@@ -10,16 +10,12 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
-from prometheus_client.parser import text_string_to_metric_families
 
 from hsm_ocsp import __version__
 from hsm_ocsp.core.model import CertStatus, OCSPResponseStatus
@@ -29,25 +25,10 @@ from hsm_ocsp.server.metrics import Metrics
 from .support.ca import CASetup, build_ca, write_config
 from .support.http_client import UNKNOWN_SERIAL, get_path, http
 from .support.requests import build_request
+from .support.scrape import Samples, sample, scrape, value
 from .support.server import RunningServer, free_port
 from .support.softhsm import SoftHSM
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(url: str) -> tuple[str, Samples]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text: str = response.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name, frozenset(sample.labels.items())] = sample.value
-    return text, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from .support.waiting import until
 
 
 def ocsp_status(body: bytes) -> str:
@@ -290,7 +271,7 @@ class RemoteToken:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for(self.socket.exists)
+        until(self.socket.exists)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -325,7 +306,7 @@ def test_a_token_outage_shows_in_token_up_and_healthz_not_in_readiness(
                               producer=producer)  # fmt: skip
         config.write_text(config.read_text().replace(softhsm.module, P11_KIT_CLIENT))
         server = serve(config, port, tmp_path / "server.log")
-        assert metric(server, "hsm_ocsp_token_up", ca="root") == 1
+        assert sample(server, "hsm_ocsp_token_up", ca="root") == 1
         fresh = build_request([(setup.ca.certificate, setup.serial("good"))], nonce=os.urandom(16))
         time.sleep(1)  # the fill pass ends
 
@@ -339,12 +320,12 @@ def test_a_token_outage_shows_in_token_up_and_healthz_not_in_readiness(
         status, text = http(server.url + "healthz")
         assert status == 200 and b"token" in text
         assert (b"degraded: token" in text) is pre_produce
-        assert metric(server, "hsm_ocsp_token_up", ca="root") == 0
-        assert metric(server, "hsm_ocsp_sign_errors_total") == 1
+        assert sample(server, "hsm_ocsp_token_up", ca="root") == 0
+        assert sample(server, "hsm_ocsp_sign_errors_total") == 1
 
         remote.start()
-        wait_for(lambda: b"token" not in http(server.url + "healthz")[1])
-        assert metric(server, "hsm_ocsp_token_up", ca="root") == 1
+        until(lambda: b"token" not in http(server.url + "healthz")[1])
+        assert sample(server, "hsm_ocsp_token_up", ca="root") == 1
         assert http(server.url + "readyz")[0] == 200
         status, body = http(server.url, fresh)
         assert ocsp_status(body) == "successful"
@@ -359,31 +340,19 @@ def test_index_reload_errors_are_counted(
     server, setup = start(tmp_path, softhsm, serve, "")
     good_index = setup.ca.index.read_bytes()
     setup.ca.index.write_bytes(good_index + b"V\tnot an index line\n")
-    wait_for(lambda: metric(server, "hsm_ocsp_index_reload_errors_total", ca="root") == 1)
-    assert metric(server, "hsm_ocsp_index_entries", ca="root", status="V") == good_index.count(
+    until(lambda: sample(server, "hsm_ocsp_index_reload_errors_total", ca="root") == 1)
+    assert sample(server, "hsm_ocsp_index_entries", ca="root", status="V") == good_index.count(
         b"V\t"
     )
     extra = b"V\t301231235959Z\t\t7777\tunknown\t/CN=new\n"
     setup.ca.index.write_bytes(good_index + extra)
-    wait_for(
+    until(
         lambda: (
-            metric(server, "hsm_ocsp_index_entries", ca="root", status="V")
+            sample(server, "hsm_ocsp_index_entries", ca="root", status="V")
             == good_index.count(b"V\t") + 1
         )
     )
-    assert metric(server, "hsm_ocsp_index_reload_errors_total", ca="root") == 1
-
-
-def metric(server: RunningServer, name: str, **labels: str) -> float:
-    return value(scrape(server.url + "metrics")[1], name, **labels)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
+    assert sample(server, "hsm_ocsp_index_reload_errors_total", ca="root") == 1
 
 
 def _registry_samples(metrics: Metrics) -> Samples:
@@ -473,5 +442,5 @@ def test_many_observations_at_once_equal_one_by_one() -> None:
 
     expected, got = samples(one), samples(many)
     assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert got[key] == pytest.approx(value), key
+    for key, want in expected.items():
+        assert got[key] == pytest.approx(want), key

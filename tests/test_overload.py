@@ -43,8 +43,10 @@ from .support import ROOT
 from .support.ca import CASetup, build_ca, write_config
 from .support.pki import OpenSSLCA
 from .support.requests import build_request
+from .support.scrape import metric
 from .support.server import free_port
 from .support.softhsm import SoftHSM
+from .support.waiting import until
 
 S = ocsp.OCSPResponseStatus
 TRY_LATER = bytes.fromhex("30030a0103")
@@ -198,23 +200,10 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no RssAnon for {pid}")
 
 
-def metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(url + "metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
 def get(url: str) -> int:
     with urllib.request.urlopen(url, timeout=10) as answer:
         status: int = answer.status
         return status
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def _issuer(setup: CASetup) -> x509.Certificate:
@@ -340,13 +329,13 @@ async def test_nonce_flood_gets_try_later_at_once_and_cached_answers_stay_fast(
     assert [ocsp_status(a.body) for a in warm.answers] == [S.SUCCESSFUL]
 
     before_sign_errors = metric(server.url, "hsm_ocsp_sign_errors_total")
-    until = time.monotonic() + NONCE_SECONDS
+    stop_at = time.monotonic() + NONCE_SECONDS
     flood, probe, new = Results(), Results(), Results()
     take = counter(len(nonce_requests))
     await asyncio.gather(
-        *(client(port, nonce_requests, take, flood, until=until) for _ in range(NONCE_CLIENTS)),
-        client(port, cached, same, probe, until=until),
-        client(port, fresh, counter(len(fresh)), new, until=until),
+        *(client(port, nonce_requests, take, flood, until=stop_at) for _ in range(NONCE_CLIENTS)),
+        client(port, cached, same, probe, until=stop_at),
+        client(port, fresh, counter(len(fresh)), new, until=stop_at),
     )
     new_statuses = Counter(ocsp_status(a.body) for a in new.answers)
 
@@ -497,11 +486,11 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     port = free_port()
     config = write_config(tmp_path / "c.toml", {"root": setup}, server="workers = 2", port=port)
     server = serve(config, port, tmp_path / "server.log")
-    wait_for(lambda: len(server.worker_pids()) == 2)
+    until(lambda: len(server.worker_pids()) == 2)
     before = server.worker_pids()
     for pid in before:  # both listen before one is killed
         mark = b"(pid %d)" % pid
-        wait_for(lambda: mark in server.log.read_bytes())  # noqa: B023 (called at once)
+        until(lambda: mark in server.log.read_bytes())  # noqa: B023 (called at once)
     issuer = _issuer(setup)
     cached = [build_request([(issuer, setup.serial("good"))])]
     warm = Results()  # signed once before the load (each worker signs it once anyway)
@@ -509,7 +498,7 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
 
     keep_alive, new_connection = Results(), Results()
     started = time.monotonic()
-    until = started + KILL_SECONDS
+    stop_at = started + KILL_SECONDS
 
     async def kill() -> None:
         await asyncio.sleep(KILL_AT)
@@ -517,7 +506,7 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
 
     await asyncio.gather(
         *(
-            client(port, cached, same, results, until=until, keep_alive=results is keep_alive)
+            client(port, cached, same, results, until=stop_at, keep_alive=results is keep_alive)
             for results in [keep_alive, new_connection] * (KILL_CLIENTS // 2)
         ),
         kill(),
@@ -536,9 +525,9 @@ async def test_worker_killed_under_load_is_replaced_and_under_1_percent_fail(
     assert len(answers) > 1000
     assert rate < 0.01
     assert not late, "requests still failed a second after the kill"
-    wait_for(lambda: len(server.worker_pids()) == 2 and before[0] not in server.worker_pids())
+    until(lambda: len(server.worker_pids()) == 2 and before[0] not in server.worker_pids())
     replacement = (set(server.worker_pids()) - set(before)).pop()
-    wait_for(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
+    until(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
     assert server.process.poll() is None
 
 

@@ -26,6 +26,7 @@ from hsm_ocsp.store.vouch import VOUCH_FOR
 from .support import disk
 from .support.ca import CASetup, build_ca, write_config
 from .support.p11kit import AVAILABLE, CLIENT_MODULE, P11KitServer
+from .support.scrape import metric
 from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import MODULE, SoftHSM
 from .support.watch import Watch, request_for, status_of, until
@@ -35,12 +36,6 @@ REVOKED = ocsp.OCSPCertStatus.REVOKED
 # "A few seconds after a revocation is written": the producer's word ages out
 # (VOUCH_FOR), and the index watcher's tick and the client's round trip are added.
 GRACE = VOUCH_FOR + 2.0
-
-
-def _metric(server: RunningServer, name: str) -> float:
-    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name))
 
 
 def _readyz(server: RunningServer) -> tuple[int, str]:
@@ -59,7 +54,7 @@ def _serve(tmp_path: Path, setup: CASetup, *, module: str = MODULE) -> RunningSe
     config.write_text(text)
     server = start_server(config, port, tmp_path / "server.log")
     entries = len(setup.ca.index.read_text().splitlines())
-    until(lambda: _metric(server, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries, 30)
+    until(lambda: metric(server, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries, 30)
     return server
 
 
@@ -127,14 +122,14 @@ def test_a_revocation_is_never_answered_good_while_the_state_volume_is_full(
         time.sleep(0.5)
         revoked_at = time.monotonic()
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
-        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") >= 1, 10)
+        until(lambda: metric(server, "hsm_ocsp_withdrawals_pending") >= 1, 10)
         code, text = _readyz(server)
         assert code == 503 and "not yet withdrawn" in text, text
         time.sleep(GRACE)
         assert not watch.good_after(revoked_at + GRACE), watch.good_after(revoked_at + GRACE)
         assert "cannot withdraw" in server.log.read_text()
         ballast.unlink()  # space again: the withdrawal commits at its next try
-        until(lambda: _metric(server, "hsm_ocsp_withdrawals_pending") == 0, 10)
+        until(lambda: metric(server, "hsm_ocsp_withdrawals_pending") == 0, 10)
         until(lambda: _readyz(server)[0] == 200, 10)
         for what in bodies:
             until(lambda w=what: watch.last(server.url, w) is REVOKED, 10)
@@ -265,7 +260,7 @@ def test_a_restored_older_index_does_not_unrevoke_until_the_operator_forgets(
         restored = setup.ca.index.with_suffix(".restore")
         restored.write_bytes(backup)
         restored.rename(setup.ca.index)
-        until(lambda: _metric(server, "hsm_ocsp_index_revocations_dropped") == 1, 10)
+        until(lambda: metric(server, "hsm_ocsp_index_revocations_dropped") == 1, 10)
         time.sleep(2)
         watch.stop()
         assert {s[3] for s in watch.seen} == {REVOKED}

@@ -36,12 +36,6 @@ TYPE = {"Content-Type": "application/ocsp-request"}
 Client = TestClient[web.Request, web.Application]
 
 
-def _request(setup: CASetup, name: str) -> bytes:
-    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
-    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
-    return builder.build().public_bytes(serialization.Encoding.DER)
-
-
 async def _client(
     tmp_path: Path, setup: CASetup, aiohttp_client: AiohttpClient, **extra: str
 ) -> Client:
@@ -54,7 +48,7 @@ async def test_rule_11_requestor_name_and_request_signature_are_ignored(
 ) -> None:
     setup = build_ca(tmp_path / "ca", softhsm)
     client = await _client(tmp_path, setup, aiohttp_client)
-    plain = _request(setup, "revoked")
+    plain = setup.request("revoked")
     tbs = plain[2:] if plain[1] < 0x80 else plain[2 + (plain[1] & 0x7F) :]
     inner = tbs[2:] if tbs[1] < 0x80 else tbs[2 + (tbs[1] & 0x7F) :]  # the request list
     name = der.explicit(1, der.tlv(0xA4, x509.Name(
@@ -90,7 +84,7 @@ async def test_rule_26_signature_algorithm_bytes(
 ) -> None:
     setup = build_ca(tmp_path / "ca", softhsm, algorithm=algorithm)
     client = await _client(tmp_path, setup, aiohttp_client)
-    body = await (await client.post("/", data=_request(setup, "good"), headers=TYPE)).read()
+    body = await (await client.post("/", data=setup.request("good"), headers=TYPE)).read()
     basic = asn1_ocsp.OCSPResponse.load(body)["response_bytes"]["response"].parsed
     assert basic["signature_algorithm"].dump() == SIGNATURE_ALGORITHMS[algorithm]
 

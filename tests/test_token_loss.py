@@ -30,6 +30,7 @@ from .support.fleet import metric
 from .support.p11kit import CLIENT_MODULE, P11KitServer
 from .support.server import RunningServer, free_port
 from .support.softhsm import MODULE, SoftHSM
+from .support.waiting import within
 
 pytestmark = [
     pytest.mark.slow,
@@ -59,14 +60,6 @@ def _config(tmp_path: Path, setup: CASetup, port: int, sign_timeout: str, **ca_e
     return path
 
 
-def _request(setup: CASetup, name: str, *, nonce: bytes | None = None) -> bytes:
-    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
-    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
-    if nonce is not None:
-        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-    return builder.build().public_bytes(Encoding.DER)
-
-
 def _post(url: str, body: bytes, timeout: float = 10) -> tuple[int, bytes, float]:
     started = time.monotonic()
     req = urllib.request.Request(
@@ -81,7 +74,7 @@ def _post(url: str, body: bytes, timeout: float = 10) -> tuple[int, bytes, float
 
 def _signs(url: str, setup: CASetup) -> bool:
     """A fresh nonce request (never cached) was signed."""
-    http, body, _ = _post(url, _request(setup, "good", nonce=os.urandom(16)))
+    http, body, _ = _post(url, setup.request("good", nonce=os.urandom(16)))
     return http == 200 and (
         ocsp.load_der_ocsp_response(body).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
     )
@@ -167,16 +160,6 @@ class Load:
         return [o for o in self.outcomes if start <= o.at <= end and o.kind == kind]
 
 
-def _wait_for(predicate: object, timeout: float) -> float | None:
-    """Seconds until ``predicate()`` held, or None."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():  # type: ignore[operator]
-            return time.monotonic() - started
-        time.sleep(0.05)
-    return None
-
-
 def test_token_loss_serves_cached_answers_and_recovers_without_restart(
     tmp_path: Path,
     softhsm: SoftHSM,
@@ -192,9 +175,9 @@ def test_token_loss_serves_cached_answers_and_recovers_without_restart(
     url = server.url
 
     bodies = {
-        "cached-good": _request(setup, "good"),
-        "cached-revoked": _request(setup, "revoked"),
-        "nonce": _request(setup, "good", nonce=os.urandom(16)),
+        "cached-good": setup.request("good"),
+        "cached-revoked": setup.request("revoked"),
+        "nonce": setup.request("good", nonce=os.urandom(16)),
     }
     for kind in ("cached-good", "cached-revoked"):  # fill the pre-signed cache
         http, body, _ = _post(url, bodies[kind])
@@ -208,7 +191,7 @@ def test_token_loss_serves_cached_answers_and_recovers_without_restart(
         time.sleep(1.0)
         lost_at = time.monotonic()
         p11kit.kill()
-        down = _wait_for(lambda: _token_up(url) == 0, 5)
+        down = within(lambda: _token_up(url) == 0, 5)
         assert down is not None, "hsm_ocsp_token_up still 1 five seconds after the token died"
         # The store holds a current answer for every serial: still ready, and /healthz
         # says what is degraded (a token outage must not empty the load balancer).
@@ -219,8 +202,8 @@ def test_token_loss_serves_cached_answers_and_recovers_without_restart(
 
         p11kit.start()
         restarted_at = time.monotonic()
-        recovered = _wait_for(lambda: _signs(url, setup), 10)
-        ready = _wait_for(lambda: "degraded" not in _text(url, "healthz"), 10)
+        recovered = within(lambda: _signs(url, setup), 10)
+        ready = within(lambda: "degraded" not in _text(url, "healthz"), 10)
         assert _token_up(url) == 1
         time.sleep(0.5)
     finally:
@@ -268,7 +251,7 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
     monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
     server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
     url = server.url
-    cached = _request(setup, "revoked")
+    cached = setup.request("revoked")
     assert _post(url, cached)[0] == 200
     _filled(server, setup)  # the store answers every serial: a token outage is no unreadiness
 
@@ -277,9 +260,7 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
         hung: list[tuple[int, bytes, float]] = []
         threads = [
             threading.Thread(
-                target=lambda: hung.append(
-                    _post(url, _request(setup, "good", nonce=os.urandom(16)))
-                )
+                target=lambda: hung.append(_post(url, setup.request("good", nonce=os.urandom(16))))
             )
             for _ in range(3)
         ]
@@ -303,7 +284,7 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
             )
             assert seconds < 1.0 + 1.5, f"a hung signature held a request {seconds:.1f} s"
         # Later requests fail fast while the call is still stuck.
-        http, body, seconds = _post(url, _request(setup, "good", nonce=b"n" * 16))
+        http, body, seconds = _post(url, setup.request("good", nonce=b"n" * 16))
         assert ocsp.load_der_ocsp_response(body).response_status is (
             ocsp.OCSPResponseStatus.TRY_LATER
         )
@@ -314,7 +295,7 @@ def test_hung_token_times_out_and_does_not_block_other_requests(
     finally:
         p11kit.signal(signal.SIGCONT)
 
-    resumed = _wait_for(lambda: _signs(url, setup), 10)
+    resumed = within(lambda: _signs(url, setup), 10)
     print(f"signing resumed {resumed} s after SIGCONT")
     assert resumed is not None and resumed < 5.0
     assert server.process.poll() is None
@@ -333,7 +314,7 @@ def test_cached_answer_served_past_its_refresh_until_next_update_without_token(
     config = _config(tmp_path, setup, port, sign_timeout="2s", validity='"6s"')
     monkeypatch.setenv("P11_KIT_SERVER_ADDRESS", p11kit.address)
     server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
-    body = _request(setup, "good")
+    body = setup.request("good")
     http, first, _ = _post(server.url, body)
     assert http == 200
     cached = ocsp.load_der_ocsp_response(first)
@@ -372,12 +353,12 @@ def _filled_producer(
     config.write_text(config.read_text().replace("[server]\n", "[server]\n" + state, 1) + more)
     server = serve(config, port, tmp_path / "server.log")  # type: ignore[operator]
     entries = len(setup.ca.index.read_text().splitlines())
-    assert _wait_for(lambda: _fill_signatures(server.url) >= 2 * entries, 30) is not None
+    assert within(lambda: _fill_signatures(server.url) >= 2 * entries, 30) is not None
     return server
 
 
 def _answer(url: str, setup: CASetup, name: str) -> ocsp.OCSPResponse:
-    http, body, _ = _post(url, _request(setup, name))
+    http, body, _ = _post(url, setup.request(name))
     assert http == 200
     return ocsp.load_der_ocsp_response(body)
 
@@ -411,7 +392,7 @@ def test_a_revocation_while_the_token_is_gone_is_try_later_never_the_stored_good
     # any client asks again (the changes' signatures are counted as such).
     changes = _signatures(server.url, "change")
     p11kit.start()
-    assert _wait_for(lambda: _signatures(server.url, "change") >= changes + 4, 20) is not None
+    assert within(lambda: _signatures(server.url, "change") >= changes + 4, 20) is not None
     live = _signatures(server.url, "live")
     for name, status in (("good", ocsp.OCSPCertStatus.REVOKED), ("new", ocsp.OCSPCertStatus.GOOD)):
         for algorithm in ("sha1", "sha256"):
@@ -435,7 +416,7 @@ def test_a_token_outage_past_half_the_validity_serves_pre_produced_answers_to_ne
     server = _filled_producer(tmp_path, setup, serve, validity='"8s"')
     p11kit.kill()  # from now on nothing is signed: what is served was stored before
     killed = time.time()
-    stored = {name: _post(server.url, _request(setup, name))[1] for name in ("good", "revoked")}
+    stored = {name: _post(server.url, setup.request(name))[1] for name in ("good", "revoked")}
     answers = {name: ocsp.load_der_ocsp_response(body) for name, body in stored.items()}
     assert answers["good"].certificate_status is ocsp.OCSPCertStatus.GOOD
     assert answers["revoked"].certificate_status is ocsp.OCSPCertStatus.REVOKED
@@ -450,7 +431,7 @@ def test_a_token_outage_past_half_the_validity_serves_pre_produced_answers_to_ne
     while time.time() < ends["good"] - 0.3:
         for name, body in stored.items():
             if time.time() < ends[name] - 0.3:
-                assert _post(server.url, _request(setup, name))[1] == body, f"{name} dropped"
+                assert _post(server.url, setup.request(name))[1] == body, f"{name} dropped"
         new = _answer(server.url, setup, "new")
         assert new.response_status is ocsp.OCSPResponseStatus.TRY_LATER
         checks += 1
@@ -522,7 +503,7 @@ def test_a_revocation_while_the_token_is_gone_is_withdrawn_on_an_edge_too(
         p11kit.kill()
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
         assert (
-            _wait_for(
+            within(
                 lambda: (
                     _answer(edge.url, setup, "good").response_status
                     is ocsp.OCSPResponseStatus.TRY_LATER
@@ -560,17 +541,17 @@ def test_a_restart_while_the_token_is_away_serves_the_store(
                              ("keycompromise", ocsp.OCSPCertStatus.REVOKED)):  # fmt: skip
             for _ in range(6):  # both workers
                 assert _answer(second.url, setup, name).certificate_status is status
-        nonce = _post(second.url, _request(setup, "good", nonce=os.urandom(16)))[1]
+        nonce = _post(second.url, setup.request("good", nonce=os.urandom(16)))[1]
         assert ocsp.load_der_ocsp_response(nonce).response_status is (
             ocsp.OCSPResponseStatus.TRY_LATER
         )
         assert "token not usable at start" in (tmp_path / "second.log").read_text()
         p11kit.start()
         assert (
-            _wait_for(
+            within(
                 lambda: (
                     ocsp.load_der_ocsp_response(
-                        _post(second.url, _request(setup, "good", nonce=os.urandom(16)))[1]
+                        _post(second.url, setup.request("good", nonce=os.urandom(16)))[1]
                     ).response_status
                     is ocsp.OCSPResponseStatus.SUCCESSFUL
                 ),

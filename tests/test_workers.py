@@ -6,7 +6,6 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from cryptography.x509 import ocsp as x509_ocsp
 from .support.ca import CASetup, write_config
 from .support.requests import build_request
 from .support.server import free_port
+from .support.waiting import until
 
 
 def _ask(url: str, der: bytes) -> x509_ocsp.OCSPResponse:
@@ -26,15 +26,6 @@ def _ask(url: str, der: bytes) -> x509_ocsp.OCSPResponse:
         return x509_ocsp.load_der_ocsp_response(answer.read())
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def test_killed_worker_is_replaced_and_requests_keep_succeeding(
     tmp_path: Path, ca_setup: CASetup, serve: Any
 ) -> None:
@@ -42,12 +33,12 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
     config = write_config(tmp_path / "c.toml", {"root": ca_setup}, server="workers = 2", port=port)
     server = serve(config, port, tmp_path / "server.log")
     der = build_request([(ca_setup.ca.certificate, ca_setup.serial("good"))])
-    _wait_for(lambda: len(set(server.worker_pids())) == 2)
+    until(lambda: len(set(server.worker_pids())) == 2)
     before = set(server.worker_pids())
     # Both must listen before one is killed, or the kill may leave no listener.
     for pid in before:
         mark = b"(pid %d)" % pid
-        _wait_for(lambda: mark in server.log.read_bytes())  # noqa: B023 (called at once)
+        until(lambda: mark in server.log.read_bytes())  # noqa: B023 (called at once)
     victim = min(before)
 
     os.kill(victim, signal.SIGKILL)
@@ -75,7 +66,7 @@ def test_killed_worker_is_replaced_and_requests_keep_succeeding(
     replacement = (after - before).pop()
 
     # The new worker serves too: the kernel spreads new connections over both.
-    _wait_for(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
+    until(lambda: b"worker %d ready" % replacement in server.log.read_bytes())
     for _ in range(20):
         assert _ask(server.url, der).certificate_status == x509_ocsp.OCSPCertStatus.GOOD
     assert answered > 0 and resets <= 3

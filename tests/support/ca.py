@@ -6,10 +6,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
 from .pki import OpenSSLCA
 from .softhsm import MODULE, SoftHSM
 
 _labels = iter(range(1, 10**9))
+_HASHES = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384()}
 
 
 @dataclasses.dataclass
@@ -23,6 +28,17 @@ class CASetup:
 
     def serial(self, name: str) -> int:
         return self.ca.serial_of(self.certs[name])
+
+    def request(self, name: str, algorithm: str = "sha256", *, nonce: bytes | None = None) -> bytes:
+        """An OCSP request (DER) for certificate ``name``, as cryptography's builder
+        makes it; ``nonce``: the value of a nonce extension."""
+        cert = x509.load_pem_x509_certificate(self.certs[name].read_bytes())
+        builder = ocsp.OCSPRequestBuilder().add_certificate(
+            cert, self.ca.certificate, _HASHES[algorithm]
+        )
+        if nonce is not None:
+            builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+        return builder.build().public_bytes(serialization.Encoding.DER)
 
 
 REVOCATIONS: dict[str, tuple[str, ...]] = {

@@ -7,17 +7,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cryptography import x509
-
 from .ca import CASetup, write_config
+from .scrape import metric
 from .server import RunningServer, free_port, start_server
-from .watch import request_for, until
+from .watch import until
 
-
-def metric(server: RunningServer, name: str) -> float:
-    with urllib.request.urlopen(server.url + "metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(name))
+__all__ = ["body_for", "edge_host", "filled", "metric", "ready", "signing_host"]
 
 
 def ready(server: RunningServer) -> bool:
@@ -57,8 +52,7 @@ def edge_host(tmp_path: Path, setup: CASetup, redis_url: str, name: str = "edge"
 
 
 def body_for(setup: CASetup, name: str, algorithm: str = "sha1") -> bytes:
-    cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
-    return request_for(cert, setup.ca.certificate, algorithm)
+    return setup.request(name, algorithm)
 
 
 def filled(server: RunningServer, setup: CASetup) -> None:

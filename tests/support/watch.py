@@ -14,6 +14,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
+from .waiting import until
+
+__all__ = ["HASHES", "Watch", "request_for", "status_of", "until"]
+
 HASHES = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256(), "sha384": hashes.SHA384()}
 
 
@@ -75,12 +79,3 @@ class Watch:
     def last(self, url: str, what: str) -> object:
         found = [s[3] for s in self.seen if s[1] == url and s[2] == what]
         return found[-1] if found else None
-
-
-def until(check: object, timeout: float = 20, step: float = 0.1) -> float:
-    """Seconds until ``check()`` is true; AssertionError after ``timeout``."""
-    started = time.monotonic()
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() - started < timeout, "not reached in time"
-        time.sleep(step)
-    return time.monotonic() - started
