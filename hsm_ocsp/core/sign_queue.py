@@ -81,7 +81,9 @@ class SignQueue:
             raise Busy(kind.value)
         self._held[kind] += 1
         try:
-            if kind is Kind.AHEAD:
+            if self._signing < self.window and not self._waiting():
+                self._signing += 1  # a free place now: no line, no timer
+            elif kind is Kind.AHEAD:
                 await self._turn(kind)
             else:
                 try:
@@ -98,8 +100,13 @@ class SignQueue:
         finally:
             self._held[kind] -= 1
 
+    def _waiting(self) -> bool:
+        lines = self._lines
+        return bool(lines[Kind.ISSUED] or lines[Kind.UNKNOWN] or lines[Kind.MULTI]
+                    or lines[Kind.NONCE] or lines[Kind.AHEAD])  # fmt: skip
+
     async def _turn(self, kind: Kind) -> None:
-        if self._signing < self.window and not any(self._lines.values()):
+        if self._signing < self.window and not self._waiting():
             self._signing += 1
             return
         place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
