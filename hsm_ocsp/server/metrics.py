@@ -83,7 +83,7 @@ class Metrics(MetricFamilies, Events):
         self.index_reload_errors.labels(name)
 
     def token_state(self, ca_names: Iterable[str]) -> Callable[[bool], None]:
-        """A ``Token.on_state_change`` callback that sets token_up for ``ca_names``."""
+        """What the token's up or down sets: token_up of ``ca_names`` (host_events.py)."""
         gauges = [self.token_up.labels(name) for name in ca_names]
 
         def changed(up: bool) -> None:
@@ -93,7 +93,7 @@ class Metrics(MetricFamilies, Events):
         return changed
 
     def index_reloaded(self, ca: str) -> Callable[[IndexSnapshot], None]:
-        """An ``IndexSource.on_reload`` callback for CA ``ca``."""
+        """What a version of CA ``ca``'s index or CRLs taken up sets (host_events.py)."""
         entries = {s: self.index_entries.labels(ca, s) for s in INDEX_STATUSES}
         last = self.index_last_reload.labels(ca)
 
@@ -105,7 +105,7 @@ class Metrics(MetricFamilies, Events):
         return reloaded
 
     def index_failed(self, ca: str) -> Callable[[Exception], None]:
-        """An ``IndexSource.on_error`` callback for CA ``ca``."""
+        """What a version of CA ``ca``'s index or CRLs not taken counts."""
         errors = self.index_reload_errors.labels(ca)
 
         def failed(exc: Exception) -> None:
@@ -114,7 +114,7 @@ class Metrics(MetricFamilies, Events):
         return failed
 
     def crl_refused(self, ca: str) -> Callable[[str], None]:
-        """A ``CrlSource.on_refused`` callback for CA ``ca``."""
+        """What a CRL of CA ``ca`` refused counts, by reason."""
 
         def refused(reason: str) -> None:
             self.crl_errors.labels(ca, reason).inc()
@@ -129,12 +129,12 @@ class Metrics(MetricFamilies, Events):
             self.crl_next_update.labels(ca).set(until.timestamp())
 
     def token_recovered(self, sessions: int, retries: int) -> None:
-        """``Token.on_recover``: sessions opened again and calls tried again."""
+        """A token ridden out (TokenEvents): sessions opened again, calls tried again."""
         self.token_recoveries.labels("session").inc(sessions)
         self.token_recoveries.labels("throttled").inc(retries)
 
     def token_signed(self, seconds: float) -> None:
-        """``Token.on_sign``: one PKCS#11 signature took ``seconds``."""
+        """One PKCS#11 signature took ``seconds`` (TokenEvents)."""
         self._sign_seconds.append(seconds)
         self._flush_soon()
 
