@@ -51,8 +51,14 @@ def _check_key(
 ) -> Iterator[Finding]:
     keys = signing_keys(ca)
     for number, key in enumerate(keys):
-        yield from _check_one_key(key, module, pin, sign_timeout, alone=len(keys) == 1,
-                                  sessions=sessions if number == 0 else None)  # fmt: skip
+        yield from _check_one_key(
+            key,
+            module,
+            pin,
+            sign_timeout,
+            alone=len(keys) == 1,
+            sessions=sessions if number == 0 else None,
+        )
 
 
 def _session_findings(ca: str, limits: SessionLimits | None, sessions: int) -> Iterator[Finding]:
@@ -61,20 +67,31 @@ def _session_findings(ca: str, limits: SessionLimits | None, sessions: int) -> I
         yield Finding(Level.NOTE, ca, "the token does not say how many sessions it allows")
         return
     most, read_write = limits
-    said = (f"{'no limit' if most is None else most} sessions, "
-            f"{'no limit' if read_write is None else read_write} read/write")  # fmt: skip
+    said = (
+        f"{'no limit' if most is None else most} sessions, "
+        f"{'no limit' if read_write is None else read_write} read/write"
+    )
     bound = min((n for n in (most, read_write) if n is not None), default=None)
     if bound is not None and sessions > bound:
-        yield Finding(Level.WARNING, ca, f"the token allows {said}, fewer than token.sessions "
-                      f"= {sessions}: lower token.sessions")  # fmt: skip
+        yield Finding(
+            Level.WARNING,
+            ca,
+            f"the token allows {said}, fewer than token.sessions "
+            f"= {sessions}: lower token.sessions",
+        )
     else:
         yield Finding(Level.OK, ca, f"the token allows {said}; token.sessions = {sessions}")
 
 
 def _check_one_key(
-    key: SigningKey, module: str, pin: str, sign_timeout: float, *, alone: bool,
+    key: SigningKey,
+    module: str,
+    pin: str,
+    sign_timeout: float,
+    *,
+    alone: bool,
     sessions: int | None = None,
-) -> Iterator[Finding]:  # fmt: skip
+) -> Iterator[Finding]:
     ca, spec, path = key.ca, key.spec, key.certificate_path
     which = "responder certificate" if ca.responder_certificate else "CA certificate"
     named = f"key {ca.key}"
@@ -196,10 +213,14 @@ def _check_own_key(ca: CAConfig) -> Iterator[Finding]:
         return
     root = ca.certificate.issuer == ca.certificate.subject
     if ca.includes_ca_certificate:
-        go = "Go's x/crypto/ocsp accepts it (a root's own certificate)" if root else (
-            "Go's x/crypto/ocsp refuses them (the certificate in an answer must be one the "
-            "issuer signed, and an intermediate's was signed by its root)"
-        )  # fmt: skip
+        go = (
+            "Go's x/crypto/ocsp accepts it (a root's own certificate)"
+            if root
+            else (
+                "Go's x/crypto/ocsp refuses them (the certificate in an answer must be one the "
+                "issuer signed, and an intermediate's was signed by its root)"
+            )
+        )
         said = (
             "answers carry the CA's own certificate: FreeRADIUS (EAP-TLS) and GnuTLS find "
             f"the signer; {go}"
@@ -285,9 +306,11 @@ def _check_crl(ca: CAConfig, crl: CrlConfig) -> Iterator[Finding]:
     if crl.issued is not None:
         mode = f"a serial not on its CRL is good if {crl.issued} shows it issued, else unknown"
     else:
-        mode = ('a serial not on its CRL is answered good, issued or not (not_on_crl = "good"; '
-                "the CA/B Forum's rules say a responder SHOULD NOT answer good for a serial "
-                "never issued)")  # fmt: skip
+        mode = (
+            'a serial not on its CRL is answered good, issued or not (not_on_crl = "good"; '
+            "the CA/B Forum's rules say a responder SHOULD NOT answer good for a serial "
+            "never issued)"
+        )
     yield Finding(Level.NOTE if crl.issued is None else Level.OK, ca.name, mode)
     source = CrlSource(ca, crl)
     quiet = logging.getLogger("hsm_ocsp.crl")  # its failures are findings here
@@ -301,9 +324,13 @@ def _check_crl(ca: CAConfig, crl: CrlConfig) -> Iterator[Finding]:
         quiet.setLevel(level)
         source.close()
     until = source.valid_until
-    yield Finding(Level.OK, ca.name, f"CRL {source.number} taken from {', '.join(crl.fulls)}: "
-                  f"{snapshot.counts['R']} revoked, nextUpdate "
-                  f"{'none' if until is None else f'{until:%Y-%m-%d %H:%M:%S}Z'}")  # fmt: skip
+    yield Finding(
+        Level.OK,
+        ca.name,
+        f"CRL {source.number} taken from {', '.join(crl.fulls)}: "
+        f"{snapshot.counts['R']} revoked, nextUpdate "
+        f"{'none' if until is None else f'{until:%Y-%m-%d %H:%M:%S}Z'}",
+    )
     if source.last_error is not None:
         yield Finding(Level.WARNING, ca.name, source.last_error)
 
@@ -317,8 +344,9 @@ def check_config(
     findings: list[Finding] = []
     for ca in config.cas:  # an edge has no key and no index to check
         if config.signing:
-            findings += _check_key(ca, config.token.module, pin, config.token.sign_timeout,
-                                   config.token.sessions)  # fmt: skip
+            findings += _check_key(
+                ca, config.token.module, pin, config.token.sign_timeout, config.token.sessions
+            )
         findings += _check_delegated(ca)
         findings += _check_own_key(ca)
         findings += _check_validity(ca, now, warn_days)

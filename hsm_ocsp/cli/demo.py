@@ -73,10 +73,18 @@ class DemoSetup:
     def ocsp_command(self, name: str) -> str:
         return shlex.join(
             [
-                "openssl", "ocsp", "-issuer", str(self.ca_cert), "-cert", str(self.certs[name]),
-                "-url", f"http://127.0.0.1:{self.port}/", "-CAfile", str(self.ca_cert),
+                "openssl",
+                "ocsp",
+                "-issuer",
+                str(self.ca_cert),
+                "-cert",
+                str(self.certs[name]),
+                "-url",
+                f"http://127.0.0.1:{self.port}/",
+                "-CAfile",
+                str(self.ca_cert),
             ]
-        )  # fmt: skip
+        )
 
 
 def openssl_cnf(ca_dir: Path) -> str:
@@ -119,16 +127,33 @@ def _make_ca(ca_dir: Path, made: list[str]) -> Path:
     (ca_dir / "serial").write_text("1000\n")
     (ca_dir / "crlnumber").write_text("01\n")
     key = ca_dir / "ca.key"
-    run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-out", key)  # fmt: skip
+    run(
+        "openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key
+    )
     key.chmod(0o600)
     partial = ca_dir / "ca.pem.new"
     run(
-        "openssl", "req", "-config", cnf, "-x509", "-new", "-key", key, "-subj", CA_SUBJECT,
-        "-days", "3650", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext", "subjectKeyIdentifier=hash", "-out", partial,
-    )  # fmt: skip
+        "openssl",
+        "req",
+        "-config",
+        cnf,
+        "-x509",
+        "-new",
+        "-key",
+        key,
+        "-subj",
+        CA_SUBJECT,
+        "-days",
+        "3650",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext",
+        "subjectKeyIdentifier=hash",
+        "-out",
+        partial,
+    )
     partial.rename(ca_cert)
     made.append("demo CA")
     return ca_cert
@@ -144,8 +169,20 @@ def _same_key(cert_path: Path, public_key: PublicKey) -> bool:
 
 def _sign(ca_dir: Path, csr: Path, out: Path, extensions: str) -> None:
     partial = out.with_suffix(".pem.new")
-    run("openssl", "ca", "-batch", "-config", ca_dir / "openssl.cnf", "-extensions",
-         extensions, "-notext", "-in", csr, "-out", partial)  # fmt: skip
+    run(
+        "openssl",
+        "ca",
+        "-batch",
+        "-config",
+        ca_dir / "openssl.cnf",
+        "-extensions",
+        extensions,
+        "-notext",
+        "-in",
+        csr,
+        "-out",
+        partial,
+    )
     partial.rename(out)
 
 
@@ -155,9 +192,22 @@ def _leaves(ca_dir: Path, made: list[str]) -> dict[str, Path]:
         pem = ca_dir / f"{name}.pem"
         if not pem.exists():
             csr = ca_dir / f"{name}.csr"
-            run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", ca_dir / f"{name}.key",
-                 "-subj", f"/O=hsm-ocsp demo/CN={name}.demo.example", "-out", csr)  # fmt: skip
+            run(
+                "openssl",
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                ca_dir / f"{name}.key",
+                "-subj",
+                f"/O=hsm-ocsp demo/CN={name}.demo.example",
+                "-out",
+                csr,
+            )
             _sign(ca_dir, csr, pem, "leaf")
             made.append(f"certificate {name}")
         if revoke is not None:
@@ -173,8 +223,7 @@ def _leaves(ca_dir: Path, made: list[str]) -> dict[str, Path]:
 def _gencrl(ca_dir: Path, made: list[str]) -> None:
     """The demo CA's CRL (DER), made anew each run: what a CA publishes."""
     pem, der = ca_dir / "ca.crl.pem", ca_dir / "ca.crl"
-    run("openssl", "ca", "-config", ca_dir / "openssl.cnf", "-gencrl", "-crldays", "7",
-        "-out", pem)  # fmt: skip
+    run("openssl", "ca", "-config", ca_dir / "openssl.cnf", "-gencrl", "-crldays", "7", "-out", pem)
     run("openssl", "crl", "-in", pem, "-outform", "DER", "-out", der.with_suffix(".new"))
     der.with_suffix(".new").replace(der)
     made.append("CRL")

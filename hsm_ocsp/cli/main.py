@@ -41,8 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="demo", help="working directory (default ./demo)")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--no-serve", action="store_true", help="set up only, do not serve")
-    demo.add_argument("--status", choices=("index", "crl"), default="index",
-                      help="serve status from the CA's index.txt (default) or its CRL")  # fmt: skip
+    demo.add_argument(
+        "--status",
+        choices=("index", "crl"),
+        default="index",
+        help="serve status from the CA's index.txt (default) or its CRL",
+    )
     return parser
 
 

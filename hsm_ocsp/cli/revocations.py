@@ -24,8 +24,11 @@ log = logging.getLogger("hsm_ocsp.index")
 def _ledger(config: Config) -> Ledger:
     state_dir = config.server.state_dir
     if state_dir is None:
-        raise ConfigError(config.path, "server.state_dir", "not set: revocations are "
-                          "remembered only in a state directory")  # fmt: skip
+        raise ConfigError(
+            config.path,
+            "server.state_dir",
+            "not set: revocations are remembered only in a state directory",
+        )
     return Ledger(state_dir / LEDGER_NAME)
 
 
@@ -51,8 +54,10 @@ def run_revocations(args: argparse.Namespace) -> int:
     ledger.forget(args.ca, known)
     for serial in known:
         when = held[serial].revocation_time
-        print(f"CA {args.ca}: serial {serial:X} (revoked {when:%Y-%m-%d}) forgotten; "
-              "SIGHUP serve to take it up")  # fmt: skip
+        print(
+            f"CA {args.ca}: serial {serial:X} (revoked {when:%Y-%m-%d}) forgotten; "
+            "SIGHUP serve to take it up"
+        )
     for serial in set(serials) - set(known):
         print(f"CA {args.ca}: serial {serial:X} was not remembered as revoked")
     return EXIT_OK

@@ -29,8 +29,11 @@ def run_store_stats(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     state_dir = config.server.state_dir
     if state_dir is None:
-        raise ConfigError(config.path, "server.state_dir", "not set: without it the store "
-                          "lives in a private directory only while serve runs")  # fmt: skip
+        raise ConfigError(
+            config.path,
+            "server.state_dir",
+            "not set: without it the store lives in a private directory only while serve runs",
+        )
     if not (state_dir / "answers.lmdb").is_dir():
         print(f"no store in {state_dir} yet (serve makes it)")
         return EXIT_OK
@@ -88,9 +91,15 @@ def _backlog(store: LmdbStore, config: Config) -> dict[str, int]:
             source.close()
         lifetime = lifetime_of(issuer.validity, signer.not_after, snapshot)
         counts[ca.name] = sum(
-            needs(store.get(shared_key(ca.name, cert_id(issuer, h, serial))), value,
-                  fingerprint, now, lifetime) is not None
+            needs(
+                store.get(shared_key(ca.name, cert_id(issuer, h, serial))),
+                value,
+                fingerprint,
+                now,
+                lifetime,
+            )
+            is not None
             for serial, value in snapshot.entries.items()
             for h in ca.cert_id_hashes
-        )  # fmt: skip
+        )
     return counts

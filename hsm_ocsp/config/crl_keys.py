@@ -65,9 +65,12 @@ def crl_config(ca: Section, certificate: x509.Certificate) -> CrlConfig | None:
     issued = _issued(ca)
     not_on_crl = ca.choice("not_on_crl", NotOnCrl.UNKNOWN)
     if issued is None and not_on_crl is NotOnCrl.UNKNOWN:
-        raise ca.error("issued", "a CA served from CRLs needs issued = \"DIR or FILE\" (the "
-                       "serials it issued) or not_on_crl = \"good\": a CRL lists only the "
-                       "revoked")  # fmt: skip
+        raise ca.error(
+            "issued",
+            'a CA served from CRLs needs issued = "DIR or FILE" (the '
+            'serials it issued) or not_on_crl = "good": a CRL lists only the '
+            "revoked",
+        )
     if issued is not None and "not_on_crl" in ca.table and not_on_crl is NotOnCrl.GOOD:
         raise ca.error("not_on_crl", 'give issued or not_on_crl = "good", not both')
     return CrlConfig(
@@ -89,8 +92,9 @@ def _issued(ca: Section) -> Path | None:
         return None
     path = Path(raw) if Path(raw).is_absolute() else ca.path.parent / raw
     if not path.exists():
-        raise ca.error("issued", f"{path} does not exist (a directory of certificates or a "
-                       "file of serials)")  # fmt: skip
+        raise ca.error(
+            "issued", f"{path} does not exist (a directory of certificates or a file of serials)"
+        )
     return path
 
 

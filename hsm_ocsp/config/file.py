@@ -122,8 +122,9 @@ def _cert_id_hashes(ca: Section) -> tuple[str, ...]:
     names = ca.get("cert_id_hashes", list, list(CAConfig.cert_id_hashes))
     for name in names:
         if name not in _CERT_ID_HASHES:
-            raise ca.error("cert_id_hashes", f"{name!r}: each must be one of "
-                           f"{', '.join(_CERT_ID_HASHES)}")  # fmt: skip
+            raise ca.error(
+                "cert_id_hashes", f"{name!r}: each must be one of {', '.join(_CERT_ID_HASHES)}"
+            )
     return tuple(dict.fromkeys(names))
 
 

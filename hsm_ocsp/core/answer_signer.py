@@ -90,8 +90,9 @@ class AnswerSigner:
         )
         started = time.perf_counter()
         if self._audit is not None:
-            self._lines[id(tbs)] = _line_fields(issuer, signer.key, now, next_update, singles,
-                                                why, tbs)  # fmt: skip
+            self._lines[id(tbs)] = _line_fields(
+                issuer, signer.key, now, next_update, singles, why, tbs
+            )
         try:
             signature = await self._queue.sign(kind, signer.key, tbs)
         except Busy:
@@ -124,9 +125,12 @@ class AnswerSigner:
         )
 
     def _next_update(
-        self, issuer: Issuer, signer: SigningCertificate, snapshot: IndexSnapshot,
+        self,
+        issuer: Issuer,
+        signer: SigningCertificate,
+        snapshot: IndexSnapshot,
         now: dt.datetime,
-    ) -> dt.datetime | None:  # fmt: skip
+    ) -> dt.datetime | None:
         """The answer's nextUpdate: the CA's validity from now, cut so that no answer
         outlives its signer nor the CRL its status comes from; None when that CRL is
         past its own nextUpdate (a freshness the source does not have: no answer)."""
@@ -168,9 +172,12 @@ class AnswerSigner:
         self.events.sign_failed()
         if now.timestamp() - self._said.get(("expired", issuer.name), -1e9) >= 60:
             self._said["expired", issuer.name] = now.timestamp()
-            log.error("CA %s: the CRLs in service are past their nextUpdate %s UTC: answers "
-                      "that need a signature are tryLater", issuer.name,
-                      f"{until:%Y-%m-%d %H:%M:%S}")  # fmt: skip
+            log.error(
+                "CA %s: the CRLs in service are past their nextUpdate %s UTC: answers "
+                "that need a signature are tryLater",
+                issuer.name,
+                f"{until:%Y-%m-%d %H:%M:%S}",
+            )
 
     def _validity_capped(self, issuer: Issuer, signer: SigningCertificate) -> None:
         self.events.validity_capped(issuer.name)
@@ -191,9 +198,14 @@ class AuditError(HsmOcspError):
 
 
 def _line_fields(
-    issuer: Issuer, key: str, now: dt.datetime, next_update: dt.datetime,
-    singles: Sequence[SingleResponse], reason: str, tbs: bytes,
-) -> dict[str, object]:  # fmt: skip
+    issuer: Issuer,
+    key: str,
+    now: dt.datetime,
+    next_update: dt.datetime,
+    singles: Sequence[SingleResponse],
+    reason: str,
+    tbs: bytes,
+) -> dict[str, object]:
     """What the audit trail says of one signature (core/audit.py)."""
     return {
         "time": f"{now:%Y-%m-%dT%H:%M:%SZ}",

@@ -29,8 +29,17 @@ class Audit(Protocol):
 
 
 FIRST = "-"
-FIELDS = ("time", "ca", "key", "reason", "this_update", "next_update", "certs",
-          "signed_sha256", "prev")  # fmt: skip
+FIELDS = (
+    "time",
+    "ca",
+    "key",
+    "reason",
+    "this_update",
+    "next_update",
+    "certs",
+    "signed_sha256",
+    "prev",
+)
 
 
 def digest(text: str) -> str:
@@ -62,7 +71,9 @@ def verify(files: Iterable[tuple[str, Iterable[str]]]) -> Iterator[str]:
             elif prev is not None and record["prev"] != prev:
                 before = f"{name}:{number - 1}" if number > 1 else f"the last line of {last}"
                 missing = "" if number > 1 else ", or a file of the trail is missing"
-                yield (f"{where}: does not follow {before}: one of them was changed, or a "
-                       f"line between them removed, or they were moved{missing}")  # fmt: skip
+                yield (
+                    f"{where}: does not follow {before}: one of them was changed, or a "
+                    f"line between them removed, or they were moved{missing}"
+                )
             prev = digest(text)
         last = name

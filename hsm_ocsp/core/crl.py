@@ -113,8 +113,7 @@ def later_than(new: CrlFacts, old: CrlFacts) -> str | None:
         if new.number == old.number and new.this_update != old.this_update:
             return f"CRL number {new.number} is in service with another thisUpdate"
     if new.this_update < old.this_update:
-        return (f"thisUpdate {new.this_update:%Y-%m-%d %H:%M:%S}Z is older than the CRL in "
-                "service")  # fmt: skip
+        return f"thisUpdate {new.this_update:%Y-%m-%d %H:%M:%S}Z is older than the CRL in service"
     return None
 
 
@@ -214,8 +213,14 @@ def _signer(
 
 def _verifies(crl: x509.CertificateRevocationList, signer: x509.Certificate) -> bool:
     key = signer.public_key()
-    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey | dsa.DSAPublicKey
-                      | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):  # fmt: skip
+    if not isinstance(
+        key,
+        rsa.RSAPublicKey
+        | ec.EllipticCurvePublicKey
+        | dsa.DSAPublicKey
+        | ed25519.Ed25519PublicKey
+        | ed448.Ed448PublicKey,
+    ):
         return False
     try:
         return crl.is_signature_valid(key)

@@ -32,10 +32,16 @@ def encode_image(snapshot: IndexSnapshot, version: tuple[int, int]) -> bytes:
     """``snapshot`` (read from the index version of (size, mtime_ns) ``version``)."""
     good = [s for s, r in snapshot.entries.items() if r is None]
     revoked = [
-        (s, r.revocation_time.timestamp(), None if r.reason is None else int(r.reason),
-         _time(r.invalidity_date), r.hold_instruction)
-        for s, r in snapshot.entries.items() if r is not None
-    ]  # fmt: skip
+        (
+            s,
+            r.revocation_time.timestamp(),
+            None if r.reason is None else int(r.reason),
+            _time(r.invalidity_date),
+            r.hold_instruction,
+        )
+        for s, r in snapshot.entries.items()
+        if r is not None
+    ]
     payload = marshal.dumps((list(version), dict(snapshot.counts), good, revoked))
     return _MAGIC + hashlib.sha256(payload).digest() + payload
 

@@ -107,9 +107,12 @@ def lifetime_of(
 
 
 def needs(
-    data: bytes | None, value: object, signer: bytes, now: dt.datetime,
+    data: bytes | None,
+    value: object,
+    signer: bytes,
+    now: dt.datetime,
     lifetime: tuple[float, float] | None = None,
-) -> Reason | None:  # fmt: skip
+) -> Reason | None:
     """Why the stored record ``data`` for a serial whose index entry is ``value`` must be
     produced now (None: it is current). ``signer`` is the fingerprint that signs now;
     ``lifetime``, the CA's validity in seconds and the signer's notAfter (Unix): a record

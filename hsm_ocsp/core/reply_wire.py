@@ -34,9 +34,14 @@ def encode_reply(reply: Reply) -> bytes:
     etag = (reply.etag or "").encode()
     statuses = bytes(_STATUSES.index(s) for s in reply.cert_statuses)
     header = _HEADER.pack(
-        reply.status, reply.cached, _seconds(reply.produced_at), _seconds(reply.next_update),
-        len(ca), len(statuses), len(etag),
-    )  # fmt: skip
+        reply.status,
+        reply.cached,
+        _seconds(reply.produced_at),
+        _seconds(reply.next_update),
+        len(ca),
+        len(statuses),
+        len(etag),
+    )
     return b"".join((header, ca, statuses, etag, reply.body))
 
 

@@ -60,5 +60,6 @@ def _laid_over(snapshot: IndexSnapshot, kept: dict[int, Revocation]) -> IndexSna
     counts = dict(snapshot.counts)
     counts["R"] = counts.get("R", 0) + len(kept)
     counts["V"] = max(0, counts.get("V", 0) - good)
-    return dataclasses.replace(snapshot, entries=merged, counts=MappingProxyType(counts),
-                               delta=None)  # fmt: skip
+    return dataclasses.replace(
+        snapshot, entries=merged, counts=MappingProxyType(counts), delta=None
+    )

@@ -89,8 +89,12 @@ class OCSPService:
         self._cache: ReplyCache[_CacheEntry] = ReplyCache(cache_entries, cache_bytes)
         self._inflight: dict[tuple[str, tuple[bytes, ...]], asyncio.Future[Reply]] = {}
         # A lone worker's front door, with this service its one source.
-        self._front = Front(self.issuers, (self,), max_cert_ids=max_cert_ids,
-                            memo_entries=min(cache_entries, LIMITS.front_memo_entries))  # fmt: skip
+        self._front = Front(
+            self.issuers,
+            (self,),
+            max_cert_ids=max_cert_ids,
+            memo_entries=min(cache_entries, LIMITS.front_memo_entries),
+        )
 
     async def respond(self, data: bytes, ca_name: str | None = None) -> Reply:
         """Answer one DER request (front.py, then ``answer``); never raises for bad input
@@ -129,9 +133,12 @@ class OCSPService:
         return await self._kept_or_signed(issuer, snapshot, (one,), reason)
 
     async def _kept_or_signed(
-        self, issuer: Issuer, snapshot: IndexSnapshot, cert_ids: Sequence[CertID],
+        self,
+        issuer: Issuer,
+        snapshot: IndexSnapshot,
+        cert_ids: Sequence[CertID],
         reason: Reason | None = None,
-    ) -> Reply:  # fmt: skip
+    ) -> Reply:
         """The cached or stored answer if it may be served, else one signature (requests
         for the same answer meanwhile wait for it). ``reason``: the producer's own, whose
         look-ups are not counted as clients'."""
@@ -145,9 +152,13 @@ class OCSPService:
         return await self._sign_once(key, issuer, snapshot, cert_ids, entry, reason)
 
     def _look_up(
-        self, key: tuple[str, tuple[bytes, ...]], issuer: Issuer, snapshot: IndexSnapshot,
-        cert_ids: Sequence[CertID], count: bool = True,
-    ) -> tuple[Reply | None, _CacheEntry | None]:  # fmt: skip
+        self,
+        key: tuple[str, tuple[bytes, ...]],
+        issuer: Issuer,
+        snapshot: IndexSnapshot,
+        cert_ids: Sequence[CertID],
+        count: bool = True,
+    ) -> tuple[Reply | None, _CacheEntry | None]:
         """An answer that may be served now, from this worker's cache or else the host's
         store; and the entry to fall back on if a new signature cannot be made.
         ``count``: a client's look-up (hit, stale, miss), not the producer's own."""
@@ -262,14 +273,21 @@ class OCSPService:
         ):  # to every worker of the host
             says = functools.partial(shared_answers.index_says, serial=serials[0], value=values[0])
             self._sharer.save(
-                entry.reply, cert_ids[0], values[0], signer, entry.refresh_at,
+                entry.reply,
+                cert_ids[0],
+                values[0],
+                signer,
+                entry.refresh_at,
                 still_true=lambda: says(self._snapshots(issuer.name)),
-            )  # fmt: skip
+            )
 
     def _from_shared(
-        self, key: tuple[str, tuple[bytes, ...]], issuer: Issuer, snapshot: IndexSnapshot,
+        self,
+        key: tuple[str, tuple[bytes, ...]],
+        issuer: Issuer,
+        snapshot: IndexSnapshot,
         cert_id: CertID,
-    ) -> _CacheEntry | None:  # fmt: skip
+    ) -> _CacheEntry | None:
         """The answer another worker (or this host before a restart) signed, if it may
         be served now; kept in this worker's cache as if signed here."""
         assert self._shared is not None

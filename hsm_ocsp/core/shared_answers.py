@@ -207,9 +207,13 @@ def cert_id_of(key: bytes) -> bytes:
 
 
 def load(
-    store: SharedAnswers, ca: str, cert_id: CertID, value: object, signer: SigningCertificate,
+    store: SharedAnswers,
+    ca: str,
+    cert_id: CertID,
+    value: object,
+    signer: SigningCertificate,
     now: dt.datetime,
-) -> tuple[Reply, dt.datetime] | None:  # fmt: skip
+) -> tuple[Reply, dt.datetime] | None:
     """A stored answer for one CertID and its refresh time, if it may be served now: it
     says what the index says (``value``), ``signer`` signed it, it is before nextUpdate."""
     data = store.get(shared_key(ca, cert_id))
@@ -232,9 +236,14 @@ class Sharer:
         self._unknown: dict[bytes, None] = {}  # their keys, oldest first
 
     def save(
-        self, reply: Reply, cert_id: CertID, value: object, signer: SigningCertificate,
-        refresh_at: dt.datetime, still_true: Callable[[], bool] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        reply: Reply,
+        cert_id: CertID,
+        value: object,
+        signer: SigningCertificate,
+        refresh_at: dt.datetime,
+        still_true: Callable[[], bool] | None = None,
+    ) -> None:
         """Share an answer for one CertID whose serial the index says ``value`` of
         (MISSING: not there), if ``still_true()`` at the moment of writing."""
         assert reply.ca is not None and reply.produced_at is not None

@@ -102,8 +102,13 @@ class SignQueue:
 
     def _waiting(self) -> bool:
         lines = self._lines
-        return bool(lines[Kind.ISSUED] or lines[Kind.UNKNOWN] or lines[Kind.MULTI]
-                    or lines[Kind.NONCE] or lines[Kind.AHEAD])  # fmt: skip
+        return bool(
+            lines[Kind.ISSUED]
+            or lines[Kind.UNKNOWN]
+            or lines[Kind.MULTI]
+            or lines[Kind.NONCE]
+            or lines[Kind.AHEAD]
+        )
 
     async def _turn(self, kind: Kind) -> None:
         if self._signing < self.window and not self._waiting():

@@ -137,8 +137,14 @@ class StoreSource:
             return None
         recheck = record.refresh_at if record.refresh_at > now else now + RECHECK
         reply = record.reply(issuer.name)
-        memo = _Memo(digest, reply, record.next_update, record.signer,
-                     min(recheck, record.next_update), generation)  # fmt: skip
+        memo = _Memo(
+            digest,
+            reply,
+            record.next_update,
+            record.signer,
+            min(recheck, record.next_update),
+            generation,
+        )
         self._memo.put(key, memo, len(reply.body) + len(key) + ENTRY_OVERHEAD, main=True)
         return memo
 

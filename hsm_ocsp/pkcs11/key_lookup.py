@@ -85,8 +85,11 @@ def find_key(session: Any, spec: KeySpec, patience: Patience | None = None) -> A
     step = (patience or Patience()).step
     uri = spec.uri
     try:
-        named = step(lambda: session.get_key(object_class=ObjectClass.PRIVATE_KEY,
-                                             label=uri.object, id=uri.id))  # fmt: skip
+        named = step(
+            lambda: session.get_key(
+                object_class=ObjectClass.PRIVATE_KEY, label=uri.object, id=uri.id
+            )
+        )
     except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
         if spec.public_key is None:
             raise

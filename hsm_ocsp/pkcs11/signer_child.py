@@ -56,8 +56,14 @@ def _serve(sock: socket.socket) -> None:
     setup_logging(setup.log_format, setup.log_level)
     gate = None if setup.gate is None else LoginGate(Path(setup.gate))
     signed: list[float] = []  # the seconds of C_Sign alone, as in the worker
-    token = Token(setup.module, setup.pin, setup.keys, sign_timeout=setup.sign_timeout, gate=gate,
-                  events=_Timed(signed))  # fmt: skip
+    token = Token(
+        setup.module,
+        setup.pin,
+        setup.keys,
+        sign_timeout=setup.sign_timeout,
+        gate=gate,
+        events=_Timed(signed),
+    )
     requests: list[Any] | None = first[1:]
     while requests is not None:
         # The replies to what arrived together go back together (one send, one

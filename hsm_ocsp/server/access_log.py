@@ -59,10 +59,16 @@ class AccessLogger(AbstractAccessLogger):
             # Text, as setup_logging leaves it: the parts now, the line at the turn's end.
             _TURN.entries.append(
                 (
-                    request.method, request.get(CA_NAME), len(request.raw_path),
-                    response.status, request.get(REPLY), time, request.remote, now(),
+                    request.method,
+                    request.get(CA_NAME),
+                    len(request.raw_path),
+                    response.status,
+                    request.get(REPLY),
+                    time,
+                    request.remote,
+                    now(),
                 )
-            )  # fmt: skip
+            )
             _TURN.flush_soon()  # at the turn's end (no loop: now)
         except Exception:  # a log line must never break a response
             access_log.exception("cannot write access log line")
@@ -92,14 +98,28 @@ class AccessLogger(AbstractAccessLogger):
             "remote": remote,
         }
         args = (
-            method, ca or "-", path_length, http_status, ocsp_status or "-", certs_text,
-            "yes" if cached else "no", duration_ms, remote or "-",
-        )  # fmt: skip
+            method,
+            ca or "-",
+            path_length,
+            http_status,
+            ocsp_status or "-",
+            certs_text,
+            "yes" if cached else "no",
+            duration_ms,
+            remote or "-",
+        )
         if handler is None:
             record = logger.makeRecord(
-                logger.name, logging.INFO, "(unknown file)", 0, _ACCESS_FORMAT, args, None,
-                "(unknown function)", {"fields": fields},
-            )  # fmt: skip
+                logger.name,
+                logging.INFO,
+                "(unknown file)",
+                0,
+                _ACCESS_FORMAT,
+                args,
+                None,
+                "(unknown function)",
+                {"fields": fields},
+            )
             logger.handle(record)
             return
         formatter = handler.formatter

@@ -28,8 +28,9 @@ def create_app(
 ) -> web.Application:
     """The application of the one process that holds the token and the indexes and
     answers HTTP itself. The host starts (indexes read, keys proven) with the app."""
-    host = SigningHost(config, token=token, pin=pin, login_gate=login_gate,
-                       handle_signals=handle_signals)  # fmt: skip
+    host = SigningHost(
+        config, token=token, pin=pin, login_gate=login_gate, handle_signals=handle_signals
+    )
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[HOST] = host
     app[CONFIG] = config

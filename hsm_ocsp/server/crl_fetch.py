@@ -67,8 +67,9 @@ class FilePlace(Place):
                 raise FetchError(f"{self.path}: not a regular file")
             if info.st_size > self.max_bytes:
                 self._seen = key
-                raise FetchError(f"{self.path}: {info.st_size} bytes, over crl_max_bytes "
-                                 f"({self.max_bytes})")  # fmt: skip
+                raise FetchError(
+                    f"{self.path}: {info.st_size} bytes, over crl_max_bytes ({self.max_bytes})"
+                )
             with os.fdopen(os.dup(fd), "rb") as file:
                 data = file.read(self.max_bytes + 1)
             self._seen = key
@@ -152,8 +153,7 @@ class UrlPlace(Place):
         a byte is read, else by what was read)."""
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            raise FetchError(f"{self.url}: {length} bytes, over crl_max_bytes "
-                             f"({self.max_bytes})")  # fmt: skip
+            raise FetchError(f"{self.url}: {length} bytes, over crl_max_bytes ({self.max_bytes})")
         data = response.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:
             raise FetchError(f"{self.url}: over crl_max_bytes ({self.max_bytes})")

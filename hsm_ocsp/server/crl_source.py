@@ -33,10 +33,16 @@ log = logging.getLogger("hsm_ocsp.crl")
 class CrlSource:
     """The CRLs (full, partitions, deltas) and the issued serials of one CA."""
 
-    def __init__(self, ca: CAConfig, crl: CrlConfig, *, ledger: Ledger | None = None,
-                 clock: Callable[[], dt.datetime] | None = None,
-                 keep_in: Path | None = None, events: SourceEvents | None = None,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ca: CAConfig,
+        crl: CrlConfig,
+        *,
+        ledger: Ledger | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        keep_in: Path | None = None,
+        events: SourceEvents | None = None,
+    ) -> None:
         """``keep_in``: a directory (in state_dir) where each CRL taken is kept, so that a
         restart while its place is unreachable starts from it (judged again first)."""
         self.name = ca.name
@@ -162,8 +168,13 @@ class CrlSource:
             partial.write_bytes(data)
             partial.replace(path)
         except OSError as exc:  # the CRL is in service all the same
-            log.warning("CA %s: the CRL from %s could not be kept in %s: %s", self.name,
-                        place.name, path.parent, exc.strerror)  # fmt: skip
+            log.warning(
+                "CA %s: the CRL from %s could not be kept in %s: %s",
+                self.name,
+                place.name,
+                path.parent,
+                exc.strerror,
+            )
 
     def _take(self, place: Place, now: dt.datetime) -> bool:
         """New bytes at ``place`` judged; True if a CRL was taken."""
@@ -196,9 +207,15 @@ class CrlSource:
         if not kept:
             self._keep(place, data)
         until = "none" if facts.next_update is None else f"{facts.next_update:%Y-%m-%d %H:%M:%S}Z"
-        log.info("CA %s: CRL %s taken from %s%s (%d entries, nextUpdate %s)", self.name,
-                 facts.number, place.name, " (kept by the last run)" if kept else "",
-                 len(facts.entries), until)  # fmt: skip
+        log.info(
+            "CA %s: CRL %s taken from %s%s (%d entries, nextUpdate %s)",
+            self.name,
+            facts.number,
+            place.name,
+            " (kept by the last run)" if kept else "",
+            len(facts.entries),
+            until,
+        )
         return True
 
     def _out_of_order(self, place: Place, facts: CrlFacts, old: CrlFacts | None) -> str | None:
@@ -206,8 +223,11 @@ class CrlSource:
         where a full one is expected, or the other way round); None if it may."""
         why = None if old is None else later_than(facts, old)
         if why is None and facts.delta != (place in self._deltas):
-            why = "a delta CRL where a full one is expected" if facts.delta else (
-                "a full CRL where a delta is expected")  # fmt: skip
+            why = (
+                "a delta CRL where a full one is expected"
+                if facts.delta
+                else ("a full CRL where a delta is expected")
+            )
         return why
 
     def _issued_changed(self) -> bool:
@@ -235,16 +255,21 @@ class CrlSource:
                 snapshot = self.ledger.apply(self.name, snapshot)
             except HsmOcspError as exc:
                 self.untaken = True
-                self._failed(IndexFormatError(self.path, None, f"not taken up: {exc}",
-                                              transient=True))  # fmt: skip
+                self._failed(
+                    IndexFormatError(self.path, None, f"not taken up: {exc}", transient=True)
+                )
                 return False
         self.untaken = False
         self.snapshot = snapshot
         self.last_error = None
         self.failing_since = None
         self.events.reloaded(snapshot, self.number)
-        log.info("CA %s: status from CRLs: %d revoked%s", self.name, snapshot.counts["R"],
-                 "" if issued is None else f", {len(issued)} issued")  # fmt: skip
+        log.info(
+            "CA %s: status from CRLs: %d revoked%s",
+            self.name,
+            snapshot.counts["R"],
+            "" if issued is None else f", {len(issued)} issued",
+        )
         return True
 
     def _say(self, where: str, problem: str, label: str) -> None:

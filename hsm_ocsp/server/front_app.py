@@ -61,8 +61,12 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         check=RecordChecker(signer_keys(config)),
     )
     # The store first, then the producer for what the store cannot answer.
-    app[SERVICE] = Front(issuers_of(config), (stored, producer),
-                         max_cert_ids=config.server.max_cert_ids, memo_entries=entries)  # fmt: skip
+    app[SERVICE] = Front(
+        issuers_of(config),
+        (stored, producer),
+        max_cert_ids=config.server.max_cert_ids,
+        memo_entries=entries,
+    )
     app[RUNNING] = {"config": config}
     assert config.server.state_dir is not None
     app[HANDOFF] = Handoff(config.server.state_dir)

@@ -72,9 +72,11 @@ def _crl_expired(host: SigningHost) -> list[str]:
         late = source.expired_for()
         if late > 0:
             until = f"{source.valid_until:%Y-%m-%d %H:%M:%S}Z"
-            line = (f"CA {ca.name}: its CRLs are past their nextUpdate {until} and no newer "
-                    f"one was taken ({source.last_error}); answers that need a signature are "
-                    "tryLater")  # fmt: skip
+            line = (
+                f"CA {ca.name}: its CRLs are past their nextUpdate {until} and no newer "
+                f"one was taken ({source.last_error}); answers that need a signature are "
+                "tryLater"
+            )
             found.append(line if late > ca.crl.grace.total_seconds() else DEGRADED + line)
     return found
 
@@ -119,8 +121,10 @@ def margins(
             continue  # as far as its CRLs allow: _crl_expired says when they run out
         margin = min(config.producer.min_margin, ca.validity / 4).total_seconds()
         if soonest is not None and soonest - now < margin:
-            found.append(f"CA {ca.name}: a stored answer is {max(0, soonest - now):.0f} s from "
-                         "its nextUpdate and not refreshed")  # fmt: skip
+            found.append(
+                f"CA {ca.name}: a stored answer is {max(0, soonest - now):.0f} s from "
+                "its nextUpdate and not refreshed"
+            )
     return found
 
 

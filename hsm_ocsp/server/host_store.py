@@ -44,8 +44,7 @@ def open_audit(config: Config) -> AuditLog | None:
     audit = config.audit
     if audit.path is None:
         return None
-    return AuditLog(audit.path, max_bytes=audit.max_bytes, keep=audit.keep,
-                    required=audit.required)  # fmt: skip
+    return AuditLog(audit.path, max_bytes=audit.max_bytes, keep=audit.keep, required=audit.required)
 
 
 def open_store(
@@ -58,9 +57,21 @@ def open_store(
     if config.store.redis is None:
         return local
     names = [ca.name for ca in config.cas]
-    publisher = Publisher(connect(config.store.redis), local, names, view=_Views(sources).of,
-                          leads_changed=events.leads_changed)  # fmt: skip
+    publisher = Publisher(
+        connect(config.store.redis),
+        local,
+        names,
+        view=_Views(sources).of,
+        leads_changed=events.leads_changed,
+    )
     check, memory = RecordChecker(signer_keys(config)), CopyMemory(config.server.state_dir)
-    follower = Follower(connect(config.store.redis), local, check, memory, skip=publisher.host,
-                        accept=events.accepts, refused=put_back(local, publisher))  # fmt: skip
+    follower = Follower(
+        connect(config.store.redis),
+        local,
+        check,
+        memory,
+        skip=publisher.host,
+        accept=events.accepts,
+        refused=put_back(local, publisher),
+    )
     return FleetStore(local, publisher, follower)

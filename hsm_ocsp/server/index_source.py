@@ -234,19 +234,27 @@ class IndexSource:
         except OSError:
             return None
         if snapshot is not None and kept is self._seed:
-            log.info("index %s for CA %s read from its changes since the version kept "
-                     "(a warm start)", self.path, self.name)  # fmt: skip
+            log.info(
+                "index %s for CA %s read from its changes since the version kept (a warm start)",
+                self.path,
+                self.name,
+            )
         return snapshot
 
     @staticmethod
     def _comparable(
-        kept: tuple[int, StatKey, IndexSnapshot] | None, base: IndexSnapshot | None,
+        kept: tuple[int, StatKey, IndexSnapshot] | None,
+        base: IndexSnapshot | None,
         info: os.stat_result,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Whether the file now can be read from its changes against ``kept``: not for a
         first read, an empty file, or the same file rewritten in place."""
-        return (kept is not None and kept[2] is base and bool(info.st_size)
-                and kept[1][0] != info.st_ino)  # fmt: skip
+        return (
+            kept is not None
+            and kept[2] is base
+            and bool(info.st_size)
+            and kept[1][0] != info.st_ino
+        )
 
     def _keep(self, fd: int, info: os.stat_result, snapshot: IndexSnapshot) -> None:
         """Keep the file just read open, to compare the next version with."""

@@ -72,8 +72,11 @@ class IssuedSerials:
 
     def _directory(self) -> tuple[frozenset[int], bool]:
         try:
-            names = [e.name for e in os.scandir(self.path)
-                     if e.name.lower().endswith(_CERT_SUFFIXES) and e.is_file()]  # fmt: skip
+            names = [
+                e.name
+                for e in os.scandir(self.path)
+                if e.name.lower().endswith(_CERT_SUFFIXES) and e.is_file()
+            ]
         except OSError as exc:
             raise FetchError(f"{self.path}: cannot read: {exc.strerror}") from None
         files, complete = {}, True
@@ -93,8 +96,11 @@ class IssuedSerials:
         try:
             with open(path, "rb") as file:
                 data = file.read(MAX_CERT_BYTES)
-            load = x509.load_pem_x509_certificate if b"-----BEGIN" in data[:100] else (
-                x509.load_der_x509_certificate)  # fmt: skip
+            load = (
+                x509.load_pem_x509_certificate
+                if b"-----BEGIN" in data[:100]
+                else (x509.load_der_x509_certificate)
+            )
             cert = load(data)
         except (OSError, ValueError):
             return None  # not a certificate (yet: a file half-written shows next time)

@@ -191,8 +191,9 @@ def keys_changed(running: Config, new: Config) -> bool:
 async def prove_new_keys(config: Config, pin: str, gate: LoginGate | None) -> None:
     """Prove ``config``'s keys in a signer of its own (the supervisor, before its
     workers are told to reload); TokenError naming the file if one fails."""
-    token = TokenProcess(config.token.module, pin, [], gate=gate,
-                         sign_timeout=config.token.sign_timeout)  # fmt: skip
+    token = TokenProcess(
+        config.token.module, pin, [], gate=gate, sign_timeout=config.token.sign_timeout
+    )
     try:
         await _open(token)
         await take_keys(token, config)

@@ -180,10 +180,11 @@ class Metrics(MetricFamilies, Events):
         lookups, self._lookups = self._lookups, []
         # Counted by label: (method, status name, certificate statuses) first.
         by_label = collections.Counter(
-            (method, HTTP_ERROR, ()) if reply is None
+            (method, HTTP_ERROR, ())
+            if reply is None
             else (method, reply.status_name, reply.cert_statuses)
             for method, reply, _ in done
-        )  # fmt: skip
+        )
         requests: dict[tuple[str, str], int] = {}
         certs: dict[CertStatus, int] = {}
         for (method, status, cert_statuses), count in by_label.items():

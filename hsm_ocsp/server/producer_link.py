@@ -100,8 +100,10 @@ async def serve_link(path: Path, respond: Respond, problems: Problems) -> asynci
                 if writer.transport.get_write_buffer_size() > MAX_UNREAD:
                     # A worker that does not read its answers: the bytes it leaves would
                     # grow here without bound. It is cut off (a worker connects again).
-                    log.warning("a link client left %d bytes unread: closing its connection",
-                                writer.transport.get_write_buffer_size())  # fmt: skip
+                    log.warning(
+                        "a link client left %d bytes unread: closing its connection",
+                        writer.transport.get_write_buffer_size(),
+                    )
                     writer.transport.abort()  # not close(): that would wait to send them
                     break
                 for ident, payload in await _read_frames(reader, buffer):
@@ -223,8 +225,12 @@ class ProducerClient:
         except OSError as exc:
             self._failed_at = time.monotonic()
             if not self._said:
-                log.warning("producer not reachable at %s (%s): answering tryLater for what "
-                            "the store lacks", self.path, exc.strerror)  # fmt: skip
+                log.warning(
+                    "producer not reachable at %s (%s): answering tryLater for what "
+                    "the store lacks",
+                    self.path,
+                    exc.strerror,
+                )
                 self._said = True
             return False
         finally:

@@ -124,8 +124,12 @@ class Production:
             withdrawn = self._withdraw(ca)
             if isinstance(self.store, FleetStore):  # another host may have signed them
                 self.store.follower.refetch(prefixes(ca, changed))
-            log.info("CA %s: %d serials changed in the index, %s stored answers withdrawn",
-                     ca, len(changed), "no" if withdrawn < 0 else withdrawn)  # fmt: skip
+            log.info(
+                "CA %s: %d serials changed in the index, %s stored answers withdrawn",
+                ca,
+                len(changed),
+                "no" if withdrawn < 0 else withdrawn,
+            )
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._queue_changes, ca, changed)
         if old is not None and old.valid_until != snapshot.valid_until and self._loop:
@@ -190,11 +194,14 @@ class Production:
         self._last.update(snapshots)
         if self._truth is None:
             deleted = self.store.delete(untrue_keys(self.store.items(), snapshots))
-            log.info("answer store: %d records withdrawn that the indexes no longer say "
-                     "(read whole)", deleted)  # fmt: skip
+            log.info(
+                "answer store: %d records withdrawn that the indexes no longer say (read whole)",
+                deleted,
+            )
             return deleted
-        return self._truth.reconcile(snapshots, self._withdraw_serials,
-                                     lambda ca: not self._unwithdrawn[ca])  # fmt: skip
+        return self._truth.reconcile(
+            snapshots, self._withdraw_serials, lambda ca: not self._unwithdrawn[ca]
+        )
 
     def _withdraw_serials(self, ca: str, serials: list[int]) -> int:
         self._unwithdrawn[ca].extend(prefixes(ca, serials))
@@ -250,8 +257,9 @@ class Production:
             while queue and issuer is not None:
                 serial = queue.popleft()
                 for algorithm in hashes:  # a form that fails puts the serial back (_done)
-                    await self._produce(issuer, cert_id(issuer, algorithm, serial),
-                                        Reason.CHANGE, serial)  # fmt: skip
+                    await self._produce(
+                        issuer, cert_id(issuer, algorithm, serial), Reason.CHANGE, serial
+                    )
             await self._drain()
             started = self._changed_at.pop(ca, None)
             if started is not None:

@@ -51,9 +51,17 @@ def build_token(
     """The token with one key a CA (not yet started), as ``token.sessions`` signer
     processes; the PIN read as the config says unless given."""
     pin = pin if pin is not None else read_pin(config.token, config.path)
-    return TokenPool(config.token.module, pin, key_specs(config), sessions=config.token.sessions,
-                     sign_timeout=config.token.sign_timeout, log_format=config.server.log_format,
-                     gate=gate, keepalive=config.token.keepalive, events=events)  # fmt: skip
+    return TokenPool(
+        config.token.module,
+        pin,
+        key_specs(config),
+        sessions=config.token.sessions,
+        sign_timeout=config.token.sign_timeout,
+        log_format=config.server.log_format,
+        gate=gate,
+        keepalive=config.token.keepalive,
+        events=events,
+    )
 
 
 class SigningHost:
@@ -124,8 +132,9 @@ class SigningHost:
             if found is not None and isinstance(source, IndexSource):
                 source.seed(*found)
         truth = StoreTruth(store, self.sources, taken)
-        self.production = Production(self.config, self.service, self.sources, store,
-                                     self.metrics, leads=leads, truth=truth)  # fmt: skip
+        self.production = Production(
+            self.config, self.service, self.sources, store, self.metrics, leads=leads, truth=truth
+        )
         names = [ca.name for ca in self.config.cas]
         self.vouches = Vouches(state_dir, names, store.identity, producer=True)
 
@@ -269,5 +278,7 @@ async def _clear_stale_readers(production: Production) -> None:
         production.report()
         cleared = await asyncio.to_thread(production.store.clear_stale_readers)
         if cleared:
-            log.warning("answer store: freed %d reader slot(s) of processes that died "
-                        "inside a read", cleared)  # fmt: skip
+            log.warning(
+                "answer store: freed %d reader slot(s) of processes that died inside a read",
+                cleared,
+            )

@@ -44,5 +44,6 @@ def open_source(
     if ca.crl is not None:
         keep_in = None if state_dir is None else state_dir / "crls"
         return CrlSource(ca, ca.crl, ledger=ledger, keep_in=keep_in, events=events)
-    return IndexSource(ca.name, ca.index, max_bytes=ca.max_index_bytes, ledger=ledger,
-                       events=events)  # fmt: skip
+    return IndexSource(
+        ca.name, ca.index, max_bytes=ca.max_index_bytes, ledger=ledger, events=events
+    )

@@ -31,16 +31,20 @@ class StartPlan:
 
 class StoreTruth:
     def __init__(
-        self, store: LmdbStore | FleetStore, sources: Mapping[str, StatusSource],
+        self,
+        store: LmdbStore | FleetStore,
+        sources: Mapping[str, StatusSource],
         taken: TakenIndexes,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.store, self.sources, self.taken = store, sources, taken
         self._copied: dict[str, tuple[IndexSnapshot | None, float]] = {}  # CA -> kept, when
 
     def reconcile(
-        self, snapshots: Mapping[str, IndexSnapshot | None],
-        withdraw: Callable[[str, list[int]], int], settled: Callable[[str], bool],
-    ) -> int:  # fmt: skip
+        self,
+        snapshots: Mapping[str, IndexSnapshot | None],
+        withdraw: Callable[[str, list[int]], int],
+        settled: Callable[[str], bool],
+    ) -> int:
         """The start's withdrawals (``withdraw(ca, serials)``: records withdrawn), then
         each settled CA's version kept; records withdrawn in all."""
         plan = self.plan()
@@ -51,8 +55,9 @@ class StoreTruth:
             how = "read whole"
         else:
             how = f"read whole for {', '.join(plan.whole)}" if plan.whole else "changed lines only"
-        log.info("answer store: %d records withdrawn that the indexes no longer say (%s)",
-                 deleted, how)  # fmt: skip
+        log.info(
+            "answer store: %d records withdrawn that the indexes no longer say (%s)", deleted, how
+        )
         return deleted
 
     def plan(self) -> StartPlan:

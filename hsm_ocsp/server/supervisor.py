@@ -118,8 +118,10 @@ def _hold_state_dir(state_dir: Path) -> str | None:
     except OSError as exc:
         return f"cannot use {state_dir}: {exc.strerror}"
     except StateDirBusy as exc:
-        return (f"{state_dir} is in use by another hsm-ocsp serve (pid {exc.holder}); each "
-                "instance needs a state directory of its own")  # fmt: skip
+        return (
+            f"{state_dir} is in use by another hsm-ocsp serve (pid {exc.holder}); each "
+            "instance needs a state directory of its own"
+        )
     return None
 
 
@@ -132,8 +134,10 @@ def _no_temporary_directory() -> str | None:
         os.rmdir(tempfile.mkdtemp(prefix="hsm-ocsp-probe-"))
     except OSError as exc:
         where = os.environ.get("TMPDIR") or "/tmp"
-        return (f"TMPDIR ({where}): no writable temporary directory ({exc.strerror or exc}); "
-                "give serve one (an emptyDir or tmpfs at /tmp, or TMPDIR)")  # fmt: skip
+        return (
+            f"TMPDIR ({where}): no writable temporary directory ({exc.strerror or exc}); "
+            "give serve one (an emptyDir or tmpfs at /tmp, or TMPDIR)"
+        )
     return None
 
 
@@ -163,8 +167,12 @@ def _reloaded(config: Config, pin: str, gate: LoginGate, number: int) -> Config:
             log.error("reload refused, the running configuration stays: %s", exc)
             return config
     taken = accept(state_dir, data, number)
-    log.info("reload %d of %s accepted (sha256 %s); the producer and the workers take it",
-             number, config.path, taken.digest[:16])  # fmt: skip
+    log.info(
+        "reload %d of %s accepted (sha256 %s); the producer and the workers take it",
+        number,
+        config.path,
+        taken.digest[:16],
+    )
     return new
 
 
@@ -264,8 +272,11 @@ class _Supervisor:
         store = self.config.server.state_dir / "answers.lmdb"
         if store.is_dir():
             aside = set_aside(store)
-            log.error("the producer died twice reading %s: set aside as %s; answers are "
-                      "produced again", store, aside.name)  # fmt: skip
+            log.error(
+                "the producer died twice reading %s: set aside as %s; answers are produced again",
+                store,
+                aside.name,
+            )
         for pid in self.children:  # workers: they open the new store when replaced
             os.kill(pid, signal.SIGTERM)
 

@@ -63,9 +63,7 @@ async def _serve(config: Config, reuse_port: bool, pin: str, gate: LoginGate | N
             write_access_lines()  # the last turn's lines
 
 
-async def _serve_app(
-    config: Config, reuse_port: bool, pin: str, gate: LoginGate | None
-) -> None:  # fmt: skip
+async def _serve_app(config: Config, reuse_port: bool, pin: str, gate: LoginGate | None) -> None:
     if gate is None:  # a worker of the host's producer: no token here
         app = create_front_app(config, handle_signals=True)
     else:

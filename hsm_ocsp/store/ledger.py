@@ -34,8 +34,14 @@ def _time(when: dt.datetime | None) -> str:
 
 def _line(ca: str, serial: int, revocation: Revocation) -> str:
     reason = "-" if revocation.reason is None else str(int(revocation.reason))
-    fields = (ca, f"{serial:X}", _time(revocation.revocation_time), reason,
-              _time(revocation.invalidity_date), revocation.hold_instruction or "-")  # fmt: skip
+    fields = (
+        ca,
+        f"{serial:X}",
+        _time(revocation.revocation_time),
+        reason,
+        _time(revocation.invalidity_date),
+        revocation.hold_instruction or "-",
+    )
     return "R\t" + "\t".join(fields) + "\n"
 
 
@@ -104,9 +110,14 @@ class Ledger:
             for serial in found.released:
                 del held[serial]
         if found.kept and self.kept.get(ca) != len(found.kept):
-            log.warning("CA %s: the index no longer shows %d revoked serial(s) (first %X); "
-                        "answered revoked all the same (hsm-ocsp revocations forget, to undo "
-                        "one)", ca, len(found.kept), found.kept[0])  # fmt: skip
+            log.warning(
+                "CA %s: the index no longer shows %d revoked serial(s) (first %X); "
+                "answered revoked all the same (hsm-ocsp revocations forget, to undo "
+                "one)",
+                ca,
+                len(found.kept),
+                found.kept[0],
+            )
         self.kept[ca] = len(found.kept)
         return found.snapshot
 

@@ -55,8 +55,13 @@ class LmdbStore:
             if not discard_damaged:
                 raise HsmOcspError(f"answer store {self.path}: cannot open: {exc}") from None
             aside = set_aside(self.path)
-            log.error("answer store %s cannot be opened (%s): set aside as %s, and made anew "
-                      "(every answer is produced again)", self.path, exc, aside.name)  # fmt: skip
+            log.error(
+                "answer store %s cannot be opened (%s): set aside as %s, and made anew "
+                "(every answer is produced again)",
+                self.path,
+                exc,
+                aside.name,
+            )
             self.path.mkdir(mode=0o700)
             self._env = self._open(map_bytes, readonly)
         # Which store this is: a store set aside and made anew is another (store/vouch.py).
@@ -73,10 +78,17 @@ class LmdbStore:
         # sync off: the store is a cache of signed answers; a crash may lose the last
         # writes (they are signed again); a store a power loss damaged is set aside.
         return lmdb.open(
-            str(self.path), map_size=map_bytes, subdir=True, sync=False, metasync=False,
-            readahead=False, max_readers=1024, mode=0o700, readonly=readonly,
+            str(self.path),
+            map_size=map_bytes,
+            subdir=True,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            max_readers=1024,
+            mode=0o700,
+            readonly=readonly,
             create=not readonly,
-        )  # fmt: skip
+        )
 
     def get(self, key: bytes) -> bytes | None:
         try:
@@ -192,8 +204,9 @@ class LmdbStore:
     def _fault(self, what: str, exc: lmdb.Error) -> None:
         if not self._failed:
             self._failed = True
-            log.warning("answer store %s: cannot %s (%s); answering without it", self.path,
-                        what, exc)  # fmt: skip
+            log.warning(
+                "answer store %s: cannot %s (%s); answering without it", self.path, what, exc
+            )
 
 
 def set_aside(path: Path) -> Path:

@@ -225,9 +225,15 @@ class Publisher:
         fleet = (int(raw[0]), int(raw[1]))
         behind = mine[0] < fleet[0] or mine[1] < fleet[1]
         if behind and self._behind.get(ca) != fleet:
-            log.warning("CA %s: this host's index is behind the fleet's (revoked %d of %d, "
-                        "entries %d of %d): not pre-producing it", ca, mine[0], fleet[0],
-                        mine[1], fleet[1])  # fmt: skip
+            log.warning(
+                "CA %s: this host's index is behind the fleet's (revoked %d of %d, "
+                "entries %d of %d): not pre-producing it",
+                ca,
+                mine[0],
+                fleet[0],
+                mine[1],
+                fleet[1],
+            )
         if behind:
             self._behind[ca] = fleet
         elif self._behind.pop(ca, None) is not None:
@@ -243,8 +249,12 @@ class Publisher:
             self.client.delete(SEQ)
             now = 0
         if epoch is not None and now < seen:  # restored from an older snapshot
-            log.warning("Redis went back in time (hsm-ocsp:seq %d, this host wrote %d): "
-                        "its answers are published again", now, seen)  # fmt: skip
+            log.warning(
+                "Redis went back in time (hsm-ocsp:seq %d, this host wrote %d): "
+                "its answers are published again",
+                now,
+                seen,
+            )
             self._forget_ours()
             self.client.set(EPOCH, os.urandom(8).hex().encode())
             epoch = None  # below: a new data set
@@ -287,8 +297,12 @@ class Publisher:
             pipe = self.client.pipeline(transaction=False)
             for prefix in batch:
                 pipe.delete(SERIAL + prefix)
-                pipe.xadd(STREAM, {b"o": b"w", b"p": prefix, b"h": self.host},
-                          maxlen=STREAM_LENGTH, approximate=True)  # fmt: skip
+                pipe.xadd(
+                    STREAM,
+                    {b"o": b"w", b"p": prefix, b"h": self.host},
+                    maxlen=STREAM_LENGTH,
+                    approximate=True,
+                )
             pipe.execute()
             self._count()
             for _ in batch:  # sent: only now off the queue
@@ -297,8 +311,9 @@ class Publisher:
             self._republish = False
             self._puts.clear()
             self._publish(self.local.items(), stream=False)
-            self.client.xadd(STREAM, {b"o": b"r", b"h": self.host}, maxlen=STREAM_LENGTH,
-                             approximate=True)  # fmt: skip
+            self.client.xadd(
+                STREAM, {b"o": b"r", b"h": self.host}, maxlen=STREAM_LENGTH, approximate=True
+            )
             self._count()
         while self._puts:
             puts = [self._puts[i] for i in range(min(BATCH, len(self._puts)))]

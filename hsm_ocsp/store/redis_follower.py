@@ -138,8 +138,11 @@ class Follower:
             gone = {k[: len(k) - len(cert_id_of(k))] for k, _ in self.local.items()} - seen
             self._withdraw(sorted(gone))
         self.synced = True
-        log.info("answer store copied from Redis: %d records here, %d serials withdrawn",
-                 self.local.entries(), len(gone))  # fmt: skip
+        log.info(
+            "answer store copied from Redis: %d records here, %d serials withdrawn",
+            self.local.entries(),
+            len(gone),
+        )
 
     def _serial(self, name: bytes) -> dict[bytes, bytes]:
         """The records of one serial's hash; {} (counted) for a key that is not one of

@@ -107,9 +107,13 @@ class TakenIndexes:
                 self._write(self.image_path(ca), image)
             return True
         except OSError as exc:
-            log.warning("CA %s: the index version taken could not be kept in %s (%s): the "
-                        "next start reads the answer store whole", ca, self.directory,
-                        exc.strerror)  # fmt: skip
+            log.warning(
+                "CA %s: the index version taken could not be kept in %s (%s): the "
+                "next start reads the answer store whole",
+                ca,
+                self.directory,
+                exc.strerror,
+            )
             self.forget(ca)
             return False
 
