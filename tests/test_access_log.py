@@ -294,13 +294,23 @@ def test_a_reply_carries_what_each_answer_needs_worked_out_once() -> None:
     from hsm_ocsp.core.reply import UNSUCCESSFUL, Reply
 
     produced = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
-    signed = Reply(b"0", OCSPResponseStatus.SUCCESSFUL, "root", (CertStatus.REVOKED,),
-                   produced, produced + dt.timedelta(hours=1), '"e"')  # fmt: skip
+    signed = Reply(
+        b"0",
+        OCSPResponseStatus.SUCCESSFUL,
+        "root",
+        (CertStatus.REVOKED,),
+        produced,
+        produced + dt.timedelta(hours=1),
+        '"e"',
+    )
     assert signed.log_text == "ocsp=successful certs=revoked cached=no"
     headers = signed.headers()
     assert headers is signed.headers()  # worked out once
-    assert headers.post == {"ETag": '"e"', "Last-Modified": "Sat, 05 Dec 2026 12:00:00 GMT",
-                            "Expires": "Sat, 05 Dec 2026 13:00:00 GMT"}  # fmt: skip
+    assert headers.post == {
+        "ETag": '"e"',
+        "Last-Modified": "Sat, 05 Dec 2026 12:00:00 GMT",
+        "Expires": "Sat, 05 Dec 2026 13:00:00 GMT",
+    }
     at = produced.timestamp() + 600
     assert headers.get(at)["Cache-Control"].startswith("max-age=3000, public")
     assert headers.get(at + 1)["Cache-Control"].startswith("max-age=2999, public")

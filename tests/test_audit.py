@@ -30,9 +30,18 @@ def _trail(directory: Path, lines: int = 30) -> list[Path]:
     """A trail of ``lines`` lines over several files (small files: rotated), oldest first."""
     log = AuditLog(directory / "audit.jsonl", max_bytes=1500, keep=20)
     for i in range(lines):
-        assert log.write({"time": f"t{i}", "ca": "root", "key": "k", "reason": "fill",
-                          "this_update": "t", "next_update": "u", "certs": [[f"{i:X}", "sha1",
-                          "good"]], "signed_sha256": "00"})  # fmt: skip
+        assert log.write(
+            {
+                "time": f"t{i}",
+                "ca": "root",
+                "key": "k",
+                "reason": "fill",
+                "this_update": "t",
+                "next_update": "u",
+                "certs": [[f"{i:X}", "sha1", "good"]],
+                "signed_sha256": "00",
+            }
+        )
     old = sorted(directory.glob("audit.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
     return [*old, directory / "audit.jsonl"]
 

@@ -138,8 +138,9 @@ def test_check_finds_a_key_type_the_certificate_does_not_have(
     rsa_uri, _ = softhsm.make_key("rsa-2048")
     label = parse_pkcs11_uri(rsa_uri).object
     with softhsm.session() as session:  # no public half: nothing says it is not the key
-        for public in list(session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                                                 Attribute.LABEL: label})):  # fmt: skip
+        for public in list(
+            session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.LABEL: label})
+        ):
             public.destroy()
     code, lines = _check(tmp_path, setup, capsys, key_uri=rsa_uri)
     assert code == 1
@@ -281,8 +282,11 @@ def test_check_as_a_process(tmp_path: Path, setup: CASetup) -> None:
     config = write_config(tmp_path / "config.toml", {"root": setup})
     done = subprocess.run(
         [sys.executable, "-m", "hsm_ocsp", "check", "--config", str(config)],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert PIN not in done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "0 error(s), 0 warning(s)"

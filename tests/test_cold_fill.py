@@ -38,8 +38,12 @@ def test_clients_wait_a_bounded_time_during_a_cold_fill_on_a_slow_token(
     for name in late:
         setup.certs[name] = setup.ca.issue(name)
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml",
+        {"root": setup},
+        port=port,
+        server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"',
+    )
     config.write_text(config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"'))
     server = start_server(config, port, tmp_path / "server.log")
     seen: list[tuple[float, object]] = []
@@ -71,10 +75,12 @@ def test_clients_wait_a_bounded_time_during_a_cold_fill_on_a_slow_token(
     assert len(seen) == CLIENTS
     waits = sorted(wait for wait, _ in seen)
     later = sum(status is ocsp.OCSPResponseStatus.TRY_LATER for _, status in seen)
-    print(f"waits: median {waits[len(waits) // 2]:.2f} s, longest {waits[-1]:.2f} s; "
-          f"{later} tryLater")  # fmt: skip
+    print(
+        f"waits: median {waits[len(waits) // 2]:.2f} s, longest {waits[-1]:.2f} s; {later} tryLater"
+    )
     assert waits[-1] < MAX_WAIT + 1.5, waits
     assert {status for _, status in seen} <= {
-        ocsp.OCSPResponseStatus.SUCCESSFUL, ocsp.OCSPResponseStatus.TRY_LATER
-    }  # fmt: skip
+        ocsp.OCSPResponseStatus.SUCCESSFUL,
+        ocsp.OCSPResponseStatus.TRY_LATER,
+    }
     assert ocsp.OCSPResponseStatus.SUCCESSFUL in {status for _, status in seen}

@@ -207,8 +207,11 @@ def test_a_host_without_a_token_in_a_fleet_is_an_edge_needing_no_key_or_index(
     alone = load_config(write(tmp_path, ca))  # no [token] and no Redis: the defaults
     assert alone.signing and alone.token == TokenConfig()
     edge = write(tmp_path, ca, top='[store]\nredis = "redis://127.0.0.1:6379/0"')
-    edge.write_text(edge.read_text().replace(f'index = "{ca.index}"\n', "").replace(
-        'key = "pkcs11:token=ocsp;object=responder"\n', ""))  # fmt: skip
+    edge.write_text(
+        edge.read_text()
+        .replace(f'index = "{ca.index}"\n', "")
+        .replace('key = "pkcs11:token=ocsp;object=responder"\n', "")
+    )
     config = load_config(edge)
     assert config.edge and config.store.redis == "redis://127.0.0.1:6379/0"
     bad = write(tmp_path, ca, top='[store]\nredis = "http://127.0.0.1:6379"')
@@ -225,17 +228,20 @@ def test_serve_without_a_writable_temporary_directory_is_one_line(
     import sys
 
     setup = build_ca(tmp_path / "ca", softhsm)
-    config = write_config(tmp_path / "config.toml", {"root": setup},
-                          server=f'state_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, server=f'state_dir = "{tmp_path / "state"}"'
+    )
     code = (
         "import sys, tempfile; tempfile.tempdir = sys.argv[1]; "
         "from hsm_ocsp.cli.main import main; sys.exit(main(['serve', '--config', sys.argv[2]]))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "no-such-dir"), str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "HSM_OCSP_PIN": softhsm.pin},
-    )  # fmt: skip
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "TMPDIR" in lines[0] and "Traceback" not in done.stderr, lines
@@ -252,9 +258,11 @@ def test_include_ca_certificate_is_a_roots_by_default_and_may_be_set(tmp_path: P
         ca.sign_responder(ca.key.public_key()).read_bytes()
     )
     for value, root, expected in (
-        ("", True, True), ("", False, False), ("include_ca_certificate = false", True, False),
+        ("", True, True),
+        ("", False, False),
+        ("include_ca_certificate = false", True, False),
         ("include_ca_certificate = true", False, True),
-    ):  # fmt: skip
+    ):
         path = tmp_path / "config.toml"
         path.write_text(
             f'[[ca]]\nname = "root"\ncertificate = "{ca.cert_path}"\nindex = "{ca.index}"\n'
@@ -287,8 +295,9 @@ def test_serve_with_a_path_it_cannot_use_is_one_line_naming_the_key(
         state = path = str(blocker / "state")
     elif fault == "state_dir a file":
         state = path = str(blocker)
-    config = write_config(tmp_path / "config.toml", {"root": setup},
-                          server=f'state_dir = "{state}"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, server=f'state_dir = "{state}"'
+    )
     env = {**os.environ, "HSM_OCSP_PIN": softhsm.pin}
     if fault == "pin_file missing":
         key, path = "token.pin_file", str(tmp_path / "no-such-pin")
@@ -297,8 +306,11 @@ def test_serve_with_a_path_it_cannot_use_is_one_line_naming_the_key(
         env.pop("HSM_OCSP_PIN")
     done = subprocess.run(
         [str(Path(sys.executable).parent / "hsm-ocsp"), "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and "Traceback" not in done.stderr, lines

@@ -65,11 +65,15 @@ def test_cfssl_gencrl(ca: OpenSSLCA, tmp_path: Path) -> None:
     """CFSSL's CRL (``cfssl gencrl``, Debian's golang-cfssl): bare base64 of the DER, no
     CRL number; every serial it was given is revoked."""
     key = tmp_path / "sec1.key"  # cfssl reads SEC 1 EC keys
-    subprocess.run(["openssl", "ec", "-in", ca.dir / "ca.key", "-out", key], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["openssl", "ec", "-in", ca.dir / "ca.key", "-out", key], check=True, capture_output=True
+    )
     (tmp_path / "serials").write_text("4096\n4097\n123456789\n")  # decimal, as cfssl reads
-    made = subprocess.run(["cfssl", "gencrl", tmp_path / "serials", ca.cert_path, key],
-                          check=True, capture_output=True)  # fmt: skip
+    made = subprocess.run(
+        ["cfssl", "gencrl", tmp_path / "serials", ca.cert_path, key],
+        check=True,
+        capture_output=True,
+    )
     assert made.stdout[:3] == b"MII"
     facts = read_crl(made.stdout, ca.certificate, dt.datetime.now(dt.UTC))
     assert set(facts.entries) == {0x1000, 0x1001, 123456789}
@@ -122,8 +126,9 @@ def test_an_older_crl_never_replaces_a_newer_one(ca: OpenSSLCA) -> None:
     assert later_than(old, new) is not None and "lower" in str(later_than(old, new))
     assert later_than(same_number, new) is not None
     assert later_than(newer, new) is None
-    partition = read_crl(make_crl(ca.key, subject, number=9, idp=idp("http://x/2.crl")),
-                         ca.certificate, NOW)  # fmt: skip
+    partition = read_crl(
+        make_crl(ca.key, subject, number=9, idp=idp("http://x/2.crl")), ca.certificate, NOW
+    )
     assert "distribution point" in str(later_than(partition, new))
 
 
@@ -132,13 +137,21 @@ def test_delta_crls_add_and_release(ca: OpenSSLCA) -> None:
     (removeFromCRL); a delta whose base is newer than the full CRL is not applied."""
     subject = ca.certificate.subject
     hold = x509.ReasonFlags.certificate_hold
-    base = read_crl(make_crl(ca.key, subject, [Entry(1), Entry(2, reason=hold)], number=10),
-                    ca.certificate, NOW)  # fmt: skip
+    base = read_crl(
+        make_crl(ca.key, subject, [Entry(1), Entry(2, reason=hold)], number=10), ca.certificate, NOW
+    )
     delta = read_crl(
-        make_crl(ca.key, subject, [Entry(3), Entry(2, reason=x509.ReasonFlags.remove_from_crl)],
-                 number=11, delta_of=10, next_update=dt.timedelta(hours=1)),
-        ca.certificate, NOW,
-    )  # fmt: skip
+        make_crl(
+            ca.key,
+            subject,
+            [Entry(3), Entry(2, reason=x509.ReasonFlags.remove_from_crl)],
+            number=11,
+            delta_of=10,
+            next_update=dt.timedelta(hours=1),
+        ),
+        ca.certificate,
+        NOW,
+    )
     assert delta.delta
     combined = combine([base], [delta], issued=[1, 2, 3, 4])
     entries = combined.snapshot.entries
@@ -146,8 +159,9 @@ def test_delta_crls_add_and_release(ca: OpenSSLCA) -> None:
     assert entries[2] is None and entries[4] is None  # released; issued and never revoked
     assert 5 not in entries  # never issued: unknown
     assert combined.valid_until == delta.next_update  # the sooner of the two
-    ahead = read_crl(make_crl(ca.key, subject, [Entry(9)], number=13, delta_of=12),
-                     ca.certificate, NOW)  # fmt: skip
+    ahead = read_crl(
+        make_crl(ca.key, subject, [Entry(9)], number=13, delta_of=12), ca.certificate, NOW
+    )
     skipped = combine([base], [ahead], issued=[1, 2, 9])
     assert skipped.snapshot.entries[9] is None and skipped.unused_deltas
 
@@ -167,10 +181,12 @@ def test_not_on_crl_good_answers_any_unlisted_serial_good(ca: OpenSSLCA) -> None
 def test_partitions_are_joined(ca: OpenSSLCA) -> None:
     """EJBCA's partitioned CRLs: each covers part of the serials; the status is all of them."""
     subject = ca.certificate.subject
-    one = read_crl(make_crl(ca.key, subject, [Entry(1)], idp=idp("http://x/1.crl")),
-                   ca.certificate, NOW)  # fmt: skip
-    two = read_crl(make_crl(ca.key, subject, [Entry(2)], idp=idp("http://x/2.crl")),
-                   ca.certificate, NOW)  # fmt: skip
+    one = read_crl(
+        make_crl(ca.key, subject, [Entry(1)], idp=idp("http://x/1.crl")), ca.certificate, NOW
+    )
+    two = read_crl(
+        make_crl(ca.key, subject, [Entry(2)], idp=idp("http://x/2.crl")), ca.certificate, NOW
+    )
     entries = combine([one, two], [], issued=[1, 2, 3]).snapshot.entries
     assert entries[1] is not None and entries[2] is not None and entries[3] is None
 
@@ -179,8 +195,12 @@ def test_an_indirect_crl_of_a_delegated_issuer(ca: OpenSSLCA, tmp_path: Path) ->
     """A CRL signed by a CRL issuer the CA certified with cRLSign, indirect: only the
     entries whose certificateIssuer is the CA are the CA's."""
     key, cert, _ = delegate_certificate(ca.key, ca.certificate, tmp_path)
-    entries = [Entry(1, issuer=ca.certificate.subject), Entry(2),  # inherits: the CA's
-               Entry(3, issuer=OTHER), Entry(4)]  # another CA's  # fmt: skip
+    entries = [
+        Entry(1, issuer=ca.certificate.subject),
+        Entry(2),  # inherits: the CA's
+        Entry(3, issuer=OTHER),
+        Entry(4),
+    ]  # another CA's
     der = make_crl(key, cert.subject, entries, idp=idp("http://x/i.crl", indirect=True))
     facts = read_crl(der, ca.certificate, NOW, delegate=cert)
     assert set(facts.entries) == {1, 2}
@@ -197,10 +217,14 @@ def _source(
     mode = NotOnCrl.GOOD if issued is None else NotOnCrl.UNKNOWN
     config = CrlConfig(fulls=(str(crl),), issued=issued, not_on_crl=mode)
     ca_config = CAConfig(
-        name="crlca", certificate_path=ca.cert_path, certificate=ca.certificate,
-        index=Path("/dev/null"), key=parse_pkcs11_uri("pkcs11:object=x"),
-        validity=dt.timedelta(hours=1), crl=config,
-    )  # fmt: skip
+        name="crlca",
+        certificate_path=ca.cert_path,
+        certificate=ca.certificate,
+        index=Path("/dev/null"),
+        key=parse_pkcs11_uri("pkcs11:object=x"),
+        validity=dt.timedelta(hours=1),
+        crl=config,
+    )
     return CrlSource(ca_config, config, events=events)
 
 

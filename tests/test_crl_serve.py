@@ -68,13 +68,21 @@ class CrlWorld:
             **extra,
         }
         lines = [
-            "[server]", f'listen = "127.0.0.1:{port}"', "workers = 2",
-            f'state_dir = "{self.directory / f"state-{port}"}"', "",
-            "[token]", f'module = "{MODULE}"', "",
-            "[[ca]]", 'name = "crlca"', f'certificate = "{setup.ca.cert_path}"',
-            f'key = "{setup.key_uri}"', f'responder_certificate = "{setup.responder_cert}"',
+            "[server]",
+            f'listen = "127.0.0.1:{port}"',
+            "workers = 2",
+            f'state_dir = "{self.directory / f"state-{port}"}"',
+            "",
+            "[token]",
+            f'module = "{MODULE}"',
+            "",
+            "[[ca]]",
+            'name = "crlca"',
+            f'certificate = "{setup.ca.cert_path}"',
+            f'key = "{setup.key_uri}"',
+            f'responder_certificate = "{setup.responder_cert}"',
             *(f"{k} = {v}" for k, v in keys.items()),
-        ]  # fmt: skip
+        ]
         path = self.directory / f"crl-{port}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -96,16 +104,18 @@ def _static(root: Path, port: int) -> str:
     return f"server {{ listen 127.0.0.1:{port}; root {root}; location / {{ }} }}"
 
 
-def _answer(server: RunningServer, setup: CASetup, name: str, *,
-            nonce: bool = False) -> ocsp.OCSPResponse:  # fmt: skip
+def _answer(
+    server: RunningServer, setup: CASetup, name: str, *, nonce: bool = False
+) -> ocsp.OCSPResponse:
     cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
     builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA1())
     if nonce:
         builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
     request = urllib.request.Request(
-        server.url, data=builder.build().public_bytes(Encoding.DER),
+        server.url,
+        data=builder.build().public_bytes(Encoding.DER),
         headers={"Content-Type": "application/ocsp-request"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return ocsp.load_der_ocsp_response(response.read())
 
@@ -179,8 +189,9 @@ def test_statuses_revocation_and_untrusted_crls(world: CrlWorld, serve: object) 
     for label, der in faults.items():
         world.crl.write_bytes(der)
         if label != "dropped":
-            counted = functools.partial(labelled, name="hsm_ocsp_crl_errors_total", ca="crlca",
-                                        reason=label)  # fmt: skip
+            counted = functools.partial(
+                labelled, name="hsm_ocsp_crl_errors_total", ca="crlca", reason=label
+            )
             until(lambda: (counted(metrics_of(server)) or 0) >= 1)  # noqa: B023 (called at once)
         else:
             until(lambda: labelled(metrics_of(server), "hsm_ocsp_crl_number", ca="crlca") == 10**6)
@@ -190,7 +201,10 @@ def test_statuses_revocation_and_untrusted_crls(world: CrlWorld, serve: object) 
         for name in revoked:
             for algorithm in ("sha1", "sha256"):
                 assert _status(server, setup, name, algorithm) is ocsp.OCSPCertStatus.REVOKED, (
-                    label, name, algorithm)  # fmt: skip
+                    label,
+                    name,
+                    algorithm,
+                )
     dropped = labelled(metrics_of(server), "hsm_ocsp_index_revocations_dropped", ca="crlca")
     assert dropped == len(revoked)  # kept by the revocation memory, and shown
 
@@ -270,8 +284,11 @@ def test_not_on_crl_good_and_check(world: CrlWorld, tmp_path: Path) -> None:
 def _check(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hsm_ocsp", "check", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_delta_partitioned_and_indirect_crls(tmp_path: Path, softhsm: SoftHSM) -> None:
@@ -330,11 +347,17 @@ def test_delta_partitioned_and_indirect_crls(tmp_path: Path, softhsm: SoftHSM) -
     signer_key, signer, signer_path = delegate_certificate(
         key["ind"], setups["ind"].ca.certificate, tmp_path
     )
-    (www / "ind.crl").write_bytes(make_crl(
-        signer_key, signer.subject,
-        [Entry(serial("ind", "revoked"), issuer=subject["ind"]),
-         Entry(serial("ind", "good"), issuer=OTHER_CA)],
-        idp=idp(f"{url}/ind.crl", indirect=True)))  # fmt: skip
+    (www / "ind.crl").write_bytes(
+        make_crl(
+            signer_key,
+            signer.subject,
+            [
+                Entry(serial("ind", "revoked"), issuer=subject["ind"]),
+                Entry(serial("ind", "good"), issuer=OTHER_CA),
+            ],
+            idp=idp(f"{url}/ind.crl", indirect=True),
+        )
+    )
     places = {
         "delta": f'crl_url = "{url}/base.crl"\ncrl_delta_url = "{url}/delta.crl"',
         "parts": f'crl_url = ["{url}/part1.crl", "{url}/part2.crl"]',
@@ -352,19 +375,30 @@ def test_delta_partitioned_and_indirect_crls(tmp_path: Path, softhsm: SoftHSM) -
         "",
     ]
     for name, setup in setups.items():
-        lines += ["[[ca]]", f'name = "{name}"', f'certificate = "{setup.ca.cert_path}"',
-                  f'key = "{setup.key_uri}"', f'responder_certificate = "{setup.responder_cert}"',
-                  places[name], f'issued = "{setup.ca.dir / "newcerts"}"', ""]  # fmt: skip
+        lines += [
+            "[[ca]]",
+            f'name = "{name}"',
+            f'certificate = "{setup.ca.cert_path}"',
+            f'key = "{setup.key_uri}"',
+            f'responder_certificate = "{setup.responder_cert}"',
+            places[name],
+            f'issued = "{setup.ca.dir / "newcerts"}"',
+            "",
+        ]
     config = tmp_path / "three.toml"
     config.write_text("\n".join(lines))
     server = start_server(config, port, tmp_path / "three.log")
     try:
         want = {
-            "delta": {"revoked": "revoked", "good": "revoked", "hold": "good",
-                      "keycompromise": "good"},
+            "delta": {
+                "revoked": "revoked",
+                "good": "revoked",
+                "hold": "good",
+                "keycompromise": "good",
+            },
             "parts": {"revoked": "revoked", "keycompromise": "revoked", "good": "good"},
             "ind": {"revoked": "revoked", "good": "good"},
-        }  # fmt: skip
+        }
         for ca, statuses in want.items():
             for name, status in statuses.items():
                 got = _status(server, setups[ca], name)
@@ -451,8 +485,7 @@ def test_a_fleet_serves_a_crl_backed_ca(
     edge = edge_host(tmp_path, setup, redis_server.url)
     try:
         edge_url, signing_url = edge.url, signing.url
-        until(lambda: status_of(edge_url, body_for(setup, "good")) is ocsp.OCSPCertStatus.GOOD,
-               30)  # fmt: skip
+        until(lambda: status_of(edge_url, body_for(setup, "good")) is ocsp.OCSPCertStatus.GOOD, 30)
         assert status_of(edge_url, body_for(setup, "revoked")) is ocsp.OCSPCertStatus.REVOKED
         setup.ca.revoke(setup.certs["good"], "-crl_reason", "keyCompromise")
         setup.ca.gencrl(crl, "-crlhours", "2")
@@ -463,8 +496,9 @@ def test_a_fleet_serves_a_crl_backed_ca(
                 until(lambda: asked() is ocsp.OCSPCertStatus.REVOKED)  # noqa: B023
         answer = ocsp.load_der_ocsp_response(_post(edge_url, body_for(setup, "revoked")))
         assert answer.next_update_utc is not None
-        assert answer.next_update_utc <= (x509.load_der_x509_crl(crl.read_bytes()).next_update_utc
-                                          or answer.next_update_utc)  # fmt: skip
+        assert answer.next_update_utc <= (
+            x509.load_der_x509_crl(crl.read_bytes()).next_update_utc or answer.next_update_utc
+        )
     finally:
         edge.stop()
         signing.stop()

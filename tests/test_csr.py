@@ -97,8 +97,10 @@ def test_csr_signed_by_token_key_verifies_with_openssl(
     assert PIN not in "".join(capsys.readouterr())
     verified = subprocess.run(
         ["openssl", "req", "-in", str(out), "-verify", "-noout", "-text"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert verified.returncode == 0, verified.stderr
     assert "verify OK" in verified.stderr + verified.stdout
     assert f"Signature Algorithm: {openssl_name}" in verified.stdout
@@ -160,9 +162,27 @@ def test_keygen_csr_ca_serve_answers_verified_by_openssl(
     assert main(argv) == 0
     run("openssl", "req", "-in", request, "-verify", "-noout")
     responder = tmp_path / "responder.pem"
-    run("openssl", "x509", "-req", "-in", request, "-CA", ca.cert_path, "-CAkey", ca.dir / "ca.key",
-        "-set_serial", "0x7E57", "-days", "30", "-extfile", ca.cnf, "-extensions", "ocsp",
-        "-out", responder)  # fmt: skip
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        request,
+        "-CA",
+        ca.cert_path,
+        "-CAkey",
+        ca.dir / "ca.key",
+        "-set_serial",
+        "0x7E57",
+        "-days",
+        "30",
+        "-extfile",
+        ca.cnf,
+        "-extensions",
+        "ocsp",
+        "-out",
+        responder,
+    )
     cert = x509.load_pem_x509_certificate(responder.read_bytes())
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.OCSP_SIGNING]
@@ -173,10 +193,23 @@ def test_keygen_csr_ca_serve_answers_verified_by_openssl(
     server = serve(config, port, tmp_path / "server.log")
     for name, status in (("good", "good"), ("revoked", "revoked")):
         done = subprocess.run(
-            ["openssl", "ocsp", "-issuer", str(ca.cert_path), "-cert", str(setup.certs[name]),
-             "-url", server.url, "-CAfile", str(ca.cert_path)],
-            capture_output=True, text=True, check=False, timeout=30,
-        )  # fmt: skip
+            [
+                "openssl",
+                "ocsp",
+                "-issuer",
+                str(ca.cert_path),
+                "-cert",
+                str(setup.certs[name]),
+                "-url",
+                server.url,
+                "-CAfile",
+                str(ca.cert_path),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
         assert "Response verify OK" in done.stderr, done.stderr + done.stdout
         assert f"{setup.certs[name]}: {status}" in done.stdout
 
@@ -184,10 +217,23 @@ def test_keygen_csr_ca_serve_answers_verified_by_openssl(
 def test_csr_as_a_process(softhsm: SoftHSM, tmp_path: Path) -> None:
     uri, _ = _new_key(softhsm, "ec-p384")
     done = subprocess.run(
-        [sys.executable, "-m", "hsm_ocsp", "csr", "--module", MODULE, "--key", uri,
-         "--subject", "CN=process.example"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hsm_ocsp",
+            "csr",
+            "--module",
+            MODULE,
+            "--key",
+            uri,
+            "--subject",
+            "CN=process.example",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert PIN not in done.stdout + done.stderr
     csr = x509.load_pem_x509_csr(done.stdout.encode())

@@ -73,9 +73,13 @@ def _demo_answers_good_and_revoked(
         assert len(commands) == 2
         for command, status in zip(commands, ("good", "revoked"), strict=True):
             done = subprocess.run(
-                shlex.split(command), capture_output=True, text=True, check=False, timeout=30,
+                shlex.split(command),
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
                 cwd=cwd,
-            )  # fmt: skip
+            )
             assert "Response verify OK" in done.stderr, done.stderr + done.stdout
             assert f"{status}.pem: {status}" in done.stdout
     finally:
@@ -96,20 +100,39 @@ def test_demo_serves_good_and_revoked_then_reuses_everything(tmp_path: Path) -> 
     assert _count_keys(directory) == 1
 
     again = subprocess.run(
-        [sys.executable, "-m", "hsm_ocsp", "demo", "--dir", str(directory), "--port", str(port),
-         "--no-serve"],
-        capture_output=True, text=True, check=False, timeout=120, env=_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hsm_ocsp",
+            "demo",
+            "--dir",
+            str(directory),
+            "--port",
+            str(port),
+            "--no-serve",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=_env(),
+    )
     assert again.returncode == 0, again.stderr
     assert "demo: reusing token, key, CA and certificates" in again.stdout
     assert {name: (directory / name).read_bytes() for name in _MADE} == before
     assert _count_keys(directory) == 1
     script = subprocess.run(
         ["/bin/sh", str(ROOT / "softhsm" / "init-token.sh")],
-        env={**_env(), "SOFTHSM2_CONF": str(directory / "softhsm" / "softhsm2.conf"),
-             "TOKEN_LABEL": "hsm-ocsp-demo", "HSM_OCSP_SO_PIN": "unused"},
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        env={
+            **_env(),
+            "SOFTHSM2_CONF": str(directory / "softhsm" / "softhsm2.conf"),
+            "TOKEN_LABEL": "hsm-ocsp-demo",
+            "HSM_OCSP_SO_PIN": "unused",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "exists; nothing to do" in script.stdout
 
 
@@ -188,20 +211,31 @@ def test_installed_wheel_runs_demo_keygen_csr_check_and_serve_outside_the_checko
     env["PATH"] = f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin"
     where = subprocess.run(
         ["python", "-c", "import hsm_ocsp; print(hsm_ocsp.__file__)"],
-        env=env, cwd=away, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        env=env,
+        cwd=away,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(venv)), where
     port = free_port()
     # The demo runs keygen, csr and serve on the way; check is run on its result below.
     _demo_answers_good_and_revoked(
         ["hsm-ocsp", "demo", "--dir", "demo", "--port", str(port)],
-        tmp_path / "demo.log", port, env, cwd=away,
-    )  # fmt: skip
+        tmp_path / "demo.log",
+        port,
+        env,
+        cwd=away,
+    )
     check = subprocess.run(
         ["hsm-ocsp", "check", "--config", "demo/config.toml"],
         env={**env, "SOFTHSM2_CONF": str(away / "demo" / "softhsm" / "softhsm2.conf")},
-        cwd=away, capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+        cwd=away,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -209,8 +243,18 @@ def test_demo_with_status_from_the_crl(tmp_path: Path) -> None:
     """``demo --status crl``: the same answers, from the CA's CRL and new_certs_dir."""
     directory = tmp_path / "demo"
     port = free_port()
-    argv = [sys.executable, "-m", "hsm_ocsp", "demo", "--dir", str(directory), "--port",
-            str(port), "--status", "crl"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "hsm_ocsp",
+        "demo",
+        "--dir",
+        str(directory),
+        "--port",
+        str(port),
+        "--status",
+        "crl",
+    ]
     _demo_answers_good_and_revoked(argv, tmp_path / "demo.log", port, _env())
     text = (directory / "config.toml").read_text()
     assert 'crl = "ca/ca.crl"' in text and "index =" not in text

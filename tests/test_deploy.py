@@ -151,18 +151,34 @@ def test_alert_rules_pass_promtool_and_their_unit_tests(tmp_path: Path) -> None:
     for args in (["check", "rules", str(rules)], ["test", "rules", str(unit)]):
         done = subprocess.run([promtool, *args], capture_output=True, text=True, check=False)
         assert done.returncode == 0 and "SUCCESS" in done.stdout, done.stdout + done.stderr
-    names = {r["alert"] for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"]
-             if "alert" in r}  # fmt: skip
-    for metric in ("token_up", "withdrawals_pending", "store_soonest_next_update",
-                   "production_backlog", "replication_lag", "index_stale", "tryLater",
-                   "http_server_errors", "responder_certificate_expiry"):  # fmt: skip
+    names = {
+        r["alert"]
+        for g in yaml.safe_load(rules.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+    for metric in (
+        "token_up",
+        "withdrawals_pending",
+        "store_soonest_next_update",
+        "production_backlog",
+        "replication_lag",
+        "index_stale",
+        "tryLater",
+        "http_server_errors",
+        "responder_certificate_expiry",
+    ):
         assert metric in rules.read_text(), metric
     assert len(names) >= 12
     (tmp_path / "hsm-ocsp-alerts.yml").write_text(rules.read_text())
     broken = unit.read_text().replace("values: '1 1 0 0 0 0'", "values: '1 1 1 1 1 1'")
     (tmp_path / "unit.yml").write_text(broken)
-    done = subprocess.run([promtool, "test", "rules", str(tmp_path / "unit.yml")],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [promtool, "test", "rules", str(tmp_path / "unit.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode != 0
 
 
@@ -219,8 +235,11 @@ def test_image_build_init_and_serve_without_docker(tmp_path: Path) -> None:
     venv_python = prefix / "venv" / "bin" / "python"
     where = subprocess.run(
         [venv_python, "-c", "import hsm_ocsp; print(hsm_ocsp.__file__)"],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
     assert where.startswith(str(prefix)), f"the venv imports hsm_ocsp from {where}"
     assert not (ROOT / "build").exists(), "the build wrote into the source tree"
 
@@ -280,11 +299,22 @@ def test_image_build_init_and_serve_without_docker(tmp_path: Path) -> None:
         for name, status in (("good", "good"), ("revoked", "revoked")):
             out = subprocess.run(
                 [
-                    "openssl", "ocsp", "-issuer", data / "ca.pem", "-cert", data / f"{name}.pem",
-                    "-url", server.url, "-CAfile", data / "ca.pem",
+                    "openssl",
+                    "ocsp",
+                    "-issuer",
+                    data / "ca.pem",
+                    "-cert",
+                    data / f"{name}.pem",
+                    "-url",
+                    server.url,
+                    "-CAfile",
+                    data / "ca.pem",
                 ],
-                capture_output=True, text=True, timeout=20, check=True,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            )
             assert "Response verify OK" in out.stderr + out.stdout
             assert f": {status}" in out.stdout
     finally:
@@ -316,9 +346,10 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     # just rc 0. (It may warn of the machine's other units: Debian's freeradius.service,
     # installed for the EAP-TLS tests, uses a deprecated key.)
     ours = [
-        line for line in (done.stdout + done.stderr).splitlines()
+        line
+        for line in (done.stdout + done.stderr).splitlines()
         if line.strip() and not line.startswith(("/lib/systemd/", "/usr/lib/systemd/"))
-    ]  # fmt: skip
+    ]
     assert done.returncode == 0 and not ours, done.stderr
 
 

@@ -58,8 +58,9 @@ def test_freeradius_eap_tls_takes_good_and_refuses_revoked_and_unknown(
     trust.write_bytes(delegated.ca.cert_path.read_bytes() + own.ca.cert_path.read_bytes())
     port = free_port()
     state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"'
-    config = write_config(tmp_path / "config.toml", {"delegated": delegated, "own": own},
-                          port=port, server=state)  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"delegated": delegated, "own": own}, port=port, server=state
+    )
     if include != "auto":  # the own-key CA only (the delegated one has a responder cert)
         text = config.read_text().replace(
             'name = "own"', f'name = "own"\ninclude_ca_certificate = {include}'
@@ -72,8 +73,13 @@ def test_freeradius_eap_tls_takes_good_and_refuses_revoked_and_unknown(
         for nonce in (True, False):
             server = freeradius.FreeRadius(tmp_path / f"radius-{nonce}", free_port())
             server.directory.mkdir()
-            server.configure(ca=trust, cert=server_cert, key=delegated.ca.dir / "radius.key",
-                             ocsp_url=responder.url, nonce=nonce)  # fmt: skip
+            server.configure(
+                ca=trust,
+                cert=server_cert,
+                key=delegated.ca.dir / "radius.key",
+                ocsp_url=responder.url,
+                nonce=nonce,
+            )
             server.start()
             radius.append(server)
             for signer, made in users.items():

@@ -30,9 +30,10 @@ def _ask(server: RunningServer, setup: CASetup, name: str) -> ocsp.OCSPResponse:
     cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
     builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA1())
     request = urllib.request.Request(
-        server.url, data=builder.build().public_bytes(Encoding.DER),
+        server.url,
+        data=builder.build().public_bytes(Encoding.DER),
         headers={"Content-Type": "application/ocsp-request", "Connection": "close"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return ocsp.load_der_ocsp_response(response.read())
 
@@ -62,16 +63,19 @@ def test_an_edge_serves_the_fleet_takes_up_revocations_and_rides_out_redis(
     signing_port, edge_port = free_port(), free_port()
     store = f'[store]\nredis = "{redis_server.url}"'
     signing_config = write_config(
-        tmp_path / "signing.toml", {"root": setup}, port=signing_port,
+        tmp_path / "signing.toml",
+        {"root": setup},
+        port=signing_port,
         server=f'workers = 2\nstate_dir = "{tmp_path / "signing"}"\n\n{store}',
-    )  # fmt: skip
+    )
     signing = start_server(signing_config, signing_port, tmp_path / "signing.log")
     edge = None
     try:
         until(lambda: metric(signing, 'hsm_ocsp_signatures_total{reason="fill"}') >= 2 * entries)
         assert "pre-producing for root" in signing.log.read_text()
-        edge_config = _edge_config(tmp_path / "edge.toml", setup, edge_port, redis_server.url,
-                                   tmp_path / "edge")  # fmt: skip
+        edge_config = _edge_config(
+            tmp_path / "edge.toml", setup, edge_port, redis_server.url, tmp_path / "edge"
+        )
         edge = start_server(edge_config, edge_port, tmp_path / "edge.log")
         # The edge answers with the signing host's own signatures: copied, not signed.
         for name in ("good", "keycompromise", "expired"):
@@ -138,10 +142,12 @@ def test_two_signing_hosts_sharing_a_redis_sign_each_answer_once(
         for name in ("a", "b"):
             port = free_port()
             config = write_config(
-                tmp_path / f"{name}.toml", {"root": setup}, port=port,
+                tmp_path / f"{name}.toml",
+                {"root": setup},
+                port=port,
                 server=f'workers = 2\nstate_dir = "{tmp_path / name}"\n\n'
-                       f'[store]\nredis = "{redis_server.url}"',
-            )  # fmt: skip
+                f'[store]\nredis = "{redis_server.url}"',
+            )
             hosts.append(start_server(config, port, tmp_path / f"{name}.log"))
 
         def signed(reason: str = "") -> float:

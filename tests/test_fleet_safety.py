@@ -143,8 +143,10 @@ def test_an_old_answer_or_junk_written_back_into_redis_is_never_served(
         der = next(iter(client.hgetall(expired)))
         junk = os.urandom(2000)
         client.hset(expired, der, junk)
-        client.xadd(stream, {b"o": b"p", b"p": expired[len(b"hsm-ocsp:s:") :], b"f": der,
-                             b"v": junk, b"h": b"x"})  # fmt: skip
+        client.xadd(
+            stream,
+            {b"o": b"p", b"p": expired[len(b"hsm-ocsp:s:") :], b"f": der, b"v": junk, b"h": b"x"},
+        )
         time.sleep(3)
         for server in (signing, edge):
             for algorithm in ("sha1", "sha256"):

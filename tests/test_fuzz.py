@@ -66,13 +66,31 @@ async def test_fuzz_whole_http_path_never_5xx_and_every_answer_right(
     assert report.done >= CASES
     # The run reached every kind of case and every answer the oracle knows.
     assert set(report.kinds) >= {
-        "post", "get", "head", "random", "mutated", "mutated-get", "cert-ids", "nonce",
-        "content-type", "huge", "empty", "bad-base64", "foreign-ca", "long-line",
-        "bad-http", "method",
-    }  # fmt: skip
+        "post",
+        "get",
+        "head",
+        "random",
+        "mutated",
+        "mutated-get",
+        "cert-ids",
+        "nonce",
+        "content-type",
+        "huge",
+        "empty",
+        "bad-base64",
+        "foreign-ca",
+        "long-line",
+        "bad-http",
+        "method",
+    }
     assert set(report.answers) >= {
-        "SUCCESSFUL", "MALFORMED_REQUEST", "UNAUTHORIZED", "HTTP 400", "HTTP 405", "HTTP 413",
-    }  # fmt: skip
+        "SUCCESSFUL",
+        "MALFORMED_REQUEST",
+        "UNAUTHORIZED",
+        "HTTP 400",
+        "HTTP 405",
+        "HTTP 413",
+    }
 
 
 ROLE_CASES = 3_000

@@ -349,8 +349,11 @@ def test_pin_leaves_the_environment_no_core_dumps_no_planted_module(
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "hsm-ocsp"), "serve", "--config", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, cwd=planted.parent, start_new_session=True,
-        )  # fmt: skip
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=planted.parent,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -526,8 +529,10 @@ def test_wrong_pin_makes_one_failed_login_per_start_whatever_the_workers(
     _, config, _, spy_log = _spied(tmp_path, softhsm, monkeypatch, 4, 'pin_file = "pin"')
     done = subprocess.run(
         [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1, done.stderr  # a runtime failure, not the configuration
     assert _logins(spy_log) == (1, 1)  # four workers, one failed login
     assert "the PIN is incorrect" in done.stderr and "no more login attempts" in done.stderr
@@ -559,9 +564,10 @@ def test_pin_refused_at_run_time_stops_logins_until_sighup(
         with token.open(user_pin=softhsm.pin, rw=True) as session:
             session.set_pin(softhsm.pin, "13572468")
         signers = [
-            p for p in _processes_of(server.process.pid)
+            p
+            for p in _processes_of(server.process.pid)
             if "signer_child" in Path(f"/proc/{p}/cmdline").read_text()
-        ]  # fmt: skip
+        ]
         for pid in signers:
             os.kill(pid, signal.SIGKILL)  # new signers must log in again
         deadline = time.monotonic() + 30  # the token watchers probe within 10 s
@@ -662,9 +668,10 @@ def _kill_the_signer_while_descriptors_run_out(server: RunningServer) -> None:
     flood: list[socket.socket] = []
     try:
         signers = [
-            p for p in _processes_of(server.process.pid)
+            p
+            for p in _processes_of(server.process.pid)
             if "signer_child" in Path(f"/proc/{p}/cmdline").read_text()
-        ]  # fmt: skip
+        ]
         assert len(signers) == 1
         for _ in range(200):  # more than the worker's 128 descriptors
             try:

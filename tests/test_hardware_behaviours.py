@@ -32,19 +32,22 @@ BEHAVIOURS = {
     "read-only sessions refused (CloudHSM)": ({"no_ro": 1}, None),
     "a session idle 1.5 s dropped (YubiHSM 2: 30 s)": ({"idle_ms": 1500}, "session"),
     "every 20th signature CKR_FUNCTION_FAILED (CloudHSM throttling)": (
-        {"fail_every": 20}, "throttled",
+        {"fail_every": 20},
+        "throttled",
     ),
     "every 20th signature CKR_DEVICE_ERROR": ({"fail_every": 20, "fail_rv": 0x30}, "throttled"),
     "5 ms a signature (a network HSM)": ({"latency_ms": 5}, None),
     "multi-part signing refused (CloudHSM)": ({"no_multipart": 1}, None),
     "a session idle 2.5 s dropped, token.keepalive 1 s": ({"idle_ms": 2500}, "kept"),
     "at most 2 sessions on the token, token.sessions 2 (YubiHSM 2: 16)": (
-        {"max_sessions": 2}, "limit",
+        {"max_sessions": 2},
+        "limit",
     ),
     "object look-ups over 10 a second CKR_DEVICE_ERROR, then SIGHUP (CloudHSM)": (
-        {"find_per_s": 10}, "sighup",
+        {"find_per_s": 10},
+        "sighup",
     ),
-}  # fmt: skip
+}
 # Seconds of requests before and after the quiet period (benchmarks/hardware_behaviours.py
 # runs each behaviour for 30 + 30 s through HSM_TEST_BEHAVIOUR_SECONDS).
 LOAD = float(os.environ.get("HSM_TEST_BEHAVIOUR_SECONDS", "2.5"))
@@ -73,7 +76,8 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
     counts = tmp_path / "sessions.count"  # every process's sessions, as the token counts
     monkeypatch.setenv("HSM_SHIM_SESSIONS_FILE", str(counts))
     token = ('\nkeepalive = "1s"' if ridden == "kept" else "") + (
-        "\nsessions = 2" if ridden == "limit" else "")  # fmt: skip
+        "\nsessions = 2" if ridden == "limit" else ""
+    )
     setup, server, signer = _serve_on_the_shim(tmp_path, softhsm, token)
     cert = x509.load_pem_x509_certificate(setup.certs["good"].read_bytes())
     stop, not_ready = threading.Event(), list[object]()
@@ -123,8 +127,12 @@ def _serve_on_the_shim(
     module = behaving_token.build(tmp_path)
     setup = build_ca(tmp_path / "ca", softhsm)
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml",
+        {"root": setup},
+        port=port,
+        server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"',
+    )
     config.write_text(
         config.read_text().replace(f'module = "{MODULE}"', f'module = "{module}"' + token)
     )
@@ -172,8 +180,9 @@ def test_a_token_that_goes_away_and_comes_back_in_another_slot(
     cached = request_for(cert, setup.ca.certificate, "sha256")
 
     def nonce() -> bytes:
-        builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate,
-                                                            hashes.SHA1())  # fmt: skip
+        builder = ocsp.OCSPRequestBuilder().add_certificate(
+            cert, setup.ca.certificate, hashes.SHA1()
+        )
         builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
         return builder.build().public_bytes(Encoding.DER)
 
@@ -208,8 +217,9 @@ def test_a_token_that_goes_away_and_comes_back_in_another_slot(
             assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
         else:  # signed before the token noticed it gone, or tryLater: never anything else
             assert answer.response_status in (
-                ocsp.OCSPResponseStatus.SUCCESSFUL, ocsp.OCSPResponseStatus.TRY_LATER
-            )  # fmt: skip
+                ocsp.OCSPResponseStatus.SUCCESSFUL,
+                ocsp.OCSPResponseStatus.TRY_LATER,
+            )
     assert any(a.response_status is ocsp.OCSPResponseStatus.TRY_LATER for _, _, a in seen)
     print(f"signed again {signed_again:.2f} s after the token came back in another slot")
 
@@ -225,15 +235,20 @@ def test_softhsm_reset_on_fork_as_hardware_behaves_after_a_fork(
     monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
     setup = build_ca(tmp_path / "ca", softhsm)
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml",
+        {"root": setup},
+        port=port,
+        server=f'workers = 2\nstate_dir = "{tmp_path / "state"}"',
+    )
     server = start_server(config, port, tmp_path / "server.log")
     signer = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
     cert = x509.load_pem_x509_certificate(setup.certs["revoked"].read_bytes())
     try:
         for _ in range(20):  # a new connection each: both workers, through the producer
-            builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate,
-                                                                hashes.SHA1())  # fmt: skip
+            builder = ocsp.OCSPRequestBuilder().add_certificate(
+                cert, setup.ca.certificate, hashes.SHA1()
+            )
             builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
             answer = _post(server.url, builder.build().public_bytes(Encoding.DER))
             assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
@@ -258,10 +273,22 @@ def test_csr_signs_with_one_call_on_a_token_without_multi_part_signing(
     module = behaving_token.build(tmp_path)
     uri, _ = softhsm.make_key(algorithm)
     done = subprocess.run(
-        [sys.executable, "-m", "hsm_ocsp", "csr", "--module", str(module), "--key", uri,
-         "--subject", "CN=ocsp.example"],
-        capture_output=True, check=False, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hsm_ocsp",
+            "csr",
+            "--module",
+            str(module),
+            "--key",
+            uri,
+            "--subject",
+            "CN=ocsp.example",
+        ],
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     request = x509.load_pem_x509_csr(done.stdout)
     assert request.is_signature_valid

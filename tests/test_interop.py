@@ -44,14 +44,21 @@ def interop(
 def openssl_ocsp(setup: CASetup, server: RunningServer, *args: str | Path) -> str:
     done = subprocess.run(
         [
-            "openssl", "ocsp", "-issuer", str(setup.ca.cert_path), "-url", server.url,
-            "-CAfile", str(setup.ca.cert_path), *map(str, args),
+            "openssl",
+            "ocsp",
+            "-issuer",
+            str(setup.ca.cert_path),
+            "-url",
+            server.url,
+            "-CAfile",
+            str(setup.ca.cert_path),
+            *map(str, args),
         ],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
-    )  # fmt: skip
+    )
     return done.stdout + done.stderr
 
 
@@ -103,9 +110,15 @@ def test_openssl_ocsp_several_serials_in_one_request(
 ) -> None:
     setup, server, _ = interop
     out = openssl_ocsp(
-        setup, server, "-cert", setup.certs["good"], "-cert", setup.certs["hold"],
-        "-serial", "0x7777",
-    )  # fmt: skip
+        setup,
+        server,
+        "-cert",
+        setup.certs["good"],
+        "-cert",
+        setup.certs["hold"],
+        "-serial",
+        "0x7777",
+    )
     assert "Response verify OK" in out, out
     assert f"{setup.certs['good']}: good" in out
     assert f"{setup.certs['hold']}: revoked" in out
@@ -129,12 +142,21 @@ def test_get_response_verifies_with_openssl(
         (directory / "get.der").write_bytes(resp.read())
     out = subprocess.run(
         [
-            "openssl", "ocsp", "-respin", str(directory / "get.der"), "-CAfile",
-            str(setup.ca.cert_path), "-issuer", str(setup.ca.cert_path),
-            "-cert", str(setup.certs["keycompromise"]),
+            "openssl",
+            "ocsp",
+            "-respin",
+            str(directory / "get.der"),
+            "-CAfile",
+            str(setup.ca.cert_path),
+            "-issuer",
+            str(setup.ca.cert_path),
+            "-cert",
+            str(setup.certs["keycompromise"]),
         ],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert "Response verify OK" in out.stderr + out.stdout
     assert f"{setup.certs['keycompromise']}: revoked" in out.stdout
 
@@ -147,11 +169,22 @@ def test_unconfigured_ca_is_unauthorized(
     leaf = other.issue("stranger")
     out = subprocess.run(
         [
-            "openssl", "ocsp", "-issuer", str(other.cert_path), "-cert", str(leaf),
-            "-url", server.url, "-CAfile", str(other.cert_path),
+            "openssl",
+            "ocsp",
+            "-issuer",
+            str(other.cert_path),
+            "-cert",
+            str(leaf),
+            "-url",
+            server.url,
+            "-CAfile",
+            str(other.cert_path),
         ],
-        capture_output=True, text=True, check=False, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert "Responder Error: unauthorized (6)" in out.stdout + out.stderr
 
 
@@ -175,11 +208,20 @@ def test_gnutls_ocsptool_verifies(
     assert shutil.which("ocsptool"), "install gnutls-bin"
     done = subprocess.run(
         [
-            "ocsptool", f"--ask={server.url}", "--load-issuer", str(setup.ca.cert_path),
-            "--load-cert", str(setup.certs[name]), "--load-trust", str(setup.ca.cert_path),
+            "ocsptool",
+            f"--ask={server.url}",
+            "--load-issuer",
+            str(setup.ca.cert_path),
+            "--load-cert",
+            str(setup.certs[name]),
+            "--load-trust",
+            str(setup.ca.cert_path),
         ],
-        capture_output=True, text=True, check=False, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     out = done.stdout + done.stderr
     assert "Verifying OCSP Response: Success." in out, out
     assert f"Certificate Status: {status}" in out, out
@@ -204,8 +246,11 @@ def test_pkilint_finds_nothing_in_responses(
         path.write_bytes(resp.read())
     done = subprocess.run(
         [lint, "lint", "--document-format", "DER", str(path)],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
 
 
@@ -218,18 +263,30 @@ def test_answers_signed_with_the_cas_own_key_verify_with_openssl_and_gnutls(
     (tests/test_eap_tls.py), finds no signer in an answer without it."""
     setup = build_ca(tmp_path / "ca", softhsm, delegated=False)
     port = free_port()
-    config = write_config(tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port,
-                          include_ca_certificate=include)  # fmt: skip
+    config = write_config(
+        tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port, include_ca_certificate=include
+    )
     server = start_server(config, port, tmp_path / "server.log")
     try:
         for name, status in (("good", "good"), ("keycompromise", "revoked")):
             out = openssl_ocsp(setup, server, "-cert", setup.certs[name])
             assert "Response verify OK" in out and f": {status}" in out, out
             done = subprocess.run(
-                ["ocsptool", f"--ask={server.url}", "--load-issuer", str(setup.ca.cert_path),
-                 "--load-cert", str(setup.certs[name]), "--load-trust", str(setup.ca.cert_path)],
-                capture_output=True, text=True, check=False, timeout=30,
-            )  # fmt: skip
+                [
+                    "ocsptool",
+                    f"--ask={server.url}",
+                    "--load-issuer",
+                    str(setup.ca.cert_path),
+                    "--load-cert",
+                    str(setup.certs[name]),
+                    "--load-trust",
+                    str(setup.ca.cert_path),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
             said = done.stdout + done.stderr
             assert f"Certificate Status: {status}" in said, said
             if include == "false":

@@ -176,10 +176,23 @@ def test_keygen_wrong_pin_fails_without_showing_it(
 def test_keygen_as_a_process(softhsm: SoftHSM) -> None:
     label = _label("process")
     done = subprocess.run(
-        [sys.executable, "-m", "hsm_ocsp", "keygen", "--module", MODULE,
-         "--key", f"pkcs11:token={softhsm.label};object={label}", "--algorithm", "ed25519"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hsm_ocsp",
+            "keygen",
+            "--module",
+            MODULE,
+            "--key",
+            f"pkcs11:token={softhsm.label};object={label}",
+            "--algorithm",
+            "ed25519",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert PIN not in done.stdout + done.stderr
     assert done.stdout.startswith("-----BEGIN PUBLIC KEY-----\n")

@@ -46,8 +46,11 @@ def _imports(path: Path) -> list[str]:
 
 
 def _modules() -> list[tuple[str, Path]]:
-    return [(path.parent.name, path) for layer in LAYERS
-            for path in sorted((PACKAGE / layer).glob("*.py"))]  # fmt: skip
+    return [
+        (path.parent.name, path)
+        for layer in LAYERS
+        for path in sorted((PACKAGE / layer).glob("*.py"))
+    ]
 
 
 def _allowed(layer: str, name: str) -> bool:
@@ -100,8 +103,9 @@ def test_no_module_is_left_outside_a_layer() -> None:
     assert loose == ["__init__.py", "__main__.py"], loose
     for _, path in _modules():
         if (lines := len(path.read_text().splitlines())) > REVIEW_LINES:
-            warnings.warn(f"{path.relative_to(PACKAGE)}: {lines} lines; one job still?",
-                          stacklevel=1)  # fmt: skip
+            warnings.warn(
+                f"{path.relative_to(PACKAGE)}: {lines} lines; one job still?", stacklevel=1
+            )
 
 
 REVIEW_LINES = 400

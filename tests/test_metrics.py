@@ -89,9 +89,12 @@ def start(
     setup = build_ca(tmp_path / "ca", softhsm)
     port = free_port()
     config = write_config(  # nothing signed ahead: the counts are the requests' own
-        tmp_path / "hsm-ocsp.toml", {"root": setup}, server=server, port=port,
+        tmp_path / "hsm-ocsp.toml",
+        {"root": setup},
+        server=server,
+        port=port,
         producer="pre_produce = false",
-    )  # fmt: skip
+    )
     return serve(config, port, tmp_path / "server.log"), setup
 
 
@@ -302,8 +305,9 @@ def test_a_token_outage_shows_in_token_up_and_healthz_not_in_readiness(
         setup = build_ca(tmp_path / "ca", softhsm)
         port = free_port()
         producer = "" if pre_produce else "pre_produce = false"
-        config = write_config(tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port,
-                              producer=producer)  # fmt: skip
+        config = write_config(
+            tmp_path / "hsm-ocsp.toml", {"root": setup}, port=port, producer=producer
+        )
         config.write_text(config.read_text().replace(softhsm.module, P11_KIT_CLIENT))
         server = serve(config, port, tmp_path / "server.log")
         assert sample(server, "hsm_ocsp_token_up", ca="root") == 1

@@ -33,9 +33,10 @@ def test_a_serial_without_a_store_key_is_said_so_not_overflowed() -> None:
 
 def _post(server: RunningServer, body: bytes) -> tuple[int, bytes]:
     request = urllib.request.Request(
-        server.url, data=body,
+        server.url,
+        data=body,
         headers={"Content-Type": "application/ocsp-request", "Connection": "close"},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read()

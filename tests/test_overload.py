@@ -567,12 +567,24 @@ def test_soak_short_run_has_no_unexpected_answer_and_flat_memory(tmp_path: Path)
     changes (each leaves no index.txt for a moment: no refused reload either), RSS flat."""
     done = subprocess.run(
         [
-            sys.executable, str(ROOT / "scripts" / "soak.py"), "--minutes", "0.5",
-            "--reload-every", "4", "--cache-entries", "500", "--warmup", "10",
-            "--dir", str(tmp_path / "soak"),
+            sys.executable,
+            str(ROOT / "scripts" / "soak.py"),
+            "--minutes",
+            "0.5",
+            "--reload-every",
+            "4",
+            "--cache-entries",
+            "500",
+            "--warmup",
+            "10",
+            "--dir",
+            str(tmp_path / "soak"),
         ],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     print(done.stdout[-3000:], done.stderr[-3000:])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "errors: 0" in done.stdout and "soak passed" in done.stdout

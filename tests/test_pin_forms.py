@@ -20,8 +20,13 @@ PINS = ["crypto_user:Pa55word", "0001password", "a PIN with spaces", "100%:50% o
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hsm_ocsp", *args], capture_output=True,
-                          text=True, timeout=60, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "hsm_ocsp", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 @pytest.mark.parametrize("pin", PINS)

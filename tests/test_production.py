@@ -165,8 +165,12 @@ async def test_an_unknown_serials_answer_serves_every_worker_until_the_serial_is
 
     issued = INDEX + "V\t301231235959Z\t\t4242\tunknown\t/CN=issued\n"
     world.snapshot = parse_index(issued.encode())  # and the producer withdraws the serial
-    assert store.withdraw(prefixes("root", changed_serials(parse_index(INDEX.encode()),
-                                                            world.snapshot))) == 1  # fmt: skip
+    assert (
+        store.withdraw(
+            prefixes("root", changed_serials(parse_index(INDEX.encode()), world.snapshot))
+        )
+        == 1
+    )
     now_good = x509_ocsp.load_der_ocsp_response((await other.respond(request)).body)
     assert now_good.certificate_status is x509_ocsp.OCSPCertStatus.GOOD and len(asked_too) == 1
 
@@ -180,9 +184,15 @@ def test_the_store_keeps_a_bounded_number_of_unknown_answers(
     sharer = Sharer(store, max_unknown=3)
     signer = world.issuer.signers[0]
     produced = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
-    reply = Reply(body=b"signed", status=OCSPResponseStatus.SUCCESSFUL, ca="root",
-                  cert_statuses=(CertStatus.UNKNOWN,), produced_at=produced,
-                  next_update=produced + dt.timedelta(hours=1), etag='"x"')  # fmt: skip
+    reply = Reply(
+        body=b"signed",
+        status=OCSPResponseStatus.SUCCESSFUL,
+        ca="root",
+        cert_statuses=(CertStatus.UNKNOWN,),
+        produced_at=produced,
+        next_update=produced + dt.timedelta(hours=1),
+        etag='"x"',
+    )
     for serial in (GOOD, *range(0x5000, 0x5008)):
         value = None if serial == GOOD else MISSING
         sharer.save(reply, cert_id(world.issuer, "sha1", serial), value, signer, produced)
@@ -253,14 +263,24 @@ def test_what_needs_producing(ca: OpenSSLCA, store: LmdbStore) -> None:
 
 def test_a_reply_crosses_the_link_as_it_was() -> None:
     reply = Reply(
-        b"\x30\x03\x0a\x01\x00", OCSPResponseStatus.SUCCESSFUL, "root", (),
-        dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
-        '"e"', True,
-    )  # fmt: skip
+        b"\x30\x03\x0a\x01\x00",
+        OCSPResponseStatus.SUCCESSFUL,
+        "root",
+        (),
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 2, tzinfo=dt.UTC),
+        '"e"',
+        True,
+    )
     back = decode_reply(encode_reply(reply))
     assert (back.body, back.ca, back.produced_at, back.next_update, back.etag, back.cached) == (
-        reply.body, "root", reply.produced_at, reply.next_update, '"e"', True,
-    )  # fmt: skip
+        reply.body,
+        "root",
+        reply.produced_at,
+        reply.next_update,
+        '"e"',
+        True,
+    )
     with pytest.raises(ValueError):
         decode_reply(encode_reply(reply)[:20])
 

@@ -150,8 +150,10 @@ async def test_a_new_key_is_proven_once_the_supervisor_proved_it_is_only_found(
 
     ca = OpenSSLCA(tmp_path / "ca")
     path = tmp_path / "config.toml"
-    path.write_text(f'[[ca]]\nname = "root"\ncertificate = "{ca.cert_path}"\n'
-                    f'index = "{ca.index}"\nkey = "pkcs11:token=t;object=new"\n')  # fmt: skip
+    path.write_text(
+        f'[[ca]]\nname = "root"\ncertificate = "{ca.cert_path}"\n'
+        f'index = "{ca.index}"\nkey = "pkcs11:token=t;object=new"\n'
+    )
     config = load_config(path)
     accepted = _Token()
     await take_keys(accepted, config, proven=True)  # type: ignore[arg-type]

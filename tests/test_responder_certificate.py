@@ -147,9 +147,10 @@ def _load(
             if nonce:
                 builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
             req = urllib.request.Request(
-                url, data=builder.build().public_bytes(Encoding.DER),
+                url,
+                data=builder.build().public_bytes(Encoding.DER),
                 headers={"Content-Type": "application/ocsp-request"},
-            )  # fmt: skip
+            )
             try:
                 with urllib.request.urlopen(req, timeout=10) as response:
                     answers.append((response.status, response.read()))
@@ -193,8 +194,9 @@ def test_certificate_replaced_twice_under_load_no_failed_request_every_answer_ve
     shutil.copy(paths["C"], folder / "next.pem")  # installed ahead
     setup.responder_cert = folder
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server="workers = 2")  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 2"
+    )
     server = start_server(config, port, tmp_path / "server.log")
     answers: list[tuple[int, bytes]] = []
     stop = threading.Event()
@@ -253,8 +255,9 @@ def test_a_reload_that_cannot_be_taken_is_refused_in_one_line_and_the_old_one_se
 
     setup = build_ca(tmp_path / "ca", softhsm)
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server="workers = 2")  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 2"
+    )
     good = config.read_text()
     server = start_server(config, port, tmp_path / "server.log")
     try:
@@ -309,8 +312,10 @@ def test_check_reports_the_certificate_in_use_the_next_one_and_warns_without_one
     listed = f'responder_certificate = ["{current}", "{upcoming}"]'
     both.write_text(alone.read_text().replace(f'responder_certificate = "{current}"', listed))
     messages = [(f.level, f.message) for f in check_config(load_config(both), warn_days=30)]
-    assert any(level == "ok" and "next responder certificate" in m and "Upcoming" in m
-               for level, m in messages)  # fmt: skip
+    assert any(
+        level == "ok" and "next responder certificate" in m and "Upcoming" in m
+        for level, m in messages
+    )
     assert not [m for level, m in messages if level == "warning"], messages
 
 
@@ -360,8 +365,9 @@ def test_a_new_key_rolls_in_under_load_without_a_restart(tmp_path: Path, softhsm
     shutil.copy(setup.responder_cert, folder / "a.pem")
     setup.responder_cert = folder
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server="workers = 2")  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 2"
+    )
     server = start_server(config, port, tmp_path / "server.log")
     answers: list[tuple[int, bytes]] = []
     stop = threading.Event()
@@ -373,19 +379,52 @@ def test_a_new_key_rolls_in_under_load_without_a_restart(tmp_path: Path, softhsm
         uri_b = f"pkcs11:token={softhsm.label};object={label}"
         assert main(["keygen", "--module", MODULE, "--key", uri_b, "--algorithm", "ec-p384"]) == 0
         request = tmp_path / "b.csr"
-        assert main(["csr", "--module", MODULE, "--key", uri_b, "--subject", "/CN=Responder B",
-                     "--out", str(request)]) == 0  # fmt: skip
-        run("openssl", "x509", "-req", "-in", request, "-CA", setup.ca.cert_path,
-            "-CAkey", setup.ca.dir / "ca.key", "-set_serial", "0x0B0B", "-days", "30",
-            "-extfile", setup.ca.cnf, "-extensions", "ocsp", "-out", folder / "b.pem")  # fmt: skip
+        assert (
+            main(
+                [
+                    "csr",
+                    "--module",
+                    MODULE,
+                    "--key",
+                    uri_b,
+                    "--subject",
+                    "/CN=Responder B",
+                    "--out",
+                    str(request),
+                ]
+            )
+            == 0
+        )
+        run(
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            setup.ca.cert_path,
+            "-CAkey",
+            setup.ca.dir / "ca.key",
+            "-set_serial",
+            "0x0B0B",
+            "-days",
+            "30",
+            "-extfile",
+            setup.ca.cnf,
+            "-extensions",
+            "ocsp",
+            "-out",
+            folder / "b.pem",
+        )
         os.kill(server.process.pid, signal.SIGHUP)
         _wait_for_log(server, " accepted (sha256 ", 1)  # decided once, by the supervisor
         time.sleep(1.5)
         # Key C, installed ahead: it takes over by itself at its notBefore.
         _, public_c = softhsm.make_key("ec-p256")
         switch = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=6)
-        shutil.copy(setup.ca.sign_responder(public_c, "Responder C", not_before=switch),
-                    folder / "c.pem")  # fmt: skip
+        shutil.copy(
+            setup.ca.sign_responder(public_c, "Responder C", not_before=switch), folder / "c.pem"
+        )
         os.kill(server.process.pid, signal.SIGHUP)
         _wait_for_log(server, " accepted (sha256 ", 2)
         time.sleep(max(0.0, switch.timestamp() - time.time() + 2.5))
@@ -432,12 +471,14 @@ def test_a_certificate_whose_key_is_not_on_the_token_is_refused_at_reload(
     assert setup.responder_cert is not None
     current = setup.responder_cert
     port = free_port()
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port,
-                          server="workers = 2")  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server="workers = 2"
+    )
     server = start_server(config, port, tmp_path / "server.log")
     try:
-        stranger = setup.ca.sign_responder(ec.generate_private_key(ec.SECP256R1()).public_key(),
-                                           "Not On The Token")  # fmt: skip
+        stranger = setup.ca.sign_responder(
+            ec.generate_private_key(ec.SECP256R1()).public_key(), "Not On The Token"
+        )
         listed = f'responder_certificate = ["{current}", "{stranger}"]'
         config.write_text(
             config.read_text().replace(f'responder_certificate = "{current}"', listed)
@@ -445,8 +486,9 @@ def test_a_certificate_whose_key_is_not_on_the_token_is_refused_at_reload(
         os.kill(server.process.pid, signal.SIGHUP)
         _wait_for_log(server, "reload refused", 1)
         time.sleep(1.0)
-        refusals = [line for line in server.log.read_text().splitlines()
-                    if "reload refused" in line]  # fmt: skip
+        refusals = [
+            line for line in server.log.read_text().splitlines() if "reload refused" in line
+        ]
         assert len(refusals) == 1, refusals  # the supervisor's, decided once
         # No process took the refused configuration (before, each worker read the file
         # again and took it on its own: "configuration reloaded", once per worker).
@@ -481,8 +523,12 @@ def test_the_key_of_an_expired_certificate_is_not_looked_for(
     assert setup.responder_cert is not None
     now = dt.datetime.now(dt.UTC)
     gone = ec.generate_private_key(ec.SECP256R1()).public_key()  # on no token
-    expired = setup.ca.sign_responder(gone, "Expired", not_before=now - dt.timedelta(days=30),
-                                      not_after=now - dt.timedelta(days=1))  # fmt: skip
+    expired = setup.ca.sign_responder(
+        gone,
+        "Expired",
+        not_before=now - dt.timedelta(days=30),
+        not_after=now - dt.timedelta(days=1),
+    )
     config = write_config(tmp_path / "config.toml", {"root": setup})
     listed = f'responder_certificate = ["{setup.responder_cert}", "{expired}"]'
     config.write_text(

@@ -165,8 +165,10 @@ def test_a_second_serve_on_the_same_state_dir_is_refused_and_the_first_keeps_its
         config.write_text(config.read_text().replace(str(setup.ca.index), str(older / "index.txt")))
         second = subprocess.run(
             [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "server.state_dir" in lines[0] and "in use" in lines[0], lines
@@ -268,8 +270,16 @@ def test_a_restored_older_index_does_not_unrevoke_until_the_operator_forgets(
         listed = _cli("revocations", "list", "--config", str(tmp_path / "config.toml"))
         assert f"{setup.serial('good'):X}" in listed.stdout, listed
         serial = f"{setup.serial('good'):X}"
-        done = _cli("revocations", "forget", "--config", str(tmp_path / "config.toml"),
-                    "--ca", "root", "--serial", serial)  # fmt: skip
+        done = _cli(
+            "revocations",
+            "forget",
+            "--config",
+            str(tmp_path / "config.toml"),
+            "--ca",
+            "root",
+            "--serial",
+            serial,
+        )
         assert done.returncode == 0 and "forgotten" in done.stdout, done
         assert status_of(server.url, body) is REVOKED  # not before the SIGHUP
         os.kill(server.process.pid, signal.SIGHUP)
@@ -280,8 +290,9 @@ def test_a_restored_older_index_does_not_unrevoke_until_the_operator_forgets(
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "hsm_ocsp", *args], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "hsm_ocsp", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_bad_record_is_never_served_and_a_damaged_store_is_set_aside(
@@ -392,8 +403,11 @@ async def test_an_index_on_a_file_system_that_hangs_holds_its_own_ca_alone(
 
     root = build_ca(tmp_path / "root", softhsm)
     other = build_ca(tmp_path / "other", softhsm, name="Other CA")
-    config = write_config(tmp_path / "config.toml", {"root": root, "other": other},
-                          server=f'state_dir = "{tmp_path / "state"}"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml",
+        {"root": root, "other": other},
+        server=f'state_dir = "{tmp_path / "state"}"',
+    )
     app = create_app(load_config(config))
     client = await aiohttp_client(app)
     hang = threading.Event()

@@ -51,8 +51,12 @@ async def test_rule_11_requestor_name_and_request_signature_are_ignored(
     plain = setup.request("revoked")
     tbs = plain[2:] if plain[1] < 0x80 else plain[2 + (plain[1] & 0x7F) :]
     inner = tbs[2:] if tbs[1] < 0x80 else tbs[2 + (tbs[1] & 0x7F) :]  # the request list
-    name = der.explicit(1, der.tlv(0xA4, x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, "a requestor")]).public_bytes()))  # fmt: skip
+    name = der.explicit(
+        1,
+        der.tlv(
+            0xA4, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a requestor")]).public_bytes()
+        ),
+    )
     with_name = der.sequence(der.sequence(name, inner))
     signature = der.sequence(
         der.sequence(der.oid("1.2.840.10045.4.3.2")),
@@ -91,9 +95,16 @@ async def test_rule_26_signature_algorithm_bytes(
 
 @pytest.mark.parametrize(
     ("validity", "warned"),
-    [("8h", False), ("28799s", False), ("28798s", True), ("7h", True), ("10d", True),
-     ("863999s", False), ("1d", False)],
-)  # fmt: skip
+    [
+        ("8h", False),
+        ("28799s", False),
+        ("28798s", True),
+        ("7h", True),
+        ("10d", True),
+        ("863999s", False),
+        ("1d", False),
+    ],
+)
 def test_rule_28_check_warns_outside_the_br_validity_window(
     tmp_path: Path, softhsm: SoftHSM, validity: str, warned: bool
 ) -> None:
@@ -153,21 +164,32 @@ def test_rule_32_responder_certificate_profile(tmp_path: Path, softhsm: SoftHSM)
     sound = levels(_responder(ca, public_key))
     assert set(sound.values()) == {Level.OK} and len(sound) == 6
     cases: dict[str, dict[str, Any]] = {
-        "EKUs besides OCSPSigning": dict(eku=(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.OCSP_SIGNING, ExtendedKeyUsageOID.SERVER_AUTH]), False)),
+        "EKUs besides OCSPSigning": dict(
+            eku=(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.OCSP_SIGNING, ExtendedKeyUsageOID.SERVER_AUTH]
+                ),
+                False,
+            )
+        ),
         "nocheck critical": dict(nocheck=(x509.OCSPNoCheck(), True)),
-        "keyUsage is not critical": dict(ku=(x509.KeyUsage(
-            True, False, False, False, False, False, False, False, False), False)),
-        "lacks digitalSignature": dict(ku=(x509.KeyUsage(
-            False, True, False, False, False, False, False, False, False), True)),
+        "keyUsage is not critical": dict(
+            ku=(x509.KeyUsage(True, False, False, False, False, False, False, False, False), False)
+        ),
+        "lacks digitalSignature": dict(
+            ku=(x509.KeyUsage(False, True, False, False, False, False, False, False, False), True)
+        ),
         "is a CA certificate": dict(bc=(x509.BasicConstraints(ca=True, path_length=None), True)),
         "no authority key identifier": dict(aki=None),
         "lacks EKU OCSPSigning": dict(eku=None),
         "lacks id-pkix-ocsp-nocheck": dict(nocheck=None),
-    }  # fmt: skip
+    }
     for expected, change in cases.items():
-        found = [m for m, level in levels(_responder(ca, public_key, **change)).items()
-                 if level is not Level.OK]  # fmt: skip
+        found = [
+            m
+            for m, level in levels(_responder(ca, public_key, **change)).items()
+            if level is not Level.OK
+        ]
         assert len(found) == 1 and expected in found[0], (expected, found)
 
 
@@ -178,15 +200,20 @@ def test_rule_32_serve_refuses_a_responder_certificate_that_cannot_be_validated(
     setup = build_ca(tmp_path / "ca", softhsm)
     cert = x509.load_pem_x509_certificate(setup.responder_cert.read_bytes())  # type: ignore[union-attr]
     other = OpenSSLCA(tmp_path / "other", "Other CA")
-    bad = _responder(setup.ca, cert.public_key(), eku=None) if fault == "no-eku" else (
-        _responder(other, cert.public_key()))  # fmt: skip
+    bad = (
+        _responder(setup.ca, cert.public_key(), eku=None)
+        if fault == "no-eku"
+        else (_responder(other, cert.public_key()))
+    )
     setup.responder_cert = tmp_path / "bad.pem"
     setup.responder_cert.write_bytes(bad.public_bytes(serialization.Encoding.PEM))
     config = write_config(tmp_path / "config.toml", {"root": setup})
     done = subprocess.run(
         [sys.executable, "-m", "hsm_ocsp", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if "ERROR" in line]
     assert len(lines) == 1 and "ca[0].responder_certificate" in lines[0]

@@ -137,8 +137,10 @@ async def test_stalled_clients_keep_throughput_and_are_cut_after_read_timeout(
             _close(stalled)
     try:
         ratio = sum(with_stalls) / sum(without)
-        print(f"throughput without stalls {without}, with {STALLED} stalled {with_stalls}: "
-              f"{ratio:.2f}")  # fmt: skip
+        print(
+            f"throughput without stalls {without}, with {STALLED} stalled {with_stalls}: "
+            f"{ratio:.2f}"
+        )
         # A loose bound (the suite runs beside other tests on shared cores): stalled
         # connections that held the loop would take nearly all of it.
         assert ratio >= 0.6, f"{STALLED} stalled connections cost {1 - ratio:.0%} of throughput"

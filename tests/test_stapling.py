@@ -54,9 +54,17 @@ def s_client_status(port: int, server_name: str, ca: Path) -> str:
     if openssl is None:
         pytest.fail("openssl is not installed")
     command = [
-        openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", server_name,
-        "-status", "-CAfile", str(ca), "-verify_return_error",
-    ]  # fmt: skip
+        openssl,
+        "s_client",
+        "-connect",
+        f"127.0.0.1:{port}",
+        "-servername",
+        server_name,
+        "-status",
+        "-CAfile",
+        str(ca),
+        "-verify_return_error",
+    ]
     done = subprocess.run(
         command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, check=False
     )
@@ -108,9 +116,19 @@ def site(tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHSM) -> Iterator
                 # A response fetched from hsm-ocsp ahead of time, stapled as it is.
                 stapling_file = site_dir / "ocsp.der"
                 command: list[str | Path] = [
-                    "openssl", "ocsp", "-issuer", ca.cert_path, "-cert", leaf,
-                    "-url", responder.url, "-CAfile", ca.cert_path, "-respout", stapling_file,
-                ]  # fmt: skip
+                    "openssl",
+                    "ocsp",
+                    "-issuer",
+                    ca.cert_path,
+                    "-cert",
+                    leaf,
+                    "-url",
+                    responder.url,
+                    "-CAfile",
+                    ca.cert_path,
+                    "-respout",
+                    stapling_file,
+                ]
                 out = subprocess.run(
                     command, capture_output=True, text=True, timeout=20, check=True
                 ).stdout

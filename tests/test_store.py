@@ -83,9 +83,10 @@ def _ask(url: str, setup: CASetup, name: str) -> ocsp.OCSPResponse:
     cert = x509.load_pem_x509_certificate(setup.certs[name].read_bytes())
     builder = ocsp.OCSPRequestBuilder().add_certificate(cert, setup.ca.certificate, hashes.SHA256())
     request = urllib.request.Request(
-        url, data=builder.build().public_bytes(Encoding.DER),
+        url,
+        data=builder.build().public_bytes(Encoding.DER),
         headers={"Content-Type": "application/ocsp-request", "Connection": "close"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return ocsp.load_der_ocsp_response(response.read())
 
@@ -307,8 +308,9 @@ def test_store_stats_leaves_no_file_behind(tmp_path: Path, softhsm: SoftHSM) -> 
     would keep the service (another user) from opening its store."""
     setup = build_ca(tmp_path / "ca", softhsm)
     state = tmp_path / "state"
-    config = write_config(tmp_path / "config.toml", {"root": setup},
-                          server=f'state_dir = "{state}"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, server=f'state_dir = "{state}"'
+    )
     done = _cli("store", "stats", "--config", str(config))
     assert done.returncode == 0 and "no store" in done.stdout, done
     assert not state.exists()
@@ -399,8 +401,9 @@ def test_answers_of_a_first_fill_are_refreshed_before_they_are_due(
     entries = _entries(setup)
     port = free_port()
     state = f'workers = 2\nstate_dir = "{tmp_path / "state"}"'
-    config = write_config(tmp_path / "config.toml", {"root": setup}, port=port, server=state,
-                          validity='"20s"')  # fmt: skip
+    config = write_config(
+        tmp_path / "config.toml", {"root": setup}, port=port, server=state, validity='"20s"'
+    )
     server = start_server(config, port, tmp_path / "server.log")
     try:
         _wait_for(server, 'hsm_ocsp_signatures_total{reason="fill"}', 2 * entries)
@@ -481,9 +484,14 @@ def test_a_revocation_forgotten_while_down_is_not_brought_back_by_a_warm_start(
     lines = setup.ca.index.read_text().splitlines(keepends=True)
     fields = next(line.split("\t") for line in lines if int(line.split("\t")[3], 16) == serial)
     dropped = "\t".join(["V", fields[1], "", *fields[3:]])  # the revocation dropped
-    setup.ca.index.write_text("".join(dropped if line.startswith("\t".join(fields[:1])) and
-                                      int(line.split("\t")[3], 16) == serial else line
-                                      for line in lines))  # fmt: skip
+    setup.ca.index.write_text(
+        "".join(
+            dropped
+            if line.startswith("\t".join(fields[:1])) and int(line.split("\t")[3], 16) == serial
+            else line
+            for line in lines
+        )
+    )
     server = _serve(tmp_path, setup, free_port(), "second.log")  # remembered: still revoked
     try:
         assert _ask(server.url, setup, "keycompromise").certificate_status is REVOKED
@@ -491,10 +499,24 @@ def test_a_revocation_forgotten_while_down_is_not_brought_back_by_a_warm_start(
         server.stop()
     assert list((tmp_path / "state" / "taken").glob("root.*.image"))  # kept at that start
     forgot = subprocess.run(
-        [sys.executable, "-m", "hsm_ocsp", "revocations", "forget", "--config",
-         str(tmp_path / "config.toml"), "--ca", "root", "--serial", f"{serial:X}"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hsm_ocsp",
+            "revocations",
+            "forget",
+            "--config",
+            str(tmp_path / "config.toml"),
+            "--ca",
+            "root",
+            "--serial",
+            f"{serial:X}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert forgot.returncode == 0, forgot.stderr
     server = _serve(tmp_path, setup, free_port(), "third.log")
     try:

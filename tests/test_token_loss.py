@@ -537,8 +537,10 @@ def test_a_restart_while_the_token_is_away_serves_the_store(
     p11kit.kill()
     second = start_server(config, port, tmp_path / "second.log")  # waits for /readyz 200
     try:
-        for name, status in (("good", ocsp.OCSPCertStatus.GOOD),
-                             ("keycompromise", ocsp.OCSPCertStatus.REVOKED)):  # fmt: skip
+        for name, status in (
+            ("good", ocsp.OCSPCertStatus.GOOD),
+            ("keycompromise", ocsp.OCSPCertStatus.REVOKED),
+        ):
             for _ in range(6):  # both workers
                 assert _answer(second.url, setup, name).certificate_status is status
         nonce = _post(second.url, setup.request("good", nonce=os.urandom(16)))[1]

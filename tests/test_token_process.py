@@ -207,8 +207,9 @@ async def test_a_pool_of_sessions_signs_on_each_and_stops_them_all(softhsm: Soft
 
     spec, public_key = _spec(softhsm, "rsa-2048")
     heard = Heard()
-    pool = TokenPool(MODULE, softhsm.pin, [spec], sessions=2, sign_timeout=5, log_format="text",
-                     events=heard)  # fmt: skip
+    pool = TokenPool(
+        MODULE, softhsm.pin, [spec], sessions=2, sign_timeout=5, log_format="text", events=heard
+    )
     try:
         await pool.open()
         assert pool.up and all(m.up for m in pool.members)

@@ -83,8 +83,11 @@ def test_two_cas_with_keys_on_one_token_named_two_ways_serve_with_one_login(
 def _keygen(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hsm_ocsp", "keygen", *args],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["ec-p256", "rsa-2048", "ed25519"])
@@ -97,10 +100,16 @@ def test_keygen_asks_only_for_what_a_signing_key_needs(
     env = {**os.environ, "PKCS11SPY": MODULE, "PKCS11SPY_OUTPUT": str(spy_log)}
     label = f"tmpl-{algorithm}-{tmp_path.name}"[:60]
     done = _keygen(
-        ["--module", SPY, "--key", f"pkcs11:token={softhsm.label};object={label}",
-         "--algorithm", algorithm],
+        [
+            "--module",
+            SPY,
+            "--key",
+            f"pkcs11:token={softhsm.label};object={label}",
+            "--algorithm",
+            algorithm,
+        ],
         env,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     call = spy_log.read_text().split(": C_GenerateKeyPair\n", 1)[1].split("\nReturned:", 1)[0]
     public, private = call.split("pPrivateKeyTemplate", 1)
@@ -165,10 +174,16 @@ def test_keygen_a_token_refuses_is_one_clear_line(
 ) -> None:
     env = {**os.environ, "HSM_OCSP_PIN": ock.pin}
     done = _keygen(
-        ["--module", ock.module, "--key", f"pkcs11:token={ock.label};object=no-{algorithm}",
-         "--algorithm", algorithm],
+        [
+            "--module",
+            ock.module,
+            "--key",
+            f"pkcs11:token={ock.label};object=no-{algorithm}",
+            "--algorithm",
+            algorithm,
+        ],
         env,
-    )  # fmt: skip
+    )
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -190,9 +205,12 @@ def test_check_names_always_authenticate_as_the_reason(
     label = f"always-auth-{tmp_path.name}"[:60]
     with softhsm.session() as session:
         public, _ = session.generate_keypair(
-            KeyType.RSA, 2048, store=True, label=label,
+            KeyType.RSA,
+            2048,
+            store=True,
+            label=label,
             private_template={Attribute.ALWAYS_AUTHENTICATE: True, Attribute.SIGN: True},
-        )  # fmt: skip
+        )
         public_key = public_key_from_token(public)
     setup = build_ca(tmp_path / "ca", softhsm)
     setup.key_uri = str(Pkcs11Uri(token=softhsm.label, object=label))

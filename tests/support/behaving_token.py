@@ -16,10 +16,22 @@ SOURCE = Path(__file__).with_name("behaving_token.c")
 def build(directory: Path) -> Path:
     library = directory / "behaving_token.so"
     subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-I/usr/include/p11-kit-1",
-         "-o", str(library), str(SOURCE), "-ldl", "-lpthread"],
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-I/usr/include/p11-kit-1",
+            "-o",
+            str(library),
+            str(SOURCE),
+            "-ldl",
+            "-lpthread",
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return library
 
 

@@ -80,9 +80,12 @@ def idp(url: str, *, indirect: bool = False) -> x509.IssuingDistributionPoint:
 
 
 def delegate_certificate(
-    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, directory: Path,
-    *, crl_sign: bool = True,
-) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:  # fmt: skip
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    directory: Path,
+    *,
+    crl_sign: bool = True,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
     """A CRL issuer the CA certifies (keyUsage cRLSign), as EJBCA's external CRL signer."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (

@@ -14,7 +14,7 @@ def mount_tmpfs(path: Path, size: str) -> bool:
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
         capture_output=True,
-    )  # fmt: skip
+    )
     return done.returncode == 0
 
 

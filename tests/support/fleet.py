@@ -24,16 +24,22 @@ def ready(server: RunningServer) -> bool:
 
 
 def signing_host(
-    tmp_path: Path, setup: CASetup, redis_url: str, name: str, index: Path | None = None,
+    tmp_path: Path,
+    setup: CASetup,
+    redis_url: str,
+    name: str,
+    index: Path | None = None,
     crl: Path | None = None,
-) -> RunningServer:  # fmt: skip
+) -> RunningServer:
     """``crl``: the CA served from that CRL file (and its new_certs_dir), not its index."""
     port = free_port()
     config = write_config(
-        tmp_path / f"{name}.toml", {"root": setup}, port=port,
+        tmp_path / f"{name}.toml",
+        {"root": setup},
+        port=port,
         server=f'workers = 2\nstate_dir = "{tmp_path / name}"\n\n[store]\nredis = "{redis_url}"',
         crls=None if crl is None else {"root": crl},
-    )  # fmt: skip
+    )
     if index is not None:  # a copy of the CA's index, as another host holds it
         config.write_text(config.read_text().replace(str(setup.ca.index), str(index)))
     return start_server(config, port, tmp_path / f"{name}.log")

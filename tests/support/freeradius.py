@@ -100,8 +100,10 @@ class FreeRadius:
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [FREERADIUS, "-f", "-X", "-d", str(self.conf)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 20
         while b"Ready to process requests" not in self.log.read_bytes():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -123,8 +125,22 @@ class FreeRadius:
             f'    private_key="{key}"\n    eapol_flags=3\n}}\n'
         )
         done = subprocess.run(
-            [EAPOL_TEST, "-c", str(conf), "-a", "127.0.0.1", "-p", str(self.port), "-s", SECRET,
-             "-t", "15"],
-            capture_output=True, text=True, timeout=60, env={**os.environ},
-        )  # fmt: skip
+            [
+                EAPOL_TEST,
+                "-c",
+                str(conf),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-s",
+                SECRET,
+                "-t",
+                "15",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ},
+        )
         return done.returncode == 0 and "SUCCESS" in done.stdout

@@ -184,10 +184,12 @@ def get(path: str, method: str = "GET") -> bytes:
 # A SHA-1 CertID for serial 0x1001 (the tests mutate it byte by byte).
 CERT_ID = (
     bytes.fromhex("303b300906052b0e03021a0500")
-    + b"\x04\x14" + b"n" * 20
-    + b"\x04\x14" + b"k" * 20
+    + b"\x04\x14"
+    + b"n" * 20
+    + b"\x04\x14"
+    + b"k" * 20
     + bytes.fromhex("02021001")
-)  # fmt: skip
+)
 
 
 def wrap_request(cert_id: bytes, extensions: bytes = b"") -> bytes:

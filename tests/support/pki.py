@@ -63,38 +63,76 @@ class OpenSSLCA:
         )
         (directory / "ca.key").write_bytes(self.key_pem)
         run(
-            "openssl", "req", "-x509", "-new", "-key", directory / "ca.key",
-            "-subj", f"/O=hsm-ocsp tests/CN={common_name}", "-days", "3650",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-out", directory / "ca.pem",
-        )  # fmt: skip
+            "openssl",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            directory / "ca.key",
+            "-subj",
+            f"/O=hsm-ocsp tests/CN={common_name}",
+            "-days",
+            "3650",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            directory / "ca.pem",
+        )
         self.cert_path = directory / "ca.pem"
         self.index = directory / "index.txt"
         self.certificate = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
 
     def issue(
-        self, name: str, *, start: str | None = None, end: str | None = None,
+        self,
+        name: str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
         extensions: str = "leaf",
-    ) -> Path:  # fmt: skip
+    ) -> Path:
         """Issue a leaf certificate for CN=name (its key beside it, NAME.key); returns its
         PEM path. ``extensions``: the openssl.cnf section (``leaf``: a TLS server's)."""
         key = self.dir / f"{name}.key"
         csr = self.dir / f"{name}.csr"
         pem = self.dir / f"{name}.pem"
         run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-subj", f"/CN={name}", "-out", csr,
-        )  # fmt: skip
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key,
+            "-subj",
+            f"/CN={name}",
+            "-out",
+            csr,
+        )
         dates: list[str] = []
         if start:
             dates += ["-startdate", start]
         if end:
             dates += ["-enddate", end]
         run(
-            "openssl", "ca", "-batch", "-config", self.cnf, "-extensions", extensions,
-            "-notext", "-in", csr, "-out", pem, *dates,
-        )  # fmt: skip
+            "openssl",
+            "ca",
+            "-batch",
+            "-config",
+            self.cnf,
+            "-extensions",
+            extensions,
+            "-notext",
+            "-in",
+            csr,
+            "-out",
+            pem,
+            *dates,
+        )
         return pem
 
     def revoke(self, pem: Path, *options: str) -> None:

@@ -29,11 +29,24 @@ class RedisServer:
         a Redis that lost its data."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket),
-             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                REDIS_SERVER,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while True:
             try:

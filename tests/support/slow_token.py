@@ -51,9 +51,19 @@ def build_shim(tmp: Path, delay_ms: int, real_module: str = MODULE) -> Path:
     source, library = tmp / "slowtoken.c", tmp / "slowtoken.so"
     source.write_text(SHIM)
     subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O2", "-I/usr/include/p11-kit-1",
-         f"-DDELAY_US={delay_ms * 1000}", f'-DREAL_MODULE="{real_module}"',
-         "-o", str(library), str(source), "-ldl"],
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-I/usr/include/p11-kit-1",
+            f"-DDELAY_US={delay_ms * 1000}",
+            f'-DREAL_MODULE="{real_module}"',
+            "-o",
+            str(library),
+            str(source),
+            "-ldl",
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return library

@@ -186,25 +186,44 @@ def tpm2(
     started: list[int] = []
     env_before = {k: os.environ.get(k) for k in _TPM2_ENV}
     try:
-        _run("swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",  # the TCTI's choice
-             "--flags", "not-need-init,startup-clear",
-             "--pid", f"file={directory / 'swtpm.pid'}", "--daemon")  # fmt: skip
+        _run(
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={state}",
+            "--server",
+            f"type=tcp,port={port},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={port + 1},bindaddr=127.0.0.1",  # the TCTI's choice
+            "--flags",
+            "not-need-init,startup-clear",
+            "--pid",
+            f"file={directory / 'swtpm.pid'}",
+            "--daemon",
+        )
         started.append(int((directory / "swtpm.pid").read_text()))
         _wait_for_port(port)
         bus = subprocess.run(
             ["dbus-daemon", "--session", "--fork", "--print-address=1", "--print-pid=1"],
-            capture_output=True, text=True, check=True, timeout=30,
-        ).stdout.split()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.split()
         started.append(int(bus[1]))
         os.environ["DBUS_SESSION_BUS_ADDRESS"] = bus[0]
         with (directory / "abrmd.log").open("wb") as log:
             abrmd = subprocess.Popen(
-                ["tpm2-abrmd", "--session", "--allow-root",
-                 f"--tcti=swtpm:host=127.0.0.1,port={port}"],
-                stdout=subprocess.DEVNULL, stderr=log,
-            )  # fmt: skip
+                [
+                    "tpm2-abrmd",
+                    "--session",
+                    "--allow-root",
+                    f"--tcti=swtpm:host=127.0.0.1,port={port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         started.append(abrmd.pid)
         os.environ["TPM2_PKCS11_TCTI"] = os.environ["TPM2TOOLS_TCTI"] = "tabrmd:bus_type=session"
         os.environ["TPM2_PKCS11_STORE"] = str(store)
@@ -216,8 +235,15 @@ def tpm2(
             except RuntimeError:
                 assert time.monotonic() < deadline, "tpm2-abrmd did not come up"
                 time.sleep(0.3)
-        _run("tpm2_ptool", "addtoken", "--pid=1", f"--label={label}", "--sopin=13571357",
-             f"--userpin={pin}", f"--path={store}")  # fmt: skip
+        _run(
+            "tpm2_ptool",
+            "addtoken",
+            "--pid=1",
+            f"--label={label}",
+            "--sopin=13571357",
+            f"--userpin={pin}",
+            f"--path={store}",
+        )
         yield TokenUnderTest(
             "tpm2-pkcs11 on swtpm",
             TPM2_MODULE,
@@ -253,15 +279,42 @@ def operator_path(token: TokenUnderTest, algorithm: str, directory: Path) -> Non
     cli = [sys.executable, "-m", "hsm_ocsp"]
     for step in (
         ["keygen", "--module", token.module, "--key", uri, "--algorithm", algorithm],
-        ["csr", "--module", token.module, "--key", uri, "--subject", "CN=OCSP " + algorithm,
-         "--out", str(directory / "responder.csr")],
-    ):  # fmt: skip
+        [
+            "csr",
+            "--module",
+            token.module,
+            "--key",
+            uri,
+            "--subject",
+            "CN=OCSP " + algorithm,
+            "--out",
+            str(directory / "responder.csr"),
+        ],
+    ):
         done = subprocess.run([*cli, *step], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, f"{step[0]}: {done.stderr}"
     responder = directory / "responder.pem"
-    run("openssl", "x509", "-req", "-in", directory / "responder.csr", "-CA", ca.cert_path,
-        "-CAkey", ca.dir / "ca.key", "-set_serial", "0x7E57", "-days", "30", "-extfile", ca.cnf,
-        "-extensions", "ocsp", "-out", responder)  # fmt: skip
+    run(
+        "openssl",
+        "x509",
+        "-req",
+        "-in",
+        directory / "responder.csr",
+        "-CA",
+        ca.cert_path,
+        "-CAkey",
+        ca.dir / "ca.key",
+        "-set_serial",
+        "0x7E57",
+        "-days",
+        "30",
+        "-extfile",
+        ca.cnf,
+        "-extensions",
+        "ocsp",
+        "-out",
+        responder,
+    )
     setup = CASetup(ca=ca, certs=certs, key_uri=uri, responder_cert=responder)
     port = free_port()
     config = write_config(directory / "config.toml", {"root": setup}, port=port)
@@ -286,10 +339,22 @@ def operator_path(token: TokenUnderTest, algorithm: str, directory: Path) -> Non
     try:
         for name in ("good", "revoked"):
             done = subprocess.run(
-                ["openssl", "ocsp", "-issuer", str(ca.cert_path), "-cert", str(certs[name]),
-                 "-url", server.url, "-CAfile", str(ca.cert_path)],
-                capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
+                [
+                    "openssl",
+                    "ocsp",
+                    "-issuer",
+                    str(ca.cert_path),
+                    "-cert",
+                    str(certs[name]),
+                    "-url",
+                    server.url,
+                    "-CAfile",
+                    str(ca.cert_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert "Response verify OK" in done.stderr, done.stderr + done.stdout
             assert f"{certs[name]}: {name}" in done.stdout
     finally:

@@ -30,9 +30,10 @@ def status_of(url: str, body: bytes, timeout: float = 10) -> object:
     """The certificate status, or the OCSP response status, or the HTTP error code (an
     int), or "down" when nothing answered."""
     request = urllib.request.Request(
-        url, data=body,
+        url,
+        data=body,
         headers={"Content-Type": "application/ocsp-request", "Connection": "close"},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             answer = ocsp.load_der_ocsp_response(response.read())
