@@ -265,29 +265,30 @@ OK = frozenset({S.SUCCESSFUL})
 BAD_HTTP = frozenset({400, 404, 405, 413, 414, 431})
 
 
+# Each kind of case and its weight among them.
+KINDS = {
+    "post": 10,
+    "get": 10,
+    "random": 12,
+    "mutated": 20,
+    "mutated-get": 6,
+    "cert-ids": 5,
+    "nonce": 6,
+    "content-type": 4,
+    "huge": 2,
+    "empty": 2,
+    "bad-base64": 5,
+    "foreign-ca": 4,
+    "long-line": 1,
+    "bad-http": 5,
+    "method": 2,
+    "head": 2,
+}
+
+
 def make_case(rng: random.Random, target: Target) -> Case:
     """One random case with its expected answer."""
-    kind = rng.choices(
-        [
-            "post",
-            "get",
-            "random",
-            "mutated",
-            "mutated-get",
-            "cert-ids",
-            "nonce",
-            "content-type",
-            "huge",
-            "empty",
-            "bad-base64",
-            "foreign-ca",
-            "long-line",
-            "bad-http",
-            "method",
-            "head",
-        ],
-        weights=[10, 10, 12, 20, 6, 5, 6, 4, 2, 2, 5, 4, 1, 5, 2, 2],
-    )[0]
+    kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
     limit = target.max_request_bytes
     if kind == "post":
         n = rng.randint(1, 3)
