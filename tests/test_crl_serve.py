@@ -27,6 +27,7 @@ from cryptography.x509 import ocsp
 
 from .support.ca import CASetup, build_ca
 from .support.crls import NOW, Entry, make_crl
+from .support.http_client import post_ocsp
 from .support.nginx import Nginx, start_nginx
 from .support.redis import RedisServer
 from .support.requests import build_request
@@ -494,7 +495,7 @@ def test_a_fleet_serves_a_crl_backed_ca(
                 body = body_for(setup, "good", algorithm)
                 asked = functools.partial(status_of, url, body)
                 until(lambda: asked() is ocsp.OCSPCertStatus.REVOKED)  # noqa: B023
-        answer = ocsp.load_der_ocsp_response(_post(edge_url, body_for(setup, "revoked")))
+        answer = ocsp.load_der_ocsp_response(post_ocsp(edge_url, body_for(setup, "revoked")))
         assert answer.next_update_utc is not None
         assert answer.next_update_utc <= (
             x509.load_der_x509_crl(crl.read_bytes()).next_update_utc or answer.next_update_utc
@@ -502,14 +503,6 @@ def test_a_fleet_serves_a_crl_backed_ca(
     finally:
         edge.stop()
         signing.stop()
-
-
-def _post(url: str, body: bytes) -> bytes:
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/ocsp-request"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return bytes(response.read())
 
 
 def test_a_restart_while_the_crl_server_is_down(world: CrlWorld, serve: object) -> None:

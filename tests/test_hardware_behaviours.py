@@ -22,6 +22,7 @@ from cryptography.x509 import ocsp
 from .support import behaving_token, fuzz
 from .support.ca import CASetup, build_ca, write_config
 from .support.fleet import metric
+from .support.http_client import answer_of
 from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import MODULE, SoftHSM
 from .support.watch import request_for
@@ -94,7 +95,7 @@ def test_a_token_that_behaves_as_hardware_does_is_ridden_out(
                 nonce = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
                 cached = request_for(cert, setup.ca.certificate, "sha256")
                 for body in (nonce.build().public_bytes(Encoding.DER), cached):
-                    answers.append(_post(server.url, body))
+                    answers.append(answer_of(server.url, body))
             if phase == 0:
                 if ridden == "sighup":  # a reload looks the keys up again, throttled
                     os.kill(server.process.pid, signal.SIGHUP)
@@ -156,14 +157,6 @@ def _check_ridden_out(
         assert recovered[ridden] >= 1, recovered
 
 
-def _post(url: str, body: bytes) -> ocsp.OCSPResponse:
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/ocsp-request"}
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return ocsp.load_der_ocsp_response(response.read())
-
-
 def test_a_token_that_goes_away_and_comes_back_in_another_slot(
     tmp_path: Path, softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,25 +181,37 @@ def test_a_token_that_goes_away_and_comes_back_in_another_slot(
 
     seen: list[tuple[float, str, ocsp.OCSPResponse]] = []
     try:
-        assert _post(server.url, nonce()).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+        assert answer_of(server.url, nonce()).response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
         gone.touch()
         away_at = time.monotonic()
         while time.monotonic() - away_at < 3:
-            seen.append((time.monotonic(), "away", _post(server.url, nonce())))
-            seen.append((time.monotonic(), "stored", _post(server.url, cached)))
+            seen.append(
+                (
+                    time.monotonic(),
+                    "away",
+                    answer_of(server.url, nonce()),
+                )
+            )
+            seen.append(
+                (
+                    time.monotonic(),
+                    "stored",
+                    answer_of(server.url, cached),
+                )
+            )
             time.sleep(0.05)
         gone.unlink()
         back_at = time.monotonic()
         signed_again = None
         while time.monotonic() - back_at < 10:
-            answer = _post(server.url, nonce())
+            answer = answer_of(server.url, nonce())
             if answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
                 signed_again = time.monotonic() - back_at
                 fuzz.verify(signer, answer.signature, answer.tbs_response_bytes, answer)
                 break
             time.sleep(0.1)
         for _ in range(20):  # and it stays back
-            answer = _post(server.url, nonce())
+            answer = answer_of(server.url, nonce())
             assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
     finally:
         server.stop()
@@ -250,7 +255,7 @@ def test_softhsm_reset_on_fork_as_hardware_behaves_after_a_fork(
                 cert, setup.ca.certificate, hashes.SHA1()
             )
             builder = builder.add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
-            answer = _post(server.url, builder.build().public_bytes(Encoding.DER))
+            answer = answer_of(server.url, builder.build().public_bytes(Encoding.DER))
             assert answer.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
             assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
             fuzz.verify(signer, answer.signature, answer.tbs_response_bytes, answer)

@@ -5,7 +5,6 @@ one process, a worker with its producer, an edge (which cannot sign: tryLater)."
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from hsm_ocsp.core.shared_answers import keyable, serial_prefix
 
 from .support import fuzz
 from .support.ca import CASetup, build_ca, write_config
+from .support.http_client import http
 from .support.redis import RedisServer
 from .support.server import RunningServer, free_port, start_server
 from .support.softhsm import SoftHSM
@@ -29,19 +29,6 @@ def test_a_serial_without_a_store_key_is_said_so_not_overflowed() -> None:
         assert not keyable(serial)
         with pytest.raises(ValueError):
             serial_prefix("root", serial)
-
-
-def _post(server: RunningServer, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(
-        server.url,
-        data=body,
-        headers={"Content-Type": "application/ocsp-request", "Connection": "close"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def _requests(setup: CASetup) -> Iterator[tuple[str, bytes]]:
@@ -60,7 +47,7 @@ def _requests(setup: CASetup) -> Iterator[tuple[str, bytes]]:
 def _check_all(server: RunningServer, setup: CASetup, allowed: set[object]) -> None:
     for what, body in _requests(setup):
         for _ in range(3):  # both workers, and the answer stored (or not) the first time
-            status, answer = _post(server, body)
+            status, answer = http(server.url, body)
             assert status == 200, (what, status, server.log.read_text()[-3000:])
             parsed = ocsp.load_der_ocsp_response(answer)
             if parsed.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL:
