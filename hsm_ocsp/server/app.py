@@ -9,7 +9,6 @@ from aiohttp import web
 
 from ..config.model import Config
 from ..pkcs11.login_gate import LoginGate
-from ..pkcs11.token_pool import TokenPool
 from .app_state import CONFIG, HOST, METRICS, SERVICE
 from .health import answer, health
 from .routes import add_routes
@@ -21,16 +20,13 @@ __all__ = ["create_app"]
 def create_app(
     config: Config,
     *,
-    token: TokenPool | None = None,
     handle_signals: bool = False,
     pin: str | None = None,
     login_gate: LoginGate | None = None,
 ) -> web.Application:
     """The application of the one process that holds the token and the indexes and
     answers HTTP itself. The host starts (indexes read, keys proven) with the app."""
-    host = SigningHost(
-        config, token=token, pin=pin, login_gate=login_gate, handle_signals=handle_signals
-    )
+    host = SigningHost(config, pin=pin, login_gate=login_gate, handle_signals=handle_signals)
     app = web.Application(client_max_size=config.server.max_request_bytes)
     app[HOST] = host
     app[CONFIG] = config

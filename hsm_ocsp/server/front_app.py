@@ -40,8 +40,7 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
     app[CONFIG] = config
     metrics = app[METRICS] = Metrics()
     for ca in config.cas:
-        signer = max((c for _, c in ca.signing_certificates), key=lambda c: c.not_valid_after_utc)
-        metrics.add_ca(ca.name, signer.not_valid_after_utc, token=False)
+        metrics.add_ca(ca, token=False)
     store = LmdbStore(state_dir)
     # A signing host's workers serve the store only while its producer vouches for it;
     # an edge has no index to vouch with (its answers are verified copies: see replica).
@@ -68,8 +67,7 @@ def create_front_app(config: Config, *, handle_signals: bool = False) -> web.App
         memo_entries=entries,
     )
     app[RUNNING] = {"config": config}
-    assert config.server.state_dir is not None
-    app[HANDOFF] = Handoff(config.server.state_dir)
+    app[HANDOFF] = Handoff(state_dir)
     app.cleanup_ctx.append(_lifecycle(store, handle_signals))
     if vouches is not None:
         app.on_cleanup.append(lambda _: _close(vouches))

@@ -25,6 +25,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from ..config.model import CAConfig
 from ..core.index import IndexSnapshot
 from ..core.model import CertStatus
 from ..core.reply import Events, Reply
@@ -71,11 +72,14 @@ class Metrics(MetricFamilies, Events):
 
     # --- sources of values ----------------------------------------------
 
-    def add_ca(self, name: str, signer_not_after: dt.datetime, *, token: bool = True) -> None:
-        """A CA served by this process and the notAfter of its signing certificate;
+    def add_ca(self, ca: CAConfig, *, token: bool = True) -> None:
+        """A CA served by this process, with the notAfter of the last of its signing
+        certificates to expire (the alert is on when the CA runs out of them);
         ``token``: this process holds the token and the index (else the producer does,
         and says their state)."""
-        self.responder_expiry.labels(name).set(signer_not_after.timestamp())
+        name = ca.name
+        last = max(cert.not_valid_after_utc for _, cert in ca.signing_certificates)
+        self.responder_expiry.labels(name).set(last.timestamp())
         if not token:
             return
         self.token_up.labels(name).set(0)

@@ -76,7 +76,6 @@ class SigningHost:
         self,
         config: Config,
         *,
-        token: TokenPool | None = None,
         pin: str | None = None,
         login_gate: LoginGate | None = None,
         handle_signals: bool = False,
@@ -95,7 +94,7 @@ class SigningHost:
         self.sources: dict[str, StatusSource] = {
             ca.name: open_source(ca, ledger, state_dir, events.source(ca.name)) for ca in config.cas
         }
-        self.token = token if token is not None else build_token(config, events, pin, login_gate)
+        self.token = build_token(config, events, pin, login_gate)
         events.token_state(self.token.up)
         self.keys = ProvenKeys(self.token)
         self.store = open_store(config, self.sources, events)  # opened after fork
@@ -262,11 +261,7 @@ class SigningHost:
 def _metrics(config: Config) -> Metrics:
     metrics = Metrics()
     for ca in config.cas:
-        signer = max(
-            (c for _, c in ca.responder_certificates or [(None, ca.certificate)]),
-            key=lambda c: c.not_valid_after_utc,
-        )  # the last to expire: the alert is on when the CA runs out of them
-        metrics.add_ca(ca.name, signer.not_valid_after_utc)
+        metrics.add_ca(ca)
     return metrics
 
 
